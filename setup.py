@@ -1,0 +1,55 @@
+"""Builds yolov12_fast._C from csrc/: CUDAExtension when a CUDA toolkit and a CUDA build of torch are present,
+CppExtension otherwise, nothing with YOLOV12_FAST_NO_EXT=1. Metadata lives in pyproject.toml.
+
+Environment:
+  YOLOV12_FAST_NO_EXT=1        pure-Python install (Triton and reference backends only)
+  YOLOV12_FAST_NO_CUDA=1       build the C++ CPU kernels only, even where CUDA is available
+  TORCH_CUDA_ARCH_LIST         CUDA archs (default "7.5;8.0;9.0a")
+  YOLOV12_FAST_PTXAS_VERBOSE=1 pass -Xptxas -v to nvcc (register/spill report per kernel)
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _ext_modules():
+    if _flag("YOLOV12_FAST_NO_EXT"):
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension as ce
+    except ImportError:
+        print("yolov12_fast: torch is not importable at build time (build isolation?); installing pure Python. "
+              "Install torch first, then `pip install --no-build-isolation .` to build the C++/CUDA kernels.")
+        return [], {}
+
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    define_macros = []
+    use_cuda = (torch.version.cuda is not None and ce.CUDA_HOME is not None and not _flag("YOLOV12_FAST_NO_CUDA"))
+    if use_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;9.0a")
+        sources += rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu")
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        if _flag("YOLOV12_FAST_PTXAS_VERBOSE"):
+            nvcc.append("-Xptxas=-v")
+        define_macros.append(("YOLOV12_FAST_WITH_CUDA", None))
+        ext = ce.CUDAExtension("yolov12_fast._C", sources, define_macros=define_macros,
+                               extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+    else:
+        ext = ce.CppExtension("yolov12_fast._C", sources, extra_compile_args={"cxx": cxx},
+                              extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": ce.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _ext_modules()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

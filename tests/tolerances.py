@@ -1,0 +1,46 @@
+"""The one tolerance table, and the comparison helper every numerics test uses.
+
+Principle (flash-attention's tests): a kernel's error against the float64 oracle may be at most FACTOR times
+the error that the naive PyTorch computation in the same dtype makes against that oracle, plus a floor
+ATOL_FLOOR[dtype] for results where the naive error happens to be ~0. Nothing here is tuned per test.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# max |kernel - oracle| <= FACTOR * max |naive same-dtype - oracle| + ATOL_FLOOR[dtype]
+FACTOR = {
+    torch.float32: 4.0,   # fp32 accumulation both sides; online softmax reorders sums
+    torch.float16: 3.0,   # kernels accumulate in fp32, the naive path rounds P to fp16: kernels are usually better
+    torch.bfloat16: 3.0,
+}
+ATOL_FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+# Whole models / layers in float32 against the same model run by ultralytics in float32: a handful of ulps of
+# unit-scale activations accumulated through tens of layers.
+MODEL_RTOL_FP32 = 1e-3
+
+
+def assert_close_to_oracle(actual: torch.Tensor, naive: torch.Tensor, oracle: torch.Tensor, name: str = "",
+                           factor: float | None = None) -> float:
+    """Compare `actual` (kernel) with `oracle` (float64) using the naive same-dtype result as the yardstick.
+    Returns the bound used. On failure prints the mismatch count and the first mismatching indices."""
+    dtype = actual.dtype
+    factor = FACTOR[dtype] if factor is None else factor
+    oracle = oracle.double()
+    naive_err = (naive.double() - oracle).abs().max().item() if naive.numel() else 0.0
+    bound = factor * naive_err + ATOL_FLOOR[dtype]
+    err = (actual.double() - oracle).abs()
+    if not torch.isfinite(actual).all() and torch.isfinite(oracle).all():
+        bad = (~torch.isfinite(actual)).nonzero()[:5].tolist()
+        raise AssertionError(f"{name}: non-finite values at {bad} where the oracle is finite")
+    over = err > bound
+    if over.any():
+        idx = over.nonzero()[:5].tolist()
+        raise AssertionError(
+            f"{name}: {int(over.sum())}/{err.numel()} elements exceed the bound {bound:.3g} "
+            f"(= {factor} x naive {dtype} error {naive_err:.3g} + floor {ATOL_FLOOR[dtype]}); max error "
+            f"{err.max().item():.3g}; first at {idx}: got {[actual[tuple(i)].item() for i in idx]}, "
+            f"want {[oracle[tuple(i)].item() for i in idx]}")
+    return bound

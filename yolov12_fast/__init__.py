@@ -1,0 +1,15 @@
+"""yolov12_fast: fused area-attention and R-ELAN kernels and drop-in modules that make YOLOv12 fast.
+
+`import yolov12_fast` never needs a GPU, Triton or the compiled extension: kernels load on first use, and
+`yolov12-fast info` (or `yolov12_fast.info()`) says which backends can run here and why not.
+"""
+
+from . import ops  # noqa: F401  (registers torch.ops.yolov12_fast.*)
+from . import reference  # noqa: F401
+from ._backends import can_use_cpp, can_use_cuda_ext, can_use_flash_attn, can_use_triton
+from .functional import area_attention
+
+__version__ = "0.1.0"
+
+__all__ = ["area_attention", "reference", "ops", "can_use_triton", "can_use_cpp", "can_use_cuda_ext",
+           "can_use_flash_attn", "__version__"]

@@ -1,0 +1,102 @@
+"""What can run here, and why not: one `can_use_*` check per backend, each returning (ok, reason).
+
+Nothing in this module imports triton or the compiled extension at import time; every check is cached after
+its first call, so the hot path pays a dict lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "cpp", "reference")
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run in the interpreter (TRITON_INTERPRET=1, set before triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import() -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed (pip install triton; it ships with CUDA builds of torch on Linux)"
+    try:
+        importlib.import_module("yolov12_fast.kernels.area_attention")
+    except Exception as e:  # a broken triton install must not break the package
+        return False, f"the Triton kernels failed to import: {type(e).__name__}: {e}"
+    return True, ""
+
+
+def can_use_triton(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """Triton runs on CUDA tensors, or on CPU tensors under the interpreter (TRITON_INTERPRET=1)."""
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        if triton_interpret():
+            return False, "TRITON_INTERPRET=1 is set: the interpreter runs CPU tensors only; unset it for CUDA"
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is visible"
+        if torch.cuda.get_device_capability(device) < (7, 5):
+            return False, "Triton kernels need compute capability 7.5 (Turing) or newer"
+    elif device.type == "cpu":
+        if not triton_interpret():
+            return False, ("Triton kernels need CUDA tensors; on CPU use backend='cpp' (the C++ kernels) or "
+                           "set TRITON_INTERPRET=1 before importing triton to debug in the interpreter")
+    else:
+        return False, f"no Triton kernels for device type {device.type!r}"
+    return _triton_import()
+
+
+@functools.lru_cache(maxsize=None)
+def _extension() -> tuple[object | None, str]:
+    try:
+        mod = importlib.import_module("yolov12_fast._C")
+    except ImportError as e:
+        return None, (f"the compiled extension yolov12_fast._C is not available ({e}); reinstall with "
+                      "`pip install --no-build-isolation .` in an environment that has torch and a C++ compiler")
+    return mod, ""
+
+
+def extension():
+    """The loaded yolov12_fast._C module (its ops are then registered), or None."""
+    return _extension()[0]
+
+
+def can_use_cpp() -> tuple[bool, str]:
+    """The C++ CPU kernels (csrc/cpu)."""
+    mod, why = _extension()
+    if mod is None:
+        return False, why
+    if not hasattr(torch.ops.yolov12_fast, "area_attention_fwd_cxx"):
+        return False, "yolov12_fast._C loaded but registered no area-attention kernels (stale build?)"
+    return True, ""
+
+
+def can_use_cuda_ext(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """The CUDA C++ kernels (csrc/cuda)."""
+    mod, why = _extension()
+    if mod is None:
+        return False, why
+    if not getattr(mod, "WITH_CUDA", False):
+        return False, "yolov12_fast._C was built without CUDA (no CUDA toolkit or a CPU build of torch at build time)"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is visible"
+    if device is not None and torch.device(device).type == "cuda":
+        if torch.cuda.get_device_capability(device) < (7, 5):
+            return False, "the CUDA C++ kernels need compute capability 7.5 (Turing) or newer"
+    return True, ""
+
+
+def can_use_flash_attn() -> tuple[bool, str]:
+    """flash-attn, only ever an optional benchmark baseline."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False, "flash-attn is not installed (optional baseline only)"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is visible"
+    if torch.cuda.get_device_capability() < (8, 0):
+        return False, "FlashAttention-2 needs compute capability 8.0 or newer"
+    return True, ""

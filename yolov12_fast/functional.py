@@ -1,0 +1,35 @@
+"""Typed functional API over the `yolov12_fast::` ops."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .ops import area_attention as _aa
+
+
+def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[float] = None,
+                   residual: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """Fused YOLOv12 area attention.
+
+    Args:
+        q, k, v: (B, heads, head_dim, N) with N = H*W tokens in raster order, any strides: pass views of the conv
+            outputs, e.g. for the ultralytics interleaved layout
+            ``q, k, v = qkv.view(B, heads, 3 * head_dim, N).split(head_dim, dim=2)``; they are read in place.
+            float16, bfloat16 or float32 (fp32 accumulation always); head_dim 16, 32, 64 or 128.
+        area: number of areas; area j is tokens [j*N/area, (j+1)*N/area) (an area may cut rows). N % area == 0.
+        scale: softmax scale, default head_dim ** -0.5.
+        residual: optional (B, heads, head_dim, N) tensor added to the output in the same pass (e.g. the PE
+            branch), any strides.
+        backend: "auto", "triton", "cuda", "cpp" or "reference".
+
+    Returns:
+        (B, heads, head_dim, N), contiguous: ``out.view(B, heads * head_dim, H, W)`` is the NCHW feature map.
+    """
+    scale = _aa.default_scale(q.shape[2]) if scale is None else float(scale)
+    return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, residual, backend)[0]
+
+
+__all__ = ["area_attention"]

@@ -1,0 +1,190 @@
+"""yolov12_fast::area_attention_fwd / area_attention_bwd: fused area attention as torch custom ops.
+
+Contract (REFERENCE.md): q, k, v are (B, heads, head_dim, N) with any strides (views into the ultralytics
+interleaved `qkv` conv output or the turbo `qk` / `v` outputs are read in place, never copied); area j owns
+tokens [j*N/area, (j+1)*N/area). The forward returns out = softmax(scale q^T k) v (+ residual), contiguous
+(B, heads, head_dim, N), i.e. NCHW when viewed as (B, C, H, W), and lse (B, heads, N) float32, the natural-log
+normaliser of each query row that the backward uses to recompute probabilities.
+
+Backends: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "cuda" (CUDA C++), "cpp" (C++ CPU), "reference"
+(plain PyTorch, float32 math), "auto" (the fastest usable one for the device; see `resolve_backend`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backends, reference
+
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[Tensor], backend: str) -> None:
+    """Raise a clear error for anything the kernels do not support (shared by the real and fake kernels)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        torch._check(t.dim() == 4, lambda: f"area_attention: {name} must be 4-D (B, heads, head_dim, N), got shape {tuple(t.shape)}")
+        torch._check(t.dtype in DTYPES, lambda: f"area_attention: {name} has dtype {t.dtype}; use float16, bfloat16 or float32 (use yolov12_fast.reference for float64)")
+    torch._check(q.shape == k.shape and q.shape == v.shape, lambda: f"area_attention: q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    torch._check(q.dtype == k.dtype == v.dtype, lambda: f"area_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    torch._check(q.device == k.device == v.device, lambda: f"area_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    D, N = q.shape[2], q.shape[3]
+    torch._check(D in HEAD_DIMS, lambda: f"area_attention: head_dim {D} is not supported; supported: {HEAD_DIMS}")
+    torch._check(area >= 1, lambda: f"area_attention: area must be >= 1, got {area}")
+    torch._check(N % area == 0, lambda: f"area_attention: N = H*W = {N} tokens is not divisible by area = {area}; pad the feature map (ultralytics pads inputs to multiples of 32)")
+    if residual is not None:
+        torch._check(residual.shape == q.shape, lambda: f"area_attention: residual must have the shape of q {tuple(q.shape)}, got {tuple(residual.shape)}")
+        torch._check(residual.dtype == q.dtype, lambda: f"area_attention: residual dtype {residual.dtype} differs from q's {q.dtype}")
+        torch._check(residual.device == q.device, lambda: f"area_attention: residual is on {residual.device}, q on {q.device}")
+    torch._check(backend in _backends.BACKENDS, lambda: f"area_attention: unknown backend {backend!r}; choose one of {_backends.BACKENDS}")
+
+
+_warned: set = set()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map "auto" to a concrete backend for this device; check that an explicit choice can run here."""
+    if backend == "auto":
+        if device.type == "cuda":
+            order = ("triton", "cuda")
+        else:
+            order = ("cpp", "triton")
+        for b in order:
+            if _usable(b, device)[0]:
+                return b
+        if device.type not in _warned:
+            _warned.add(device.type)
+            reasons = "; ".join(f"{b}: {_usable(b, device)[1]}" for b in order)
+            warnings.warn(f"yolov12_fast: no fused area-attention kernel can run on {device.type} ({reasons}); "
+                          "falling back to the plain-PyTorch reference", RuntimeWarning, stacklevel=3)
+        return "reference"
+    ok, why = _usable(backend, device)
+    if not ok:
+        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run on {device.type}: {why}")
+    return backend
+
+
+def _usable(backend: str, device: torch.device) -> tuple[bool, str]:
+    if backend == "reference":
+        return True, ""
+    if backend == "triton":
+        return _backends.can_use_triton(device)
+    if backend == "cpp":
+        if device.type != "cpu":
+            return False, "the C++ CPU kernels take CPU tensors; use 'cuda' or 'triton' for CUDA tensors"
+        return _backends.can_use_cpp()
+    if backend == "cuda":
+        if device.type != "cuda":
+            return False, "the CUDA C++ kernels take CUDA tensors"
+        return _backends.can_use_cuda_ext(device)
+    return False, f"unknown backend {backend!r}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference backend (float32 math for half inputs, like the kernels; never the oracle of the tests)
+
+
+def _reference_fwd(q, k, v, area, scale, residual):
+    f = lambda t: t.float() if t.dtype != torch.float32 else t
+    out, lse = reference.area_attention_lse(f(q), f(k), f(v), area, scale)
+    if residual is not None:
+        out = out + residual.float()
+    return out.to(q.dtype), lse
+
+
+def _reference_bwd(dout, q, k, v, area, scale):
+    f = lambda t: t.float() if t.dtype != torch.float32 else t
+    grads = reference.area_attention_backward(f(dout), f(q), f(k), f(v), area, scale)
+    return tuple(g.to(q.dtype) for g in grads)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the ops
+
+
+@torch.library.custom_op("yolov12_fast::area_attention_fwd", mutates_args=())
+def area_attention_fwd(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, residual: Optional[Tensor],
+                       backend: str) -> tuple[Tensor, Tensor]:
+    check_inputs(q, k, v, area, residual, backend)
+    b = resolve_backend(backend, q.device)
+    if q.numel() == 0:
+        return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[0], q.shape[1], q.shape[3], dtype=torch.float32)
+    if b == "triton":
+        from ..kernels import area_attention as tk
+        return tk.area_attention_fwd(q, k, v, area, scale, residual)
+    if b in ("cpp", "cuda"):
+        return torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, area, scale, residual)
+    return _reference_fwd(q, k, v, area, scale, residual)
+
+
+@area_attention_fwd.register_fake
+def _(q, k, v, area, scale, residual, backend):
+    check_inputs(q, k, v, area, residual, backend)
+    B, H, D, N = q.shape
+    return q.new_empty(B, H, D, N), q.new_empty(B, H, N, dtype=torch.float32)
+
+
+@torch.library.custom_op("yolov12_fast::area_attention_bwd", mutates_args=())
+def area_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, residual: Optional[Tensor],
+                       lse: Tensor, area: int, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. q, k, v. `out` is the forward's output, `residual` what it added (or None)."""
+    check_inputs(q, k, v, area, residual, backend)
+    torch._check(dout.shape == q.shape and out.shape == q.shape, lambda: "area_attention_bwd: dout and out must have q's shape")
+    torch._check(lse.shape == (q.shape[0], q.shape[1], q.shape[3]) and lse.dtype == torch.float32,
+                 lambda: "area_attention_bwd: lse must be float32 (B, heads, N)")
+    dout = dout.to(q.dtype)
+    b = resolve_backend(backend, q.device)
+    if q.numel() == 0:
+        return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    if b == "triton":
+        from ..kernels import area_attention as tk
+        return tk.area_attention_bwd(dout, q, k, v, out, residual, lse, area, scale)
+    if b in ("cpp", "cuda"):
+        return torch.ops.yolov12_fast.area_attention_bwd_cxx(dout, q, k, v, out, residual, lse, area, scale)
+    return _reference_bwd(dout, q, k, v, area, scale)
+
+
+@area_attention_bwd.register_fake
+def _(dout, q, k, v, out, residual, lse, area, scale, backend):
+    check_inputs(q, k, v, area, residual, backend)
+    return tuple(q.new_empty(q.shape) for _ in range(3))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, area, scale, residual, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, residual)
+    ctx.area, ctx.scale, ctx.backend = area, scale, backend
+    ctx.has_residual = residual is not None
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, residual = ctx.saved_tensors
+    dq, dk, dv = torch.ops.yolov12_fast.area_attention_bwd(dout, q, k, v, out, residual, lse, ctx.area, ctx.scale,
+                                                          ctx.backend)
+    dres = dout if ctx.has_residual else None
+    return dq, dk, dv, None, None, dres, None
+
+
+area_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def default_scale(head_dim: int) -> float:
+    return head_dim ** -0.5
+
+
+def flops(B: int, heads: int, head_dim: int, N: int, area: int, backward: bool = False) -> float:
+    """FLOPs of area attention (BENCHMARKS.md: 4 * sequences * heads * n^2 * head_dim forward; 2.5x that for
+    the backward with recomputation)."""
+    n = N // area
+    f = 4.0 * B * area * heads * n * n * head_dim
+    return f * 2.5 if backward else f
+
+
+__all__ = ["area_attention_fwd", "area_attention_bwd", "check_inputs", "resolve_backend", "flops", "default_scale",
+           "HEAD_DIMS", "DTYPES", "math"]

@@ -23,6 +23,8 @@ def _flag(name):
 def _ext_modules():
     if _flag("YOLOV12_FAST_NO_EXT"):
         return [], {}
+    if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"  # else torch guesses CUDA_HOME from `which nvcc`, which may be a shim
     try:
         import torch
         from torch.utils import cpp_extension as ce
@@ -33,17 +35,19 @@ def _ext_modules():
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # torch adds the C++ standard its headers need
     define_macros = []
     use_cuda = (torch.version.cuda is not None and ce.CUDA_HOME is not None and not _flag("YOLOV12_FAST_NO_CUDA"))
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;9.0a")
         sources += rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu")
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
         if _flag("YOLOV12_FAST_PTXAS_VERBOSE"):
             nvcc.append("-Xptxas=-v")
         define_macros.append(("YOLOV12_FAST_WITH_CUDA", None))
-        ext = ce.CUDAExtension("yolov12_fast._C", sources, define_macros=define_macros,
+        # pip's CUDA wheels keep headers (cusparse.h, ...) that torch's CUDA headers include under nvidia/cu*/include
+        include_dirs = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu*", "include")))
+        ext = ce.CUDAExtension("yolov12_fast._C", sources, define_macros=define_macros, include_dirs=include_dirs,
                                extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
     else:
         ext = ce.CppExtension("yolov12_fast._C", sources, extra_compile_args={"cxx": cxx},

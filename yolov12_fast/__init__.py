@@ -7,9 +7,9 @@
 from . import ops  # noqa: F401  (registers torch.ops.yolov12_fast.*)
 from . import reference  # noqa: F401
 from ._backends import can_use_cpp, can_use_cuda_ext, can_use_flash_attn, can_use_triton
-from .functional import area_attention
+from .functional import area_attention, pe_add
 
 __version__ = "0.1.0"
 
-__all__ = ["area_attention", "reference", "ops", "can_use_triton", "can_use_cpp", "can_use_cuda_ext",
+__all__ = ["area_attention", "pe_add", "reference", "ops", "can_use_triton", "can_use_cpp", "can_use_cuda_ext",
            "can_use_flash_attn", "__version__"]

@@ -32,4 +32,18 @@ def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[f
     return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, residual, backend)[0]
 
 
-__all__ = ["area_attention"]
+def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], H: int, W: int, x: Optional[Tensor] = None,
+           backend: str = "auto") -> Tensor:
+    """AAttn's positional encoding plus an add: ``x + depthwise_conv2d(v, weight, bias, padding=k//2)``.
+
+    Args:
+        v: (B, heads, head_dim, N=H*W), any strides (e.g. the v view of the interleaved qkv output).
+        weight: (heads*head_dim, 1, k, k) depthwise kernel with BatchNorm folded in; bias: (heads*head_dim,) or None.
+        x: optional (B, heads, head_dim, N) added in the same pass.
+    Returns:
+        (B, heads, head_dim, N), contiguous.
+    """
+    return torch.ops.yolov12_fast.pe_add(v, weight, bias, x, int(H), int(W), backend)
+
+
+__all__ = ["area_attention", "pe_add"]

@@ -1,0 +1,108 @@
+"""yolov12_fast::pe_add: the AAttn positional-encoding branch, a depthwise k x k conv over V plus an add.
+
+out = x + depthwise_conv2d(v, weight, bias, padding=k//2), computed over the whole H x W map (it crosses area
+borders; zero padding only at the image border). v and x are (B, heads, head_dim, N=H*W) with any strides (a
+view of the interleaved `qkv` output is read in place); weight is (heads*head_dim, 1, k, k) with BN folded in;
+the output is contiguous (B, heads, head_dim, N). x may be None (no add).
+
+Backends: "triton", "cpp" (C++ CPU), "cuda", "reference" (torch conv2d), "auto". The backward uses ATen's
+convolution backward (cuDNN on GPU): training speed is the attention kernels' job, not this op's.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _backends
+from .area_attention import DTYPES, _usable
+
+
+def check_inputs(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int,
+                 backend: str) -> None:
+    torch._check(v.dim() == 4, lambda: f"pe_add: v must be 4-D (B, heads, head_dim, N), got shape {tuple(v.shape)}")
+    torch._check(v.dtype in DTYPES, lambda: f"pe_add: v has dtype {v.dtype}; use float16, bfloat16 or float32")
+    B, nh, D, N = v.shape
+    torch._check(H * W == N, lambda: f"pe_add: H*W = {H}*{W} must equal the token count N = {N}")
+    C = nh * D
+    torch._check(weight.dim() == 4 and weight.shape[0] == C and weight.shape[1] == 1 and weight.shape[2] == weight.shape[3]
+                 and weight.shape[2] % 2 == 1,
+                 lambda: f"pe_add: weight must be a depthwise ({C}, 1, k, k) kernel with odd k, got {tuple(weight.shape)}")
+    torch._check(weight.dtype == v.dtype and weight.device == v.device,
+                 lambda: f"pe_add: weight must match v's dtype and device ({v.dtype}, {v.device}), got {weight.dtype}, {weight.device}")
+    if bias is not None:
+        torch._check(bias.shape == (C,) and bias.dtype == v.dtype and bias.device == v.device,
+                     lambda: f"pe_add: bias must be ({C},) with v's dtype and device, got {tuple(bias.shape)} {bias.dtype} {bias.device}")
+    if x is not None:
+        torch._check(x.shape == v.shape and x.dtype == v.dtype and x.device == v.device,
+                     lambda: f"pe_add: x must have v's shape, dtype and device, got {tuple(x.shape)} {x.dtype} {x.device}")
+    torch._check(backend in _backends.BACKENDS, lambda: f"pe_add: unknown backend {backend!r}; choose one of {_backends.BACKENDS}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        # Until a fused PE kernel measures faster than cuDNN's depthwise conv + add on the GPU, auto takes the
+        # C++ kernel on CPU and the reference (cuDNN) elsewhere.
+        if device.type == "cpu" and _usable("cpp", device)[0]:
+            return "cpp"
+        return "reference"
+    if backend == "triton":  # no Triton PE kernel yet: the reference conv runs (same numerics contract)
+        return "reference"
+    ok, why = _usable(backend, device)
+    if not ok:
+        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run pe_add on {device.type}: {why}")
+    return backend
+
+
+def _nchw(t: Tensor, H: int, W: int) -> Tensor:
+    B, nh, D, N = t.shape
+    return t.reshape(B, nh * D, H, W)
+
+
+def _reference(v, weight, bias, x, H, W):
+    out = F.conv2d(_nchw(v, H, W), weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+    if x is not None:
+        out = out + _nchw(x, H, W)
+    return out.reshape(v.shape).contiguous()
+
+
+@torch.library.custom_op("yolov12_fast::pe_add", mutates_args=())
+def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int,
+           backend: str) -> Tensor:
+    check_inputs(v, weight, bias, x, H, W, backend)
+    b = resolve_backend(backend, v.device)
+    if v.numel() == 0:
+        return torch.empty_like(v, memory_format=torch.contiguous_format)
+    if b in ("cpp", "cuda"):
+        return torch.ops.yolov12_fast.pe_add_cxx(v, weight, bias, x, H, W)
+    return _reference(v, weight, bias, x, H, W)
+
+
+@pe_add.register_fake
+def _(v, weight, bias, x, H, W, backend):
+    check_inputs(v, weight, bias, x, H, W, backend)
+    return v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    v, weight, bias, x, H, W, backend = inputs
+    ctx.save_for_backward(v, weight)
+    ctx.H, ctx.W, ctx.has_bias, ctx.has_x = H, W, bias is not None, x is not None
+
+
+def _backward(ctx, dout):
+    v, weight = ctx.saved_tensors
+    H, W = ctx.H, ctx.W
+    k = weight.shape[-1]
+    dv, dw, db = torch.ops.aten.convolution_backward(
+        _nchw(dout, H, W).contiguous(), _nchw(v, H, W), weight, [weight.shape[0]] if ctx.has_bias else None,
+        [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0],
+        [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]])
+    dv = dv.reshape(v.shape) if dv is not None else None
+    return dv, dw, db if ctx.has_bias else None, dout if ctx.has_x else None, None, None, None
+
+
+pe_add.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,415 @@
+"""Fused YOLOv12 area attention in Triton: forward and backward (FlashAttention-2 style, recomputation).
+
+Layout: q, k, v, dout, residual are (B, heads, HEAD_DIM, N) with arbitrary strides, read in place: the
+ultralytics interleaved `qkv` conv output, the turbo `qk` / `v` outputs, channels_last maps and batch slices
+all arrive as strided views, never as copies. Area j of an image owns tokens [j*n, (j+1)*n), n = N // area
+(an area may cut rows). Outputs (out, dq, dk, dv) are contiguous (B, heads, HEAD_DIM, N); lse is (B, heads, N)
+float32, the natural-log normaliser of each query row.
+
+Grid: axis 0 = B*heads (up to 2**31 - 1 programs), axis 1 = (tile within the area, area). Every program owns one
+tile of BLOCK_M queries (forward, dq) or BLOCK_N keys (dk/dv) of one area of one (image, head) and sweeps the
+other operand over the area only: the n x n matrix never exists in memory.
+
+Numerics: fp32 accumulation always; scores are scaled in fp32 after the dot by scale * log2(e) and
+exponentiated with exp2 (no fp16 overflow where fp32 would not overflow); fp32 inputs use IEEE fp32 dots unless
+the user opted into TF32 (torch.set_float32_matmul_precision("high")).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # 1 / ln(2)
+LN2 = 0.6931471805599453
+
+HEAD_DIMS = (16, 32, 64, 128)
+
+
+def _interpret() -> bool:
+    from yolov12_fast._backends import triton_interpret
+
+    return triton_interpret()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configurations. Under the interpreter one fixed, small config (multi-block loops on small test shapes); on GPU
+# a small autotuned set keyed on (HEAD_DIM, tokens per area, dtype). AOT_CONFIGS is what CI compiles per arch.
+
+def _cfg(bm, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+FWD_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(64, 32, 4, 3), _cfg(128, 64, 8, 2)]
+BWD_CONFIGS = [_cfg(32, 64, 4, 2), _cfg(64, 32, 4, 2)]
+# Turing (sm_75): Triton has no tensor-core path there (FMA dots), so small tiles that fit the register file; the
+# CUDA C++ backend is the fast one on T4.
+SM75_CONFIGS = [_cfg(32, 16, 4, 1)]
+INTERPRET_CONFIG = _cfg(32, 16, 4, 1)
+
+
+def configs_for(configs, arch: int):
+    return SM75_CONFIGS if arch < 80 else configs
+
+
+def _configs(configs):
+    if _interpret():
+        return [INTERPRET_CONFIG]
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return configs_for(configs, 10 * major + minor)
+    return configs
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles far larger than the area (49 or 1 tokens per area): they only add masked work."""
+    n = named_args["n"]
+    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= max(32, triton.next_power_of_2(n))]
+    return keep or configs[:1]
+
+
+_PRUNE = {"early_config_prune": _prune}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Forward
+
+
+@triton.autotune(configs=_configs(FWD_CONFIGS), key=["HEAD_DIM", "n", "HAS_RESIDUAL"], prune_configs_by=_PRUNE)
+@triton.jit
+def area_attention_fwd_kernel(
+    Q, K, V, R, Out, Lse,
+    s_qb, s_qh, s_qd, s_qn,
+    s_kb, s_kh, s_kd, s_kn,
+    s_vb, s_vh, s_vd, s_vn,
+    s_rb, s_rh, s_rd, s_rn,
+    heads, N, n, qk_scale,
+    HEAD_DIM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # -- which (image, head), area and query tile this program owns; 64-bit base offsets
+    pid_bh = tl.program_id(0)
+    n_tiles = tl.cdiv(n, BLOCK_M)
+    tile = tl.program_id(1) % n_tiles
+    area_start = (tl.program_id(1) // n_tiles).to(tl.int64) * n
+    b = (pid_bh // heads).to(tl.int64)
+    h = (pid_bh % heads).to(tl.int64)
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions inside the area
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_m = offs_m < n
+
+    # -- stage 1: load the query tile [BLOCK_M, HEAD_DIM]. Scalar bases are 64-bit; offsets inside one image
+    # and head stay 32-bit (the launcher checks they fit), which keeps pointer tiles out of spare registers.
+    q = tl.load(Q + b * s_qb + h * s_qh + area_start * s_qn + (offs_d[None, :] * s_qd + offs_m[:, None] * s_qn),
+                mask=mask_m[:, None], other=0.0)
+
+    k_base = K + b * s_kb + h * s_kh + area_start * s_kn
+    v_base = V + b * s_vb + h * s_vh + area_start * s_vn
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of the base-2 scores
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # -- stage 2: sweep the keys of this area with an online softmax
+    for start_n in range(0, n, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n
+        kt = tl.load(k_base + (offs_d[:, None] * s_kd + offs_n[None, :] * s_kn),
+                     mask=mask_n[None, :], other=0.0)  # [HEAD_DIM, BLOCK_N]
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # base-2 scaled scores, fp32
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + (offs_n[:, None] * s_vn + offs_d[None, :] * s_vd),
+                    mask=mask_n[:, None], other=0.0)  # [BLOCK_N, HEAD_DIM]
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    # -- stage 3: normalise, add the residual, write out (contiguous) and lse (natural log)
+    acc = acc / l_i[:, None]
+    if HAS_RESIDUAL:
+        r = tl.load(R + b * s_rb + h * s_rh + area_start * s_rn + (offs_d[None, :] * s_rd + offs_m[:, None] * s_rn),
+                    mask=mask_m[:, None], other=0.0)
+        acc += r.to(tl.float32)
+    o_base = Out + (b * heads + h) * HEAD_DIM * N + area_start
+    tl.store(o_base + (offs_d[None, :] * N + offs_m[:, None]), acc.to(Out.dtype.element_ty), mask=mask_m[:, None])
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453  # ln(2): base-2 -> natural log
+    tl.store(Lse + (b * heads + h) * N + area_start + offs_m, lse, mask=mask_m)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backward: delta = rowsum(dO * O_attn); dk, dv per key tile; dq per query tile. No atomics: deterministic.
+
+
+@triton.jit
+def area_attention_bwd_preprocess_kernel(
+    DO, O, R, Delta,
+    s_dob, s_doh, s_dod, s_don,
+    s_rb, s_rh, s_rd, s_rn,
+    heads, N,
+    HEAD_DIM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // heads).to(tl.int64)
+    h = (pid_bh % heads).to(tl.int64)
+    start = tl.program_id(1).to(tl.int64) * BLOCK
+    offs = tl.arange(0, BLOCK)
+    mask = start + offs < N
+    offs_d = tl.arange(0, HEAD_DIM)
+    do = tl.load(DO + b * s_dob + h * s_doh + start * s_don + (offs_d[None, :] * s_dod + offs[:, None] * s_don),
+                 mask=mask[:, None], other=0.0).to(tl.float32)
+    o = tl.load(O + (b * heads + h) * HEAD_DIM * N + start + (offs_d[None, :] * N + offs[:, None]),
+                mask=mask[:, None], other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:  # out = attention + residual: the softmax gradient needs the attention part alone
+        o -= tl.load(R + b * s_rb + h * s_rh + start * s_rn + (offs_d[None, :] * s_rd + offs[:, None] * s_rn),
+                     mask=mask[:, None], other=0.0).to(tl.float32)
+    tl.store(Delta + (b * heads + h) * N + start + offs, tl.sum(do * o, 1), mask=mask)
+
+
+@triton.autotune(configs=_configs(BWD_CONFIGS), key=["HEAD_DIM", "n"], prune_configs_by=_PRUNE)
+@triton.jit
+def area_attention_bwd_dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV,
+    s_qb, s_qh, s_qd, s_qn,
+    s_kb, s_kh, s_kd, s_kn,
+    s_vb, s_vh, s_vd, s_vn,
+    s_dob, s_doh, s_dod, s_don,
+    heads, N, n, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    n_tiles = tl.cdiv(n, BLOCK_N)
+    tile = tl.program_id(1) % n_tiles
+    area_start = (tl.program_id(1) // n_tiles).to(tl.int64) * n
+    b = (pid_bh // heads).to(tl.int64)
+    h = (pid_bh % heads).to(tl.int64)
+
+    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # key positions inside the area
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_n = offs_n < n
+
+    # -- stage 1: this program's key and value tiles [BLOCK_N, HEAD_DIM]
+    k = tl.load(K + b * s_kb + h * s_kh + area_start * s_kn + (offs_d[None, :] * s_kd + offs_n[:, None] * s_kn),
+                mask=mask_n[:, None], other=0.0)
+    v = tl.load(V + b * s_vb + h * s_vh + area_start * s_vn + (offs_d[None, :] * s_vd + offs_n[:, None] * s_vn),
+                mask=mask_n[:, None], other=0.0)
+
+    q_base = Q + b * s_qb + h * s_qh + area_start * s_qn
+    do_base = DO + b * s_dob + h * s_doh + area_start * s_don
+    row_base = (b * heads + h) * N + area_start  # into lse / delta
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    # -- stage 2: sweep the queries of the area, recomputing P^T from lse
+    for start_m in range(0, n, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < n
+        qt = tl.load(q_base + (offs_d[:, None] * s_qd + offs_m[None, :] * s_qn),
+                     mask=mask_m[None, :], other=0.0)  # [HEAD_DIM, BLOCK_M]
+        lse2 = tl.load(Lse + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2(e)
+        st = tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], base 2
+        pt = tl.math.exp2(st - lse2[None, :])
+        pt = tl.where(mask_m[None, :], pt, 0.0)
+        do = tl.load(do_base + (offs_m[:, None] * s_don + offs_d[None, :] * s_dod),
+                     mask=mask_m[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+        delta = tl.load(Delta + row_base + offs_m, mask=mask_m, other=0.0)
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=DOT_PRECISION)
+
+    # -- stage 3: write dk (times the softmax scale) and dv, contiguous
+    out_base = (b * heads + h) * HEAD_DIM * N + area_start
+    out_off = offs_d[None, :] * N + offs_n[:, None]
+    tl.store(DK + out_base + out_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=mask_n[:, None])
+    tl.store(DV + out_base + out_off, dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
+
+
+@triton.autotune(configs=_configs(BWD_CONFIGS), key=["HEAD_DIM", "n"], prune_configs_by=_PRUNE)
+@triton.jit
+def area_attention_bwd_dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ,
+    s_qb, s_qh, s_qd, s_qn,
+    s_kb, s_kh, s_kd, s_kn,
+    s_vb, s_vh, s_vd, s_vn,
+    s_dob, s_doh, s_dod, s_don,
+    heads, N, n, qk_scale, sm_scale,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    n_tiles = tl.cdiv(n, BLOCK_M)
+    tile = tl.program_id(1) % n_tiles
+    area_start = (tl.program_id(1) // n_tiles).to(tl.int64) * n
+    b = (pid_bh // heads).to(tl.int64)
+    h = (pid_bh % heads).to(tl.int64)
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mask_m = offs_m < n
+    row = (b * heads + h) * N + area_start + offs_m
+
+    # -- stage 1: query tile, its upstream gradient and softmax statistics
+    q = tl.load(Q + b * s_qb + h * s_qh + area_start * s_qn + (offs_d[None, :] * s_qd + offs_m[:, None] * s_qn),
+                mask=mask_m[:, None], other=0.0)
+    do = tl.load(DO + b * s_dob + h * s_doh + area_start * s_don + (offs_d[None, :] * s_dod + offs_m[:, None] * s_don),
+                 mask=mask_m[:, None], other=0.0)
+    lse2 = tl.load(Lse + row, mask=mask_m, other=0.0) * 1.4426950408889634  # log2(e)
+    delta = tl.load(Delta + row, mask=mask_m, other=0.0)
+
+    k_base = K + b * s_kb + h * s_kh + area_start * s_kn
+    v_base = V + b * s_vb + h * s_vh + area_start * s_vn
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # -- stage 2: sweep the keys of the area
+    for start_n in range(0, n, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n
+        kt = tl.load(k_base + (offs_d[:, None] * s_kd + offs_n[None, :] * s_kn), mask=mask_n[None, :], other=0.0)
+        vt = tl.load(v_base + (offs_d[:, None] * s_vd + offs_n[None, :] * s_vn), mask=mask_n[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        p = tl.math.exp2(s - lse2[:, None])
+        p = tl.where(mask_n[None, :], p, 0.0)
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)
+
+    tl.store(DQ + (b * heads + h) * HEAD_DIM * N + area_start + (offs_d[None, :] * N + offs_m[:, None]),
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_m[:, None])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launchers (called by the yolov12_fast::area_attention_* ops after validation)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """IEEE fp32 dots for fp32 inputs unless the user opted into TF32; irrelevant (tf32) for 16-bit inputs."""
+    if dtype == torch.float32 and (_interpret() or torch.get_float32_matmul_precision() == "highest"):
+        return "ieee"
+    return "tf32"
+
+
+def _grid(B, heads, area, n):
+    return lambda meta: (B * heads, area * triton.cdiv(n, meta["BLOCK_M"]))
+
+
+def _check_launch(area, n, *tensors):
+    """Limits of one launch: grid axis 1 (CUDA caps it at 65535) and 32-bit offsets inside one (image, head)."""
+    tiles = area * triton.cdiv(n, 16)  # grid axis 1 at the smallest tile
+    torch._check(tiles <= 65535, lambda: f"area_attention: {area * n} tokens per image is more than one launch "
+                 f"covers ({tiles} tiles > 65535); split the feature map")
+    for t in tensors:
+        if t is None:
+            continue
+        D, N = t.shape[2], t.shape[3]
+        extent = max((D - 1) * abs(t.stride(2)) + (N - 1) * abs(t.stride(3)), D * N)
+        torch._check(extent < 2**31, lambda: "area_attention: one image's feature map spans more than 2**31 elements; "
+                     "split the batch or the feature map")
+
+
+def area_attention_fwd(q, k, v, area: int, scale: float, residual=None):
+    B, heads, D, N = q.shape
+    n = N // area
+    out = torch.empty((B, heads, D, N), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, heads, N), device=q.device, dtype=torch.float32)
+    _check_launch(area, n, q, k, v, residual)
+    r = residual if residual is not None else q  # dummy pointer, never read
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        area_attention_fwd_kernel[_grid(B, heads, area, n)](
+            q, k, v, r, out, lse,
+            *q.stride(), *k.stride(), *v.stride(), *r.stride(),
+            heads, N, n, scale * LOG2E,
+            HEAD_DIM=D, HAS_RESIDUAL=residual is not None, DOT_PRECISION=dot_precision(q.dtype),
+        )
+    return out, lse
+
+
+def area_attention_bwd(dout, q, k, v, out, residual, lse, area: int, scale: float):
+    B, heads, D, N = q.shape
+    n = N // area
+    out = out.contiguous()  # the forward wrote it contiguous; a no-op then
+    lse = lse.contiguous()
+    delta = torch.empty_like(lse)
+    dq = torch.empty((B, heads, D, N), device=q.device, dtype=q.dtype)
+    dk = torch.empty_like(dq)
+    dv = torch.empty_like(dq)
+    r = residual if residual is not None else dout
+    prec = dot_precision(q.dtype)
+    _check_launch(area, n, q, k, v, dout, residual)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        block = 64
+        area_attention_bwd_preprocess_kernel[(B * heads, triton.cdiv(N, block))](
+            dout, out, r, delta, *dout.stride(), *r.stride(), heads, N,
+            HEAD_DIM=D, HAS_RESIDUAL=residual is not None, BLOCK=block)
+        common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), heads, N, n, scale * LOG2E, scale)
+        area_attention_bwd_dkdv_kernel[lambda meta: (B * heads, area * triton.cdiv(n, meta["BLOCK_N"]))](
+            q, k, v, dout, lse, delta, dk, dv, *common, HEAD_DIM=D, DOT_PRECISION=prec)
+        area_attention_bwd_dq_kernel[_grid(B, heads, area, n)](
+            q, k, v, dout, lse, delta, dq, *common, HEAD_DIM=D, DOT_PRECISION=prec)
+    return dq, dk, dv
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ahead-of-time variants: every (kernel, dtype, head_dim, config) the op can launch, as triton.compile inputs.
+# The specialisation mirrors the common launch: 16-byte aligned pointers, token stride 1 (NCHW conv outputs),
+# other strides divisible by 16.
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32), head_dims=HEAD_DIMS):
+    """Yields, for one arch (compute capability x10), dicts with fn, signature, constexprs, attrs, num_warps,
+    num_stages and a readable name: one per variant the op launches there."""
+    kernels = [
+        (area_attention_fwd_kernel, FWD_CONFIGS, {"HAS_RESIDUAL": True}),
+        (area_attention_bwd_dkdv_kernel, BWD_CONFIGS, {}),
+        (area_attention_bwd_dq_kernel, BWD_CONFIGS, {}),
+        (area_attention_bwd_preprocess_kernel, None, {"HAS_RESIDUAL": True}),
+    ]
+    pre_cfg = triton.Config({"BLOCK": 64}, num_warps=4, num_stages=1)
+    for kernel, configs, extra in kernels:
+        fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+        for dtype in dtypes:
+            precisions = ["ieee", "tf32"] if dtype == torch.float32 else ["tf32"]
+            if "DOT_PRECISION" not in fn.arg_names:
+                precisions = [None]
+            for prec in precisions:
+                for d in head_dims:
+                    for cfg in configs_for(configs, arch) if configs is not None else [pre_cfg]:
+                        const = {"HEAD_DIM": d, **extra, **cfg.kwargs}
+                        if prec is not None:
+                            const["DOT_PRECISION"] = prec
+                        sig, attrs = {}, {}
+                        for i, name in enumerate(fn.arg_names):
+                            if name in const:
+                                sig[name] = "constexpr"
+                            elif name in ("Lse", "Delta"):
+                                sig[name] = "*fp32"
+                            elif name[0].isupper() and name != "N":
+                                sig[name] = "*" + _TRITON_DTYPE[dtype]
+                            elif name in ("qk_scale", "sm_scale"):
+                                sig[name] = "fp32"
+                            elif name.startswith("s_") and name.endswith("n"):
+                                sig[name], const[name] = "constexpr", 1  # token stride 1: specialised like a launch
+                                continue
+                            else:
+                                sig[name] = "i32"
+                            if sig[name].startswith("*") or (name.startswith("s_") or name == "N"):
+                                attrs[(i,)] = [["tt.divisibility", 16]]
+                        tag = "/".join(f"{k}={v}" for k, v in cfg.kwargs.items())
+                        yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=cfg.num_warps,
+                                   num_stages=cfg.num_stages, dtype=str(dtype).replace("torch.", ""),
+                                   name=f"{fn.__name__}[{_TRITON_DTYPE[dtype]}{'' if prec in (None, 'tf32') or dtype != torch.float32 else '-ieee'}"
+                                        f"{'-tf32' if prec == 'tf32' and dtype == torch.float32 else ''},d{d},{tag},"
+                                        f"w{cfg.num_warps}s{cfg.num_stages}]",
+                                   tensor_cores_expected=dtype != torch.float32 or prec == "tf32")

@@ -1,0 +1,126 @@
+"""yolov12_fast::area_attention on the Triton backend (interpreter on CPU here, compiled on a GPU) and the
+reference backend, against the float64 oracle. Shapes are small (the interpreter runs numpy) but awkward:
+tokens per area not a multiple of any tile, areas cutting rows, batch 3, every input layout users produce."""
+
+import pytest
+import torch
+
+import yolov12_fast
+from yolov12_fast import reference
+from tolerances import assert_close_to_oracle
+
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"
+
+
+def make_qkv(layout, B, heads, D, H, W, dtype, device=DEV):
+    """q, k, v as the views the modules pass: never contiguous (B, heads, D, N) copies unless layout='plain'."""
+    N, C = H * W, heads * D
+    if layout == "interleaved":  # ultralytics / v1.0: qkv conv output, per head [q | k | v] blocks of D channels
+        qkv = torch.randn(B, 3 * C, H, W, dtype=dtype, device=device)
+        return qkv.view(B, heads, 3 * D, N).split(D, dim=2)
+    if layout == "turbo":  # qk conv (all q, then all k) and a separate v conv
+        qk = torch.randn(B, 2 * C, H, W, dtype=dtype, device=device)
+        v = torch.randn(B, C, H, W, dtype=dtype, device=device)
+        q, k = qk.view(B, 2, heads, D, N).unbind(1)
+        return q, k, v.view(B, heads, D, N)
+    if layout == "channels_last":  # conv output in channels_last: token stride 3C, channel stride 1
+        qkv = torch.randn(B, 3 * C, H, W, dtype=dtype, device=device).to(memory_format=torch.channels_last)
+        return qkv.view(B, heads, 3 * D, N).split(D, dim=2)
+    if layout == "batch_slice":  # every other image of a larger batch, plus a storage offset
+        qkv = torch.randn(2 * B + 1, 3 * C, H, W, dtype=dtype, device=device)[1::2]
+        return qkv.view(B, heads, 3 * D, N).split(D, dim=2)
+    if layout == "plain":
+        return tuple(torch.randn(B, heads, D, N, dtype=dtype, device=device) for _ in range(3))
+    raise ValueError(layout)
+
+
+def oracle_and_naive(q, k, v, area, residual=None):
+    f64 = lambda t: None if t is None else t.detach().double()
+    o64, lse64 = reference.area_attention_lse(f64(q), f64(k), f64(v), area, residual=f64(residual))
+    naive, _ = reference.area_attention_lse(q.detach(), k.detach(), v.detach(), area, residual=None if residual is None else residual.detach())
+    return o64, lse64, naive
+
+
+CASES = [  # (layout, B, heads, D, H, W, area)
+    ("interleaved", 3, 2, 32, 6, 10, 4),    # 15 tokens per area = 1.5 rows: areas cut rows; batch 3
+    ("interleaved", 1, 1, 32, 15, 20, 1),   # 300 tokens, not a multiple of any tile
+    ("turbo", 2, 2, 16, 7, 7, 1),           # 49 tokens (224 classification)
+    ("channels_last", 1, 2, 64, 5, 8, 4),   # 10 tokens per area, token stride C
+    ("batch_slice", 3, 1, 32, 4, 9, 4),     # 9 tokens per area, non-contiguous batch with storage offset
+    ("plain", 2, 3, 32, 2, 2, 4),           # 1 token per area
+]
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if HAS_CUDA else [])  # interpreter bf16 is broken
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-B{c[1]}h{c[2]}d{c[3]}-{c[4]}x{c[5]}-a{c[6]}")
+def test_forward_and_lse(case, dtype):
+    layout, B, heads, D, H, W, area = case
+    q, k, v = make_qkv(layout, B, heads, D, H, W, dtype)
+    out, lse = torch.ops.yolov12_fast.area_attention_fwd(q, k, v, area, D ** -0.5, None, "triton")
+    o64, lse64, naive = oracle_and_naive(q, k, v, area)
+    assert out.shape == q.shape and out.is_contiguous() and out.dtype == dtype
+    assert_close_to_oracle(out, naive, o64, f"out {case}")
+    assert lse.dtype == torch.float32 and lse.shape == (B, heads, H * W)
+    assert (lse.double() - lse64).abs().max().item() < (1e-5 if dtype == torch.float32 else 5e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES[:3] + CASES[4:5], ids=lambda c: f"{c[0]}-B{c[1]}h{c[2]}d{c[3]}-{c[4]}x{c[5]}-a{c[6]}")
+def test_gradients_through_autograd(case, dtype):
+    layout, B, heads, D, H, W, area = case
+    q, k, v = make_qkv(layout, B, heads, D, H, W, dtype)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    res = torch.randn(B, heads, D, H * W, dtype=dtype, device=DEV, requires_grad=True)
+    out = yolov12_fast.area_attention(*leaves, area, residual=res, backend="triton")
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves + [res], dout)
+    # oracle: float64 autograd of the reference; naive: same-dtype reference backward
+    l64 = [t.detach().double().requires_grad_(True) for t in leaves]
+    o64 = reference.area_attention(*l64, area, residual=res.detach().double())
+    g64 = torch.autograd.grad(o64, l64, dout.double())
+    naive = reference.area_attention_backward(dout, *[t.detach() for t in leaves], area)
+    for name, g, gn, go in zip("qkv", grads[:3], naive, g64):
+        assert_close_to_oracle(g, gn, go, f"d{name} {case}")
+    torch.testing.assert_close(grads[3], dout, rtol=0, atol=0)  # d residual is dout itself
+
+
+def test_forward_matches_oracle_with_residual_and_custom_scale():
+    q, k, v = make_qkv("interleaved", 2, 2, 32, 6, 10, torch.float32)
+    res = torch.randn(2, 2, 32, 60, device=DEV).transpose(-1, -2).contiguous().transpose(-1, -2)  # strided residual
+    out = yolov12_fast.area_attention(q, k, v, 4, scale=0.3, residual=res, backend="triton")
+    o64, _ = reference.area_attention_lse(q.double(), k.double(), v.double(), 4, scale=0.3, residual=res.double())
+    naive = reference.area_attention(q, k, v, 4, scale=0.3, residual=res)
+    assert_close_to_oracle(out, naive, o64, "residual+scale")
+
+
+def test_fp16_large_logits_do_not_overflow():
+    """Scores of ~1e4 overflow fp16 if exponentiated or accumulated in fp16; fp32 accumulation must not."""
+    q, k, v = make_qkv("plain", 1, 1, 32, 4, 8, torch.float16)
+    q = (q * 40).to(torch.float16)
+    k = (k * 40).to(torch.float16)
+    out = yolov12_fast.area_attention(q, k, v, 1, backend="triton")
+    o64, _ = reference.area_attention_lse(q.double(), k.double(), v.double(), 1)
+    assert torch.isfinite(out).all()
+    assert (out.double() - o64).abs().max().item() < 2e-2
+
+
+def test_deterministic_bitwise():
+    q, k, v = [t.detach().requires_grad_(True) for t in make_qkv("plain", 2, 2, 32, 4, 5, torch.float32)]
+    runs = []
+    for _ in range(2):
+        out = yolov12_fast.area_attention(q, k, v, 4, backend="triton")
+        runs.append((out, *torch.autograd.grad(out, (q, k, v), torch.ones_like(out))))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_the_check_catches_a_wrong_scale():
+    """Check the check: a kernel with the scale off by 0.1% must fail the tolerance."""
+    q, k, v = make_qkv("interleaved", 1, 2, 32, 4, 10, torch.float32)
+    q, k = q * 3, k * 3  # logits of order 10, as in calibrated models
+    wrong = yolov12_fast.area_attention(q, k, v, 4, scale=32 ** -0.5 * 1.001, backend="triton")
+    o64, _, naive = oracle_and_naive(q, k, v, 4)
+    with pytest.raises(AssertionError, match="exceed the bound"):
+        assert_close_to_oracle(wrong, naive, o64, "wrong scale")

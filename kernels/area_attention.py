@@ -44,31 +44,47 @@ def _cfg(bm, bn, warps, stages):
 
 
 FWD_CONFIGS = [_cfg(64, 64, 4, 2), _cfg(64, 32, 4, 3), _cfg(128, 64, 8, 2)]
-BWD_CONFIGS = [_cfg(32, 64, 4, 2), _cfg(64, 32, 4, 2)]
-# Turing (sm_75): Triton has no tensor-core path there (FMA dots), so small tiles that fit the register file; the
+BWD_CONFIGS = [_cfg(64, 32, 4, 2), _cfg(32, 32, 4, 2)]
+# Dots that do not run on tensor cores (every dot on Turing sm_75, where Triton has no MMA path, and IEEE fp32
+# dots everywhere) are FMA loops whose tiles live in registers: they get small tiles that do not spill. The
 # CUDA C++ backend is the fast one on T4.
-SM75_CONFIGS = [_cfg(32, 16, 4, 1)]
+FMA_CONFIGS = [_cfg(32, 16, 4, 1)]
 INTERPRET_CONFIG = _cfg(32, 16, 4, 1)
 
 
-def configs_for(configs, arch: int):
-    return SM75_CONFIGS if arch < 80 else configs
+def uses_fma(arch: int, dot_precision: str | None, dtype_is_fp32: bool) -> bool:
+    return arch < 80 or (dtype_is_fp32 and dot_precision == "ieee")
+
+
+def configs_for(configs, arch: int, fma: bool):
+    return FMA_CONFIGS if fma or arch < 80 else configs
 
 
 def _configs(configs):
+    """Every config the autotuner may use on this machine; _prune narrows them per launch."""
     if _interpret():
         return [INTERPRET_CONFIG]
-    if torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability()
-        return configs_for(configs, 10 * major + minor)
-    return configs
+    return configs + FMA_CONFIGS
+
+
+def _device_arch() -> int:
+    if not torch.cuda.is_available():
+        return 90
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far larger than the area (49 or 1 tokens per area): they only add masked work."""
+    """FMA tiles for FMA dots, tensor-core tiles otherwise; drop tiles far larger than the area (49 or 1 tokens
+    per area): they only add masked work."""
+    if len(configs) == 1:
+        return configs
+    fma = uses_fma(_device_arch(), kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION")),
+                   named_args["Q"].dtype == torch.float32)
+    pool = [c for c in configs if (c in FMA_CONFIGS) == fma] or configs
     n = named_args["n"]
-    keep = [c for c in configs if c.kwargs["BLOCK_M"] <= max(32, triton.next_power_of_2(n))]
-    return keep or configs[:1]
+    keep = [c for c in pool if c.kwargs["BLOCK_M"] <= max(32, triton.next_power_of_2(n))]
+    return keep or pool[:1]
 
 
 _PRUNE = {"early_config_prune": _prune}
@@ -78,7 +94,7 @@ _PRUNE = {"early_config_prune": _prune}
 # Forward
 
 
-@triton.autotune(configs=_configs(FWD_CONFIGS), key=["HEAD_DIM", "n", "HAS_RESIDUAL"], prune_configs_by=_PRUNE)
+@triton.autotune(configs=_configs(FWD_CONFIGS), key=["HEAD_DIM", "n", "HAS_RESIDUAL", "DOT_PRECISION"], prune_configs_by=_PRUNE)
 @triton.jit
 def area_attention_fwd_kernel(
     Q, K, V, R, Out, Lse,
@@ -173,7 +189,7 @@ def area_attention_bwd_preprocess_kernel(
     tl.store(Delta + (b * heads + h) * N + start + offs, tl.sum(do * o, 1), mask=mask)
 
 
-@triton.autotune(configs=_configs(BWD_CONFIGS), key=["HEAD_DIM", "n"], prune_configs_by=_PRUNE)
+@triton.autotune(configs=_configs(BWD_CONFIGS), key=["HEAD_DIM", "n", "DOT_PRECISION"], prune_configs_by=_PRUNE)
 @triton.jit
 def area_attention_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV,
@@ -234,7 +250,7 @@ def area_attention_bwd_dkdv_kernel(
     tl.store(DV + out_base + out_off, dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
 
 
-@triton.autotune(configs=_configs(BWD_CONFIGS), key=["HEAD_DIM", "n"], prune_configs_by=_PRUNE)
+@triton.autotune(configs=_configs(BWD_CONFIGS), key=["HEAD_DIM", "n", "DOT_PRECISION"], prune_configs_by=_PRUNE)
 @triton.jit
 def area_attention_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ,
@@ -385,7 +401,8 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
                 precisions = [None]
             for prec in precisions:
                 for d in head_dims:
-                    for cfg in configs_for(configs, arch) if configs is not None else [pre_cfg]:
+                    fma = uses_fma(arch, prec, dtype == torch.float32)
+                    for cfg in configs_for(configs, arch, fma) if configs is not None else [pre_cfg]:
                         const = {"HEAD_DIM": d, **extra, **cfg.kwargs}
                         if prec is not None:
                             const["DOT_PRECISION"] = prec
@@ -412,4 +429,4 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
                                    name=f"{fn.__name__}[{_TRITON_DTYPE[dtype]}{'' if prec in (None, 'tf32') or dtype != torch.float32 else '-ieee'}"
                                         f"{'-tf32' if prec == 'tf32' and dtype == torch.float32 else ''},d{d},{tag},"
                                         f"w{cfg.num_warps}s{cfg.num_stages}]",
-                                   tensor_cores_expected=dtype != torch.float32 or prec == "tf32")
+                                   tensor_cores_expected=not fma)

@@ -1,0 +1,83 @@
+// Torch-free interface of the CUDA kernels in csrc/cuda/*.cu.
+//
+// The .cu files include only CUDA headers (they compile for three archs in seconds); csrc/cuda/ops_cuda.cpp is
+// the torch glue (checks, device guard, stream, output allocation, registration). Every launcher takes raw
+// pointers, sizes and element strides (int64), a cudaStream_t, and returns the launch's cudaError_t
+// (cudaErrorInvalidValue / cudaErrorNotSupported for a configuration the kernels do not handle; the glue
+// rejects those first with a readable message).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace yolov12_fast {
+namespace cuda {
+
+enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2 };
+
+// Element strides of a (B, heads, head_dim, N) tensor.
+struct Strides4 {
+  int64_t b, h, d, n;
+};
+
+// What the launchers need to know about the device (the glue fills it from torch's cached cudaDeviceProp).
+struct DeviceInfo {
+  int sm_count;
+  int cc_major, cc_minor;
+  int smem_per_block_optin;  // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  int smem_per_sm;           // cudaDevAttrMaxSharedMemoryPerMultiprocessor
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Area attention forward (csrc/cuda/area_attention_fwd.cu)
+
+struct AreaAttnFwdArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* residual;  // nullptr: no residual
+  void* out;             // contiguous (B, heads, head_dim, N), input dtype
+  float* lse;            // contiguous (B, heads, N), natural log
+  Strides4 sq, sk, sv, sr;
+  int64_t batch, heads, head_dim, tokens, area;
+  float scale;
+  DType dtype;
+};
+
+// How a launch is laid out; a pure function of (tokens per area, head_dim, device): host code, no CUDA calls.
+struct AreaAttnFwdPlan {
+  bool supported;      // head_dim and smem allow a launch
+  bool resident;       // the whole area's K and V sit in shared memory (else streamed in chunks)
+  int warps;           // warps per CTA; each warp owns 16 query rows at a time
+  int chunk_keys;      // keys per shared-memory K/V chunk (resident: tokens per area rounded up to 16)
+  int smem_row;        // shared-memory row length in elements (chunk_keys + 8: an odd number of 16-byte units)
+  int smem_bytes;      // dynamic shared memory per CTA
+};
+
+// head_dims the CUDA kernel is compiled for.
+bool area_attention_fwd_supports_head_dim(int64_t head_dim);
+AreaAttnFwdPlan area_attention_fwd_plan(int64_t tokens_per_area, int64_t head_dim, const DeviceInfo& dev);
+cudaError_t area_attention_fwd(const AreaAttnFwdArgs& args, const DeviceInfo& dev, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------------------
+// PE: out = x + depthwise_conv2d(v, weight, bias, padding=k//2) (csrc/cuda/pe_add.cu)
+
+struct PeAddArgs {
+  const void* v;       // (B, heads, head_dim, H*W), strides sv
+  const void* weight;  // (heads*head_dim, 1, k, k), element strides w_c, w_y, w_x
+  const void* bias;    // (heads*head_dim,) stride bias_c, or nullptr
+  const void* x;       // like v (strides sx), or nullptr
+  void* out;           // contiguous (B, heads, head_dim, H*W)
+  Strides4 sv, sx;
+  int64_t w_c, w_y, w_x, bias_c;
+  int64_t batch, heads, head_dim, H, W;
+  int ksize;
+  DType dtype;
+};
+
+bool pe_add_supports_ksize(int ksize);
+cudaError_t pe_add(const PeAddArgs& args, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace yolov12_fast

@@ -1,0 +1,181 @@
+// Torch glue of the CUDA kernels: argument checks with messages that say what to do, device guard, current
+// stream, output allocation, and the CUDA implementations of the yolov12_fast::*_cxx ops declared in
+// csrc/ops.cpp. The kernels themselves are torch-free (csrc/cuda/*.cu, interface in kernels.h). No host syncs.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "kernels.h"
+
+namespace {
+
+namespace kc = yolov12_fast::cuda;
+
+kc::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return kc::DType::kFloat16;
+    case at::kBFloat16: return kc::DType::kBFloat16;
+    default: return kc::DType::kFloat32;
+  }
+}
+
+kc::Strides4 strides4(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+kc::DeviceInfo device_info(const at::Tensor& t) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(t.get_device());  // cached by torch
+  kc::DeviceInfo d{};
+  d.sm_count = prop->multiProcessorCount;
+  d.cc_major = prop->major;
+  d.cc_minor = prop->minor;
+  d.smem_per_block_optin = static_cast<int>(prop->sharedMemPerBlockOptin);
+  d.smem_per_sm = static_cast<int>(prop->sharedMemPerMultiprocessor);
+  return d;
+}
+
+std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                            const at::Tensor& v, int64_t area, double scale,
+                                                            const std::optional<at::Tensor>& residual) {
+  constexpr const char* op = "area_attention_fwd_cxx (CUDA)";
+  TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), op, ": q, k, v must be CUDA tensors, got ", q.device(),
+              ", ", k.device(), ", ", v.device());
+  TORCH_CHECK(q.device() == k.device() && q.device() == v.device(), op, ": q, k, v must be on one device, got ",
+              q.device(), ", ", k.device(), ", ", v.device());
+  TORCH_CHECK(q.dim() == 4, op, ": q, k, v must be 4-D (B, heads, head_dim, N), got shape ", q.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op, ": q, k, v must have the same shape, got ",
+              q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k, v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK(dtype != at::kFloat, op, ": the tensor-core kernel takes float16 or bfloat16; for float32 inputs use "
+              "backend='triton' (GPU) or convert q, k, v to float16/bfloat16");
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, op, ": dtype ", dtype,
+              " is not supported; use float16 or bfloat16");
+  const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), N = q.size(3);
+  TORCH_CHECK(kc::area_attention_fwd_supports_head_dim(D), op, ": head_dim ", D,
+              " is not supported by the CUDA C++ kernel (it is specialised for head_dim 32 and 64); use "
+              "backend='triton'");
+  TORCH_CHECK(area >= 1, op, ": area must be >= 1, got ", area);
+  TORCH_CHECK(N % area == 0, op, ": N = H*W = ", N, " tokens is not divisible by area = ", area,
+              "; pad the feature map (ultralytics pads inputs to multiples of 32)");
+  TORCH_CHECK(N < (int64_t(1) << 31) && B * heads * area < (int64_t(1) << 31), op, ": too many tokens or sequences (N = ",
+              N, ", B*heads*area = ", B * heads * area, ")");
+  if (residual.has_value()) {
+    const at::Tensor& r = *residual;
+    TORCH_CHECK(r.sizes() == q.sizes(), op, ": residual must have the shape of q ", q.sizes(), ", got ", r.sizes());
+    TORCH_CHECK(r.scalar_type() == dtype, op, ": residual dtype ", r.scalar_type(), " differs from q's ", dtype);
+    TORCH_CHECK(r.device() == q.device(), op, ": residual is on ", r.device(), ", q on ", q.device());
+  }
+
+  c10::cuda::CUDAGuard guard(q.device());
+  const kc::DeviceInfo dev = device_info(q);
+  TORCH_CHECK(dev.cc_major * 10 + dev.cc_minor >= 75, op, ": needs compute capability 7.5 (Turing) or newer; this GPU is ",
+              dev.cc_major, ".", dev.cc_minor);
+  TORCH_CHECK(dtype != at::kBFloat16 || dev.cc_major >= 8, op,
+              ": bfloat16 tensor-core MMA needs compute capability 8.0 (Ampere) or newer; this GPU is ", dev.cc_major,
+              ".", dev.cc_minor, ": use float16 (or backend='triton')");
+  const kc::AreaAttnFwdPlan plan = kc::area_attention_fwd_plan(N / area, D, dev);
+  TORCH_CHECK(plan.supported, op, ": head_dim ", D, " does not fit this GPU's shared memory (",
+              dev.smem_per_block_optin, " bytes per block); use backend='triton'");
+
+  at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous (B, heads, D, N)
+  at::Tensor lse = at::empty({B, heads, N}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse};
+
+  kc::AreaAttnFwdArgs a{};
+  a.q = q.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  a.residual = residual.has_value() ? residual->data_ptr() : nullptr;
+  a.out = out.data_ptr();
+  a.lse = lse.data_ptr<float>();
+  a.sq = strides4(q);
+  a.sk = strides4(k);
+  a.sv = strides4(v);
+  a.sr = residual.has_value() ? strides4(*residual) : kc::Strides4{0, 0, 0, 0};
+  a.batch = B;
+  a.heads = heads;
+  a.head_dim = D;
+  a.tokens = N;
+  a.area = area;
+  a.scale = static_cast<float>(scale);
+  a.dtype = kernel_dtype(dtype);
+  C10_CUDA_CHECK(kc::area_attention_fwd(a, dev, at::cuda::getCurrentCUDAStream()));
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, const at::Tensor&, int64_t, double) {
+  TORCH_CHECK(false, "area_attention_bwd_cxx (CUDA): the CUDA C++ backend has no backward kernel yet; train with "
+              "backend='triton' (or 'reference')");
+  return {};
+}
+
+at::Tensor pe_add_cuda(const at::Tensor& v, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& x, int64_t H, int64_t W) {
+  constexpr const char* op = "pe_add_cxx (CUDA)";
+  TORCH_CHECK(v.is_cuda(), op, ": v must be a CUDA tensor, got ", v.device());
+  TORCH_CHECK(v.dim() == 4, op, ": v must be 4-D (B, heads, head_dim, N), got shape ", v.sizes());
+  const auto dtype = v.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat, op, ": v has dtype ", dtype,
+              "; use float16, bfloat16 or float32");
+  const int64_t B = v.size(0), heads = v.size(1), D = v.size(2), N = v.size(3), C = heads * D;
+  TORCH_CHECK(H >= 0 && W >= 0 && H * W == N, op, ": H*W = ", H, "*", W, " must equal the token count N = ", N);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 && weight.size(2) == weight.size(3),
+              op, ": weight must be a depthwise (", C, ", 1, k, k) kernel, got ", weight.sizes());
+  const int64_t ks = weight.size(2);
+  TORCH_CHECK(kc::pe_add_supports_ksize(static_cast<int>(ks)), op, ": kernel size ", ks,
+              " is not supported by the CUDA kernel (3, 5 and 7 are); use backend='reference'");
+  TORCH_CHECK(weight.scalar_type() == dtype && weight.device() == v.device(), op,
+              ": weight must match v's dtype and device (", dtype, ", ", v.device(), "), got ", weight.scalar_type(),
+              ", ", weight.device());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == C && bias->scalar_type() == dtype && bias->device() == v.device(),
+                op, ": bias must be (", C, ",) with v's dtype and device, got ", bias->sizes(), " ",
+                bias->scalar_type(), " ", bias->device());
+  }
+  if (x.has_value()) {
+    TORCH_CHECK(x->sizes() == v.sizes() && x->scalar_type() == dtype && x->device() == v.device(), op,
+                ": x must have v's shape, dtype and device, got ", x->sizes(), " ", x->scalar_type(), " ", x->device());
+  }
+  TORCH_CHECK(B <= 65535 && C <= 65535, op, ": batch and channels must be <= 65535, got ", B, " and ", C);
+
+  c10::cuda::CUDAGuard guard(v.device());
+  at::Tensor out = at::empty(v.sizes(), v.options());  // contiguous (B, heads, D, N)
+  if (out.numel() == 0) return out;
+
+  kc::PeAddArgs a{};
+  a.v = v.data_ptr();
+  a.weight = weight.data_ptr();
+  a.bias = bias.has_value() ? bias->data_ptr() : nullptr;
+  a.x = x.has_value() ? x->data_ptr() : nullptr;
+  a.out = out.data_ptr();
+  a.sv = strides4(v);
+  a.sx = x.has_value() ? strides4(*x) : kc::Strides4{0, 0, 0, 0};
+  a.w_c = weight.stride(0);
+  a.w_y = weight.stride(2);
+  a.w_x = weight.stride(3);
+  a.bias_c = bias.has_value() ? bias->stride(0) : 0;
+  a.batch = B;
+  a.heads = heads;
+  a.head_dim = D;
+  a.H = H;
+  a.W = W;
+  a.ksize = static_cast<int>(ks);
+  a.dtype = kernel_dtype(dtype);
+  C10_CUDA_CHECK(kc::pe_add(a, at::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(yolov12_fast, CUDA, m) {
+  m.impl("area_attention_fwd_cxx", &area_attention_fwd_cuda);
+  m.impl("area_attention_bwd_cxx", &area_attention_bwd_cuda);
+  m.impl("pe_add_cxx", &pe_add_cuda);
+}

@@ -1,0 +1,285 @@
+"""GPU tests of the CUDA C++ kernels (csrc/cuda): `area_attention_fwd_cxx` and `pe_add_cxx`.
+
+Each result is compared with the float64 oracle, the naive same-dtype PyTorch computation being the yardstick
+(tests/tolerances.py). Inputs are the views the model passes: the ultralytics interleaved qkv output, the turbo
+qk halves, a channels_last conv output (token stride 3C, d stride 1) and a misaligned view (odd strides and
+offset: the scalar staging path), plus plain contiguous tensors. Area lengths cover 1 token, partial 16-row
+tiles and 64-key blocks, the 640 (400) and 1280 (1600) shapes, and areas too long for shared memory (streamed).
+
+Marked gpu: skipped with the reason where no CUDA device is visible (tests/conftest.py), and where the
+extension was built without its CUDA kernels.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tolerances import assert_close_to_oracle
+from yolov12_fast import _backends, reference
+
+pytestmark = pytest.mark.gpu
+
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+LAYOUTS = ("interleaved", "turbo", "channels_last", "misaligned", "contiguous")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cuda_kernels():
+    ok, why = _backends.can_use_cuda_ext("cuda")
+    if not ok:
+        pytest.skip(f"the CUDA C++ kernels are not available: {why}")
+
+
+def _skip_bf16_if_unsupported(dtype):
+    if dtype == BF16 and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bfloat16 tensor-core MMA needs compute capability 8.0 (tested to raise in test_bad_inputs)")
+
+
+def make_qkv(layout: str, B: int, heads: int, D: int, N: int, dtype: torch.dtype, device="cuda"):
+    """q, k, v (B, heads, D, N) as views in the given memory layout."""
+    C = heads * D
+    kw = dict(device=device, dtype=dtype)
+    if layout == "interleaved":  # ultralytics qkv conv output (B, 3C, H, W): per head [q | k | v] channels
+        q, k, v = torch.randn(B, 3 * C, N, **kw).view(B, heads, 3 * D, N).split(D, dim=2)
+    elif layout == "turbo":  # qk conv (B, 2C, H, W): all q channels, then all k; v from its own conv
+        qk = torch.randn(B, 2 * C, N, **kw)
+        q, k = qk[:, :C].view(B, heads, D, N), qk[:, C:].view(B, heads, D, N)
+        v = torch.randn(B, C, N, **kw).view(B, heads, D, N)
+    elif layout == "channels_last":  # qkv conv output in channels_last: token stride 3C, d stride 1
+        qkv = torch.randn(B, N, 3 * C, **kw).permute(0, 2, 1)
+        q, k, v = qkv.view(B, heads, 3 * D, N).split(D, dim=2)
+    elif layout == "misaligned":  # token stride 1 but odd d stride and an odd storage offset
+        q, k, v = (torch.randn(B, heads, D, N + 1, **kw)[..., 1:] for _ in range(3))
+    elif layout == "contiguous":
+        q, k, v = (torch.randn(B, heads, D, N, **kw) for _ in range(3))
+    else:
+        raise ValueError(layout)
+    assert q.shape == k.shape == v.shape == (B, heads, D, N)
+    return q, k, v
+
+
+def check_attention(q, k, v, area, residual=None, scale=None):
+    scale = q.shape[2] ** -0.5 if scale is None else scale
+    out, lse = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, area, scale, residual)
+    B, H, D, N = q.shape
+    assert out.shape == (B, H, D, N) and out.dtype == q.dtype and out.is_contiguous() and out.device == q.device
+    assert lse.shape == (B, H, N) and lse.dtype == F32 and lse.is_contiguous()
+    d = lambda t: None if t is None else t.double()
+    oracle_out, oracle_lse = reference.area_attention_lse(d(q), d(k), d(v), area, scale, d(residual))
+    naive_out, naive_lse = reference.area_attention_lse(q, k, v, area, scale, residual)
+    assert_close_to_oracle(out, naive_out, oracle_out, "out")
+    assert_close_to_oracle(lse, naive_lse, oracle_lse, "lse")
+    return out, lse
+
+
+# ---------------------------------------------------------------------------------------------------------
+# area attention forward
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("area", [1, 4])
+@pytest.mark.parametrize("n", [1, 49, 300, 400, 1600])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
+def test_area_attention_head_dim_32(dtype, layout, n, area, residual):
+    _skip_bf16_if_unsupported(dtype)
+    B, heads, D = 3, 2, 32
+    N = n * area
+    q, k, v = make_qkv(layout, B, heads, D, N, dtype)
+    res = make_qkv("interleaved", B, heads, D, N, dtype)[2] if residual else None  # a strided residual
+    check_attention(q, k, v, area, res)
+
+
+@pytest.mark.parametrize("n,area", [(49, 4), (400, 1), (400, 4), (1600, 1)])
+@pytest.mark.parametrize("layout", ["interleaved", "channels_last", "contiguous"])
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
+def test_area_attention_head_dim_64(dtype, layout, n, area):
+    _skip_bf16_if_unsupported(dtype)
+    B, heads, D = 3, 2, 64
+    q, k, v = make_qkv(layout, B, heads, D, n * area, dtype)
+    check_attention(q, k, v, area, torch.randn(B, heads, D, n * area, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("n", [15, 16, 17, 63, 64, 65, 127, 129, 240, 401, 1000])
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
+def test_area_attention_tile_edges_and_query_split(dtype, n):
+    """Partial 16-query tiles and 64-key blocks; one sequence only, so the launch splits queries across CTAs."""
+    _skip_bf16_if_unsupported(dtype)
+    q, k, v = make_qkv("contiguous", 1, 1, 32, n, dtype)
+    check_attention(q, k, v, 1)
+
+
+@pytest.mark.parametrize("n,area,D", [(2001, 1, 32), (4096, 1, 32), (4096, 2, 32), (1600, 4, 64), (1001, 1, 64)])
+@pytest.mark.parametrize("layout", ["interleaved", "channels_last"])
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
+def test_area_attention_streamed(dtype, layout, n, area, D):
+    """Areas too long for shared memory on every arch: K/V stream through smem in chunks (tails masked)."""
+    _skip_bf16_if_unsupported(dtype)
+    B, heads = 1, 2
+    q, k, v = make_qkv(layout, B, heads, D, n * area, dtype)
+    check_attention(q, k, v, area, torch.randn(B, heads, D, n * area, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
+def test_area_attention_peaky_scores(dtype):
+    """Large scores (|s| up to ~40 after scaling): online-softmax rescaling and fp32 accumulation (the naive
+    fp16 path computes these scores in fp16)."""
+    _skip_bf16_if_unsupported(dtype)
+    q, k, v = make_qkv("interleaved", 3, 2, 32, 1600, dtype)
+    q.mul_(6.0)
+    check_attention(q, k, v, 4)
+
+
+def test_area_attention_custom_scale_and_zero_scale():
+    q, k, v = make_qkv("interleaved", 2, 2, 32, 400, F16)
+    check_attention(q, k, v, 1, scale=0.3)
+    out, lse = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, 4, 0.0, None)  # uniform weights
+    want = v.double().reshape(2, 2, 32, 4, 100).mean(-1, keepdim=True).expand(-1, -1, -1, -1, 100).reshape(2, 2, 32, 400)
+    torch.testing.assert_close(out.double(), want, atol=2e-3, rtol=0)
+    torch.testing.assert_close(lse, torch.full_like(lse, torch.log(torch.tensor(100.0)).item()), atol=1e-5, rtol=0)
+
+
+def test_area_attention_public_op_backend_cuda():
+    """The public op dispatches backend='cuda' to this kernel, also on a non-default stream."""
+    from yolov12_fast import functional
+
+    q, k, v = make_qkv("interleaved", 3, 2, 32, 1600, F16)
+    res = torch.randn_like(q)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        out = functional.area_attention(q, k, v, 4, residual=res, backend="cuda")
+    torch.cuda.current_stream().wait_stream(s)
+    d = lambda t: t.double()
+    oracle = reference.area_attention_lse(d(q), d(k), d(v), 4, None, d(res))[0]
+    naive = reference.area_attention(q, k, v, 4, None, res)
+    assert_close_to_oracle(out, naive, oracle, "public op")
+
+
+def test_area_attention_second_device_guard():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    q, k, v = make_qkv("interleaved", 1, 2, 32, 400, F16, device="cuda:1")
+    out, _ = check_attention(q, k, v, 1)
+    assert out.device == torch.device("cuda:1")
+
+
+def test_area_attention_empty_batch():
+    q, k, v = make_qkv("contiguous", 0, 2, 32, 400, F16)
+    out, lse = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, 4, 32 ** -0.5, None)
+    assert out.shape == (0, 2, 32, 400) and lse.shape == (0, 2, 400)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PE: x + depthwise conv
+
+
+def check_pe(v, weight, bias, x, H, W):
+    out = torch.ops.yolov12_fast.pe_add_cxx(v, weight, bias, x, H, W)
+    assert out.shape == v.shape and out.dtype == v.dtype and out.is_contiguous()
+    B, nh, D, N = v.shape
+    C = nh * D
+    k = weight.shape[-1]
+
+    def conv(v_, w_, b_, x_):
+        y = F.conv2d(v_.reshape(B, C, H, W), w_, b_, padding=k // 2, groups=C)
+        if x_ is not None:
+            y = y + x_.reshape(B, C, H, W)
+        return y.reshape(B, nh, D, N)
+
+    d = lambda t: None if t is None else t.double()
+    oracle = conv(d(v), d(weight), d(bias), d(x))
+    naive = conv(v, weight, bias, x)
+    assert_close_to_oracle(out, naive, oracle, "pe_add")
+    return out
+
+
+@pytest.mark.parametrize("with_bias_x", [True, False], ids=["bias+x", "plain"])
+@pytest.mark.parametrize("hw", [(40, 40), (20, 20), (30, 40), (7, 9), (33, 70), (1, 1), (80, 80)])
+@pytest.mark.parametrize("ksize", [5, 7])
+@pytest.mark.parametrize("layout", ["interleaved", "channels_last", "contiguous"])
+@pytest.mark.parametrize("dtype", [F16, BF16, F32], ids=["fp16", "bf16", "fp32"])
+def test_pe_add(dtype, layout, ksize, hw, with_bias_x):
+    H, W = hw
+    B, heads, D = 3, 2, 32
+    C = heads * D
+    v = make_qkv(layout, B, heads, D, H * W, dtype)[2]
+    weight = torch.randn(C, 1, ksize, ksize, device="cuda", dtype=dtype) / ksize
+    bias = torch.randn(C, device="cuda", dtype=dtype) if with_bias_x else None
+    x = make_qkv("interleaved", B, heads, D, H * W, dtype)[0] if with_bias_x else None  # strided x
+    check_pe(v, weight, bias, x, H, W)
+
+
+def test_pe_add_3x3_and_noncontiguous_weight():
+    B, heads, D, H, W = 2, 2, 32, 24, 36
+    C = heads * D
+    v = make_qkv("turbo", B, heads, D, H * W, F16)[2]
+    weight = torch.randn(C, 1, 6, 6, device="cuda", dtype=F16)[:, :, ::2, ::2] / 3  # (C, 1, 3, 3), strided
+    bias = torch.randn(2 * C, device="cuda", dtype=F16)[::2]
+    check_pe(v, weight, bias, torch.randn(B, heads, D, H * W, device="cuda", dtype=F16), H, W)
+
+
+def test_pe_add_public_op_backend_cuda():
+    from yolov12_fast import functional
+
+    B, heads, D, H, W = 2, 4, 32, 40, 40
+    v = make_qkv("interleaved", B, heads, D, H * W, F16)[2]
+    w = torch.randn(heads * D, 1, 7, 7, device="cuda", dtype=F16) / 7
+    x = torch.randn(B, heads, D, H * W, device="cuda", dtype=F16)
+    out = functional.pe_add(v, w, None, H, W, x=x, backend="cuda")
+    torch.testing.assert_close(out, torch.ops.yolov12_fast.pe_add_cxx(v, w, None, x, H, W), atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bad inputs raise clear errors
+
+
+def test_bad_inputs_area_attention():
+    op = torch.ops.yolov12_fast.area_attention_fwd_cxx
+    q, k, v = make_qkv("contiguous", 1, 2, 32, 400, F16)
+    s = 32 ** -0.5
+    with pytest.raises(RuntimeError, match="float16 or bfloat16.*triton"):
+        op(q.float(), k.float(), v.float(), 4, s, None)
+    with pytest.raises(RuntimeError, match="head_dim 16 .*backend='triton'"):
+        a, b, c = make_qkv("contiguous", 1, 2, 16, 400, F16)
+        op(a, b, c, 4, s, None)
+    with pytest.raises(RuntimeError, match="not divisible by area"):
+        op(q, k, v, 3, s, None)
+    with pytest.raises(RuntimeError, match="same shape"):
+        op(q, k[..., :200], v, 4, s, None)
+    with pytest.raises(RuntimeError, match="share a dtype"):
+        op(q, k.to(BF16), v, 4, s, None)
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        op(q, k.cpu(), v, 4, s, None)
+    with pytest.raises(RuntimeError, match="residual must have the shape"):
+        op(q, k, v, 4, s, q[..., :200])
+    with pytest.raises(RuntimeError, match="residual dtype"):
+        op(q, k, v, 4, s, q.float())
+    with pytest.raises(RuntimeError, match="area must be >= 1"):
+        op(q, k, v, 0, s, None)
+    if torch.cuda.get_device_capability() < (8, 0):
+        with pytest.raises(RuntimeError, match="bfloat16 .*8.0"):
+            op(q.to(BF16), k.to(BF16), v.to(BF16), 4, s, None)
+    with pytest.raises(RuntimeError, match="no backward kernel"):
+        torch.ops.yolov12_fast.area_attention_bwd_cxx(q, q, k, v, q, None, torch.zeros(1, 2, 400, device="cuda"), 4, s)
+
+
+def test_bad_inputs_pe_add():
+    op = torch.ops.yolov12_fast.pe_add_cxx
+    v = torch.randn(1, 2, 32, 400, device="cuda", dtype=F16)
+    w7 = torch.randn(64, 1, 7, 7, device="cuda", dtype=F16)
+    with pytest.raises(RuntimeError, match="kernel size 9 .*backend='reference'"):
+        op(v, torch.randn(64, 1, 9, 9, device="cuda", dtype=F16), None, None, 20, 20)
+    with pytest.raises(RuntimeError, match="depthwise"):
+        op(v, torch.randn(32, 1, 7, 7, device="cuda", dtype=F16), None, None, 20, 20)
+    with pytest.raises(RuntimeError, match="must equal the token count"):
+        op(v, w7, None, None, 20, 21)
+    with pytest.raises(RuntimeError, match="weight must match"):
+        op(v, w7.float(), None, None, 20, 20)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        op(v, w7, torch.randn(63, device="cuda", dtype=F16), None, 20, 20)
+    with pytest.raises(RuntimeError, match="x must have"):
+        op(v, w7, None, v[..., :200], 20, 20)
+    with pytest.raises(RuntimeError, match="float16, bfloat16 or float32"):
+        op(v.double(), w7.double(), None, None, 20, 20)

@@ -1,0 +1,70 @@
+"""The `yolov12-fast` command (also `python -m yolov12_fast`): info, demo, verify, bench."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import sys
+
+
+def _version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def info_lines() -> list[str]:
+    import torch
+
+    from . import __version__, _backends
+
+    lines = [f"yolov12_fast {__version__}", f"python       {platform.python_version()} ({sys.executable})",
+             f"torch        {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
+             f"triton       {_version('triton')}", f"ultralytics  {_version('ultralytics')}",
+             f"flash-attn   {_version('flash-attn')} (optional baseline)"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"GPU {i}        {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+    else:
+        lines.append("GPU          none visible (CPU only)")
+    mod = _backends.extension()
+    lines.append(f"extension    {'yolov12_fast._C built ' + ('with' if getattr(mod, 'WITH_CUDA', 0) else 'without') + ' CUDA' if mod else 'not built'}")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    checks = [("reference", (True, "")), ("triton", _backends.can_use_triton(dev)), ("cpp (C++ CPU)", _backends.can_use_cpp()),
+              ("cuda (CUDA C++)", _backends.can_use_cuda_ext(dev if dev == "cuda" else None)),
+              ("flash-attn", _backends.can_use_flash_attn())]
+    lines.append("backends:")
+    for name, (ok, why) in checks:
+        lines.append(f"  {name:<16} {'yes' if ok else 'no: ' + why}")
+    from .ops.area_attention import resolve_backend
+
+    for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lines.append(f"  auto on {d:<8} -> {resolve_backend('auto', torch.device(d))}")
+    return lines
+
+
+def cmd_info(args) -> int:
+    print("\n".join(info_lines()))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="yolov12-fast", description="Fast YOLOv12 area attention: info, demo, verify, bench")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, GPU, and which backends can run here (and why not)").set_defaults(fn=cmd_info)
+    from . import demo
+
+    demo.add_parser(sub)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@ CppExtension otherwise, nothing with YOLOV12_FAST_NO_EXT=1. Metadata lives in py
 Environment:
   YOLOV12_FAST_NO_EXT=1        pure-Python install (Triton and reference backends only)
   YOLOV12_FAST_NO_CUDA=1       build the C++ CPU kernels only, even where CUDA is available
-  TORCH_CUDA_ARCH_LIST         CUDA archs (default "7.5;8.0;9.0a")
+  TORCH_CUDA_ARCH_LIST         CUDA archs (default "7.5;8.0+PTX;9.0a": the PTX JIT-compiles on newer GPUs)
   YOLOV12_FAST_PTXAS_VERBOSE=1 pass -Xptxas -v to nvcc (register/spill report per kernel)
 """
 
@@ -39,7 +39,7 @@ def _ext_modules():
     define_macros = []
     use_cuda = (torch.version.cuda is not None and ce.CUDA_HOME is not None and not _flag("YOLOV12_FAST_NO_CUDA"))
     if use_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;9.0a")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0+PTX;9.0a")
         sources += rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu")
         nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
         if _flag("YOLOV12_FAST_PTXAS_VERBOSE"):

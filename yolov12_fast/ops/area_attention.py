@@ -46,13 +46,33 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[
 _warned: set = set()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map "auto" to a concrete backend for this device; check that an explicit choice can run here."""
+# What "auto" runs on CUDA, per (arch class, dtype); the first usable entry wins. GPU benchmark runs
+# (benchmarks/results/) fill this in; until one has measured an arch the default is: Triton where it has tensor
+# cores (sm_80+), the CUDA C++ kernel on Turing (sm_75: Triton's dots run on FMA units there).
+AUTO_CUDA = {
+    ("sm75", torch.float16): ("cuda", "triton"),
+    ("sm75", None): ("triton",),
+    ("sm80+", None): ("triton", "cuda"),
+}
+CUDA_CXX_SUPPORTS = {"dtypes": (torch.float16, torch.bfloat16), "head_dims": (32, 64)}
+
+
+def _auto_order(device: torch.device, dtype: Optional[torch.dtype], head_dim: Optional[int]) -> tuple:
+    if device.type != "cuda":
+        return ("cpp", "triton")
+    arch = "sm75" if torch.cuda.get_device_capability(device) < (8, 0) else "sm80+"
+    order = AUTO_CUDA.get((arch, dtype), AUTO_CUDA[(arch, None)])
+    if dtype not in CUDA_CXX_SUPPORTS["dtypes"] or head_dim not in CUDA_CXX_SUPPORTS["head_dims"]:
+        order = tuple(b for b in order if b != "cuda")
+    return order
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
+                    head_dim: Optional[int] = None) -> str:
+    """Map "auto" to a concrete backend for this device (and dtype / head_dim when given); check that an
+    explicit choice can run here."""
     if backend == "auto":
-        if device.type == "cuda":
-            order = ("triton", "cuda")
-        else:
-            order = ("cpp", "triton")
+        order = _auto_order(device, dtype, head_dim)
         for b in order:
             if _usable(b, device)[0]:
                 return b
@@ -110,7 +130,7 @@ def _reference_bwd(dout, q, k, v, area, scale):
 def area_attention_fwd(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, residual: Optional[Tensor],
                        backend: str) -> tuple[Tensor, Tensor]:
     check_inputs(q, k, v, area, residual, backend)
-    b = resolve_backend(backend, q.device)
+    b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
     if q.numel() == 0:
         return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[0], q.shape[1], q.shape[3], dtype=torch.float32)
     if b == "triton":
@@ -137,7 +157,7 @@ def area_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     torch._check(lse.shape == (q.shape[0], q.shape[1], q.shape[3]) and lse.dtype == torch.float32,
                  lambda: "area_attention_bwd: lse must be float32 (B, heads, N)")
     dout = dout.to(q.dtype)
-    b = resolve_backend(backend, q.device)
+    b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
     if b == "cuda":  # the CUDA C++ backend is forward-only: its backward runs the Triton kernels (same lse contract)
         b = "triton" if _usable("triton", q.device)[0] else "reference"
     if q.numel() == 0:

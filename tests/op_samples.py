@@ -1,0 +1,45 @@
+"""Sample inputs for every registered yolov12_fast:: op (tests/test_ops.py opchecks each one and fails for a
+registered op without samples here)."""
+
+import torch
+
+
+def _qkv(B=2, heads=2, D=32, H=4, W=6, dtype=torch.float32, device="cpu", grad=False):
+    qkv = torch.randn(B, 3 * heads * D, H, W, dtype=dtype, device=device)
+    q, k, v = qkv.view(B, heads, 3 * D, H * W).split(D, dim=2)
+    if grad:
+        q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    return q, k, v
+
+
+def samples(op_name: str, backend: str, device="cpu", dtype=torch.float32):
+    """List of argument tuples for torch.ops.yolov12_fast.<op_name>."""
+    out = []
+    if op_name == "area_attention_fwd":
+        for grad in (False, True):
+            q, k, v = _qkv(dtype=dtype, device=device, grad=grad)
+            out.append((q, k, v, 4, 32 ** -0.5, None, backend))
+            res = torch.randn(q.shape, dtype=dtype, device=device, requires_grad=grad)
+            out.append((q, k, v, 1, 0.2, res, backend))
+    elif op_name == "area_attention_bwd":
+        q, k, v = _qkv(dtype=dtype, device=device)
+        res = torch.randn(q.shape, dtype=dtype, device=device)
+        o, lse = torch.ops.yolov12_fast.area_attention_fwd(q, k, v, 4, 32 ** -0.5, res, "reference")
+        out.append((torch.randn_like(o), q, k, v, o, res, lse, 4, 32 ** -0.5, backend))
+    elif op_name == "pe_add":
+        q, k, v = _qkv(dtype=dtype, device=device)
+        w = torch.randn(64, 1, 7, 7, dtype=dtype, device=device)
+        out.append((v, w, torch.randn(64, dtype=dtype, device=device), torch.randn(v.shape, dtype=dtype, device=device), 4, 6, backend))
+        out.append((v, torch.randn(64, 1, 5, 5, dtype=dtype, device=device), None, None, 4, 6, backend))
+    elif op_name == "area_attention_fwd_cxx":
+        q, k, v = _qkv(dtype=dtype, device=device)
+        out.append((q, k, v, 4, 32 ** -0.5, None))
+        out.append((q, k, v, 1, 0.2, torch.randn(q.shape, dtype=dtype, device=device)))
+    elif op_name == "area_attention_bwd_cxx":
+        q, k, v = _qkv(dtype=dtype, device=device)
+        o, lse = torch.ops.yolov12_fast.area_attention_fwd(q, k, v, 4, 32 ** -0.5, None, "reference")
+        out.append((torch.randn_like(o), q, k, v, o, None, lse, 4, 32 ** -0.5))
+    elif op_name == "pe_add_cxx":
+        q, k, v = _qkv(dtype=dtype, device=device)
+        out.append((v, torch.randn(64, 1, 7, 7, dtype=dtype, device=device), None, torch.randn(v.shape, dtype=dtype, device=device), 4, 6))
+    return out

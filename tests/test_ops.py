@@ -1,0 +1,134 @@
+"""Every registered yolov12_fast:: op: opcheck (schema, fake kernel, autograd registration, AOT dispatch) on
+each backend that runs here, clear errors on bad input, the auto-backend table, and torch.compile."""
+
+import pytest
+import torch
+
+import yolov12_fast
+from yolov12_fast import _backends
+from yolov12_fast.ops import area_attention as aa
+from op_samples import samples
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def registered_ops():
+    yolov12_fast._backends.extension()  # loads yolov12_fast._C (its *_cxx ops) when built
+    ns = torch.ops.yolov12_fast
+    return sorted(name for name in dir(ns) if not name.startswith("_") and isinstance(getattr(ns, name), torch._ops.OpOverloadPacket))
+
+
+def test_every_registered_op_has_samples():
+    missing = [name for name in registered_ops() if not samples(name, "reference")]
+    assert not missing, f"ops registered without opcheck samples in tests/op_samples.py: {missing}"
+    assert {"area_attention_fwd", "area_attention_bwd", "pe_add"} <= set(registered_ops())
+
+
+def _backends_here(name):
+    if name.endswith("_cxx"):
+        return ["-"] if _backends.can_use_cpp()[0] else []
+    out = ["reference", "triton"]  # triton runs in the interpreter here (conftest), compiled on a GPU
+    if _backends.can_use_cpp()[0]:
+        out.append("cpp")
+    return out
+
+
+@pytest.mark.parametrize("name", registered_ops())
+def test_opcheck(name):
+    backends = _backends_here(name)
+    if not backends:
+        pytest.skip("the compiled extension is not built here")
+    op = getattr(torch.ops.yolov12_fast, name).default
+    device = "cpu"
+    n = 0
+    for backend in backends:
+        if backend == "triton" and not _backends.can_use_triton(device)[0]:
+            continue
+        if name == "pe_add" and backend == "triton":
+            continue
+        for args in samples(name, backend, device=device):
+            torch.library.opcheck(op, args)
+            n += 1
+    assert n > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["area_attention_fwd", "area_attention_bwd", "pe_add"])
+def test_opcheck_cuda(name):
+    op = getattr(torch.ops.yolov12_fast, name).default
+    for backend in ("triton", "reference"):
+        for args in samples(name, backend, device="cuda", dtype=torch.float16):
+            torch.library.opcheck(op, args)
+
+
+BAD = [  # (description, builder of (q, k, v, area, kwargs), expected message)
+    ("wrong rank", lambda: (torch.randn(2, 32, 16),) * 3 + (1, {}), "must be 4-D"),
+    ("head_dim 48", lambda: tuple(torch.randn(1, 2, 48, 16) for _ in range(3)) + (1, {}), "head_dim 48 is not supported"),
+    ("N % area", lambda: tuple(torch.randn(1, 2, 32, 18) for _ in range(3)) + (4, {}), "not divisible by area"),
+    ("area 0", lambda: tuple(torch.randn(1, 2, 32, 16) for _ in range(3)) + (0, {}), "area must be >= 1"),
+    ("float64", lambda: tuple(torch.randn(1, 2, 32, 16, dtype=torch.float64) for _ in range(3)) + (1, {}), "use yolov12_fast.reference for float64"),
+    ("int", lambda: tuple(torch.ones(1, 2, 32, 16, dtype=torch.int32) for _ in range(3)) + (1, {}), "dtype torch.int32"),
+    ("mixed dtypes", lambda: (torch.randn(1, 2, 32, 16), torch.randn(1, 2, 32, 16).half(), torch.randn(1, 2, 32, 16), 1, {}), "share a dtype"),
+    ("shape mismatch", lambda: (torch.randn(1, 2, 32, 16), torch.randn(1, 2, 32, 8), torch.randn(1, 2, 32, 16), 1, {}), "same shape"),
+    ("residual shape", lambda: tuple(torch.randn(1, 2, 32, 16) for _ in range(3)) + (1, {"residual": torch.randn(1, 2, 32, 8)}), "residual must have the shape"),
+    ("unknown backend", lambda: tuple(torch.randn(1, 2, 32, 16) for _ in range(3)) + (1, {"backend": "fast"}), "unknown backend"),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("desc,build,msg", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_a_clear_error(desc, build, msg, backend):
+    q, k, v, area, kw = build()
+    kw.setdefault("backend", backend)
+    with pytest.raises((RuntimeError, ValueError), match=msg):
+        yolov12_fast.area_attention(q, k, v, area, **kw)
+
+
+def test_explicit_backend_that_cannot_run_says_why():
+    q, k, v = (torch.randn(1, 2, 32, 16) for _ in range(3))
+    with pytest.raises(RuntimeError, match="cannot run on cpu: the CUDA C.. kernels take CUDA tensors"):
+        yolov12_fast.area_attention(q, k, v, 1, backend="cuda")
+
+
+def test_zero_size_batch():
+    q, k, v = (torch.randn(0, 2, 32, 16) for _ in range(3))
+    for backend in ("reference", "triton"):
+        out = yolov12_fast.area_attention(q, k, v, 4, backend=backend)
+        assert out.shape == (0, 2, 32, 16)
+
+
+def test_auto_table(monkeypatch):
+    dev = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert aa._auto_order(dev, torch.float16, 32)[0] == "cuda"      # Turing: CUDA C++ (Triton has no MMA there)
+    assert aa._auto_order(dev, torch.float32, 32) == ("triton",)    # CUDA C++ takes fp16/bf16 only
+    assert "cuda" not in aa._auto_order(dev, torch.float16, 128)    # nor head_dim 128
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert aa._auto_order(dev, torch.float16, 32)[0] == "triton"
+    assert aa._auto_order(torch.device("cpu"), torch.float32, 32)[0] == "cpp"
+
+
+def test_compile_fullgraph_no_recompile_across_batch_sizes():
+    """The op traces into one graph (fake kernel) and a dynamic batch does not recompile."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    counts = {"n": 0}
+
+    def backend(gm, example_inputs):
+        counts["n"] += 1
+        return gm.forward
+
+    @torch.compile(backend=backend, fullgraph=True)
+    def f(qkv, area: int):
+        B, C3, H, W = qkv.shape
+        q, k, v = qkv.view(B, C3 // 96, 96, H * W).split(32, dim=2)
+        return yolov12_fast.area_attention(q, k, v, area, backend="reference").view(B, C3 // 3, H, W)
+
+    for B in (2, 3, 5):
+        x = torch.randn(B, 192, 4, 6)
+        torch._dynamo.mark_dynamic(x, 0)
+        out = f(x, 4)
+        q, k, v = x.view(B, 2, 96, 24).split(32, dim=2)
+        torch.testing.assert_close(out, yolov12_fast.reference.area_attention(q, k, v, 4).view(B, 64, 4, 6))
+    assert counts["n"] == 1, f"compiled {counts['n']} times for 3 batch sizes"

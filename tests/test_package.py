@@ -1,0 +1,94 @@
+"""The package as users get it: imports without a GPU, Triton or the extension; `kernels` never shadows a
+top-level module; the wheel holds yolov12_fast.kernels and works installed; the CLI runs."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_py(code, cwd=None, env=None, check=True):
+    e = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd, env=e,
+                       timeout=600)
+    if check:
+        assert p.returncode == 0, f"stdout:\n{p.stdout}\nstderr:\n{p.stderr[-3000:]}"
+    return p
+
+
+def test_import_without_triton_extension_or_ultralytics(tmp_path):
+    # Stand-ins that fail to import, first on the path: as if triton and ultralytics were broken or absent.
+    for pkg in ("triton", "ultralytics"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text(f"raise ImportError('{pkg} is unavailable in this test')\n")
+    p = run_py("""
+import sys
+sys.modules["yolov12_fast._C"] = None  # the compiled extension is missing
+import torch, yolov12_fast
+q, k, v = torch.randn(3, 1, 2, 32, 16).unbind(0)
+out = yolov12_fast.area_attention(q, k, v, 4, backend="reference")
+assert out.shape == (1, 2, 32, 16)
+ok, why = yolov12_fast.can_use_triton("cpu"); print("triton:", ok, why)
+ok, why = yolov12_fast.can_use_cpp(); print("cpp:", ok, why)
+from yolov12_fast.cli import info_lines; print("\\n".join(info_lines()))
+try:
+    yolov12_fast.area_attention(q, k, v, 4, backend="cpp")
+except RuntimeError as e:
+    print("cpp error:", e)
+""", cwd="/", env={"PYTHONPATH": str(tmp_path)})
+    assert "triton: False" in p.stdout and "cpp: False" in p.stdout
+    assert "cpp error: yolov12_fast: backend 'cpp' cannot run on cpu: the compiled extension" in p.stdout
+    assert "pip install --no-build-isolation" in p.stdout
+
+
+def test_top_level_kernels_is_refused_from_the_repo_root():
+    p = run_py("import kernels", cwd=ROOT, check=False)
+    assert p.returncode != 0 and "ship as `yolov12_fast.kernels`" in p.stderr
+
+
+def test_cli_info():
+    p = subprocess.run([sys.executable, "-m", "yolov12_fast", "info"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    for word in ("yolov12_fast", "torch", "backends:", "reference", "triton", "cpp (C++ CPU)", "cuda (CUDA C++)", "auto on cpu"):
+        assert word in p.stdout
+
+
+def test_wheel_layout_and_installed_smoke(tmp_path):
+    """Build the wheel (pure Python, to keep it quick), install it into a directory and use it from elsewhere."""
+    env = dict(os.environ, YOLOV12_FAST_NO_EXT="1")
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path / "dist")], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("yolov12_fast-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "yolov12_fast/kernels/area_attention.py" in names and "yolov12_fast/kernels/__init__.py" in names
+    assert not any(n.startswith("kernels/") for n in names), "kernels/ must not ship as a top-level package"
+    assert any(n.startswith("yolov12_fast/ops/") for n in names) and any(n.startswith("yolov12_fast/nn/") for n in names)
+    target = tmp_path / "site"
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = run_py("""
+import torch, yolov12_fast, yolov12_fast.kernels.area_attention as k
+assert yolov12_fast.__file__.startswith(%r), yolov12_fast.__file__
+q, k_, v = torch.randn(3, 2, 2, 32, 20).unbind(0)
+ref = yolov12_fast.reference.area_attention(q, k_, v, 4)
+out = yolov12_fast.area_attention(q, k_, v, 4, backend="triton")
+assert (out - ref).abs().max() < 1e-5
+print("ok")
+""" % str(target), cwd=str(tmp_path), env={"PYTHONPATH": str(target), "TRITON_INTERPRET": "1"})
+    assert "ok" in p.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "yolov12_fast", "demo", "--imgsz", "320", "--repeat", "1", "--out",
+                        str(tmp_path / "demo.jpg")], capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ultralytics (reference)" in p.stdout and (tmp_path / "demo.jpg").stat().st_size > 10_000

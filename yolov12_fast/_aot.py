@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the Triton kernels for real GPU archs, on a machine without a GPU.
 
-For every kernel variant the ops can launch (kernels.area_attention.aot_variants) and each arch, compile with
+For every kernel variant the ops can launch (`aot_variants` of each module in kernels/) and each arch, compile with
 `triton.compile` (PTX -> cubin through the ptxas bundled with triton), then read registers, stack/local bytes
 (spills) and static shared memory with cuobjdump, dynamic shared memory from the compile metadata, and look
 for tensor-core instructions in the SASS (HMMA on sm_75/sm_80, HGMMA (wgmma) or HMMA on sm_90).
@@ -47,17 +47,24 @@ def _sass_counts(cubin_path: str) -> dict:
     return {"mma": count("HMMA", "HGMMA", "IMMA"), "wgmma": count("HGMMA"), "spill_instr": count("STL", "LDL")}
 
 
+KERNEL_MODULES = ("yolov12_fast.kernels.area_attention", "yolov12_fast.kernels.pe")
+
+
+def _variants(module: str, arch: int, head_dims):
+    import importlib
+
+    return list(importlib.import_module(module).aot_variants(arch, head_dims=head_dims))
+
+
 def compile_variant(args) -> dict:
-    index, arch, head_dims = args
+    module, index, arch, head_dims = args
     import tempfile
 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from yolov12_fast.kernels.area_attention import aot_variants
-
-    v = list(aot_variants(arch, head_dims=head_dims))[index]
+    v = _variants(module, arch, head_dims)[index]
     row = {"kernel": v["name"], "arch": f"sm_{arch}", "dtype": v["dtype"]}
     t0 = time.perf_counter()
     try:
@@ -85,10 +92,10 @@ def compile_all(archs=ARCHS, head_dims=None, jobs: int | None = None) -> list[di
     """Compile every variant for every arch in a pool of worker processes; returns one row per (variant, arch).
     head_dims: restrict to these head dims (default: all the op supports)."""
     os.environ.pop("TRITON_INTERPRET", None)
-    from yolov12_fast.kernels.area_attention import HEAD_DIMS, aot_variants
+    from yolov12_fast.kernels.area_attention import HEAD_DIMS
 
     head_dims = tuple(head_dims or HEAD_DIMS)
-    work = [(i, a, head_dims) for a in archs for i in range(len(list(aot_variants(a, head_dims=head_dims))))]
+    work = [(m, i, a, head_dims) for a in archs for m in KERNEL_MODULES for i in range(len(_variants(m, a, head_dims)))]
     jobs = jobs or max(1, min(len(work), os.cpu_count() or 1))
     with ProcessPoolExecutor(jobs) as ex:
         return list(ex.map(compile_variant, work, chunksize=4))

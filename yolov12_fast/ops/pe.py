@@ -5,7 +5,8 @@ borders; zero padding only at the image border). v and x are (B, heads, head_dim
 view of the interleaved `qkv` output is read in place); weight is (heads*head_dim, 1, k, k) with BN folded in;
 the output is contiguous (B, heads, head_dim, N). x may be None (no add).
 
-Backends: "triton", "cpp" (C++ CPU), "cuda", "reference" (torch conv2d), "auto". The backward uses ATen's
+Backends: "triton", "cpp" (C++ CPU), "cuda" (CUDA C++), "reference" (torch conv2d), "auto" (C++ on CPU; on GPU
+the reference (cuDNN) until a GPU benchmark shows a fused kernel faster). The backward uses ATen's
 convolution backward (cuDNN on GPU): training speed is the attention kernels' job, not this op's.
 """
 
@@ -49,8 +50,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type == "cpu" and _usable("cpp", device)[0]:
             return "cpp"
         return "reference"
-    if backend == "triton":  # no Triton PE kernel yet: the reference conv runs (same numerics contract)
-        return "reference"
     ok, why = _usable(backend, device)
     if not ok:
         raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run pe_add on {device.type}: {why}")
@@ -78,6 +77,10 @@ def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor
         return torch.empty_like(v, memory_format=torch.contiguous_format)
     if b in ("cpp", "cuda"):
         return torch.ops.yolov12_fast.pe_add_cxx(v, weight, bias, x, H, W)
+    if b == "triton":
+        from ..kernels import pe as tk
+
+        return tk.pe_add(v, weight, bias, x, H, W)
     return _reference(v, weight, bias, x, H, W)
 
 

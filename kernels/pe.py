@@ -1,0 +1,95 @@
+"""AAttn's positional encoding in Triton: depthwise k x k conv of V (+ bias) plus an add, in one pass.
+
+V and X are (B, heads, HEAD_DIM, N = H*W) with arbitrary strides (the v view of the interleaved qkv output is
+read in place: no NCHW copy); the output is contiguous. One program computes HEAD_DIM channels x BLOCK_T tokens
+of one (image, head); each of the k*k taps loads the shifted V tile (zero outside the image, so the conv
+crosses area borders as the reference does). fp32 accumulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def pe_add_kernel(
+    V, Wt, Bias, X, Out,
+    s_vb, s_vh, s_vd, s_vn,
+    s_xb, s_xh, s_xd, s_xn,
+    heads, H, W, N,
+    HEAD_DIM: tl.constexpr, KSIZE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_X: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    b = (pid_bh // heads).to(tl.int64)
+    h = (pid_bh % heads).to(tl.int64)
+    offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < N
+    y = offs_t // W
+    x = offs_t % W
+    offs_d = tl.arange(0, HEAD_DIM)
+    chan = h * HEAD_DIM + offs_d  # channel of each row in the (B, C, H, W) map
+    v_base = V + b * s_vb + h * s_vh
+    acc = tl.zeros([HEAD_DIM, BLOCK_T], dtype=tl.float32)
+    for ky in tl.static_range(KSIZE):
+        yy = y + (ky - KSIZE // 2)
+        row_ok = mask_t & (yy >= 0) & (yy < H)
+        for kx in tl.static_range(KSIZE):
+            xx = x + (kx - KSIZE // 2)
+            ok = row_ok & (xx >= 0) & (xx < W)
+            vv = tl.load(v_base + (offs_d[:, None] * s_vd + (yy * W + xx)[None, :] * s_vn), mask=ok[None, :], other=0.0)
+            w = tl.load(Wt + chan * (KSIZE * KSIZE) + (ky * KSIZE + kx))
+            acc += w.to(tl.float32)[:, None] * vv.to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(Bias + chan).to(tl.float32)[:, None]
+    if HAS_X:
+        acc += tl.load(X + b * s_xb + h * s_xh + (offs_d[:, None] * s_xd + offs_t[None, :] * s_xn),
+                       mask=mask_t[None, :], other=0.0).to(tl.float32)
+    tl.store(Out + (b * heads + h) * HEAD_DIM * N + (offs_d[:, None] * N + offs_t[None, :]),
+             acc.to(Out.dtype.element_ty), mask=mask_t[None, :])
+
+
+def pe_add(v, weight, bias, x, H: int, W: int):
+    """Launcher (inputs validated by the yolov12_fast::pe_add op). head_dim must be a power of two."""
+    B, heads, D, N = v.shape
+    torch._check(D & (D - 1) == 0, lambda: f"pe_add (triton): head_dim {D} must be a power of two; use backend='reference'")
+    out = torch.empty((B, heads, D, N), device=v.device, dtype=v.dtype)
+    w = weight.contiguous()  # (C, 1, k, k): a few KB, folded from BN by the module
+    xx = x if x is not None else v
+    block_t = 64 if D <= 32 else 32
+    with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():
+        pe_add_kernel[(B * heads, triton.cdiv(N, block_t))](
+            v, w, bias if bias is not None else w, xx, out, *v.stride(), *xx.stride(), heads, H, W, N,
+            HEAD_DIM=D, KSIZE=weight.shape[-1], HAS_BIAS=bias is not None, HAS_X=x is not None, BLOCK_T=block_t,
+            num_warps=4)
+    return out
+
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32), head_dims=(16, 32, 64, 128)):
+    """Every (dtype, head_dim, k) variant the op launches, as triton.compile inputs (v token stride 1, as the
+    NCHW conv output; x contiguous)."""
+    fn = pe_add_kernel
+    for dtype in dtypes:
+        for d in head_dims:
+            for k in (5, 7):
+                block_t = 64 if d <= 32 else 32
+                const = {"HEAD_DIM": d, "KSIZE": k, "HAS_BIAS": True, "HAS_X": True, "BLOCK_T": block_t,
+                         "s_vn": 1, "s_xn": 1}
+                sig, attrs = {}, {}
+                for i, name in enumerate(fn.arg_names):
+                    if name in const:
+                        sig[name] = "constexpr"
+                        continue
+                    sig[name] = ("*" + _TRITON_DTYPE[dtype]) if name in ("V", "Wt", "Bias", "X", "Out") else "i32"
+                    if sig[name].startswith("*") or name.startswith("s_") or name == "N":
+                        attrs[(i,)] = [["tt.divisibility", 16]]
+                yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=4, num_stages=1,
+                           dtype=str(dtype).replace("torch.", ""), tensor_cores_expected=False,
+                           name=f"pe_add_kernel[{_TRITON_DTYPE[dtype]},d{d},k{k},BLOCK_T={block_t},w4s1]")

@@ -91,6 +91,33 @@ _PRUNE = {"early_config_prune": _prune}
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Shared device helpers
+
+
+@triton.jit
+def _program_tile(heads, n, BLOCK: tl.constexpr):
+    """This program's (image b, head h) as 64-bit scalars, its area's first token (64-bit) and its tile of BLOCK
+    positions inside the area with their mask. Grid: axis 0 = B*heads, axis 1 = area * tiles per area."""
+    pid_bh = tl.program_id(0)
+    n_tiles = tl.cdiv(n, BLOCK)
+    area_start = (tl.program_id(1) // n_tiles).to(tl.int64) * n
+    offs = (tl.program_id(1) % n_tiles) * BLOCK + tl.arange(0, BLOCK)
+    return (pid_bh // heads).to(tl.int64), (pid_bh % heads).to(tl.int64), area_start, offs, offs < n
+
+
+@triton.jit
+def _load_tokens_by_d(base, offs_tok, offs_d, s_tok, s_d, mask_tok):
+    """[tokens, HEAD_DIM] tile at base (an area's first token of one image and head); 32-bit offsets."""
+    return tl.load(base + (offs_tok[:, None] * s_tok + offs_d[None, :] * s_d), mask=mask_tok[:, None], other=0.0)
+
+
+@triton.jit
+def _load_d_by_tokens(base, offs_tok, offs_d, s_tok, s_d, mask_tok):
+    """[HEAD_DIM, tokens] (transposed) tile at base."""
+    return tl.load(base + (offs_d[:, None] * s_d + offs_tok[None, :] * s_tok), mask=mask_tok[None, :], other=0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Forward
 
 
@@ -106,22 +133,13 @@ def area_attention_fwd_kernel(
     HEAD_DIM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # -- which (image, head), area and query tile this program owns; 64-bit base offsets
-    pid_bh = tl.program_id(0)
-    n_tiles = tl.cdiv(n, BLOCK_M)
-    tile = tl.program_id(1) % n_tiles
-    area_start = (tl.program_id(1) // n_tiles).to(tl.int64) * n
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # query positions inside the area
+    # -- which (image, head), area and query tile this program owns
+    b, h, area_start, offs_m, mask_m = _program_tile(heads, n, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_m = offs_m < n
 
     # -- stage 1: load the query tile [BLOCK_M, HEAD_DIM]. Scalar bases are 64-bit; offsets inside one image
     # and head stay 32-bit (the launcher checks they fit), which keeps pointer tiles out of spare registers.
-    q = tl.load(Q + b * s_qb + h * s_qh + area_start * s_qn + (offs_d[None, :] * s_qd + offs_m[:, None] * s_qn),
-                mask=mask_m[:, None], other=0.0)
+    q = _load_tokens_by_d(Q + b * s_qb + h * s_qh + area_start * s_qn, offs_m, offs_d, s_qn, s_qd, mask_m)
 
     k_base = K + b * s_kb + h * s_kh + area_start * s_kn
     v_base = V + b * s_vb + h * s_vh + area_start * s_vn
@@ -134,16 +152,14 @@ def area_attention_fwd_kernel(
     for start_n in range(0, n, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n
-        kt = tl.load(k_base + (offs_d[:, None] * s_kd + offs_n[None, :] * s_kn),
-                     mask=mask_n[None, :], other=0.0)  # [HEAD_DIM, BLOCK_N]
+        kt = _load_d_by_tokens(k_base, offs_n, offs_d, s_kn, s_kd, mask_n)  # [HEAD_DIM, BLOCK_N]
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale  # base-2 scaled scores, fp32
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + (offs_n[:, None] * s_vn + offs_d[None, :] * s_vd),
-                    mask=mask_n[:, None], other=0.0)  # [BLOCK_N, HEAD_DIM]
+        v = _load_tokens_by_d(v_base, offs_n, offs_d, s_vn, s_vd, mask_n)  # [BLOCK_N, HEAD_DIM]
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -151,8 +167,7 @@ def area_attention_fwd_kernel(
     # -- stage 3: normalise, add the residual, write out (contiguous) and lse (natural log)
     acc = acc / l_i[:, None]
     if HAS_RESIDUAL:
-        r = tl.load(R + b * s_rb + h * s_rh + area_start * s_rn + (offs_d[None, :] * s_rd + offs_m[:, None] * s_rn),
-                    mask=mask_m[:, None], other=0.0)
+        r = _load_tokens_by_d(R + b * s_rb + h * s_rh + area_start * s_rn, offs_m, offs_d, s_rn, s_rd, mask_m)
         acc += r.to(tl.float32)
     o_base = Out + (b * heads + h) * HEAD_DIM * N + area_start
     tl.store(o_base + (offs_d[None, :] * N + offs_m[:, None]), acc.to(Out.dtype.element_ty), mask=mask_m[:, None])
@@ -201,22 +216,12 @@ def area_attention_bwd_dkdv_kernel(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    n_tiles = tl.cdiv(n, BLOCK_N)
-    tile = tl.program_id(1) % n_tiles
-    area_start = (tl.program_id(1) // n_tiles).to(tl.int64) * n
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-
-    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # key positions inside the area
+    b, h, area_start, offs_n, mask_n = _program_tile(heads, n, BLOCK_N)  # this program's key tile
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_n = offs_n < n
 
     # -- stage 1: this program's key and value tiles [BLOCK_N, HEAD_DIM]
-    k = tl.load(K + b * s_kb + h * s_kh + area_start * s_kn + (offs_d[None, :] * s_kd + offs_n[:, None] * s_kn),
-                mask=mask_n[:, None], other=0.0)
-    v = tl.load(V + b * s_vb + h * s_vh + area_start * s_vn + (offs_d[None, :] * s_vd + offs_n[:, None] * s_vn),
-                mask=mask_n[:, None], other=0.0)
+    k = _load_tokens_by_d(K + b * s_kb + h * s_kh + area_start * s_kn, offs_n, offs_d, s_kn, s_kd, mask_n)
+    v = _load_tokens_by_d(V + b * s_vb + h * s_vh + area_start * s_vn, offs_n, offs_d, s_vn, s_vd, mask_n)
 
     q_base = Q + b * s_qb + h * s_qh + area_start * s_qn
     do_base = DO + b * s_dob + h * s_doh + area_start * s_don
@@ -229,14 +234,12 @@ def area_attention_bwd_dkdv_kernel(
     for start_m in range(0, n, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < n
-        qt = tl.load(q_base + (offs_d[:, None] * s_qd + offs_m[None, :] * s_qn),
-                     mask=mask_m[None, :], other=0.0)  # [HEAD_DIM, BLOCK_M]
+        qt = _load_d_by_tokens(q_base, offs_m, offs_d, s_qn, s_qd, mask_m)  # [HEAD_DIM, BLOCK_M]
         lse2 = tl.load(Lse + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2(e)
         st = tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], base 2
         pt = tl.math.exp2(st - lse2[None, :])
         pt = tl.where(mask_m[None, :], pt, 0.0)
-        do = tl.load(do_base + (offs_m[:, None] * s_don + offs_d[None, :] * s_dod),
-                     mask=mask_m[:, None], other=0.0)  # [BLOCK_M, HEAD_DIM]
+        do = _load_tokens_by_d(do_base, offs_m, offs_d, s_don, s_dod, mask_m)  # [BLOCK_M, HEAD_DIM]
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
         delta = tl.load(Delta + row_base + offs_m, mask=mask_m, other=0.0)
@@ -262,23 +265,13 @@ def area_attention_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    n_tiles = tl.cdiv(n, BLOCK_M)
-    tile = tl.program_id(1) % n_tiles
-    area_start = (tl.program_id(1) // n_tiles).to(tl.int64) * n
-    b = (pid_bh // heads).to(tl.int64)
-    h = (pid_bh % heads).to(tl.int64)
-
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, h, area_start, offs_m, mask_m = _program_tile(heads, n, BLOCK_M)  # this program's query tile
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_m = offs_m < n
     row = (b * heads + h) * N + area_start + offs_m
 
     # -- stage 1: query tile, its upstream gradient and softmax statistics
-    q = tl.load(Q + b * s_qb + h * s_qh + area_start * s_qn + (offs_d[None, :] * s_qd + offs_m[:, None] * s_qn),
-                mask=mask_m[:, None], other=0.0)
-    do = tl.load(DO + b * s_dob + h * s_doh + area_start * s_don + (offs_d[None, :] * s_dod + offs_m[:, None] * s_don),
-                 mask=mask_m[:, None], other=0.0)
+    q = _load_tokens_by_d(Q + b * s_qb + h * s_qh + area_start * s_qn, offs_m, offs_d, s_qn, s_qd, mask_m)
+    do = _load_tokens_by_d(DO + b * s_dob + h * s_doh + area_start * s_don, offs_m, offs_d, s_don, s_dod, mask_m)
     lse2 = tl.load(Lse + row, mask=mask_m, other=0.0) * 1.4426950408889634  # log2(e)
     delta = tl.load(Delta + row, mask=mask_m, other=0.0)
 
@@ -290,8 +283,8 @@ def area_attention_bwd_dq_kernel(
     for start_n in range(0, n, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n
-        kt = tl.load(k_base + (offs_d[:, None] * s_kd + offs_n[None, :] * s_kn), mask=mask_n[None, :], other=0.0)
-        vt = tl.load(v_base + (offs_d[:, None] * s_vd + offs_n[None, :] * s_vn), mask=mask_n[None, :], other=0.0)
+        kt = _load_d_by_tokens(k_base, offs_n, offs_d, s_kn, s_kd, mask_n)
+        vt = _load_d_by_tokens(v_base, offs_n, offs_d, s_vn, s_vd, mask_n)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
         p = tl.math.exp2(s - lse2[:, None])
         p = tl.where(mask_n[None, :], p, 0.0)

@@ -1,0 +1,379 @@
+"""yolov12_fast.patch / unpatch / patched and the yolov12_fast.YOLO drop-in: what is swapped, what is kept, what
+is restored, what nothing else sees; turbo objects inside ultralytics' AAttn class; checkpoints that plain
+ultralytics loads without yolov12_fast; ONNX export of a patched model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+import ultra_utils as U
+import yolov12_fast as yf
+from tolerances import assert_close_to_oracle
+from yolov12_fast import reference as R
+from yolov12_fast.patch import module_kind
+
+BACKEND = os.environ.get("YOLOV12_FAST_TEST_BACKEND", "auto")
+IMGSZ = 320  # the bookkeeping tests need no large inputs (numerics: tests/test_modules.py)
+
+
+def _small_model(variant="ultralytics", fused=False):
+    return U.build_model("n", variant, IMGSZ, fused)
+
+
+def _kinds(model):
+    return {n: type(m) for n, m in model.named_modules() if module_kind(m) is not None}
+
+
+def _forward(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# patch / unpatch / idempotence / filter / context manager / no leakage
+
+
+def test_patch_keeps_parameters_keys_and_restores():
+    from ultralytics.nn.modules.block import A2C2f, AAttn, ABlock
+
+    model = _small_model()
+    x = U.images(IMGSZ)
+    before = _forward(model, x)
+    classes = _kinds(model)
+    params = {n: p for n, p in model.named_parameters()}
+    buffers = {n: b for n, b in model.named_buffers()}
+    keys = list(model.state_dict())
+
+    assert yf.patch(model, backend=BACKEND) is model
+    for n, m in model.named_modules():
+        if n in classes:
+            assert isinstance(m, yf.nn.FastModule) and isinstance(m, classes[n]), n
+    assert isinstance(model.model[6], A2C2f) and isinstance(model.model[6].m[0][0], ABlock)
+    assert isinstance(model.model[6].m[0][0].attn, AAttn)
+    assert all(p is params[n] for n, p in model.named_parameters())  # the same Parameter objects
+    assert all(b is buffers[n] for n, b in model.named_buffers())
+    assert list(model.state_dict()) == keys
+    patched_out = _forward(model, x)
+
+    yf.patch(model, backend=BACKEND)  # idempotent
+    assert list(model.state_dict()) == keys and all(p is params[n] for n, p in model.named_parameters())
+    torch.testing.assert_close(_forward(model, x), patched_out, rtol=0, atol=0)
+
+    assert yf.unpatch(model) is model
+    assert _kinds(model) == classes
+    assert not any(k.startswith("_yf_") for m in model.modules() for k in m.__dict__)
+    assert all(p is params[n] for n, p in model.named_parameters())
+    torch.testing.assert_close(_forward(model, x), before, rtol=0, atol=0)
+
+
+def test_filter_and_backend_attribute():
+    model = _small_model()
+    in_layer6 = lambda name: name == "model.6" or name.startswith("model.6.")
+    yf.patch(model, backend="reference", filter=lambda name, m: in_layer6(name))
+    for n, m in model.named_modules():
+        if module_kind(m) is None:
+            continue
+        assert isinstance(m, yf.nn.FastModule) == in_layer6(n), n
+    assert model.model[6].m[0][0].attn.backend == "reference"
+    model.model[6].backend = "auto"  # set on a block: reaches every fast module inside
+    assert all(m.backend == "auto" for m in model.model[6].modules() if isinstance(m, yf.nn.FastModule))
+    with pytest.raises(ValueError, match="unknown backend"):
+        model.model[6].backend = "nope"
+    with pytest.raises(ValueError, match="unknown backend"):
+        yf.patch(model, backend="nope")
+    with pytest.raises(TypeError):
+        yf.patch("not a model")
+
+
+def test_context_manager_restores_exactly_what_it_changed():
+    model = _small_model()
+    classes = _kinds(model)
+    yf.patch(model, backend="reference", filter=lambda n, m: n.startswith("model.8."))
+    pre = _kinds(model)
+    with yf.patched(model, backend=BACKEND) as m:
+        assert m is model
+        assert all(isinstance(mod, yf.nn.FastModule) for n, mod in model.named_modules() if n in classes)
+        assert model.model[8].m[0][0].attn.backend == BACKEND
+    assert _kinds(model) == pre  # layer 8 stays patched (it was before), the rest is back
+    assert model.model[8].m[0][0].attn.backend == "reference"
+    with pytest.raises(RuntimeError, match="boom"):
+        with yf.patched(model):
+            raise RuntimeError("boom")
+    assert _kinds(model) == pre
+    yf.unpatch(model)
+    assert _kinds(model) == classes
+
+
+def test_no_leakage_into_other_models():
+    from ultralytics.nn.modules.block import AAttn
+
+    a, b = _small_model(), _small_model()
+    forward_before = AAttn.forward
+    b_classes = _kinds(b)
+    yf.patch(a, backend=BACKEND)
+    assert _kinds(b) == b_classes
+    assert not any(isinstance(m, yf.nn.FastModule) for m in b.modules())
+    assert AAttn.forward is forward_before and "forward" not in vars(b.model[6].m[0][0].attn)
+    fresh = AAttn(64, 2, 4)
+    assert type(fresh) is AAttn
+    x = U.images(IMGSZ)[:1]
+    torch.testing.assert_close(_forward(b, x), _forward(_small_model(), x), rtol=0, atol=0)
+
+
+def test_other_attention_blocks_are_left_alone():
+    """YOLO11's PSABlock / Attention (qkv, proj, pe too, but no areas) are not area attention."""
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n.yaml").model
+    classes = [type(m) for m in model.modules()]
+    assert any(c.__name__ == "PSABlock" for c in classes)
+    yf.patch(model, backend=BACKEND)
+    assert [type(m) for m in model.modules()] == classes
+
+
+def test_deepcopy_keeps_fast_classes():
+    model = yf.patch(_small_model(), backend="reference")
+    clone = copy.deepcopy(model)
+    assert isinstance(clone.model[6].m[0][0].attn, yf.nn.FastModule)
+    assert clone.model[6].m[0][0].attn.backend == "reference"
+    assert clone.model[6].m[0][0].attn.qkv.conv.weight is not model.model[6].m[0][0].attn.qkv.conv.weight
+    assert type(copy.copy(model.model[6])) is type(model.model[6])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# turbo-style attention inside ultralytics' AAttn class (an authors' turbo checkpoint loaded by ultralytics)
+
+
+def _turbo_in_ultralytics_aattn(dim=64, heads=2, area=4):
+    """An object of ultralytics' AAttn class carrying the turbo layout (qk, v, 5x5 pe), built by hand the way
+    unpickling an authors' turbo checkpoint with pip ultralytics builds it."""
+    from ultralytics.nn.modules.block import AAttn
+    from ultralytics.nn.modules.conv import Conv
+
+    m = AAttn(dim, heads, area)
+    del m.qkv
+    C = m.all_head_dim
+    m.qk = Conv(dim, 2 * C, 1, act=False)
+    m.v = Conv(dim, C, 1, act=False)
+    m.proj = Conv(C, dim, 1, act=False)
+    m.pe = Conv(C, dim, 5, 1, 2, g=dim, act=False)
+    del m.all_head_dim  # the authors' turbo AAttn has no such attribute
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.Conv2d):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) / mod.weight[0].numel() ** 0.5)
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + 0.5)
+                mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+                mod.running_mean.copy_(0.1 * torch.randn(mod.running_mean.shape, generator=g))
+                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+    return m.eval()
+
+
+def test_turbo_objects_in_ultralytics_class_run():
+    from ultralytics.nn.modules.block import AAttn
+
+    m = _turbo_in_ultralytics_aattn()
+    x = torch.randn(2, 64, 10, 12)  # 120 tokens, 30 per area = 2.5 rows
+    with pytest.raises(AttributeError, match="has no attribute 'qkv'"):
+        m(x)  # what users hit with ultralytics alone
+    assert module_kind(m) == "aattn"
+    turbo = U.TurboAAttn(64, 2, 4).eval()
+    turbo.load_state_dict(m.state_dict())
+    yf.patch(m, backend=BACKEND)
+    assert isinstance(m, AAttn) and m.variant == "turbo"
+    with torch.no_grad():
+        actual, naive, oracle = m(x), turbo(x), R.aattn(turbo, x.double())
+    assert_close_to_oracle(actual, naive, oracle, "turbo-in-ultralytics AAttn")
+
+
+def test_turbo_checkpoint_model_in_ultralytics_classes():
+    """A whole turbo YOLO12n whose AAttns are ultralytics' class (as loaded from an authors' checkpoint): plain
+    ultralytics fails, the patched model matches the turbo model."""
+    from ultralytics.nn.modules.block import AAttn
+
+    turbo = _small_model("turbo")
+    loaded = copy.deepcopy(turbo)
+    for m in loaded.modules():
+        if isinstance(m, U.TurboAAttn):
+            m.__class__ = AAttn
+    x = U.images(IMGSZ)
+    with pytest.raises(AttributeError, match="qkv"):
+        _forward(loaded, x)
+    yf.patch(loaded, backend=BACKEND)
+    a, e = _forward(loaded, x), _forward(turbo, x)
+    from test_modules import assert_outputs_close
+
+    assert_outputs_close(a, e, "turbo checkpoint")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the YOLO drop-in and checkpoints that plain ultralytics loads
+
+
+def test_yolo_dropin_patches_and_predicts():
+    from ultralytics import YOLO as UltralyticsYOLO
+    from ultralytics.utils import ASSETS
+
+    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
+    assert isinstance(y, UltralyticsYOLO) and y.backend == BACKEND
+    assert isinstance(y.model.model[6].m[0][0].attn, yf.nn.FastModule)
+    res = y.predict(str(ASSETS / "bus.jpg"), imgsz=IMGSZ, conf=0.0, max_det=5, verbose=False)
+    assert len(res) == 1 and res[0].boxes is not None
+    assert isinstance(y.predictor.model.backend.model.model[6], yf.nn.FastModule)  # predictor's fused copy
+    yf.unpatch(y)
+    assert y.predictor is None  # dropped: it held a patched copy
+    assert not any(isinstance(m, yf.nn.FastModule) for m in y.model.modules())
+    yf.patch(y, backend=BACKEND)
+    assert isinstance(y.model.model[8], yf.nn.FastModule)
+
+
+_LOADER = textwrap.dedent("""
+    import json, os, sys
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.nn.modules.block import A2C2f, AAttn
+    args = json.loads(sys.argv[1])
+    report = {}
+    y = YOLO(args["saved"])
+    report["yolo_classes"] = sorted({type(m).__module__ + "." + type(m).__name__ for m in y.model.modules()
+                                     if isinstance(m, (A2C2f, AAttn))})
+    sd = torch.load(args["expected_sd"])
+    got = y.model.float().state_dict()
+    report["same_state"] = list(got) == list(sd) and all(torch.equal(got[k], sd[k].to(got[k].dtype)) for k in sd)
+    raw = torch.load(args["raw"], weights_only=False)
+    report["raw_classes"] = sorted({type(m).__module__ + "." + type(m).__name__ for m in raw.modules()
+                                    if isinstance(m, (A2C2f, AAttn))})
+    x = torch.load(args["x"])
+    with torch.no_grad():
+        torch.save(raw.eval()(x)[0], args["raw_out"])
+    report["imports_yolov12_fast"] = any(k.split(".")[0] == "yolov12_fast" for k in sys.modules)
+    print("REPORT" + json.dumps(report))
+""")
+
+
+def _load_plain(tmp_path, **paths) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ""  # nothing from this repository on the path
+    r = subprocess.run([sys.executable, "-c", _LOADER, json.dumps({k: str(v) for k, v in paths.items()})],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("REPORT")][-1]
+    return json.loads(line[len("REPORT"):])
+
+
+def test_checkpoints_load_with_plain_ultralytics(tmp_path):
+    """YOLO.save() of the drop-in, and torch.save() of a patched module, load in a process that never imports
+    yolov12_fast (also under ULTRALYTICS_SAFE_LOAD for the YOLO checkpoint), as ultralytics classes with the
+    same weights, and the loaded module computes what the patched one does."""
+    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
+    y.model = yf.patch(_small_model(), backend=BACKEND)
+    y.save(tmp_path / "saved.pt")
+    assert isinstance(y.model.model[6], yf.nn.FastModule)  # still patched after saving
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in y.model.state_dict().items()},
+               tmp_path / "expected_sd.pt")  # YOLO.save writes the model in half precision
+    raw = y.model
+    torch.save(raw, tmp_path / "raw.pt")
+    x = U.images(IMGSZ)[:1]
+    torch.save(x, tmp_path / "x.pt")
+    paths = dict(saved=tmp_path / "saved.pt", expected_sd=tmp_path / "expected_sd.pt", raw=tmp_path / "raw.pt",
+                 x=tmp_path / "x.pt", raw_out=tmp_path / "raw_out.pt")
+    rep = _load_plain(tmp_path, **paths)
+    assert not rep["imports_yolov12_fast"]
+    assert rep["same_state"]
+    want = ["ultralytics.nn.modules.block.A2C2f", "ultralytics.nn.modules.block.AAttn"]
+    assert rep["yolo_classes"] == want and rep["raw_classes"] == want
+    torch.testing.assert_close(torch.load(tmp_path / "raw_out.pt"), _forward(raw, x), rtol=1e-3, atol=1e-3)
+    # ULTRALYTICS_SAFE_LOAD (weights_only=True + allow-list) for the checkpoint YOLO.save wrote
+    code = ("import os, sys; os.environ['ULTRALYTICS_SAFE_LOAD']='1'\n"
+            "from ultralytics import YOLO\n"
+            f"y = YOLO({str(tmp_path / 'saved.pt')!r}); print(type(y.model.model[6]).__module__)\n"
+            "print(any(k.split('.')[0] == 'yolov12_fast' for k in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": ""}, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.split() == ["ultralytics.nn.modules.block", "False"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ONNX export: the fast modules decompose into standard operators while traced
+
+
+def test_onnx_export_of_patched_yolo12n(tmp_path, monkeypatch):
+    """ultralytics' exporter (deep copy, fuse, torch.onnx.export tracing) on the drop-in: the graph holds only
+    standard ONNX operators and onnxruntime reproduces the unpatched model."""
+    import onnx
+    import onnxruntime as ort
+
+    from test_modules import assert_outputs_close
+
+    monkeypatch.chdir(tmp_path)
+    plain = _small_model()
+    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
+    y.model = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    path = y.export(format="onnx", imgsz=IMGSZ, simplify=False, dynamic=False)
+    assert isinstance(y.model.model[6], yf.nn.FastModule)  # exporting left the model patched
+    graph = onnx.load(path).graph
+    assert {n.domain for n in graph.node} <= {"", "ai.onnx"}, {n.domain for n in graph.node}
+    x = U.images(IMGSZ)[:1]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    assert_outputs_close(got, _forward(plain, x), "onnxruntime vs ultralytics")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# training through ultralytics' trainer (smoke): the trainer's model and EMA run patched, checkpoints stay plain
+
+
+def _tiny_dataset(root):
+    import shutil
+
+    from ultralytics.utils import ASSETS
+
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for name in ("bus", "zidane"):
+            shutil.copy(ASSETS / f"{name}.jpg", root / "images" / split / f"{name}.jpg")
+            (root / "labels" / split / f"{name}.txt").write_text("0 0.5 0.5 0.4 0.6\n1 0.3 0.3 0.2 0.2\n")
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\n"
+                                    "names:\n  0: person\n  1: bus\n")
+    return root / "data.yaml"
+
+
+def test_training_runs_patched_and_checkpoints_stay_plain(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _tiny_dataset(tmp_path / "data")
+    seen = {}
+
+    def spy(trainer):
+        seen["model"] = isinstance(trainer.model.model[6], yf.nn.FastModule)
+        seen["ema"] = isinstance(trainer.ema.ema.model[8].m[0][0].attn, yf.nn.FastModule)
+        seen["training"] = trainer.model.training
+
+    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
+    y.add_callback("on_train_epoch_start", spy)
+    y.train(data=str(data), epochs=1, imgsz=64, batch=2, workers=0, device="cpu", amp=False, plots=False,
+            project=str(tmp_path / "runs"), name="t", exist_ok=True, verbose=False)
+    assert seen == {"model": True, "ema": True, "training": True}
+    assert isinstance(y.model.model[6], yf.nn.FastModule)  # the reloaded best checkpoint was patched again
+    last = tmp_path / "runs" / "t" / "weights" / "last.pt"
+    code = ("import os, sys; os.environ['ULTRALYTICS_SAFE_LOAD'] = '1'\n"
+            "from ultralytics import YOLO\n"
+            f"y = YOLO({str(last)!r}); print(type(y.model.model[6]).__module__)\n"
+            "print(any(k.split('.')[0] == 'yolov12_fast' for k in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": ""}, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.split() == ["ultralytics.nn.modules.block", "False"]

@@ -1,0 +1,122 @@
+"""`yolov12_fast.YOLO`: ultralytics' YOLO with the fast attention modules swapped in.
+
+A subclass of `ultralytics.YOLO` with the same constructor (plus keyword-only `backend=`) and methods. The swap
+(`yolov12_fast.patch`) happens
+
+- after a model is built from a YAML or loaded from a .pt (`_new` / `_load`),
+- inside training, once the trainer has built its own model and EMA (callback `on_pretrain_routine_end`), and
+- after `train()` reloads the best checkpoint.
+
+predict / val / export run the model object this class holds (ultralytics fuses it in place or deep-copies it;
+both keep the fast classes). Export traces the modules, which then run standard torch ops only.
+
+Checkpoints stay plain ultralytics: `save()` and the trainer's checkpointing run with the original classes
+(`yolov12_fast.patch.unpatched`), so the files are exactly what plain ultralytics would write and load without
+yolov12_fast (also under ULTRALYTICS_SAFE_LOAD). A patched model pickled any other way still loads with plain
+ultralytics (the fast modules pickle as their original class).
+
+Not covered: DDP training (ultralytics re-launches the trainer in subprocesses that do not carry callbacks: those
+train unpatched), and exported formats (.onnx, .engine, ...) which hold no PyTorch modules to patch.
+"""
+
+from __future__ import annotations
+
+from ultralytics import YOLO as _UltralyticsYOLO
+from ultralytics.utils.torch_utils import unwrap_model
+
+from .nn.modules import _check_backend
+from .patch import _torch_root, patch, unpatched
+
+__all__ = ["YOLO"]
+
+
+class YOLO(_UltralyticsYOLO):
+    """Drop-in `ultralytics.YOLO` running YOLOv12's attention blocks with yolov12_fast's fused kernels.
+
+    Args:
+        model, task, verbose: as for `ultralytics.YOLO`.
+        backend: area-attention backend of the patched modules ("auto", "triton", "cuda", "cpp", "reference").
+    """
+
+    def __init__(self, model="yolo12n.pt", task=None, verbose: bool = False, *, backend: str = "auto"):
+        self.__dict__["_yf_backend"] = _check_backend(backend)  # before Model.__init__, which loads and builds
+        super().__init__(model, task=task, verbose=verbose)
+        if "_yf_backend" not in self.__dict__:  # Model.__init__ adopted another Model's __dict__
+            self.__dict__["_yf_backend"] = backend
+            self._yf_patch()
+        self._yf_add_callbacks()
+
+    # -- where models appear -------------------------------------------------------------------------------------
+
+    def _new(self, cfg, task=None, verbose=False):
+        super()._new(cfg, task=task, verbose=verbose)
+        self._yf_patch()
+
+    def _load(self, weights, task=None):
+        out = super()._load(weights, task=task)
+        self._yf_patch()
+        return out
+
+    def train(self, trainer=None, **kwargs):
+        self._yf_add_callbacks()
+        metrics = super().train(trainer=trainer, **kwargs)
+        self._yf_patch()  # train() reloaded the best checkpoint: a fresh, plain module
+        return metrics
+
+    def save(self, filename="saved_model.pt") -> None:
+        if self._yf_has_torch_model():
+            with unpatched(self.model):
+                return super().save(filename)
+        return super().save(filename)
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        return self.__dict__.get("_yf_backend", "auto")
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.__dict__["_yf_backend"] = _check_backend(value)
+        self._yf_patch()
+
+    def _yf_has_torch_model(self) -> bool:
+        try:
+            _torch_root(self)
+        except TypeError:
+            return False
+        return True
+
+    def _yf_patch(self) -> None:
+        if self._yf_has_torch_model():
+            patch(self, backend=self.backend)
+
+    def _yf_add_callbacks(self) -> None:
+        cb = self.__dict__.get("_yf_trainer_callback")
+        if cb is None:
+            def cb(trainer, _owner=self):
+                _patch_trainer(trainer, _owner.backend)
+
+            self.__dict__["_yf_trainer_callback"] = cb
+        cbs = self.callbacks["on_pretrain_routine_end"]
+        if cb not in cbs:
+            cbs.append(cb)
+
+
+def _patch_trainer(trainer, backend: str) -> None:
+    """Trainer callback: patch the model the trainer built and its EMA; checkpoint with the original classes."""
+    patch(unwrap_model(trainer.model), backend=backend)
+    ema = getattr(trainer, "ema", None)
+    if ema is not None and getattr(ema, "ema", None) is not None:
+        patch(ema.ema, backend=backend)
+    if "save_model" not in trainer.__dict__:  # wrap this trainer's save_model once (instance attribute only)
+        plain_save = trainer.save_model
+
+        def save_model():
+            ema_model = getattr(getattr(trainer, "ema", None), "ema", None)
+            if ema_model is None:
+                return plain_save()
+            with unpatched(ema_model):
+                return plain_save()
+
+        trainer.save_model = save_model

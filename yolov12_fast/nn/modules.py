@@ -1,0 +1,458 @@
+"""Fast drop-in modules for YOLOv12's attention blocks: `AAttn`, `ABlock`, `A2C2f`.
+
+Each class has the constructor arguments, attribute names and state_dict keys of the module it replaces
+(ultralytics/v1.0 `AAttn`: qkv, proj, 7x7 pe; turbo `AAttn`: qk, v, proj, 5x5 pe -- pick with `variant=`), and
+works on unfused and fused (`model.fuse()`) ultralytics `Conv` children. The same classes are the
+implementations that `yolov12_fast.patch` puts under existing instances (see ../patch.py): every method here
+reads only the attributes the ultralytics modules carry, plus `_yf_*` entries in the instance `__dict__`.
+
+What the fast forward does (REFERENCE.md):
+
+- AAttn: runs the qkv (or qk and v) conv as ultralytics does, takes q, k, v as strided views of its output (no
+  copies), P = pe(V) with the pe BatchNorm folded into the depthwise weights (`pe_add`), then
+  O = area_attention(q, k, v, area, residual=P) (one fused pass), then proj. The folded pe weights are cached,
+  keyed on the parameters' storage and version counters (an optimizer step or load_state_dict invalidates the
+  cache); when gradients are needed they are folded on the fly inside the graph; when the pe BatchNorm is in
+  training mode (batch statistics) the pe Conv module itself runs on an NCHW copy of V (correctness first).
+- ABlock: x1 = x + attn(x); x1 + mlp(x1).
+- A2C2f: without autograd, cv1 and each block pair write into channel slices of one preallocated buffer that cv2
+  reads once (no torch.cat); with autograd it concatenates (out= ops are not differentiable). The L/X residual is
+  x + gamma * cv2(...) (one addcmul).
+
+Under tracing / ONNX export (`torch.jit.is_tracing()`, `torch.onnx.is_in_onnx_export()`) the modules run the
+plain-PyTorch reference math instead of the custom ops, so exported graphs contain only standard operators.
+
+Pickling: a fast module pickles as the plain module it stands for (the ultralytics class, or the original class
+of a patched instance) without its `_yf_*` entries, so checkpoints load with plain ultralytics; `copy.deepcopy`
+keeps the fast class (ultralytics deep-copies models for EMA, export and saving).
+"""
+
+from __future__ import annotations
+
+import copy
+import copyreg
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import reference
+from .._backends import BACKENDS
+from ..functional import area_attention, pe_add
+from ..ops.area_attention import DTYPES, HEAD_DIMS
+
+__all__ = ["AAttn", "ABlock", "A2C2f", "FastModule", "VARIANTS"]
+
+VARIANTS = ("ultralytics", "turbo")
+
+# Keys of the instance __dict__ that belong to yolov12_fast: stripped when pickling and by unpatch().
+_PRIVATE_PREFIX = "_yf_"
+# Derived caches: also dropped by deepcopy.
+_CACHE_KEYS = ("_yf_pe_cache",)
+_WARNED_HEAD_DIMS: set = set()
+
+
+def _ultralytics_conv():
+    try:
+        from ultralytics.nn.modules.conv import Conv
+    except ImportError as e:  # pragma: no cover - the test environment has ultralytics
+        raise ImportError("yolov12_fast.nn modules are built from ultralytics' Conv: pip install ultralytics") from e
+    return Conv
+
+
+def _decomposing() -> bool:
+    """True while the model is being traced / exported: run standard torch ops only."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _hookless(m: nn.Module) -> bool:
+    """No module hooks on m (and no global ones): calling its pieces directly is then equivalent to m(x)."""
+    from torch.nn.modules import module as _mm
+
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or _mm._global_forward_hooks or _mm._global_forward_pre_hooks or _mm._global_backward_hooks
+                or _mm._global_backward_pre_hooks)
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"yolov12_fast: unknown backend {backend!r}; choose one of {BACKENDS}")
+    return backend
+
+
+class FastModule(nn.Module):
+    """Common base of the fast modules: the `backend` attribute, pickling as the plain class, deepcopy."""
+
+    # Set on the per-class subclasses that yolov12_fast.patch creates: the class the instance had before patching.
+    _yf_plain_class: Optional[type] = None
+
+    # -- backend --------------------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        """The area-attention backend ("auto", "triton", "cuda", "cpp", "reference"). Setting it on a block sets it
+        on every fast module inside it."""
+        return self.__dict__.get("_yf_backend", "auto")
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        _check_backend(value)
+        for m in self.modules():
+            if isinstance(m, FastModule):
+                m.__dict__["_yf_backend"] = value
+
+    # -- pickling / copying -----------------------------------------------------------------------------------
+
+    @classmethod
+    def _default_plain_class(cls) -> type:  # overridden per module type
+        raise NotImplementedError
+
+    def plain_class(self) -> type:
+        """The class this module pickles as (and that yolov12_fast.unpatch restores)."""
+        plain = type(self).__dict__.get("_yf_plain_class")
+        return plain if plain is not None else self._default_plain_class()
+
+    def __reduce_ex__(self, protocol):
+        # Pickle as the plain class with the state it would have had, so a file never references yolov12_fast.
+        # copyreg._reconstructor(cls, object, None) is the stdlib's object.__new__(cls) (then __setstate__ on
+        # load); pickle's NEWOBJ form is not possible here because pickle checks it against obj.__class__. Loaders
+        # with weights_only=True (ULTRALYTICS_SAFE_LOAD) do not accept _reconstructor: yolov12_fast.YOLO therefore
+        # saves with the original classes put back (patch.unpatched), which writes exactly ultralytics' bytes.
+        state = {k: v for k, v in self.__getstate__().items() if not k.startswith(_PRIVATE_PREFIX)}
+        return copyreg._reconstructor, (self.plain_class(), object, None), state
+
+    def __deepcopy__(self, memo):  # keep the fast class (object.__reduce_ex__ would now give the plain one)
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        state = {k: v for k, v in self.__getstate__().items() if k not in _CACHE_KEYS}
+        new.__setstate__(copy.deepcopy(state, memo))
+        return new
+
+    def __copy__(self):
+        cls = type(self)
+        new = cls.__new__(cls)
+        new.__setstate__({k: v for k, v in self.__getstate__().items() if k not in _CACHE_KEYS})
+        return new
+
+    def _apply(self, fn, recurse=True):  # .to(), .half(), .cuda(): the cached folded weights are stale
+        self.__dict__.pop("_yf_pe_cache", None)
+        return super()._apply(fn, recurse)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# AAttn
+
+
+def _fold_bn(w: Tensor, b: Optional[Tensor], bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """Fold an eval-mode BatchNorm into the preceding conv, in float32 at least (differentiable in w, b,
+    bn.weight, bn.bias)."""
+    up = lambda t: t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+    w, b = up(w), up(b)
+    s = torch.rsqrt(up(bn.running_var) + bn.eps)
+    if bn.weight is not None:
+        s = s * up(bn.weight)
+    mean = up(bn.running_mean)
+    bias = -mean * s if b is None else (b - mean) * s
+    if bn.bias is not None:
+        bias = bias + up(bn.bias)
+    return w * s.view(-1, 1, 1, 1), bias
+
+
+class AAttn(FastModule):
+    """Area attention (REFERENCE.md), fast. Same constructor, attributes and state_dict keys as ultralytics'
+    `AAttn(dim, num_heads, area)` (variant="ultralytics": qkv, proj, 7x7 pe) or the authors' turbo AAttn
+    (variant="turbo": qk, v, proj, 5x5 pe). The variant of an instance is read from its children, so a patched
+    turbo-style object works the same way."""
+
+    def __init__(self, dim: int, num_heads: int, area: int = 1, *, variant: str = "ultralytics",
+                 backend: str = "auto"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"AAttn: variant must be one of {VARIANTS}, got {variant!r}")
+        Conv = _ultralytics_conv()
+        self.area = area
+        self.num_heads = num_heads
+        self.head_dim = head_dim = dim // num_heads
+        self.all_head_dim = all_head_dim = head_dim * num_heads
+        if variant == "ultralytics":
+            self.qkv = Conv(dim, all_head_dim * 3, 1, act=False)
+            self.proj = Conv(all_head_dim, dim, 1, act=False)
+            self.pe = Conv(all_head_dim, all_head_dim, 7, 1, 3, g=all_head_dim, act=False)
+        else:
+            self.qk = Conv(dim, all_head_dim * 2, 1, act=False)
+            self.v = Conv(dim, all_head_dim, 1, act=False)
+            self.proj = Conv(all_head_dim, dim, 1, act=False)
+            self.pe = Conv(all_head_dim, dim, 5, 1, 2, g=dim, act=False)
+        self.backend = backend
+
+    @classmethod
+    def _default_plain_class(cls) -> type:
+        # Both variants pickle as ultralytics' AAttn: that is what the authors' turbo checkpoints contain too.
+        from ultralytics.nn.modules.block import AAttn as UltralyticsAAttn
+
+        return UltralyticsAAttn
+
+    @property
+    def variant(self) -> str:
+        return "ultralytics" if "qkv" in self._modules else "turbo"
+
+    # -- pieces -----------------------------------------------------------------------------------------------
+
+    def _qkv_views(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v as (B, heads, head_dim, N) strided views of the conv output(s) (reshape is a view for NCHW and
+        channels_last conv outputs)."""
+        B, _, H, W = x.shape
+        N, nh, hd = H * W, self.num_heads, self.head_dim
+        mods = self._modules
+        if "qkv" in mods:  # ultralytics / v1.0: head h owns channels [3*hd*h, 3*hd*(h+1)) = its q, k, v
+            qkv = mods["qkv"](x)
+            q, k, v = qkv.reshape(B, nh, 3 * hd, N).split(hd, dim=2)
+        elif "qk" in mods and "v" in mods:  # turbo: all q in [0, C), all k in [C, 2C); separate v conv
+            q, k = mods["qk"](x).reshape(B, 2, nh, hd, N).unbind(1)
+            v = mods["v"](x).reshape(B, nh, hd, N)
+        else:
+            raise AttributeError(f"{type(self).__name__} has neither 'qkv' (ultralytics/v1.0) nor 'qk' and 'v' (turbo)")
+        return q, k, v
+
+    def _pe_foldable(self) -> bool:
+        """The pe child is an ultralytics Conv we can fold: depthwise, stride 1, 'same' padding, no activation, and
+        either fused (no bn) or an eval-mode BatchNorm with running statistics."""
+        pe = self._modules["pe"]
+        conv = getattr(pe, "conv", None)
+        if type(conv) is not nn.Conv2d:
+            return False
+        k = conv.kernel_size[0]
+        if (conv.kernel_size != (k, k) or k % 2 == 0 or conv.stride != (1, 1) or conv.dilation != (1, 1)
+                or conv.padding != (k // 2, k // 2) or conv.groups != conv.in_channels
+                or conv.out_channels != conv.in_channels or conv.padding_mode != "zeros"):
+            return False
+        if not isinstance(getattr(pe, "act", nn.Identity()), nn.Identity):
+            return False
+        bn = pe._modules.get("bn")
+        if bn is None:
+            return True
+        return (type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None
+                and bn.running_mean is not None)
+
+    def _pe_params(self, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+        """(weight, bias) of the pe depthwise conv with its BatchNorm folded, in `dtype`."""
+        pe = self._modules["pe"]
+        conv, bn = pe.conv, pe._modules.get("bn")
+        tensors = [conv.weight, conv.bias]
+        if bn is not None:
+            tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        tensors = [t for t in tensors if t is not None]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self._fold_pe(dtype)  # in the graph: gradients reach the conv and BN parameters
+        if _compiling():
+            return self._fold_pe(dtype)
+        try:
+            key = (dtype, torch.is_inference_mode_enabled(), tuple((t.data_ptr(), t._version) for t in tensors))
+        except RuntimeError:  # inference tensors have no version counter: fold every time
+            return self._fold_pe(dtype)
+        cache = self.__dict__.get("_yf_pe_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1], cache[2]
+        with torch.no_grad():
+            w, b = self._fold_pe(dtype)
+        self.__dict__["_yf_pe_cache"] = (key, w, b)
+        return w, b
+
+    def _fold_pe(self, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+        pe = self._modules["pe"]
+        conv, bn = pe.conv, pe._modules.get("bn")
+        w, b = conv.weight, conv.bias
+        if bn is not None:
+            w, b = _fold_bn(w, b, bn)
+        return w.to(dtype), (b.to(dtype) if b is not None else None)
+
+    def _pe(self, v: Tensor, H: int, W: int) -> Tensor:
+        """P = pe(V) as (B, heads, head_dim, N)."""
+        if self._pe_foldable():
+            w, b = self._pe_params(v.dtype)
+            if v.dtype in DTYPES:
+                return pe_add(v, w, b, H, W, backend=self.backend)
+            B, nh, hd, N = v.shape  # float64: plain depthwise conv
+            out = F.conv2d(v.reshape(B, nh * hd, H, W), w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
+            return out.reshape(B, nh, hd, N)
+        B, nh, hd, N = v.shape  # training-mode BN or an unusual pe: run the module itself on an NCHW copy
+        return self._modules["pe"](v.reshape(B, nh * hd, H, W)).reshape(B, nh, hd, N)
+
+    # -- forward ----------------------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _decomposing():
+            return self.forward_reference(x)
+        B, _, H, W = x.shape
+        q, k, v = self._qkv_views(x)
+        nh, hd = q.shape[1], q.shape[2]
+        p = self._pe(v, H, W)
+        if q.dtype in DTYPES and hd in HEAD_DIMS:
+            o = area_attention(q, k, v, self.area, scale=hd ** -0.5, residual=p.to(q.dtype), backend=self.backend)
+        else:  # float64 or an unusual head_dim: plain PyTorch math
+            if hd not in HEAD_DIMS and hd not in _WARNED_HEAD_DIMS:
+                _WARNED_HEAD_DIMS.add(hd)
+                warnings.warn(f"yolov12_fast AAttn: head_dim {hd} has no fused kernel (supported: {HEAD_DIMS}); "
+                              "running the plain-PyTorch math", RuntimeWarning, stacklevel=2)
+            o = reference.area_attention(q, k, v, self.area, hd ** -0.5, residual=p)
+        return self.proj(o.view(B, nh * hd, H, W))
+
+    def forward_reference(self, x: Tensor) -> Tensor:
+        """The same computation with standard torch ops only (tracing, ONNX export, float64)."""
+        B, _, H, W = x.shape
+        q, k, v = self._qkv_views(x)
+        nh, hd = q.shape[1], q.shape[2]
+        p = self._modules["pe"](v.reshape(B, nh * hd, H, W)).reshape(B, nh, hd, H * W)
+        o = reference.area_attention(q, k, v, self.area, hd ** -0.5, residual=p)
+        return self.proj(o.reshape(B, nh * hd, H, W))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ABlock
+
+
+class ABlock(FastModule):
+    """x1 = x + attn(x); x1 + mlp(x1). Same constructor, attributes and state_dict keys as ultralytics'
+    `ABlock(dim, num_heads, mlp_ratio, area)`; `variant` picks the AAttn layout."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2, area: int = 1, *,
+                 variant: str = "ultralytics", backend: str = "auto"):
+        super().__init__()
+        Conv = _ultralytics_conv()
+        self.attn = AAttn(dim, num_heads=num_heads, area=area, variant=variant, backend=backend)
+        mlp_hidden_dim = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(Conv(dim, mlp_hidden_dim, 1), Conv(mlp_hidden_dim, dim, 1, act=False))
+        self.apply(self._init_weights)
+        self.backend = backend
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        """ultralytics' ABlock initialisation: truncated normal (std 0.02) conv weights, zero conv biases."""
+        if isinstance(m, nn.Conv2d):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+
+    @classmethod
+    def _default_plain_class(cls) -> type:
+        from ultralytics.nn.modules.block import ABlock as UltralyticsABlock
+
+        return UltralyticsABlock
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(x)
+        return x + self.mlp(x)
+
+    def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
+        """forward(x) written into `out` (e.g. a channel slice of A2C2f's buffer). No autograd (out= op)."""
+        x = x + self.attn(x)
+        return torch.add(x, self.mlp(x), out=out)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A2C2f
+
+
+def _act_into(act: nn.Module, t: Tensor, out: Tensor) -> bool:
+    """Write act(t) into out if act is one we can run with out=; returns False otherwise."""
+    if type(act) is nn.SiLU:
+        torch.ops.aten.silu.out(t, out=out)
+        return True
+    if type(act) is nn.Identity:
+        out.copy_(t)
+        return True
+    return False
+
+
+def _conv_into(conv_module: nn.Module, x: Tensor, out: Tensor) -> None:
+    """out = conv_module(x) for an ultralytics Conv, with the activation writing straight into `out`."""
+    conv, bn, act = (conv_module._modules.get(k) for k in ("conv", "bn", "act"))
+    if _hookless(conv_module) and type(conv) is nn.Conv2d and act is not None and _hookless(act) \
+            and (bn is None or _hookless(bn)):
+        t = conv(x)
+        if bn is not None:
+            t = bn(t)
+        if _act_into(act, t, out):
+            return
+    out.copy_(conv_module(x))
+
+
+class A2C2f(FastModule):
+    """R-ELAN block (REFERENCE.md). Same constructor, attributes and state_dict keys as ultralytics'
+    `A2C2f(c1, c2, n, a2, area, residual, mlp_ratio, e, g, shortcut)`; `variant` picks the AAttn layout."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, a2: bool = True, area: int = 1, residual: bool = False,
+                 mlp_ratio: float = 2.0, e: float = 0.5, g: int = 1, shortcut: bool = True, *,
+                 variant: str = "ultralytics", backend: str = "auto"):
+        super().__init__()
+        from ultralytics.nn.modules.block import C3k
+
+        Conv = _ultralytics_conv()
+        c_ = int(c2 * e)
+        if c_ % 32 != 0:
+            raise ValueError(f"A2C2f: the ABlock dimension int(c2 * e) = {c_} must be a multiple of 32")
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv((1 + n) * c_, c2, 1)
+        self.gamma = nn.Parameter(0.01 * torch.ones(c2), requires_grad=True) if a2 and residual else None
+        self.m = nn.ModuleList(
+            nn.Sequential(*(ABlock(c_, c_ // 32, mlp_ratio, area, variant=variant, backend=backend)
+                            for _ in range(2)))
+            if a2 else C3k(c_, c_, 2, shortcut, g)
+            for _ in range(n))
+        self.backend = backend
+
+    @classmethod
+    def _default_plain_class(cls) -> type:
+        from ultralytics.nn.modules.block import A2C2f as UltralyticsA2C2f
+
+        return UltralyticsA2C2f
+
+    def _residual(self, x: Tensor, z: Tensor) -> Tensor:
+        gamma = self.gamma
+        if gamma is None:
+            return z
+        return torch.addcmul(x, gamma.view(1, -1, 1, 1), z)  # x + gamma * z
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or _decomposing() or _compiling():
+            return self._forward_cat(x)
+        return self._forward_buffer(x)
+
+    def _forward_cat(self, x: Tensor) -> Tensor:
+        y = [self.cv1(x)]
+        y.extend(m(y[-1]) for m in self.m)
+        return self._residual(x, self.cv2(torch.cat(y, 1)))
+
+    def _forward_buffer(self, x: Tensor) -> Tensor:
+        """cv1 and each entry of m write into channel slices of one buffer; cv2 reads it once."""
+        conv1 = getattr(self.cv1, "conv", None)
+        if type(conv1) is not nn.Conv2d:
+            return self._forward_cat(x)
+        c_, n = conv1.out_channels, len(self.m)
+        B, _, H, W = x.shape
+        # cv1's output dtype: the autocast dtype under autocast, else x's (conv needs x and weight to agree)
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        buf = x.new_empty((B, (1 + n) * c_, H, W), dtype=dtype)
+        prev = buf[:, :c_]
+        _conv_into(self.cv1, x, prev)
+        for i, m in enumerate(self.m, start=1):
+            out = buf[:, i * c_:(i + 1) * c_]
+            blocks = list(m) if isinstance(m, nn.Sequential) else []
+            if blocks and isinstance(blocks[-1], ABlock) and _hookless(m) and _hookless(blocks[-1]):
+                y = prev
+                for blk in blocks[:-1]:
+                    y = blk(y)
+                blocks[-1].forward_into(y, out)
+            else:
+                out.copy_(m(prev))
+            prev = out
+        return self._residual(x, self.cv2(buf))

@@ -1,0 +1,230 @@
+"""Swap the fast modules into one model instance, reversibly: `patch`, `unpatch`, `patched`.
+
+How the swap works: each matching module *instance* gets a new class, a subclass of both the fast implementation
+(yolov12_fast.nn.AAttn / ABlock / A2C2f) and the module's own class (`type(m)`), created once per original class
+and cached here. Nothing else changes: the instance keeps its `__dict__`, so its children, Parameters (the same
+objects), buffers, hooks and state_dict keys are untouched, `isinstance(m, OriginalClass)` stays true, and only
+`forward` (and a few helpers) resolve to the fast code. Classes themselves are never modified, so other models,
+including other instances of the same class, are unaffected. `unpatch` sets the original class back and removes
+the `_yf_*` entries the patch added to the instance `__dict__`.
+
+What matches (module_kind): instances of ultralytics' AAttn / ABlock / A2C2f (when ultralytics is imported) and
+structurally matching objects of other classes named AAttn, ABlock, A2C2f (e.g. the authors' repositories) or
+TurboAAttn, TurboABlock, TurboA2C2f: an AAttn with `qkv, proj, pe` (ultralytics/v1.0) or `qk, v, proj, pe`
+(turbo) children and int `area, num_heads, head_dim`; an ABlock with `attn` and `mlp`; an A2C2f with
+`cv1, cv2, m` and a `gamma` attribute. That includes the turbo
+objects that ultralytics' own AAttn class ends up holding when an authors' turbo checkpoint is loaded (its forward
+fails with "'AAttn' object has no attribute 'qkv'"; the fast forward reads the layout from the children).
+A module that only looks right by name and structure but computes something else must be excluded with `filter`.
+
+Checkpoints stay plain: a fast instance pickles as its original class without the `_yf_*` entries (see
+yolov12_fast/nn/modules.py), so `torch.save` of a patched model, and ultralytics' own saving, produce files that
+load with plain ultralytics; `copy.deepcopy` keeps the fast class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from typing import Callable, Iterator, Optional
+
+import torch.nn as nn
+
+from .nn.modules import A2C2f, AAttn, ABlock, FastModule, _check_backend
+
+__all__ = ["patch", "unpatch", "patched", "unpatched", "is_patched", "module_kind", "fast_class"]
+
+Filter = Callable[[str, nn.Module], bool]
+
+_IMPLS = {"aattn": AAttn, "ablock": ABlock, "a2c2f": A2C2f}
+_FAST_CLASSES: dict[type, type] = {}  # original class -> fast subclass
+_LOCK = threading.Lock()
+
+
+def _ultralytics_classes() -> tuple[Optional[type], Optional[type], Optional[type]]:
+    """ultralytics' AAttn, ABlock, A2C2f, if ultralytics is imported (an object of them can exist only then)."""
+    mod = sys.modules.get("ultralytics.nn.modules.block")
+    if mod is None:
+        return None, None, None
+    return getattr(mod, "AAttn", None), getattr(mod, "ABlock", None), getattr(mod, "A2C2f", None)
+
+
+def _is_aattn_layout(m: nn.Module) -> bool:
+    mods = m._modules
+    layout = "qkv" in mods or ("qk" in mods and "v" in mods)
+    return (layout and "proj" in mods and "pe" in mods
+            and all(isinstance(getattr(m, a, None), int) for a in ("area", "num_heads", "head_dim")))
+
+
+def module_kind(m: nn.Module) -> Optional[str]:
+    """"aattn", "ablock" or "a2c2f" if `patch` would swap `m` (or already has), else None."""
+    if isinstance(m, FastModule):
+        for kind, impl in _IMPLS.items():
+            if isinstance(m, impl):
+                return kind
+        return None
+    ua, ub, uc = _ultralytics_classes()
+    name, mods = type(m).__name__, m._modules
+    if (ua is not None and isinstance(m, ua)) or name in ("AAttn", "TurboAAttn"):
+        return "aattn" if _is_aattn_layout(m) else None
+    if (ub is not None and isinstance(m, ub)) or name in ("ABlock", "TurboABlock"):
+        return "ablock" if "attn" in mods and "mlp" in mods else None
+    if (uc is not None and isinstance(m, uc)) or name in ("A2C2f", "TurboA2C2f"):
+        return "a2c2f" if all(k in mods for k in ("cv1", "cv2", "m")) and hasattr(m, "gamma") else None
+    return None
+
+
+def fast_class(orig: type, kind: str) -> type:
+    """The fast subclass of `orig` (created once, cached): MRO = (fast implementation, orig, ...)."""
+    if issubclass(orig, FastModule):
+        return orig
+    cls = _FAST_CLASSES.get(orig)
+    if cls is not None:
+        return cls
+    with _LOCK:
+        cls = _FAST_CLASSES.get(orig)
+        if cls is None:
+            impl = _IMPLS[kind]
+            try:
+                cls = type(f"Fast{orig.__name__}", (impl, orig), {
+                    "_yf_plain_class": orig,
+                    "__module__": __name__,
+                    "__qualname__": f"Fast{orig.__name__}",
+                    "__doc__": f"{orig.__module__}.{orig.__qualname__} running yolov12_fast.nn.{impl.__name__}'s "
+                               "forward (created by yolov12_fast.patch; pickles as the original class).",
+                })
+            except TypeError as e:
+                raise TypeError(f"yolov12_fast.patch: cannot derive a fast class from {orig.__module__}."
+                                f"{orig.__qualname__} ({e}); exclude it with filter=") from e
+            _FAST_CLASSES[orig] = cls
+    return cls
+
+
+def _torch_root(model) -> nn.Module:
+    """The nn.Module to walk: `model` itself, or the torch model inside an ultralytics Model (YOLO) wrapper."""
+    if _is_ultralytics_model(model):
+        inner = model.__dict__.get("_modules", {}).get("model", getattr(model, "model", None))
+        if not isinstance(inner, nn.Module):
+            raise TypeError(f"yolov12_fast.patch: this YOLO object holds no PyTorch model ({type(inner).__name__}: "
+                            "an exported format?); patch works on .pt / .yaml models")
+        return inner
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"yolov12_fast.patch: expected an nn.Module or an ultralytics YOLO, got {type(model).__name__}")
+    return model
+
+
+def _is_ultralytics_model(obj) -> bool:
+    mod = sys.modules.get("ultralytics.engine.model")
+    return mod is not None and isinstance(obj, mod.Model)
+
+
+def _refresh_predictor(model) -> None:
+    """An ultralytics predictor built before (un)patching may hold a copy of the model: drop it (ultralytics does
+    the same when it replaces the model); the next predict() builds one over the current module."""
+    if not _is_ultralytics_model(model) or getattr(model, "predictor", None) is None:
+        return
+    root = _torch_root(model)
+    held = getattr(model.predictor, "model", None)
+    if isinstance(held, nn.Module) and any(sub is root for sub in held.modules()):
+        return  # it runs this very module, which was changed in place
+    model.predictor = None
+
+
+def _swap(m: nn.Module, kind: str, backend: str) -> None:
+    m.__class__ = fast_class(type(m), kind)
+    m.__dict__["_yf_backend"] = backend
+
+
+def _restore(m: nn.Module) -> bool:
+    plain = type(m).__dict__.get("_yf_plain_class")
+    if plain is None:
+        return False  # a module built as yolov12_fast.nn.* has no other class to go back to
+    for k in [k for k in m.__dict__ if k.startswith("_yf_")]:
+        del m.__dict__[k]
+    m.__class__ = plain
+    return True
+
+
+def _patch_tree(root: nn.Module, backend: str, filter: Optional[Filter]):
+    swapped, reset = [], []
+    for name, m in root.named_modules():
+        kind = module_kind(m)
+        if kind is None or (filter is not None and not filter(name, m)):
+            continue
+        if isinstance(m, FastModule):
+            reset.append((m, m.__dict__.get("_yf_backend")))
+            m.__dict__["_yf_backend"] = backend
+        else:
+            _swap(m, kind, backend)
+            swapped.append(m)
+    return swapped, reset
+
+
+def patch(model, backend: str = "auto", filter: Optional[Filter] = None):
+    """Swap the fast modules into this model instance (in place) and return it.
+
+    Args:
+        model: an nn.Module (e.g. an ultralytics DetectionModel) or an ultralytics YOLO object.
+        backend: area-attention backend for the patched modules ("auto", "triton", "cuda", "cpp", "reference").
+        filter: optional `filter(name, module) -> bool`; only modules for which it returns True are patched. Names
+            are those of `named_modules()` of the torch model (for a YOLO object: of `yolo.model`).
+
+    Idempotent: patching again only updates the backend of the modules the filter selects.
+    """
+    _check_backend(backend)
+    _patch_tree(_torch_root(model), backend, filter)
+    _refresh_predictor(model)
+    return model
+
+
+def unpatch(model):
+    """Restore the original class of every module `patch` swapped in this model (in place); return the model."""
+    for m in _torch_root(model).modules():
+        if isinstance(m, FastModule):
+            _restore(m)
+    _refresh_predictor(model)
+    return model
+
+
+@contextlib.contextmanager
+def patched(model, backend: str = "auto", filter: Optional[Filter] = None) -> Iterator:
+    """`with yolov12_fast.patched(model): ...` patches on entry and, on exit, restores exactly what it changed
+    (modules patched before the block stay patched, with their previous backend)."""
+    _check_backend(backend)
+    swapped, reset = _patch_tree(_torch_root(model), backend, filter)
+    _refresh_predictor(model)
+    try:
+        yield model
+    finally:
+        for m in swapped:
+            _restore(m)
+        for m, b in reset:
+            if b is None:
+                m.__dict__.pop("_yf_backend", None)
+            else:
+                m.__dict__["_yf_backend"] = b
+        _refresh_predictor(model)
+
+
+@contextlib.contextmanager
+def unpatched(model) -> Iterator:
+    """`with unpatched(model): ...` runs the block with the original classes, then patches the same modules back
+    with their backends (used around ultralytics' checkpoint saving so the file is byte-for-byte plain)."""
+    root = _torch_root(model)
+    restored = []
+    for m in root.modules():
+        if isinstance(m, FastModule) and type(m).__dict__.get("_yf_plain_class") is not None:
+            restored.append((m, module_kind(m), m.__dict__.get("_yf_backend", "auto")))
+    for m, _, _ in restored:
+        _restore(m)
+    try:
+        yield model
+    finally:
+        for m, kind, b in restored:
+            _swap(m, kind, b)
+
+
+def is_patched(model) -> bool:
+    """True if any module of the model runs a yolov12_fast implementation."""
+    return any(isinstance(m, FastModule) for m in _torch_root(model).modules())

@@ -56,8 +56,14 @@ def uses_fma(arch: int, dot_precision: str | None, dtype_is_fp32: bool) -> bool:
     return arch < 80 or (dtype_is_fp32 and dot_precision == "ieee")
 
 
-def configs_for(configs, arch: int, fma: bool):
-    return FMA_CONFIGS if fma or arch < 80 else configs
+def configs_for(configs, arch: int, fma: bool, tf32: bool = False):
+    """The configs a kernel may launch with on `arch`. TF32 backward tiles hold fp32 operands: the 64x32 one
+    spills on sm_80/sm_90 (AOT report), so TF32 backward keeps the 32x32 tiles."""
+    if fma or arch < 80:
+        return FMA_CONFIGS
+    if tf32 and configs is BWD_CONFIGS:
+        return [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32]
+    return configs
 
 
 def _configs(configs):
@@ -79,9 +85,13 @@ def _prune(configs, named_args, **kwargs):
     per area): they only add masked work."""
     if len(configs) == 1:
         return configs
-    fma = uses_fma(_device_arch(), kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION")),
-                   named_args["Q"].dtype == torch.float32)
-    pool = [c for c in configs if (c in FMA_CONFIGS) == fma] or configs
+    prec = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION"))
+    fp32 = named_args["Q"].dtype == torch.float32
+    arch = _device_arch()
+    fma = uses_fma(arch, prec, fp32)
+    kind = BWD_CONFIGS if "Delta" in named_args else FWD_CONFIGS
+    allowed = configs_for(kind, arch, fma, tf32=fp32 and prec == "tf32")
+    pool = [c for c in configs if c in allowed] or configs
     n = named_args["n"]
     keep = [c for c in pool if c.kwargs["BLOCK_M"] <= max(32, triton.next_power_of_2(n))]
     return keep or pool[:1]
@@ -395,7 +405,8 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
             for prec in precisions:
                 for d in head_dims:
                     fma = uses_fma(arch, prec, dtype == torch.float32)
-                    for cfg in configs_for(configs, arch, fma) if configs is not None else [pre_cfg]:
+                    tf32 = dtype == torch.float32 and prec == "tf32"
+                    for cfg in configs_for(configs, arch, fma, tf32) if configs is not None else [pre_cfg]:
                         const = {"HEAD_DIM": d, **extra, **cfg.kwargs}
                         if prec is not None:
                             const["DOT_PRECISION"] = prec

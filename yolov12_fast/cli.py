@@ -55,6 +55,23 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Run the repository's benchmarks package (`python -m benchmarks ...`); it lives in a clone, not in the wheel."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(root, "benchmarks", "__main__.py")):
+        print("yolov12-fast bench: the benchmarks live in the yolov12_fast repository, not in the installed package. "
+              "Clone the repository, install it with `pip install --no-build-isolation -e .`, and run "
+              "`yolov12-fast bench` (or `python -m benchmarks`) from the clone.", file=sys.stderr)
+        return 2
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="yolov12-fast", description="Fast YOLOv12 area attention: info, demo, verify, bench")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -62,6 +79,10 @@ def main(argv=None) -> int:
     from . import demo
 
     demo.add_parser(sub)
+    b = sub.add_parser("bench", help="run the benchmarks (from a clone): same arguments as `python -m benchmarks`",
+                       add_help=False, prefix_chars="\0")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=cmd_bench)
     args = parser.parse_args(argv)
     return args.fn(args)
 

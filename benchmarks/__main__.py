@@ -1,0 +1,96 @@
+"""python -m benchmarks [suites...] [--device cpu|cuda] [--quick] [--out DIR]  |  report [FILES]  |  proxies [--check]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import SUITES
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run benchmark suites (default: all) and append one JSON row per (case, provider) to "
+                    "<out>/<device>-<date>.jsonl. Subcommands: `report [FILES]` renders tables and plots, "
+                    "`proxies [--check]` computes / checks the GPU-free proxies.")
+    p.add_argument("suites", nargs="*", metavar="SUITE", help=f"any of {', '.join(SUITES)} (default: all)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if visible, else cpu")
+    p.add_argument("--quick", action="store_true", help="tiny shapes, few repetitions: a smoke test, not figures")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results)")
+    p.add_argument("--threads", default="1,2", help="CPU thread counts to pin, comma-separated (default 1,2)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="per-suite time budget; cases left when it runs out are recorded as skipped")
+    p.add_argument("--cases", default=None, metavar="REGEX",
+                   help="only cases whose name matches REGEX (re.search), e.g. 'fwd P4 640x640' or 'yolo12n'")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    a = p.parse_args(argv)
+    unknown = [s for s in a.suites if s not in SUITES]
+    if unknown:
+        p.error(f"unknown suite(s) {', '.join(unknown)}: choose from {', '.join(SUITES)} (or `report`, `proxies`)")
+    return a
+
+
+def run(argv=None) -> int:
+    a = _parse(argv)
+    import torch
+
+    from . import yolo
+    from .harness import RESULTS_DIR, Context
+
+    yolo.offline()
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is visible", file=sys.stderr)
+        return 2
+    suites = list(a.suites) or list(SUITES)
+    if "ops" in suites and "ceilings" not in suites:
+        suites.insert(0, "ceilings")  # the roofline needs them; cheap
+    threads = tuple(int(t) for t in str(a.threads).split(",") if t.strip())
+    ctx = Context(torch.device(device), quick=a.quick, out_dir=a.out or RESULTS_DIR, threads=threads,
+                  budget_s=a.budget_s, progress=not a.no_progress, cases=a.cases)
+    print(f"# {ctx.meta['device']} | torch {ctx.meta['torch']} | triton {ctx.meta['triton']} | CUDA {ctx.meta['cuda']} "
+          f"| commit {ctx.meta['commit']} | suites {' '.join(suites)}{' (quick)' if a.quick else ''} -> {ctx.path}",
+          flush=True)
+    import importlib
+
+    failed = []
+    for s in [x for x in SUITES if x in suites]:
+        t0 = time.perf_counter()
+        n0 = len(ctx.written)
+        try:
+            importlib.import_module(f".{s}", __package__).run(ctx)
+        except Exception as e:  # one suite failing must not lose the others' rows
+            import traceback
+
+            traceback.print_exc()
+            failed.append(f"{s}: {type(e).__name__}: {e}")
+        rows = ctx.written[n0:]
+        counts = {k: sum(1 for r in rows if r.get("status") == k) for k in ("ok", "skipped", "error")}
+        bad = sum(1 for r in rows if str(r.get("check", "pass")) != "pass")
+        print(f"# {s}: {counts['ok']} measured, {counts['skipped']} skipped, {counts['error']} errors, "
+              f"{bad} failed checks, {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"# rows appended to {ctx.path}")
+    if failed:
+        print("# suites that crashed:\n#   " + "\n#   ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        from . import report
+
+        return report.main(argv[1:])
+    if argv and argv[0] == "proxies":
+        from . import proxies
+
+        return proxies.main(argv[1:])
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

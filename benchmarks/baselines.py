@@ -1,0 +1,350 @@
+"""Every provider the benchmarks compare, defined once (tests import them too).
+
+An attention provider computes the stretch of AAttn.forward from the qkv conv output to the tensor `proj`
+consumes, so every provider pays its own layout copies and the PE branch:
+
+    fn(qkv, pe_w, pe_b, area, heads, head_dim) -> (B, heads*head_dim, H, W)
+
+with qkv the (B, 3*heads*head_dim, H, W) output of the 1x1 qkv conv (ultralytics layout: head h owns channels
+[96h, 96h+96) = its q, k, v) and pe_w (C, 1, 7, 7), pe_b (C,) the pe depthwise conv with BatchNorm folded (as after
+`model.fuse()`). Providers:
+
+- `ultralytics`: the exact steps of ultralytics' AAttn.forward (8.4.x) after the qkv conv: flatten/transpose,
+  reshape into areas, view/permute/split, (q*scale)^T @ k, softmax, v @ attn^T, permutes and .contiguous(),
+  + pe(v). Explicit matmul + softmax in the model dtype.
+- `flash`: the authors' flash path (sunsmarterjie/yolov12 v1.0): q, k, v split in (B*area, n, heads, head_dim),
+  `flash_attn_func` on `.contiguous().half()` copies when flash_attn imports, else torch SDPA forced to its
+  FLASH_ATTENTION backend (the same FlashAttention-2 kernels) on the same copies; `.to(dtype)` back, then the same
+  reshapes and + pe(v). `flash_impl()` names which one ran.
+- `sdpa`: ultralytics' layout steps with F.scaled_dot_product_attention choosing its own backend
+  (`sdpa_backend()` names the one it picks for these tensors).
+- `compile`: torch.compile of `ultralytics` (mode="max-autotune-no-cudagraphs", as ultralytics compiles), warm.
+- `triton`, `cuda`, `cpp`, `auto`: yolov12_fast.pe_add + yolov12_fast.area_attention(residual=pe) on q/k/v views of
+  the conv output (no copies), that backend; `cpp-direct`: the compiled `_cxx` ops without the Python custom-op
+  layer (CPU; the cost of the dispatcher shows as cpp vs cpp-direct).
+
+PE providers, `fn(v, x, pe_w, pe_b, H, W) -> (B, heads, head_dim, N)` with v a (B, heads, head_dim, N) strided
+view of the qkv output and x the tensor it is added to: `torch` (NCHW copy of v, F.conv2d depthwise, + x) and ours
+per backend (yolov12_fast.pe_add: triton, cuda, cpp, auto).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------------------
+# attention baselines
+
+
+def ultralytics_eager(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
+    """ultralytics AAttn.forward from `self.qkv(x)` to the input of `self.proj` (the pe Conv fused: conv + bias)."""
+    B, _, H, W = qkv.shape
+    N = H * W
+    C = heads * head_dim
+    qkv = qkv.flatten(2).transpose(1, 2)
+    if area > 1:
+        qkv = qkv.reshape(B * area, N // area, C * 3)
+        B, N, _ = qkv.shape
+    q, k, v = qkv.view(B, N, heads, head_dim * 3).permute(0, 2, 3, 1).split([head_dim, head_dim, head_dim], dim=2)
+    attn = (q * (head_dim ** -0.5)).transpose(-2, -1) @ k
+    attn = attn.softmax(dim=-1)
+    x = v @ attn.transpose(-2, -1)
+    x = x.permute(0, 3, 1, 2)
+    v = v.permute(0, 3, 1, 2)
+    if area > 1:
+        x = x.reshape(B // area, N * area, C)
+        v = v.reshape(B // area, N * area, C)
+        B, N, _ = x.shape
+    x = x.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+    v = v.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+    return x + F.conv2d(v, pe_w, pe_b, padding=pe_w.shape[-1] // 2, groups=C)
+
+
+def _have_flash_attn() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def flash_impl() -> str:
+    """What the authors' flash path runs here: flash_attn's flash_attn_func, or SDPA forced to FLASH_ATTENTION."""
+    if _have_flash_attn():
+        try:
+            import flash_attn
+
+            return f"flash_attn {getattr(flash_attn, '__version__', '?')} flash_attn_func"
+        except Exception as e:  # installed but broken: the authors' code would fail to import it too
+            return f"sdpa FLASH_ATTENTION (flash_attn failed to import: {type(e).__name__})"
+    return "sdpa FLASH_ATTENTION (flash_attn not installed)"
+
+
+def _flash_core(q, k, v):
+    """(B, n, heads, D) fp16 contiguous -> (B, n, heads, D)."""
+    if _have_flash_attn():
+        try:
+            from flash_attn import flash_attn_func
+        except Exception:
+            flash_attn_func = None
+        if flash_attn_func is not None:
+            return flash_attn_func(q, k, v)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+def authors_flash(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
+    """The authors' (v1.0) CUDA path: flash attention on .contiguous().half() copies, then the same layout steps."""
+    B, _, H, W = qkv.shape
+    N = H * W
+    C = heads * head_dim
+    qkv = qkv.flatten(2).transpose(1, 2)
+    if area > 1:
+        qkv = qkv.reshape(B * area, N // area, C * 3)
+        B, N, _ = qkv.shape
+    q, k, v = qkv.view(B, N, heads, head_dim * 3).split([head_dim, head_dim, head_dim], dim=3)
+    x = _flash_core(q.contiguous().half(), k.contiguous().half(), v.contiguous().half()).to(q.dtype)
+    if area > 1:
+        x = x.reshape(B // area, N * area, C)
+        v = v.reshape(B // area, N * area, C)
+        B, N, _ = x.shape
+    x = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+    v = v.reshape(B, H, W, C).permute(0, 3, 1, 2)
+    return x + F.conv2d(v, pe_w, pe_b, padding=pe_w.shape[-1] // 2, groups=C)
+
+
+def _sdpa_qkv(qkv, area: int, heads: int, head_dim: int):
+    B, _, H, W = qkv.shape
+    N = H * W
+    qkv = qkv.flatten(2).transpose(1, 2)
+    if area > 1:
+        qkv = qkv.reshape(B * area, N // area, heads * head_dim * 3)
+        B, N, _ = qkv.shape
+    return qkv.view(B, N, heads, head_dim * 3).permute(0, 2, 1, 3).split([head_dim, head_dim, head_dim], dim=3)
+
+
+def sdpa(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
+    """ultralytics' layout steps with F.scaled_dot_product_attention (its own backend choice) for the math."""
+    B, _, H, W = qkv.shape
+    N = H * W
+    C = heads * head_dim
+    q, k, v = _sdpa_qkv(qkv, area, heads, head_dim)  # (B*area, heads, n, D) views
+    x = F.scaled_dot_product_attention(q, k, v)
+    x = x.permute(0, 2, 1, 3)
+    v = v.permute(0, 2, 1, 3)
+    if area > 1:
+        x = x.reshape(B, N, C)
+        v = v.reshape(B, N, C)
+    x = x.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+    v = v.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
+    return x + F.conv2d(v, pe_w, pe_b, padding=pe_w.shape[-1] // 2, groups=C)
+
+
+def sdpa_backend(qkv, area: int, heads: int, head_dim: int) -> str:
+    """The backend SDPA picks by itself for the `sdpa` provider's tensors (torch._fused_sdp_choice)."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        q, k, v = _sdpa_qkv(qkv, area, heads, head_dim)
+        choice = torch._fused_sdp_choice(q, k, v)
+        return SDPBackend(choice).name if not isinstance(choice, SDPBackend) else choice.name
+    except Exception as e:  # private API: never let it break a run
+        return f"unknown ({type(e).__name__})"
+
+
+def compiled_reference(mode: str = "max-autotune-no-cudagraphs") -> Callable:
+    """A fresh torch.compile of `ultralytics_eager` (static shapes). Call torch._dynamo.reset() before building one
+    per case so guards and recompile limits of earlier cases do not interfere."""
+    return torch.compile(ultralytics_eager, mode=mode, dynamic=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ours
+
+
+def ours(backend: str) -> Callable:
+    """yolov12_fast's AAttn middle: pe_add over the v view, then area_attention adding it (both `backend`)."""
+    import yolov12_fast
+
+    def fn(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
+        B, _, H, W = qkv.shape
+        q, k, v = qkv.view(B, heads, 3 * head_dim, H * W).split(head_dim, dim=2)
+        p = yolov12_fast.pe_add(v, pe_w, pe_b, H, W, backend=backend)
+        out = yolov12_fast.area_attention(q, k, v, area, scale=head_dim ** -0.5, residual=p, backend=backend)
+        return out.view(B, heads * head_dim, H, W)
+
+    fn.__name__ = f"ours_{backend}"
+    return fn
+
+
+def cpp_direct(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
+    """The compiled CPU kernels called directly (`_cxx` ops): no Python custom-op layer, no autograd support."""
+    B, _, H, W = qkv.shape
+    q, k, v = qkv.view(B, heads, 3 * head_dim, H * W).split(head_dim, dim=2)
+    p = torch.ops.yolov12_fast.pe_add_cxx(v, pe_w, pe_b, None, H, W)
+    out, _ = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, area, head_dim ** -0.5, p)
+    return out.view(B, heads * head_dim, H, W)
+
+
+def resolved_backends(backend: str, device: torch.device) -> str:
+    """'attention=<b>, pe=<b>': what `backend` resolves to on `device` for the two ops."""
+    import warnings
+
+    from yolov12_fast.ops import area_attention as aa
+    from yolov12_fast.ops import pe as pe_op
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            a = aa.resolve_backend(backend, device)
+        except RuntimeError:
+            a = "unavailable"
+        try:
+            p = pe_op.resolve_backend(backend, device)
+        except RuntimeError:
+            p = "unavailable"
+    return f"attention={a}, pe={p}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the provider table
+
+
+@dataclass
+class Provider:
+    name: str
+    fn: Optional[Callable]  # None for `compile` (built per case by compiled_reference)
+    baseline: bool
+    # (device, dtype, backward, quick) -> (ok, reason)
+    available: Callable[[torch.device, torch.dtype, bool, bool], tuple]
+    backend: Optional[str] = None  # yolov12_fast backend, for ours
+
+
+def _always(*_):
+    return True, ""
+
+
+def _flash_ok(device, dtype, backward, quick):
+    if device.type != "cuda":
+        return False, "the authors' code takes the explicit-matmul path on CPU (= the ultralytics row)"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return False, "FlashAttention-2 needs compute capability 8.0+; the authors' code falls back to SDPA there"
+    return True, ""
+
+
+def _compile_ok(device, dtype, backward, quick):
+    if device.type != "cuda":
+        return False, "torch.compile baseline runs on GPU only (max-autotune targets GPU kernels)"
+    if quick:
+        return False, "--quick skips torch.compile (minutes of autotuning)"
+    return True, ""
+
+
+def _ours_ok(backend: str):
+    def check(device, dtype, backward, quick):
+        from yolov12_fast import _backends
+
+        if backend == "triton":
+            if device.type != "cuda":
+                return False, "Triton kernels run on CUDA (on CPU only in the interpreter, which is not benchmarked)"
+            return _backends.can_use_triton(device)
+        if backend == "cuda":
+            if device.type != "cuda":
+                return False, "the CUDA C++ kernels take CUDA tensors"
+            if backward:
+                return False, "the CUDA C++ backend has no backward kernel (training uses triton)"
+            if dtype == torch.float32:
+                return False, "the CUDA C++ tensor-core kernel takes fp16/bf16"
+            return _backends.can_use_cuda_ext(device)
+        if backend == "cpp":
+            if device.type != "cpu":
+                return False, "the C++ CPU kernels take CPU tensors"
+            return _backends.can_use_cpp()
+        return True, ""
+
+    return check
+
+
+def _cpp_direct_ok(device, dtype, backward, quick):
+    from yolov12_fast import _backends
+
+    if device.type != "cpu":
+        return False, "CPU kernels only"
+    if backward:
+        return False, "the raw _cxx ops have no autograd (the public op's backward is measured by `cpp`)"
+    return _backends.can_use_cpp()
+
+
+ATTENTION_BASELINES = ("ultralytics", "flash", "sdpa", "compile")
+
+ATTENTION_PROVIDERS = {
+    "ultralytics": Provider("ultralytics", ultralytics_eager, True, _always),
+    "flash": Provider("flash", authors_flash, True, _flash_ok),
+    "sdpa": Provider("sdpa", sdpa, True, _always),
+    "compile": Provider("compile", None, True, _compile_ok),
+    "triton": Provider("triton", ours("triton"), False, _ours_ok("triton"), "triton"),
+    "cuda": Provider("cuda", ours("cuda"), False, _ours_ok("cuda"), "cuda"),
+    "cpp": Provider("cpp", ours("cpp"), False, _ours_ok("cpp"), "cpp"),
+    "cpp-direct": Provider("cpp-direct", cpp_direct, False, _cpp_direct_ok, "cpp"),
+    "auto": Provider("auto", ours("auto"), False, _ours_ok("auto"), "auto"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PE branch
+
+
+def pe_torch(v, x, pe_w, pe_b, H: int, W: int):
+    """What the reference does: an NCHW copy of the v view, a depthwise F.conv2d, + x."""
+    B, nh, D, N = v.shape
+    out = F.conv2d(v.reshape(B, nh * D, H, W), pe_w, pe_b, padding=pe_w.shape[-1] // 2, groups=nh * D)
+    return (out + x.reshape(B, nh * D, H, W)).view(B, nh, D, N)
+
+
+def pe_ours(backend: str) -> Callable:
+    import yolov12_fast
+
+    def fn(v, x, pe_w, pe_b, H: int, W: int):
+        return yolov12_fast.pe_add(v, pe_w, pe_b, H, W, x=x, backend=backend)
+
+    fn.__name__ = f"pe_{backend}"
+    return fn
+
+
+def _pe_ok(backend: str):
+    def check(device, dtype, backward, quick):
+        from yolov12_fast import _backends
+
+        if backend == "triton":
+            if device.type != "cuda":
+                return False, "Triton kernels run on CUDA (on CPU only in the interpreter, which is not benchmarked)"
+            return _backends.can_use_triton(device)
+        if backend == "cuda":
+            if device.type != "cuda":
+                return False, "the CUDA C++ kernels take CUDA tensors"
+            return _backends.can_use_cuda_ext(device)
+        if backend == "cpp":
+            if device.type != "cpu":
+                return False, "the C++ CPU kernels take CPU tensors"
+            return _backends.can_use_cpp()
+        return True, ""
+
+    return check
+
+
+PE_BASELINES = ("torch",)
+
+PE_PROVIDERS = {
+    "torch": Provider("torch", pe_torch, True, _always),
+    "triton": Provider("triton", pe_ours("triton"), False, _pe_ok("triton"), "triton"),
+    "cuda": Provider("cuda", pe_ours("cuda"), False, _pe_ok("cuda"), "cuda"),
+    "cpp": Provider("cpp", pe_ours("cpp"), False, _pe_ok("cpp"), "cpp"),
+    "auto": Provider("auto", pe_ours("auto"), False, _pe_ok("auto"), "auto"),
+}
+
+__all__ = ["ultralytics_eager", "authors_flash", "sdpa", "sdpa_backend", "flash_impl", "compiled_reference", "ours",
+           "cpp_direct", "resolved_backends", "pe_torch", "pe_ours", "Provider", "ATTENTION_PROVIDERS",
+           "ATTENTION_BASELINES", "PE_PROVIDERS", "PE_BASELINES"]

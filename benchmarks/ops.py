@@ -1,0 +1,354 @@
+"""Suite `ops`: area attention (forward, and forward+backward) and the PE branch at the real shapes.
+
+What is timed per provider (baselines.py): the qkv conv output -> the tensor `proj` consumes, so the baselines pay
+their layout copies and every provider pays the PE branch (depthwise 7x7 + bias, as after model.fuse()).
+
+Shapes (REFERENCE.md): head_dim 32; P4 = stride 16 map, area 4, heads 2/4/8/12 (n, s, m/l, x); P5 = stride 32 map,
+area 1, heads 4/8/12. Tokens per area: 400 at 640x640, 1600 at 1280x1280, 240 at 384x640, 300 at 480x640 (areas
+cut rows). Batches 1, 8, 32 at 640; 1 and 8 elsewhere. fp16 on GPU, fp32 on CPU. On CPU the default run is the
+640 batch-1 layers (the cases of benchmarks/cpu_attention.py, which this suite supersedes) at 1 and 2 threads.
+
+Conventions (stated in every row through flops / bytes):
+- FLOPs: forward 4 * sequences * heads * n^2 * head_dim (two matmuls; softmax and PE not counted); forward+backward
+  = 3.5x that (backward = 2.5x forward: five matmuls against two; FlashAttention's convention; recomputation not
+  counted).
+- Bytes (each input read once, each output written once): forward = qkv (3*B*C*N) + pe weights + out (B*C*N);
+  forward+backward adds dout (B*C*N) read, qkv read again and dqkv (3*B*C*N) written: 7*B*C*N more.
+- Timer: do_bench_cudagraph for batch-1 forwards (microsecond work: kernel time without launch gaps), do_bench (L2
+  flushed) otherwise; CPU: interleaved rounds. Peak memory: torch.cuda.max_memory_allocated over one call.
+- Each provider's output is compared once with the float32 (GPU) / float64 (CPU) result of the ultralytics math:
+  `max_abs_err`, and `check` = FAIL when it exceeds 4x the ultralytics same-dtype error + a floor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import baselines as bl
+from .harness import Budget, Context, add_speedups, gpu_peak_memory, is_oom, make_row, set_threads, time_cpu_interleaved, time_gpu
+
+SUITE = "ops"
+HEAD_DIM = 32
+PE_K = 7
+LEVELS = {"P4": (16, 4, (2, 4, 8, 12)), "P5": (32, 1, (4, 8, 12))}  # stride, area, heads
+FLOOR = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+# torch.compile cases (each is a fresh max-autotune compile, tens of seconds): yolo12n latency, s/m/l throughput
+COMPILE_CASES = {("fwd", "640x640", "P4", 2, 1), ("fwd", "640x640", "P4", 8, 32), ("fwd", "640x640", "P5", 8, 32),
+                 ("fwd", "1280x1280", "P4", 8, 8), ("fwdbwd", "640x640", "P4", 8, 32)}
+COMPILE_BUDGET_S = 150.0  # all compile cases together; none starts with less than 90 s of suite budget left
+
+
+@dataclass(frozen=True)
+class Case:
+    pass_: str  # "fwd" or "fwdbwd"
+    imgsz: str  # "640x640"
+    level: str  # "P4" / "P5" / "tiny"
+    H: int
+    W: int
+    area: int
+    heads: int
+    batch: int
+    head_dim: int = HEAD_DIM
+
+    @property
+    def n(self) -> int:
+        return self.H * self.W // self.area
+
+    @property
+    def C(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def name(self) -> str:
+        if self.pass_ == "pe":  # the PE conv runs over the whole map: no areas
+            return f"pe {self.level} {self.imgsz} h{self.heads} b{self.batch} ({self.H}x{self.W} map)"
+        return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} (n={self.n})"
+
+    @property
+    def params(self) -> dict:
+        return {"pass": self.pass_, "imgsz": self.imgsz, "level": self.level, "H": self.H, "W": self.W,
+                "area": self.area, "n": self.n, "heads": self.heads, "head_dim": self.head_dim, "batch": self.batch}
+
+    def flops(self) -> float:
+        f = 4.0 * self.batch * self.area * self.heads * self.n ** 2 * self.head_dim
+        return 3.5 * f if self.pass_ == "fwdbwd" else f
+
+    def nbytes(self, elt: int) -> float:
+        bcn = self.batch * self.C * self.H * self.W
+        b = (4 * bcn + self.C * (PE_K * PE_K + 1)) * elt
+        return b + 7 * bcn * elt if self.pass_ == "fwdbwd" else b
+
+
+def _shape(imgsz: str, level: str) -> tuple[int, int, int, tuple]:
+    h, w = map(int, imgsz.split("x"))
+    stride, area, heads = LEVELS[level]
+    return h // stride, w // stride, area, heads
+
+
+def attention_cases(device: torch.device, quick: bool) -> list:
+    """Ordered by priority (a run that hits its budget keeps the most useful figures)."""
+    if quick:
+        return [Case("fwd", "tiny", "tiny", 8, 8, 4, 2, 1), Case("fwdbwd", "tiny", "tiny", 8, 8, 4, 2, 1),
+                Case("fwd", "tiny-r", "tiny", 6, 10, 4, 2, 1)]  # 15 tokens per area: rows cut, odd n
+    cases = []
+
+    def add(pass_, imgsz, batches, levels=("P4", "P5")):
+        for b in batches:
+            for level in levels:
+                H, W, area, heads = _shape(imgsz, level)
+                cases.extend(Case(pass_, imgsz, level, H, W, area, h, b) for h in heads)
+
+    if device.type == "cpu":
+        add("fwd", "640x640", (1,))
+        add("fwdbwd", "640x640", (1,))
+        return cases
+    add("fwd", "640x640", (1, 8, 32))
+    add("fwdbwd", "640x640", (8, 32))
+    add("fwd", "1280x1280", (1, 8))
+    add("fwdbwd", "1280x1280", (8,), levels=("P4",))
+    add("fwd", "480x640", (1, 8))
+    add("fwd", "384x640", (1, 8))
+    return cases
+
+
+def pe_cases(device: torch.device, quick: bool) -> list:
+    if quick:
+        return [Case("pe", "tiny", "tiny", 8, 8, 1, 2, 1)]
+    cases = []
+    for b in ((1,) if device.type == "cpu" else (1, 8, 32)):
+        for level in ("P4", "P5"):
+            H, W, area, heads = _shape("640x640", level)
+            cases.extend(Case("pe", "640x640", level, H, W, area, h, b) for h in heads)
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs and callables
+
+
+def _inputs(case: Case, device, dtype, grad: bool):
+    g = torch.Generator(device="cpu").manual_seed(hash(case) % 2**31)
+    qkv = torch.randn(case.batch, 3 * case.C, case.H, case.W, generator=g).to(device, dtype)
+    w = (0.1 * torch.randn(case.C, 1, PE_K, PE_K, generator=g)).to(device, dtype)
+    b = (0.1 * torch.randn(case.C, generator=g)).to(device, dtype)
+    if grad:
+        for t in (qkv, w, b):
+            t.requires_grad_(True)
+    return qkv, w, b
+
+
+def _callable(fn, case: Case, args, dout=None):
+    qkv, w, b = args
+    if case.pass_ == "fwd":
+        return lambda: fn(qkv, w, b, case.area, case.heads, case.head_dim)
+
+    def step():
+        for t in (qkv, w, b):
+            t.grad = None
+        fn(qkv, w, b, case.area, case.heads, case.head_dim).backward(dout)
+
+    return step
+
+
+def _check(fn, case: Case, args, oracle, naive_err, dtype) -> tuple[float, str]:
+    qkv, w, b = args
+    # grad mode as timed (a no_grad call would make torch.compile recompile)
+    out = fn(qkv, w, b, case.area, case.heads, case.head_dim).detach()
+    err = (out.cpu().double() - oracle).abs().max().item()
+    bound = 4.0 * naive_err + FLOOR[dtype]
+    ok = err <= bound and torch.isfinite(out).all().item()
+    return err, "pass" if ok else f"FAIL (max |err| {err:.3g} > bound {bound:.3g})"
+
+
+def _oracle(case: Case, args, device):
+    """The ultralytics math in float32 (GPU) / float64 (CPU), kept on the CPU so GPU peak memory is the providers'."""
+    qkv, w, b = (t.detach() for t in args)
+    hi = torch.float32 if device.type == "cuda" else torch.float64
+    with torch.no_grad():
+        return bl.ultralytics_eager(qkv.to(hi), w.to(hi), b.to(hi), case.area, case.heads, case.head_dim).cpu().double()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the suite
+
+
+def run(ctx: Context) -> list:
+    out = []
+    budget = Budget(ctx.budget_s)
+    dtype = torch.float16 if ctx.device.type == "cuda" else torch.float32
+    cases = [c for c in attention_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
+    pes = [c for c in pe_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
+    if ctx.device.type == "cuda":
+        ctx.ceilings()
+        out += _run_attention(ctx, cases, dtype, budget, threads=None)
+        out += _run_pe(ctx, pes, dtype, budget, threads=None)
+    else:
+        for th in ctx.threads:
+            prev = set_threads(th)
+            try:
+                ctx.ceilings()
+                out += _run_attention(ctx, cases, dtype, budget, threads=th)
+                out += _run_pe(ctx, pes, dtype, budget, threads=th)
+            finally:
+                set_threads(prev)
+    return out
+
+
+def _skip_rows(ctx, case: Case, providers: dict, reason: str, dtype, prefix: str = "") -> list:
+    return [make_row(ctx, SUITE, case.name, case.params, prefix + name, status="skipped", reason=reason, dtype=dtype)
+            for name in providers]
+
+
+def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) -> list:
+    all_rows = []
+    compile_spent = 0.0
+    elt = torch.finfo(dtype).bits // 8
+    for case in ctx.tqdm(cases, desc=f"ops attention{'' if threads is None else f' {threads} thr'}"):
+        if budget.over():
+            rows = _skip_rows(ctx, case, bl.ATTENTION_PROVIDERS, budget.reason(), dtype)
+            ctx.emit(rows)
+            all_rows += rows
+            continue
+        backward = case.pass_ == "fwdbwd"
+        rows, fns, meta = [], {}, {}
+        try:
+            args = _inputs(case, ctx.device, dtype, backward)
+            dout = torch.randn(case.batch, case.C, case.H, case.W, device=ctx.device, dtype=dtype) if backward else None
+            oracle = _oracle(case, args, ctx.device)
+            with torch.no_grad():
+                naive = bl.ultralytics_eager(*(t.detach() for t in args), case.area, case.heads, case.head_dim)
+            naive_err = (naive.cpu().double() - oracle).abs().max().item()
+            del naive
+        except Exception as e:
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
+            rows = _skip_rows(ctx, case, bl.ATTENTION_PROVIDERS, f"inputs/oracle failed: {type(e).__name__}: {e}"[:300], dtype)
+            rows = [dict(r, status="error") for r in rows]
+            ctx.emit(rows)
+            all_rows += rows
+            continue
+        for name, p in bl.ATTENTION_PROVIDERS.items():
+            ok, why = p.available(ctx.device, dtype, backward, ctx.quick)
+            key = (case.pass_, case.imgsz, case.level, case.heads, case.batch)
+            if ok and name == "compile":
+                if key not in COMPILE_CASES:
+                    ok, why = False, "torch.compile is measured on a subset of cases (ops.COMPILE_CASES): minutes per case"
+                elif compile_spent > COMPILE_BUDGET_S:
+                    ok, why = False, f"torch.compile time budget ({COMPILE_BUDGET_S:.0f} s) used up"
+                elif budget.seconds is not None and budget.seconds - budget.elapsed() < 90:
+                    ok, why = False, "less than 90 s of the suite budget left for a torch.compile"
+            if not ok:
+                rows.append(make_row(ctx, SUITE, case.name, case.params, name, status="skipped", reason=why, dtype=dtype))
+                continue
+            extra = {}
+            try:
+                fn = p.fn
+                if name == "compile":
+                    t0 = time.perf_counter()
+                    torch._dynamo.reset()
+                    fn = bl.compiled_reference()
+                    _callable(fn, case, args, dout)()  # compile + autotune
+                    ctx.sync()
+                    extra["compile_s"] = time.perf_counter() - t0
+                    compile_spent += extra["compile_s"]
+                    extra["backend_ran"] = "inductor max-autotune-no-cudagraphs"
+                elif name == "flash":
+                    extra["backend_ran"] = bl.flash_impl()
+                elif name == "sdpa":
+                    extra["backend_ran"] = "sdpa " + bl.sdpa_backend(args[0].detach(), case.area, case.heads, case.head_dim)
+                elif p.backend is not None:
+                    extra["backend_ran"] = bl.resolved_backends(p.backend, ctx.device)
+                else:
+                    extra["backend_ran"] = "eager matmul+softmax"
+                call = _callable(fn, case, args, dout)
+                call()  # warm-up: Triton autotune, cuDNN algorithm choice
+                err, check = _check(fn, case, args, oracle, naive_err, dtype)
+                extra.update(max_abs_err=err, check=check)
+                if ctx.device.type == "cuda":
+                    peak = gpu_peak_memory(call)
+                    timing = time_gpu(call, cudagraph=case.batch == 1 and not backward)
+                    rows.append(make_row(ctx, SUITE, case.name, case.params, name, timing=timing, flops=case.flops(),
+                                         nbytes=case.nbytes(elt), dtype=dtype, peak=peak, **extra))
+                else:
+                    fns[name] = call
+                    meta[name] = extra
+            except Exception as e:
+                oom = ctx.device.type == "cuda" and is_oom(e)
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                rows.append(make_row(ctx, SUITE, case.name, case.params, name, status="error",
+                                     reason=("out of memory: " if oom else "") + f"{type(e).__name__}: {e}"[:400],
+                                     dtype=dtype, **extra))
+        if fns:  # CPU: interleaved rounds over every available provider of the case
+            rounds = 2 if ctx.quick else 11
+            timings = time_cpu_interleaved(fns, rounds=rounds, min_round_s=0.0 if ctx.quick else 0.05)
+            for name, t in timings.items():
+                rows.append(make_row(ctx, SUITE, case.name, case.params, name, timing=t, flops=case.flops(),
+                                     nbytes=case.nbytes(elt), dtype=dtype, **meta[name]))
+        add_speedups(rows, bl.ATTENTION_BASELINES)
+        order = list(bl.ATTENTION_PROVIDERS)
+        rows.sort(key=lambda r: order.index(r["provider"]))
+        ctx.emit(rows)
+        all_rows += rows
+        del args, dout, oracle
+    return all_rows
+
+
+def _run_pe(ctx: Context, cases: list, dtype, budget: Budget, threads) -> list:
+    all_rows = []
+    elt = torch.finfo(dtype).bits // 8
+    for case in ctx.tqdm(cases, desc="ops pe"):
+        if budget.over():
+            rows = _skip_rows(ctx, case, bl.PE_PROVIDERS, budget.reason(), dtype, prefix="pe-")
+            ctx.emit(rows)
+            all_rows += rows
+            continue
+        qkv, w, b = _inputs(case, ctx.device, dtype, False)
+        N = case.H * case.W
+        v = qkv.view(case.batch, case.heads, 3 * case.head_dim, N)[:, :, 2 * case.head_dim:]
+        x = torch.randn(case.batch, case.heads, case.head_dim, N, device=ctx.device, dtype=dtype)
+        bcn = case.batch * case.C * N
+        flops = 2.0 * bcn * PE_K * PE_K + bcn
+        nbytes = (3 * bcn + case.C * (PE_K * PE_K + 1)) * elt  # v, x read; out written; weights
+        hi = torch.float64 if ctx.device.type == "cpu" else torch.float32
+        oracle = bl.pe_torch(v.to(hi), x.to(hi), w.to(hi), b.to(hi), case.H, case.W).cpu().double()
+        naive_err = (bl.pe_torch(v, x, w, b, case.H, case.W).cpu().double() - oracle).abs().max().item()
+        rows, fns, meta = [], {}, {}
+        for name, p in bl.PE_PROVIDERS.items():
+            ok, why = p.available(ctx.device, dtype, False, ctx.quick)
+            if not ok:
+                rows.append(make_row(ctx, SUITE, case.name, case.params, f"pe-{name}", status="skipped", reason=why,
+                                     dtype=dtype))
+                continue
+            call = (lambda f: lambda: f(v, x, w, b, case.H, case.W))(p.fn)
+            try:
+                res = call()
+                err = (res.cpu().double() - oracle).abs().max().item()
+                bound = 4.0 * naive_err + FLOOR[dtype]
+                extra = {"max_abs_err": err, "check": "pass" if err <= bound else f"FAIL (max |err| {err:.3g} > {bound:.3g})",
+                         "backend_ran": "F.conv2d + add" if p.backend is None else bl.resolved_backends(p.backend, ctx.device)}
+                if ctx.device.type == "cuda":
+                    peak = gpu_peak_memory(call)
+                    timing = time_gpu(call, cudagraph=case.batch == 1)
+                    rows.append(make_row(ctx, SUITE, case.name, case.params, f"pe-{name}", timing=timing, flops=flops,
+                                         nbytes=nbytes, dtype=dtype, peak=peak, **extra))
+                else:
+                    fns[f"pe-{name}"] = call
+                    meta[f"pe-{name}"] = extra
+            except Exception as e:
+                rows.append(make_row(ctx, SUITE, case.name, case.params, f"pe-{name}", status="error",
+                                     reason=f"{type(e).__name__}: {e}"[:400], dtype=dtype))
+        if fns:
+            timings = time_cpu_interleaved(fns, rounds=2 if ctx.quick else 11, min_round_s=0.0 if ctx.quick else 0.05)
+            for name, t in timings.items():
+                rows.append(make_row(ctx, SUITE, case.name, case.params, name, timing=t, flops=flops, nbytes=nbytes,
+                                     dtype=dtype, **meta[name]))
+        add_speedups(rows, ["pe-" + b_ for b_ in bl.PE_BASELINES])
+        ctx.emit(rows)
+        all_rows += rows
+    return all_rows

@@ -1,0 +1,336 @@
+"""`python -m benchmarks proxies [--check]`: figures that predict GPU speed and need no GPU.
+
+1. Kernel launches per forward, counted on CPU with a TorchDispatchMode: every ATen op that reaches the dispatcher
+   is classified as a launch (it computes or copies, in place or not), a view (every output shares storage with an
+   input: no kernel, whatever the schema says; a reshape that had to copy is a launch), an allocation (empty*: no
+   kernel) or a host sync (.item()). Counted under no_grad, where composite ops (matmul, reshape, contiguous)
+   decompose into what they run, so the copies hidden inside them show. A yolov12_fast custom op counts as what it runs on a GPU
+   with backend "auto" (GPU_MODEL below): area_attention_fwd is one fused kernel; pe_add is one kernel when
+   ops/pe.py's auto picks a fused kernel for CUDA, else (today: cuDNN until a GPU run shows a fused kernel faster)
+   it is expanded into the ATen ops of the reference it runs (an NCHW copy of v and the depthwise conv).
+   Cases: the attention op alone (ultralytics math vs ours, 640 P4 and P5 of yolo12n), one AAttn module (layer 6)
+   and the whole yolo12n at 640 batch 1 (BN folded as after model.fuse()), ultralytics vs patched.
+2. Modeled HBM bytes, a model and not a measurement: the sum over launches of the bytes of every tensor input
+   (read once) and every output (written once), numel x element size of the tensor as the op sees it (fp32 here;
+   fp16 on GPU halves it). Caches, re-reads inside a kernel and cuDNN workspaces are not modeled.
+3. Registers / spills / shared memory of every Triton kernel variant the ops launch (yolov12_fast._aot.compile_all,
+   head_dim 32 only, for sm_75/80/90) and of every CUDA C++ kernel (nvcc -Xptxas -v, the parser of
+   tests/test_cuda_compile.py).
+
+Results: benchmarks/results/proxies.json. `--check` recomputes and compares with that (committed) file; it fails
+on more launches (slack 0), more modeled bytes (slack 1%), more registers (slack 8 per kernel) or any new spill
+(slack 0 bytes). New or vanished kernels are listed, not failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from .harness import RESULTS_DIR, ROOT, machine_meta
+
+PROXIES_FILE = RESULTS_DIR / "proxies.json"
+SLACK = {"launches": 0, "bytes_rel": 0.01, "regs": 8, "spills": 0}
+ALLOC_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted"}
+
+
+def _gpu_model() -> dict:
+    """What a yolov12_fast op runs on a CUDA GPU with backend "auto": "kernel" = one fused launch, "expand" = count the
+    ATen ops of its reference implementation (run under the counter). Attention: a Triton or CUDA C++ kernel. PE: read
+    from ops/pe.py's own dispatch rule (which needs no GPU to answer for a CUDA device)."""
+    from yolov12_fast.ops import pe as pe_op
+
+    try:
+        pe_auto = pe_op.resolve_backend("auto", torch.device("cuda"))
+    except Exception:
+        pe_auto = "kernel"
+    return {"area_attention_fwd": "kernel", "pe_add": "expand" if pe_auto == "reference" else "kernel"}
+
+
+GPU_MODEL = _gpu_model()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# launches and bytes
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def _tensors(x) -> list:
+    return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+
+
+class OpCounter(TorchDispatchMode):
+    """Records (op name, kind, bytes read, bytes written) for every op dispatched while active."""
+
+    def __init__(self, records: list | None = None, prefix: str = ""):
+        super().__init__()
+        self.records = records if records is not None else []
+        self.prefix = prefix
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.name()  # e.g. "aten::add.Tensor", "yolov12_fast::area_attention_fwd"
+        ns, _, op = name.partition("::")
+        base = op.split(".")[0]
+        if ns == "yolov12_fast" and GPU_MODEL.get(base) == "expand":
+            named = dict(zip((a.name for a in func._schema.arguments), args), **kwargs)
+            return self._expand(base, named)
+        out = func(*args, **kwargs)
+        ins = _tensors([args, {k: v for k, v in kwargs.items() if k != "out"}])
+        outs = _tensors(out)
+        if ns == "yolov12_fast":
+            kind = "launch"
+        elif base == "_local_scalar_dense":
+            kind = "sync"
+        elif base in ALLOC_OPS:
+            kind = "alloc"
+        elif func._schema.is_mutable:
+            kind = "launch"
+        elif not outs:
+            kind = "view"  # returns no tensor (metadata)
+        else:
+            # By what happened, not by the schema: reshape / contiguous are declared aliasing but copy when they must.
+            in_ptrs = {t.untyped_storage().data_ptr() for t in ins}
+            kind = "view" if all(t.untyped_storage().data_ptr() in in_ptrs for t in outs) else "launch"
+        if kind == "launch":
+            self.records.append((self.prefix + name, kind, sum(map(_nbytes, ins)), sum(map(_nbytes, outs))))
+        else:
+            self.records.append((self.prefix + name, kind, 0, 0))
+        return out
+
+    def _expand(self, base: str, a: dict):
+        if base != "pe_add":
+            raise NotImplementedError(f"proxies: no GPU model to expand yolov12_fast::{base}")
+        from yolov12_fast.ops import pe as pe_op
+
+        with OpCounter(self.records, prefix=f"{self.prefix}yolov12_fast::pe_add(reference)/"):
+            return pe_op._reference(a["v"], a["weight"], a["bias"], a["x"], a["H"], a["W"])
+
+
+def summarize(records: list) -> dict:
+    launches = [r for r in records if r[1] == "launch"]
+    return {
+        "launches": len(launches),
+        "views": sum(1 for r in records if r[1] == "view"),
+        "allocs": sum(1 for r in records if r[1] == "alloc"),
+        "syncs": sum(1 for r in records if r[1] == "sync"),
+        "custom_ops": sum(1 for r in launches if r[0].startswith("yolov12_fast::") and "/" not in r[0]),
+        "bytes_read": sum(r[2] for r in launches),
+        "bytes_written": sum(r[3] for r in launches),
+        "bytes": sum(r[2] + r[3] for r in launches),
+        "by_op": dict(sorted(Counter(r[0] for r in launches).items())),
+    }
+
+
+def count(fn) -> dict:
+    """Run fn() once under the counter and summarise. no_grad, not inference_mode: under inference_mode composite ops
+    (matmul, conv2d, reshape) reach the mode undecomposed and hide the copies they make."""
+    counter = OpCounter()
+    with torch.no_grad(), counter:
+        fn()
+    return summarize(counter.records)
+
+
+def launch_proxies(imgsz: int = 640) -> dict:
+    """{entry name: summary} for the attention op, one AAttn, and yolo12n at imgsz batch 1, ultralytics vs ours."""
+    import copy
+
+    import yolov12_fast
+
+    from . import baselines as bl
+    from . import yolo
+
+    out = {}
+    g = torch.Generator().manual_seed(0)
+    for level, (hw, area, heads) in {"P4": (imgsz // 16, 4, 2), "P5": (imgsz // 32, 1, 4)}.items():
+        C = heads * 32
+        qkv = torch.randn(1, 3 * C, hw, hw, generator=g)
+        w, b = 0.1 * torch.randn(C, 1, 7, 7, generator=g), 0.1 * torch.randn(C, generator=g)
+        tag = f"op {level} {imgsz} h{heads} b1"
+        out[f"{tag}: ultralytics"] = count(lambda: bl.ultralytics_eager(qkv, w, b, area, heads, 32))
+        out[f"{tag}: ours"] = count(lambda: bl.ours("auto")(qkv, w, b, area, heads, 32))
+
+    model = yolo.build("yolo12n", calibrate_imgsz=None, fuse=True)
+    patched = yolov12_fast.patch(copy.deepcopy(model))
+    x = torch.rand(1, 3, imgsz, imgsz, generator=g)
+    attn_in = {}
+    hook = model.model[6].m[0][0].attn.register_forward_pre_hook(lambda m, a: attn_in.setdefault("x", a[0]))
+    with torch.no_grad():  # steady state: the Detect head builds its anchors on a model's first call
+        model(x)
+        patched(x)
+    hook.remove()
+    xa = attn_in["x"].clone()
+    out[f"AAttn layer 6 (P4) {imgsz} b1: ultralytics"] = count(lambda: model.model[6].m[0][0].attn(xa))
+    out[f"AAttn layer 6 (P4) {imgsz} b1: patched"] = count(lambda: patched.model[6].m[0][0].attn(xa))
+    out[f"yolo12n {imgsz} b1: ultralytics"] = count(lambda: model(x))
+    out[f"yolo12n {imgsz} b1: patched"] = count(lambda: patched(x))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# registers / spills
+
+
+def triton_aot(head_dims=(32,)) -> list:
+    """Rows of yolov12_fast._aot for every Triton variant, compiled in a fresh process without TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "yolov12_fast._aot", "--json"]
+    for d in head_dims:
+        cmd += ["--head-dim", str(d)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    lines = p.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"yolov12_fast._aot printed nothing (rc {p.returncode}):\n{p.stderr[-3000:]}")
+    keep = ("kernel", "arch", "dtype", "ok", "error", "regs", "spills", "smem", "mma", "wgmma", "spill_instr")
+    return [{k: r[k] for k in keep if k in r} for r in json.loads(lines[-1])]
+
+
+def _load_cuda_compile():
+    path = ROOT / "tests" / "test_cuda_compile.py"
+    spec = importlib.util.spec_from_file_location("_yolov12_fast_test_cuda_compile", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cuda_ptxas() -> list:
+    """Rows (source, kernel, arch, regs, stack, spill bytes, static smem) from nvcc -Xptxas -v for every csrc/cuda/*.cu."""
+    tc = _load_cuda_compile()
+    if tc.NVCC is None:
+        raise RuntimeError("nvcc not found (set CUDA_HOME or install the CUDA toolkit)")
+    with tempfile.TemporaryDirectory(prefix="yolov12_fast_ptxas_") as d:
+        jobs = [(s, a) for s in tc.SOURCES for a in tc.ARCHS]
+        with ThreadPoolExecutor(max_workers=2) as ex:
+            compiled = list(ex.map(lambda sa: tc._compile(sa[0], sa[1], d), jobs))
+    rows = []
+    for c in compiled:
+        if c.returncode != 0:
+            rows.append({"source": os.path.basename(c.source), "arch": c.arch, "ok": False, "error": c.log[-500:]})
+            continue
+        for k in sorted(c.kernels, key=lambda k: k.name):
+            rows.append({"source": os.path.basename(c.source), "kernel": k.name, "arch": c.arch, "ok": True,
+                         "regs": k.regs, "stack": k.stack, "spills": max(k.spill_stores, 0) + max(k.spill_loads, 0),
+                         "smem": k.smem})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# compute / compare
+
+
+def compute(aot: bool = True) -> dict:
+    meta = machine_meta(torch.device("cpu"))
+    res = {"schema": 1, "meta": {k: meta[k] for k in ("torch", "triton", "cuda", "ultralytics", "commit", "date")},
+           "slack": SLACK, "gpu_model": GPU_MODEL, "launches": launch_proxies()}
+    if aot:
+        for key, fn in (("triton_aot", triton_aot), ("cuda_ptxas", cuda_ptxas)):
+            try:
+                res[key] = fn()
+            except Exception as e:
+                res[key] = {"skipped": f"{type(e).__name__}: {e}"[:500]}
+    return res
+
+
+def _kernel_key(r: dict) -> tuple:
+    return (r.get("source", "triton"), r.get("kernel"), r.get("arch"))
+
+
+def compare(old: dict, new: dict) -> tuple[list, list]:
+    """(regressions, notes) of `new` against `old` (the committed file)."""
+    bad, notes = [], []
+    if old.get("meta", {}).get("torch") != new.get("meta", {}).get("torch"):
+        notes.append(f"torch differs from the committed file's ({old.get('meta', {}).get('torch')} vs "
+                     f"{new.get('meta', {}).get('torch')}): ATen-level counts may shift with it")
+    for name, o in old.get("launches", {}).items():
+        n = new.get("launches", {}).get(name)
+        if n is None:
+            notes.append(f"launches: entry {name!r} no longer computed")
+            continue
+        if n["launches"] > o["launches"] + SLACK["launches"]:
+            grown = {k: v - o["by_op"].get(k, 0) for k, v in n["by_op"].items() if v > o["by_op"].get(k, 0)}
+            bad.append(f"{name}: {n['launches']} launches > {o['launches']} committed (more of: {grown})")
+        if n["bytes"] > o["bytes"] * (1 + SLACK["bytes_rel"]):
+            bad.append(f"{name}: modeled bytes {n['bytes']:,} > {o['bytes']:,} committed (+{SLACK['bytes_rel']:.0%} slack)")
+    for key in ("triton_aot", "cuda_ptxas"):
+        o_rows, n_rows = old.get(key), new.get(key)
+        if not isinstance(o_rows, list) or not isinstance(n_rows, list):
+            if key in new and isinstance(o_rows, list):
+                notes.append(f"{key}: not compared ({n_rows.get('skipped') if isinstance(n_rows, dict) else 'absent'})")
+            continue
+        o_map = {_kernel_key(r): r for r in o_rows}
+        n_map = {_kernel_key(r): r for r in n_rows}
+        for k, n in n_map.items():
+            o = o_map.get(k)
+            if o is None:
+                notes.append(f"{key}: new kernel {k}")
+                continue
+            if o.get("ok") and not n.get("ok"):
+                bad.append(f"{key}: {k} no longer compiles: {n.get('error')}")
+                continue
+            if not n.get("ok"):
+                continue
+            if n["regs"] > o["regs"] + SLACK["regs"]:
+                bad.append(f"{key}: {k} uses {n['regs']} registers > {o['regs']} committed + {SLACK['regs']}")
+            if n["spills"] > o["spills"] + SLACK["spills"]:
+                bad.append(f"{key}: {k} spills {n['spills']} B > {o['spills']} B committed")
+        for k in o_map.keys() - n_map.keys():
+            notes.append(f"{key}: kernel {k} vanished")
+    return bad, notes
+
+
+def format_launches(launches: dict) -> str:
+    lines = [f"{'entry':<46} {'launches':>8} {'views':>6} {'syncs':>5} {'MB modeled':>10}"]
+    for name, s in launches.items():
+        lines.append(f"{name:<46} {s['launches']:>8} {s['views']:>6} {s['syncs']:>5} {s['bytes'] / 1e6:>10.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks proxies", description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="compare with the committed file; exit 1 on a regression")
+    p.add_argument("--no-aot", action="store_true", help="launch counts and bytes only (skip the Triton/nvcc compiles)")
+    p.add_argument("--file", type=Path, default=PROXIES_FILE, help=f"proxies file (default {PROXIES_FILE})")
+    a = p.parse_args(argv)
+    from . import yolo
+
+    yolo.offline()
+    new = compute(aot=not a.no_aot)
+    print(format_launches(new["launches"]))
+    for key in ("triton_aot", "cuda_ptxas"):
+        if isinstance(new.get(key), list):
+            rows = new[key]
+            print(f"{key}: {len(rows)} kernels, max regs {max((r.get('regs', 0) for r in rows), default=0)}, "
+                  f"{sum(1 for r in rows if r.get('spills'))} spilling, {sum(1 for r in rows if not r.get('ok'))} failed")
+        elif key in new:
+            print(f"{key}: skipped: {new[key]['skipped']}")
+    if not a.check:
+        a.file.parent.mkdir(parents=True, exist_ok=True)
+        a.file.write_text(json.dumps(new, indent=1) + "\n")
+        print(f"wrote {a.file}")
+        return 0
+    if not a.file.exists():
+        print(f"no committed proxies file at {a.file}: run `python -m benchmarks proxies` and commit it")
+        return 1
+    bad, notes = compare(json.loads(a.file.read_text()), new)
+    for n in notes:
+        print("note:", n)
+    for b in bad:
+        print("REGRESSION:", b)
+    print("proxies check:", "FAILED" if bad else "ok")
+    return 1 if bad else 0

@@ -1,0 +1,261 @@
+"""`python -m benchmarks report [FILES]`: a markdown table and PNG plots from result rows.
+
+For each `<stem>.jsonl` (default: every one under benchmarks/results/) writes `<stem>.md` and, per suite with
+measurements, `<stem>-<suite>.png` next to it. When a file holds several runs of the same (suite, case, provider,
+threads), the last one wins (the file is appended to in order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+
+from .harness import RESULTS_DIR
+
+
+def load(path: Path) -> list:
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not a JSON row ({e})") from e
+    latest = OrderedDict()
+    for r in rows:
+        latest[(r.get("suite"), r.get("case"), r.get("provider"), r.get("threads") if r.get("device_kind") == "cpu" else None)] = r
+    return list(latest.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# markdown
+
+
+def _f(x, fmt="{:.3g}", none="–"):
+    return none if x is None else fmt.format(x)
+
+
+def _ms(r):
+    if r.get("status") != "ok":
+        return r.get("status", "?")
+    return f"{r['median_ms']:.4g} ({r['p20_ms']:.3g}–{r['p80_ms']:.3g})"
+
+
+def _speed(r, b):
+    s = (r.get("speedup_vs") or {}).get(b)
+    return "–" if s is None else f"{s:.2f}x"
+
+
+def _check(r):
+    c = r.get("check")
+    return "" if c is None else ("ok" if c == "pass" else "**" + c + "**")
+
+
+def _table(rows: list, cols: list) -> list:
+    out = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(fn(r)).replace("|", "/") for _, fn in cols) + " |")
+    return out
+
+
+def _threads_col(rows):
+    return [("thr", lambda r: r.get("threads"))] if any(r.get("device_kind") == "cpu" for r in rows) else []
+
+
+def _columns(suite: str, rows: list, pe: bool = False) -> list:
+    base = [("case", lambda r: r["case"])] + _threads_col(rows) + [("provider", lambda r: r["provider"])]
+    if suite == "ceilings":
+        return base + [("ms", _ms), ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}"))]
+    if suite == "ops":
+        bl = ["pe-torch"] if pe else ["ultralytics", "flash", "sdpa", "compile"]
+        return base + [("ran", lambda r: r.get("backend_ran") or ""), ("ms (p20–p80)", _ms),
+                       ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}")),
+                       ("% roofline", lambda r: _f(r.get("pct_roofline"), "{:.1f}")),
+                       ("peak MB", lambda r: _f(r.get("peak_mem_mb"), "{:.0f}"))] + \
+            [(f"vs {b}", (lambda b_: lambda r: _speed(r, b_))(b)) for b in bl] + [("check", _check)]
+    if suite == "blocks":
+        return base + [("ms (p20–p80)", _ms), ("peak MB", lambda r: _f(r.get("peak_mem_mb"), "{:.0f}")),
+                       ("vs ultralytics", lambda r: _speed(r, "ultralytics")), ("check", _check)]
+    if suite == "model":
+        cross = sorted({k for r in rows for k in (r.get("speedup_vs") or {}) if k.startswith("yolo11")})
+        bl = ["eager", "eager+graphs", "compile", "train-eager"] + cross
+        bl = [b for b in bl if any(b in (r.get("speedup_vs") or {}) for r in rows)]
+        return base + [("ms (p20–p80)", _ms), ("img/s", lambda r: _f(r.get("images_per_s"), "{:.1f}")),
+                       ("peak MB", lambda r: _f(r.get("peak_mem_mb"), "{:.0f}"))] + \
+            [(f"vs {b}", (lambda b_: lambda r: _speed(r, b_))(b)) for b in bl] + [("check", _check)]
+    return base + [("ms", _ms)]
+
+
+CONVENTIONS = """\
+Conventions: median of the timed runs with the 20th–80th percentiles; GPU timed with triton.testing.do_bench
+(L2 flushed per rep) or do_bench_cudagraph for batch-1 attention forwards (kernel time, no launch gaps), CPU with
+interleaved rounds at the pinned thread count (`thr`). Attention FLOPs = 4·sequences·heads·n²·head_dim forward,
+3.5x that for forward+backward; bytes = each input read once + each output written once; % roofline =
+max(FLOPs / matmul peak, bytes / copy bandwidth) / time, with both ceilings measured in the same run. `vs X` =
+time(X) / time(row): > 1 means this row is faster. `check` compares each output with the float32/float64 result
+of the ultralytics math (ops) or with the ultralytics module (blocks, model)."""
+
+
+def markdown(rows: list, source: str) -> str:
+    if not rows:
+        return f"# Benchmarks\n\nNo rows in {source}.\n"
+    m = rows[-1]
+    lines = [f"# Benchmarks: {m.get('device')} ({m.get('device_kind')}), {m.get('date', '')[:10]}", "",
+             f"torch {m.get('torch')}, triton {m.get('triton')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}, "
+             f"python {m.get('python')}, ultralytics {m.get('ultralytics')}, flash-attn {m.get('flash_attn') or 'not installed'}, "
+             f"commit {m.get('commit')}, CPU {m.get('cpu')} ({m.get('cpu_count')} cores, load average "
+             f"{m.get('loadavg_1m', '?')} at the start). Source: `{source}`"
+             + (" (includes --quick rows: smoke figures)" if any(r.get("quick") for r in rows) else "") + ".", ""]
+    ceil = [r for r in rows if r.get("suite") == "ceilings" and r.get("status") == "ok"]
+    if ceil:
+        parts = [f"{r['case']}{' @' + str(r['threads']) + ' thr' if r.get('device_kind') == 'cpu' else ''}: "
+                 + (f"{r['tflops']:.3g} TFLOP/s" if r.get("tflops") else f"{r['gbps']:.3g} GB/s") for r in ceil]
+        lines += ["Ceilings (measured in this run): " + "; ".join(parts) + ".", ""]
+    lines += [CONVENTIONS, ""]
+    by_suite = defaultdict(list)
+    for r in rows:
+        by_suite[r.get("suite")].append(r)
+    for suite in ("ceilings", "ops", "blocks", "model"):
+        srows = [r for r in by_suite.get(suite, []) if r.get("status") != "skipped"]
+        if not srows:
+            continue
+        if suite == "ops":
+            att = [r for r in srows if not r["provider"].startswith("pe-")]
+            pe = [r for r in srows if r["provider"].startswith("pe-")]
+            if att:
+                lines += ["## ops: area attention (qkv conv output -> proj input, PE included)", ""]
+                lines += _table(att, _columns(suite, att)) + [""]
+            if pe:
+                lines += ["## ops: PE branch (depthwise 7x7 + bias + add)", ""]
+                lines += _table(pe, _columns(suite, pe, pe=True)) + [""]
+        else:
+            lines += [f"## {suite}", ""] + _table(srows, _columns(suite, srows)) + [""]
+    skipped = [r for r in rows if r.get("status") in ("skipped", "error")]
+    if skipped:
+        lines += ["## Skipped and failed", ""]
+        groups = OrderedDict()
+        for r in skipped:
+            groups.setdefault((r.get("status"), r.get("suite"), r.get("provider"), r.get("reason")), []).append(r["case"])
+        for (status, suite, prov, reason), cases in groups.items():
+            shown = ", ".join(cases[:4]) + (f", … ({len(cases)} cases)" if len(cases) > 4 else "")
+            lines.append(f"- {status}: {suite} / {prov} — {reason} [{shown}]")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# plots
+
+
+def _label(r):
+    return r["case"] + (f" @{r['threads']}thr" if r.get("device_kind") == "cpu" else "")
+
+
+def plot(rows: list, stem: Path) -> list:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    ok = [r for r in rows if r.get("status") == "ok"]
+
+    def save(fig, suite):
+        p = stem.parent / f"{stem.name}-{suite}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+
+    # ops: time per provider per case (log), forward and forward+backward panels
+    att = [r for r in ok if r.get("suite") == "ops" and not r["provider"].startswith("pe-")]
+    if att:
+        passes = [p for p in ("fwd", "fwdbwd") if any(r["params"].get("pass") == p for r in att)]
+        fig, axes = plt.subplots(len(passes), 1, figsize=(max(8, 0.35 * len({_label(r) for r in att})), 4.5 * len(passes)),
+                                 squeeze=False)
+        for ax, p in zip(axes[:, 0], passes):
+            prs = [r for r in att if r["params"].get("pass") == p]
+            cases = list(OrderedDict.fromkeys(_label(r) for r in prs))
+            for prov in OrderedDict.fromkeys(r["provider"] for r in prs):
+                pts = {_label(r): r["median_ms"] for r in prs if r["provider"] == prov}
+                xs = [i for i, c in enumerate(cases) if c in pts]
+                ax.plot(xs, [pts[cases[i]] for i in xs], marker="o", ms=3, lw=1, label=prov)
+            ax.set_yscale("log")
+            ax.set_ylabel("ms (median)")
+            ax.set_title(f"area attention {'forward' if p == 'fwd' else 'forward+backward'}: qkv conv output -> proj input")
+            ax.set_xticks(range(len(cases)))
+            ax.set_xticklabels(cases, rotation=90, fontsize=6)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, ncol=4)
+        save(fig, "ops")
+
+    # blocks: speed-up of patched over ultralytics
+    blk = [r for r in ok if r.get("suite") == "blocks" and "ultralytics" in (r.get("speedup_vs") or {})]
+    if blk:
+        cases = list(OrderedDict.fromkeys(_label(r) for r in blk))
+        fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(cases)), 4.5))
+        provs = list(OrderedDict.fromkeys(r["provider"] for r in blk))
+        width = 0.8 / max(len(provs), 1)
+        for j, prov in enumerate(provs):
+            pts = {_label(r): r["speedup_vs"]["ultralytics"] for r in blk if r["provider"] == prov}
+            xs = [i for i, c in enumerate(cases) if c in pts]
+            ax.bar([i + j * width for i in xs], [pts[cases[i]] for i in xs], width, label=prov)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_ylabel("speed-up over ultralytics (x)")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
+        ax.set_xticklabels(cases, rotation=90, fontsize=6)
+        ax.legend(fontsize=7)
+        ax.set_title("YOLO12 attention blocks")
+        save(fig, "blocks")
+
+    # model: latency / throughput per variant, one panel per (imgsz, batch)
+    mdl = [r for r in ok if r.get("suite") == "model" and not r["params"].get("train")]
+    if mdl:
+        shapes = list(OrderedDict.fromkeys((r["params"]["imgsz"], r["params"]["batch"]) for r in mdl))
+        fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4.5), squeeze=False)
+        for ax, (s, b) in zip(axes[0], shapes):
+            prs = [r for r in mdl if (r["params"]["imgsz"], r["params"]["batch"]) == (s, b)]
+            models = list(OrderedDict.fromkeys(r["params"]["model"] + (f"@{r['threads']}" if r.get("device_kind") == "cpu" else "")
+                                               for r in prs))
+            variants = list(OrderedDict.fromkeys(r["provider"] for r in prs))
+            width = 0.8 / max(len(variants), 1)
+            for j, v in enumerate(variants):
+                pts = {r["params"]["model"] + (f"@{r['threads']}" if r.get("device_kind") == "cpu" else ""): r["median_ms"]
+                       for r in prs if r["provider"] == v}
+                xs = [i for i, m in enumerate(models) if m in pts]
+                ax.bar([i + j * width for i in xs], [pts[models[i]] for i in xs], width, label=v)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))])
+            ax.set_xticklabels(models, rotation=45, fontsize=7)
+            ax.set_ylabel("ms per batch (median)")
+            ax.set_title(f"{s}x{s}, batch {b}")
+            ax.legend(fontsize=6)
+        save(fig, "model")
+    return written
+
+
+def render(path: Path) -> list:
+    path = Path(path)
+    rows = load(path)
+    stem = path.with_suffix("")
+    md = stem.with_suffix(".md")
+    md.write_text(markdown(rows, path.name) + "\n")
+    return [md] + plot(rows, stem)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="*", type=Path, help=f"result .jsonl files (default: all under {RESULTS_DIR})")
+    a = p.parse_args(argv)
+    files = a.files or sorted(RESULTS_DIR.glob("*.jsonl"))
+    if not files:
+        print(f"no result files under {RESULTS_DIR}: run `python -m benchmarks` first")
+        return 1
+    for f in files:
+        for out in render(f):
+            print(f"wrote {out}")
+    return 0

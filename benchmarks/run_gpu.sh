@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The whole GPU run in two commands of under 10 minutes each (H100/H200), from the repository root:
+#
+#   bash benchmarks/run_gpu.sh part1   # build the extension, GPU tests, ceilings + ops at 640x640, report
+#   bash benchmarks/run_gpu.sh part2   # build if needed, ops at 1280 / 480x640 / 384x640, blocks, model, report
+#   bash benchmarks/run_gpu.sh all     # both, one after the other (about 20 minutes)
+#
+# Each part appends rows to benchmarks/results/<gpu>-<date>.jsonl as it measures (a part cut short keeps what it
+# measured), renders <gpu>-<date>.md / .png with `python -m benchmarks report`, and, when $OUT is set, copies the
+# results, a tarball of everything new under benchmarks/results/ and the logs there. Budgets: each part aims to end
+# by PART_DEADLINE_S (default 560 s) after it starts; suites get what is left after the build and the tests and record
+# the cases they had no time for as skipped rows (rerun those with `python -m benchmarks ops --cases REGEX`).
+#
+# Environment: PYTHON (default python), PART_DEADLINE_S, TEST_TIMEOUT_S (default 200), WHEELS (a directory of wheels
+# to install missing pure-Python dependencies from, offline), TORCH_CUDA_ARCH_LIST (default: this GPU's arch only).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PART=${1:-all}
+PY=${PYTHON:-python}
+DEADLINE=${PART_DEADLINE_S:-560}
+RESULTS=benchmarks/results
+LOGDIR=${OUT:-/tmp}
+mkdir -p "$RESULTS" "$LOGDIR"
+START=$(date +%s)
+STAMP=$(date +%Y%m%d-%H%M%S)
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_VERBOSE=False
+unset TRITON_INTERPRET
+
+# part 1 measures the 640x640 attention and PE cases, part 2 the other resolutions (then blocks and model)
+PART1_OPS='640x640'
+PART2_OPS='^fwd.* (1280x1280|480x640|384x640) '
+
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+say() { echo "::: [$(( $(date +%s) - START )) s] $*"; }
+
+deps() {
+    local missing
+    missing=$($PY - <<'EOF'
+import importlib.util
+need = {"ultralytics": "ultralytics", "matplotlib": "matplotlib", "tqdm": "tqdm", "pytest": "pytest",
+        "hypothesis": "hypothesis", "cv2": "opencv-python-headless"}
+print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
+EOF
+)
+    if [ -n "$missing" ]; then
+        if [ -n "${WHEELS:-}" ]; then
+            say "installing missing packages from $WHEELS: $missing"
+            $PY -m pip install -q --no-index --find-links "$WHEELS" $missing || say "WARNING: could not install: $missing"
+        else
+            say "WARNING: missing Python packages: $missing (set WHEELS=<dir of wheels> to install them offline)"
+        fi
+    fi
+}
+
+build() {
+    if $PY -c "import yolov12_fast._C as m, yolov12_fast.kernels, sys; sys.exit(0 if m.WITH_CUDA else 1)" 2>/dev/null; then
+        say "extension already built with CUDA"
+        return 0
+    fi
+    export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+    if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+        TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; a, b = torch.cuda.get_device_capability(); print(f'{a}.{b}' + ('a' if a == 9 else ''))")
+        export TORCH_CUDA_ARCH_LIST
+    fi
+    export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+    say "building yolov12_fast._C for sm ${TORCH_CUDA_ARCH_LIST} (pip install --no-build-isolation --no-deps -e .)"
+    timeout 420 $PY -m pip install -q --no-build-isolation --no-deps -e . || { say "BUILD FAILED"; return 1; }
+    $PY -m yolov12_fast info || true
+}
+
+gpu_tests() {
+    say "GPU tests (python -m pytest -m gpu -q), at most ${TEST_TIMEOUT_S:-200} s"
+    timeout "${TEST_TIMEOUT_S:-200}" $PY -m pytest -m gpu -q -p no:cacheprovider --no-header -rfE 2>&1 \
+        | tee "$LOGDIR/pytest-gpu-$STAMP.log" | tail -40
+    say "GPU tests exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-$STAMP.log)"
+}
+
+bench() {  # bench FRACTION SUITE... [OPTIONS]: run with FRACTION (percent) of the time left, minus a margin
+    local pct=$1; shift
+    local budget=$(( ($(left) - 70) * pct / 100 ))
+    if [ "$budget" -lt 30 ]; then say "no time left for $*"; return 0; fi
+    say "python -m benchmarks $* --device cuda --budget-s ${budget}"
+    timeout $(( budget + 60 )) $PY -m benchmarks "$@" --device cuda --budget-s "$budget"
+    say "benchmarks $* exit status $?"
+}
+
+report_and_copy() {
+    say "report"
+    $PY -m benchmarks report || true
+    if [ -n "${OUT:-}" ]; then
+        local today
+        today=$(date +%Y-%m-%d)
+        tar czf "$OUT/results-$PART-$STAMP.tar.gz" $(find "$RESULTS" -type f -newermt "@$START" 2>/dev/null) 2>/dev/null \
+            || tar czf "$OUT/results-$PART-$STAMP.tar.gz" "$RESULTS"
+        for f in "$RESULTS"/*-"$today".jsonl "$RESULTS"/*-"$today".md; do
+            [ -f "$f" ] && cp "$f" "$OUT/" 2>/dev/null
+        done
+        say "copied results to $OUT: $(ls "$OUT" | tr '\n' ' ')"
+    fi
+}
+
+main() {
+    say "run_gpu.sh $PART: $($PY -c 'import torch; print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "NO GPU")')"
+    deps
+    build || { report_and_copy; exit 1; }
+    case "$PART" in
+        part1) gpu_tests; bench 100 ceilings ops --cases "$PART1_OPS" ;;
+        part2) bench 25 ops --cases "$PART2_OPS"; bench 35 blocks; bench 100 model ;;
+        *) echo "usage: bash benchmarks/run_gpu.sh part1|part2|all"; exit 2 ;;
+    esac
+    report_and_copy
+    say "done"
+}
+
+if [ "$PART" = all ]; then
+    bash "$0" part1
+    bash "$0" part2
+    exit $?
+fi
+main 2>&1 | tee "$LOGDIR/run_gpu-$PART-$STAMP.log"

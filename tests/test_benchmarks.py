@@ -1,0 +1,291 @@
+"""The benchmarks package (benchmarks/): a seconds-long CPU smoke of every suite (--quick), the same on GPU (marked
+gpu: a pre-flight of the GPU code paths before benchmarks/run_gpu.sh spends its minutes), the shared baselines
+against the reference, the report rendered from synthetic rows, and the proxies check (launch counts and modeled
+bytes against the committed benchmarks/results/proxies.json; the Triton/nvcc register part is slow)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `benchmarks` is a top-level package of the repository, not of the wheel
+
+from benchmarks import SUITES, baselines as bl, harness, proxies, report  # noqa: E402
+from benchmarks.__main__ import main as bench_main  # noqa: E402
+
+HAS_CPP = __import__("yolov12_fast")._backends.can_use_cpp()[0]
+
+
+def _rows(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def quick_cpu(tmp_path_factory):
+    """All suites, --quick, on CPU at 1 thread, through the command line; returns the rows written."""
+    out = tmp_path_factory.mktemp("bench_cpu")
+    rc = bench_main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out), "--no-progress"])
+    files = list(out.glob("*.jsonl"))
+    assert rc == 0 and len(files) == 1, f"rc {rc}, files {files}"
+    return _rows(files[0])
+
+
+def _ok(rows, **where):
+    return [r for r in rows if r["status"] == "ok" and all(r.get(k) == v for k, v in where.items())]
+
+
+def test_rows_carry_metadata(quick_cpu):
+    for r in quick_cpu:
+        for key in ("suite", "case", "provider", "status", "device", "torch", "triton", "cuda", "commit", "date",
+                    "dtype", "threads"):
+            assert key in r, f"row lacks {key}: {r}"
+        assert r["device_kind"] == "cpu" and r["threads"] == 1 and r["quick"] is True
+        if r["status"] == "ok":
+            assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"], r
+        else:
+            assert r["reason"], f"a {r['status']} row must say why: {r}"
+    assert {r["suite"] for r in quick_cpu} == set(SUITES)
+    assert not [r for r in quick_cpu if r["status"] == "error"], [r for r in quick_cpu if r["status"] == "error"]
+
+
+def test_ceilings_quick(quick_cpu):
+    rows = _ok(quick_cpu, suite="ceilings")
+    assert {r["provider"] for r in rows} == {"torch.mm", "copy_"}
+    assert all((r.get("tflops") or r.get("gbps")) > 0 for r in rows)
+
+
+def test_ops_quick(quick_cpu):
+    rows = [r for r in quick_cpu if r["suite"] == "ops" and not r["provider"].startswith("pe-")]
+    cases = {r["case"] for r in rows}
+    assert len(cases) == 3
+    for case in cases:
+        assert {r["provider"] for r in rows if r["case"] == case} == set(bl.ATTENTION_PROVIDERS)
+    gpu_only = {"flash", "compile", "triton", "cuda"}
+    for r in rows:
+        if r["provider"] in gpu_only:
+            assert r["status"] == "skipped" and r["reason"], r
+    must_run = {"ultralytics", "sdpa", "auto"} | ({"cpp"} if HAS_CPP else set())
+    for r in rows:
+        if r["provider"] in must_run:
+            assert r["status"] == "ok", r
+            assert r["check"] == "pass", r
+            assert r["tflops"] > 0 and r["gbps"] > 0 and r["pct_roofline"] > 0, r
+            if r["provider"] != "ultralytics":
+                assert "ultralytics" in r["speedup_vs"], r
+    pe = [r for r in quick_cpu if r["suite"] == "ops" and r["provider"].startswith("pe-")]
+    assert {r["provider"] for r in _ok(pe)} >= {"pe-torch", "pe-auto"}
+    assert all(r["check"] == "pass" for r in _ok(pe))
+
+
+def test_blocks_quick(quick_cpu):
+    rows = _ok(quick_cpu, suite="blocks")
+    kinds = {(r["params"]["level"], r["params"]["block"]) for r in rows}
+    assert kinds == {(lv, k) for lv in ("P4", "P5") for k in ("AAttn", "ABlock", "A2C2f")}
+    patched = [r for r in rows if r["provider"] == "patched"]
+    assert len(patched) == 6 and all(r["check"] == "pass" for r in patched), patched
+
+
+def test_model_quick(quick_cpu):
+    rows = _ok(quick_cpu, suite="model")
+    assert {r["provider"] for r in rows} == {"eager", "patched"}
+    p = next(r for r in rows if r["provider"] == "patched")
+    assert p["check"] == "pass" and "eager" in p["speedup_vs"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU pre-flight (skipped here with the reason; run by `pytest -m gpu` in benchmarks/run_gpu.sh)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("suite", SUITES)
+def test_suite_quick_gpu(suite, tmp_path):
+    rc = bench_main([suite, "--quick", "--device", "cuda", "--out", str(tmp_path), "--no-progress"])
+    rows = _rows(next(tmp_path.glob("*.jsonl")))
+    errors = [r for r in rows if r["status"] == "error"]
+    assert rc == 0 and not errors, errors
+    failed = [r for r in rows if r.get("check") not in (None, "pass")]
+    assert not failed, failed
+    if suite == "ops":
+        ran = {r["provider"] for r in _ok(rows)}
+        assert {"ultralytics", "flash", "sdpa", "triton", "auto"} <= ran, ran
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the shared baselines compute what the reference computes
+
+
+@pytest.mark.parametrize("H,W,area,heads", [(8, 8, 4, 2), (6, 10, 4, 3), (5, 5, 1, 1)])
+def test_attention_providers_agree_with_reference(H, W, area, heads):
+    import yolov12_fast
+
+    D, C = 32, heads * 32
+    qkv = torch.randn(2, 3 * C, H, W, dtype=torch.float64)
+    w, b = 0.1 * torch.randn(C, 1, 7, 7, dtype=torch.float64), 0.1 * torch.randn(C, dtype=torch.float64)
+    q, k, v = qkv.view(2, heads, 3 * D, H * W).split(D, dim=2)
+    import torch.nn.functional as F
+
+    pe = F.conv2d(v.reshape(2, C, H, W), w, b, padding=3, groups=C).view(2, heads, D, H * W)
+    want = yolov12_fast.reference.area_attention(q, k, v, area, residual=pe).view(2, C, H, W)
+    f32 = [t.float() for t in (qkv, w, b)]
+    for name in ("ultralytics", "sdpa") + (("cpp", "auto", "cpp-direct") if HAS_CPP else ()):
+        got = bl.ATTENTION_PROVIDERS[name].fn(*f32, area, heads, D)
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    got = bl.authors_flash(*f32, area, heads, D)  # fp16 copies, SDPA flash on CPU here
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, atol=2e-2, rtol=2e-2)
+    got = bl.ultralytics_eager(*(t.float() for t in (qkv, w, b)), area, heads, D)
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_pe_providers_agree():
+    B, heads, D, H, W = 2, 2, 32, 5, 7
+    qkv = torch.randn(B, 3 * heads * D, H, W)
+    v = qkv.view(B, heads, 3 * D, H * W)[:, :, 2 * D:]
+    x = torch.randn(B, heads, D, H * W)
+    w, b = torch.randn(heads * D, 1, 7, 7), torch.randn(heads * D)
+    want = bl.pe_torch(v, x, w, b, H, W)
+    for name in ("auto",) + (("cpp",) if HAS_CPP else ()):
+        torch.testing.assert_close(bl.PE_PROVIDERS[name].fn(v, x, w, b, H, W), want, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+
+
+def _synthetic_rows(tmp_path) -> Path:
+    ctx = harness.Context(torch.device("cpu"), out_dir=tmp_path, progress=False, echo=False,
+                          meta={"device": "Test GPU", "device_kind": "cuda", "torch": "2.x", "triton": "3.x",
+                                "cuda": "13.0", "commit": "abc", "date": "2025-01-02T03:04:05+00:00"})
+    ctx._ceilings[0] = {"matmul_tflops": 800.0, "copy_gbps": 3000.0}
+    T = lambda ms: harness.Timing(ms, ms * 0.9, ms * 1.1, "do_bench")
+    rows = [harness.make_row(ctx, "ceilings", "matmul 8192^3", {}, "torch.mm", timing=T(1.4), flops=1.1e12)]
+    for pass_ in ("fwd", "fwdbwd"):
+        case = {"pass": pass_, "imgsz": "640x640", "level": "P4", "heads": 2, "batch": 1}
+        name = f"{pass_} P4 640x640 h2 b1 (n=400)"
+        rs = [harness.make_row(ctx, "ops", name, case, p, timing=T(ms), flops=1e9, nbytes=1e7, check="pass",
+                               peak=(2**30, 2**20), backend_ran="x")
+              for p, ms in (("ultralytics", 0.1), ("flash", 0.05), ("triton", 0.01), ("auto", 0.011))]
+        rs.append(harness.make_row(ctx, "ops", name, case, "cuda", status="skipped", reason="no backward kernel"))
+        rows += harness.add_speedups(rs, bl.ATTENTION_BASELINES)
+    rows += harness.add_speedups([harness.make_row(ctx, "ops", "pe P4 640x640 h2 b1 (40x40 map)", {"pass": "pe"}, p,
+                                                   timing=T(ms)) for p, ms in (("pe-torch", 0.02), ("pe-cuda", 0.01))],
+                                 ["pe-torch"])
+    for prov, ms in (("ultralytics", 0.3), ("patched", 0.1)):
+        rows.append(harness.make_row(ctx, "blocks", "yolo12n P4 AAttn b1", {"level": "P4", "block": "AAttn"}, prov,
+                                     timing=T(ms), check="pass" if prov == "patched" else None))
+    harness.add_speedups(rows[-2:], ["ultralytics"])
+    for cfg in ("yolo11n", "yolo12n"):
+        rs = [harness.make_row(ctx, "model", f"{cfg} 640 b1", {"model": cfg, "imgsz": 640, "batch": 1}, p,
+                               timing=T(ms), images_per_s=1e3 / ms, peak=(2**31, 2**20))
+              for p, ms in (("eager", 5.0), ("eager+graphs", 2.0), ("patched", 3.0), ("patched+graphs", 1.5))]
+        harness.add_speedups(rs, ("eager", "eager+graphs"))
+        rows += rs
+    rows[-1]["speedup_vs"]["yolo11n-eager"] = 5.0 / 1.5
+    rows.append(harness.make_row(ctx, "model", "train yolo12n 640 b16", {"model": "yolo12n", "imgsz": 640,
+                                 "batch": 16, "train": True}, "train-eager", status="error", reason="out of memory: x"))
+    ctx.emit(rows)
+    return ctx.path
+
+
+def test_report_renders_synthetic_rows(tmp_path):
+    path = _synthetic_rows(tmp_path)
+    written = report.render(path)
+    md = path.with_suffix(".md").read_text()
+    assert "# Benchmarks: Test GPU" in md and "commit abc" in md
+    assert "## ops: area attention" in md and "## ops: PE branch" in md and "## blocks" in md and "## model" in md
+    assert "| vs ultralytics | vs flash | vs sdpa | vs compile |" in md
+    assert "10.00x" in md  # triton vs ultralytics, 0.1 / 0.01
+    assert "vs yolo11n-eager" in md and "3.33x" in md
+    assert "skipped: ops / cuda — no backward kernel" in md
+    assert "error: model / train-eager — out of memory: x" in md
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert {p.name.rsplit("-", 1)[1] for p in pngs} == {"ops.png", "blocks.png", "model.png"}
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the last row of a repeated (suite, case, provider) wins
+    with open(path, "a") as f:
+        r = json.loads(path.read_text().splitlines()[1])
+        f.write(json.dumps(dict(r, median_ms=123.0)) + "\n")
+    assert [x["median_ms"] for x in report.load(path) if x["case"] == r["case"] and x["provider"] == r["provider"]] == [123.0]
+    assert bench_main(["report", str(path)]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# proxies
+
+
+@pytest.fixture(scope="module")
+def launches():
+    from benchmarks import yolo
+
+    yolo.offline()
+    return proxies.launch_proxies()
+
+
+def test_proxies_fused_path_launches_less(launches):
+    for name, s in launches.items():
+        if name.endswith(": ultralytics"):
+            ours = launches.get(name.replace(": ultralytics", ": ours")) or launches[name.replace(": ultralytics", ": patched")]
+            assert ours["launches"] < s["launches"] and ours["bytes"] < s["bytes"], (name, ours, s)
+            assert ours["syncs"] == 0, f"{name}: host syncs in the fast path: {ours}"
+    assert launches["op P4 640 h2 b1: ours"]["by_op"].get("yolov12_fast::area_attention_fwd") == 1
+
+
+def test_proxies_check_against_committed_file(launches):
+    if not proxies.PROXIES_FILE.exists():
+        pytest.skip(f"{proxies.PROXIES_FILE} not committed yet: run `python -m benchmarks proxies`")
+    committed = json.loads(proxies.PROXIES_FILE.read_text())
+    bad, notes = proxies.compare(committed, {"meta": {"torch": torch.__version__}, "launches": launches})
+    assert not bad, "launch/bytes regressions against the committed proxies.json:\n" + "\n".join(bad) + \
+        "\n(if intended, regenerate it with `python -m benchmarks proxies` and commit it)\nnotes: " + "; ".join(notes)
+
+
+def test_proxies_compare_flags_regressions(launches):
+    old = {"launches": launches, "triton_aot": [{"kernel": "k", "arch": "sm_90", "ok": True, "regs": 100, "spills": 0}]}
+    new = copy.deepcopy(old)
+    entry = new["launches"]["op P4 640 h2 b1: ours"]
+    entry["launches"] += 1
+    entry["by_op"]["aten::clone"] = entry["by_op"].get("aten::clone", 0) + 1
+    new["launches"]["yolo12n 640 b1: patched"]["bytes"] *= 1.05
+    new["triton_aot"][0].update(regs=109, spills=8)
+    bad, _ = proxies.compare(old, new)
+    text = "\n".join(bad)
+    assert "op P4 640 h2 b1: ours" in text and "aten::clone" in text
+    assert "yolo12n 640 b1: patched: modeled bytes" in text
+    assert "109 registers" in text and "spills 8 B" in text
+    new["triton_aot"][0].update(regs=108, spills=0)  # within the register slack
+    new["launches"] = launches
+    assert proxies.compare(old, new)[0] == []
+
+
+@pytest.mark.slow
+def test_proxies_registers_and_spills_against_committed_file():
+    if not proxies.PROXIES_FILE.exists():
+        pytest.skip("no committed proxies.json")
+    committed = json.loads(proxies.PROXIES_FILE.read_text())
+    new = {"meta": committed.get("meta", {}), "triton_aot": proxies.triton_aot()}
+    try:
+        new["cuda_ptxas"] = proxies.cuda_ptxas()
+    except RuntimeError as e:
+        new["cuda_ptxas"] = {"skipped": str(e)}
+    bad, _ = proxies.compare({k: v for k, v in committed.items() if k != "launches"}, new)
+    assert not bad, "\n".join(bad)
+
+
+def test_cli_bench_entry(tmp_path):
+    from yolov12_fast import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert cli.main(["bench", "report", str(empty)]) == 0
+    assert "No rows" in (tmp_path / "empty.md").read_text()

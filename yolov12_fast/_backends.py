@@ -58,6 +58,7 @@ def _extension() -> tuple[object | None, str]:
     except ImportError as e:
         return None, (f"the compiled extension yolov12_fast._C is not available ({e}); reinstall with "
                       "`pip install --no-build-isolation .` in an environment that has torch and a C++ compiler")
+    importlib.import_module("yolov12_fast.ops.cxx").register_fakes()  # fake kernels of the *_cxx ops
     return mod, ""
 
 

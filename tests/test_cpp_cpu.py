@@ -1,0 +1,385 @@
+"""The C++ CPU kernels (csrc/cpu): area_attention_fwd_cxx / area_attention_bwd_cxx / pe_add_cxx, directly and
+through the public ops with backend="cpp", against the float64 oracle with the naive same-dtype computation as
+the yardstick (tests/tolerances.py). Shapes are awkward on purpose: tokens per area not a multiple of the
+24-query block or the 4-key panel (1, 9, 37, 49, 300), areas cutting rows, more than one 512-key chunk (online
+softmax rescaling), batch 3, every input layout the modules produce (interleaved qkv view, turbo q/k halves and
+separate v, channels_last conv outputs, non-contiguous batch slices)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import yolov12_fast
+from yolov12_fast import _backends, reference
+from tolerances import assert_close_to_oracle
+
+_ok, _why = _backends.can_use_cpp()
+pytestmark = pytest.mark.skipif(not _ok, reason=f"C++ CPU kernels unavailable: {_why}")
+
+ops = torch.ops.yolov12_fast
+
+
+def make_sources(layout, B, heads, D, H, W, dtype):
+    """The conv outputs q, k, v are read from, as the modules produce them."""
+    C = heads * D
+    if layout == "interleaved":  # ultralytics / v1.0 qkv conv output: per head [q | k | v], token stride 1
+        return [torch.randn(B, 3 * C, H, W, dtype=dtype)]
+    if layout == "turbo":  # one (B, 2C, H, W) conv output holding all q then all k, and a separate v conv
+        return [torch.randn(B, 2 * C, H, W, dtype=dtype), torch.randn(B, C, H, W, dtype=dtype)]
+    if layout == "channels_last":  # channels_last conv output: token stride 3C, head-dim stride 1
+        return [torch.randn(B, 3 * C, H, W, dtype=dtype).to(memory_format=torch.channels_last)]
+    if layout == "batch_slice":  # every other image of a larger batch, with a storage offset (see qkv_views)
+        return [torch.randn(2 * B + 1, 3 * C, H, W, dtype=dtype)]
+    raise ValueError(layout)
+
+
+def qkv_views(layout, sources, heads, D):
+    """q, k, v (B, heads, D, N) as views of the sources: never copies."""
+    if layout == "turbo":
+        qk, v = sources
+        B, _, H, W = v.shape
+        q, k = qk.view(B, 2, heads, D, H * W).unbind(1)
+        return q, k, v.view(B, heads, D, H * W)
+    src = sources[0][1::2] if layout == "batch_slice" else sources[0]
+    B, _, H, W = src.shape
+    return src.view(B, heads, 3 * D, H * W).split(D, dim=2)
+
+
+def make_qkv(layout, B, heads, D, H, W, dtype):
+    return qkv_views(layout, make_sources(layout, B, heads, D, H, W, dtype), heads, D)
+
+
+def make_residual(B, heads, D, H, W, dtype):
+    """A residual in yet another layout: a channels_last (B, C, H, W) tensor viewed as (B, heads, D, N)."""
+    return torch.randn(B, heads * D, H, W, dtype=dtype).to(memory_format=torch.channels_last).view(B, heads, D, H * W)
+
+
+def f64(t):
+    return None if t is None else t.detach().double()
+
+
+CASES = [  # (layout, B, heads, D, H, W, area)
+    ("interleaved", 3, 2, 32, 6, 10, 4),     # 15 tokens per area = 1.5 rows: areas cut rows; batch 3
+    ("interleaved", 1, 1, 32, 30, 40, 4),    # 300 tokens per area (480x640 P4), 7.5 rows
+    ("turbo", 2, 2, 16, 7, 7, 1),            # 49 tokens (224x224 classification)
+    ("channels_last", 1, 2, 64, 5, 8, 4),    # 10 tokens per area, token stride 3C, head-dim stride 1
+    ("batch_slice", 3, 1, 128, 4, 9, 4),     # 9 tokens per area, non-contiguous batch with storage offset
+    ("interleaved", 2, 3, 16, 1, 37, 1),     # 37 tokens, one row
+    ("turbo", 1, 1, 32, 2, 2, 4),            # 1 token per area
+    ("channels_last", 1, 1, 16, 30, 40, 1),  # 1200 keys: three online-softmax chunks of 400
+]
+CASE_IDS = [f"{c[0]}-B{c[1]}h{c[2]}d{c[3]}-{c[4]}x{c[5]}-a{c[6]}" for c in CASES]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_forward_and_lse(case, dtype, residual):
+    layout, B, heads, D, H, W, area = case
+    q, k, v = make_qkv(layout, B, heads, D, H, W, dtype)
+    res = make_residual(B, heads, D, H, W, dtype) if residual else None
+    scale = D ** -0.5
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, area, scale, res)
+    assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
+    assert lse.shape == (B, heads, H * W) and lse.dtype == torch.float32 and lse.is_contiguous()
+    o64, lse64 = reference.area_attention_lse(f64(q), f64(k), f64(v), area, scale, f64(res))
+    naive, _ = reference.area_attention_lse(q, k, v, area, scale, res)
+    assert_close_to_oracle(out, naive, o64, f"out {case} {dtype}")
+    # lse is computed in fp32 whatever the input dtype: its yardstick is the naive fp32 computation
+    _, lse32 = reference.area_attention_lse(q.float(), k.float(), v.float(), area, scale)
+    assert_close_to_oracle(lse, lse32, lse64, f"lse {case} {dtype}")
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_backward(case, dtype, residual):
+    layout, B, heads, D, H, W, area = case
+    q, k, v = make_qkv(layout, B, heads, D, H, W, dtype)
+    res = make_residual(B, heads, D, H, W, dtype) if residual else None
+    scale = D ** -0.5
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, area, scale, res)
+    dout = torch.randn(B, heads * D, H, W, dtype=dtype).to(memory_format=torch.channels_last).view(q.shape)
+    grads = ops.area_attention_bwd_cxx(dout, q, k, v, out, res, lse, area, scale)
+    oracle = reference.area_attention_backward(f64(dout), f64(q), f64(k), f64(v), area, scale)
+    naive = reference.area_attention_backward(dout, q, k, v, area, scale)
+    for name, g, n_, o in zip(("dq", "dk", "dv"), grads, naive, oracle):
+        assert g.shape == q.shape and g.dtype == dtype and g.is_contiguous()
+        assert_close_to_oracle(g, n_, o, f"{name} {case} {dtype}")
+
+
+def test_large_scores_are_stable():
+    """Scores of several hundred (q, k scaled up): no overflow, the softmax stays a softmax."""
+    q, k, v = make_qkv("interleaved", 1, 2, 32, 20, 30, torch.float32)
+    q, k = q * 12, k * 12  # |scale q.k| up to ~1e3
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, 1, 32 ** -0.5, None)
+    o64, lse64 = reference.area_attention_lse(f64(q), f64(k), f64(v), 1, 32 ** -0.5)
+    naive, lse32 = reference.area_attention_lse(q, k, v, 1, 32 ** -0.5)
+    assert_close_to_oracle(out, naive, o64, "out")
+    assert_close_to_oracle(lse, lse32, lse64, "lse")
+
+
+def test_nan_propagates_like_the_reference():
+    """A NaN in q poisons that query's output column and lse; one in k the whole area; nothing else (the exp's
+    clamps must not turn NaN into a finite number)."""
+    q, k, v = (t.clone() for t in make_qkv("interleaved", 1, 2, 32, 5, 8, torch.float32))
+    q[0, 0, 3, 7] = float("nan")
+    k[0, 1, 5, 25] = float("nan")
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, 4, 0.2, None)
+    ref, ref_lse = reference.area_attention_lse(q, k, v, 4, 0.2)
+    assert torch.isnan(out).any() and not torch.isnan(out).all()
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    assert torch.equal(torch.isnan(lse), torch.isnan(ref_lse))
+
+
+def test_results_do_not_depend_on_thread_count():
+    """Work is split into per-thread items differently for 1 and 2 threads (query blocks of one area go to
+    different threads); every output is computed by one thread in one order, so results are bitwise equal."""
+    q, k, v = make_qkv("interleaved", 1, 1, 32, 15, 20, torch.float32)  # one sequence: split into query-block groups
+    res = make_residual(1, 1, 32, 15, 20, torch.float32)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, lse = ops.area_attention_fwd_cxx(q, k, v, 1, 0.2, res)
+            grads = ops.area_attention_bwd_cxx(torch.ones_like(out), q, k, v, out, res, lse, 1, 0.2)
+            results.append((out, lse) + tuple(grads))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 2, 3, 4)], ids=[CASE_IDS[i] for i in (0, 2, 3, 4)])
+def test_public_op_autograd(case, dtype):
+    """yolov12_fast.area_attention(backend="cpp") end to end: views of requires_grad conv outputs in, gradients
+    through the op's registered backward (area_attention_bwd -> area_attention_bwd_cxx) into the conv outputs."""
+    layout, B, heads, D, H, W, area = case
+    leaves = [t.requires_grad_(True) for t in make_sources(layout, B, heads, D, H, W, dtype)]
+    res = make_residual(B, heads, D, H, W, dtype).requires_grad_(True)
+    out = yolov12_fast.area_attention(*qkv_views(layout, leaves, heads, D), area, residual=res, backend="cpp")
+    assert out.dtype == dtype and out.is_contiguous()
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves + [res], dout)
+
+    def reference_grads(dt):  # autograd through the reference math in dtype dt
+        ls = [t.detach().to(dt).requires_grad_(True) for t in leaves + [res]]
+        o = reference.area_attention(*qkv_views(layout, ls[:-1], heads, D), area, residual=ls[-1])
+        return torch.autograd.grad(o, ls, dout.to(dt))
+
+    oracle, naive = reference_grads(torch.float64), reference_grads(dtype)
+    for i, (g, n_, o) in enumerate(zip(grads, naive, oracle)):
+        assert g.dtype == dtype and g.shape == o.shape
+        assert_close_to_oracle(g, n_, o, f"grad of input {i} {case} {dtype}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pe_add_cxx
+
+PE_CASES = [  # (layout, B, heads, D, H, W, k, bias, x)
+    ("interleaved", 1, 1, 16, 40, 40, 7, True, True),   # a P4 map (640x640), 7x7 as in ultralytics
+    ("turbo", 2, 1, 16, 7, 9, 5, False, True),          # turbo 5x5, odd map
+    ("channels_last", 1, 2, 16, 13, 21, 7, True, False),
+    ("batch_slice", 3, 1, 32, 5, 3, 3, True, True),     # map smaller than... the tile; 3x3
+    ("interleaved", 1, 1, 16, 1, 37, 7, False, False),  # one row: every tap row but the centre is padding
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", PE_CASES, ids=lambda c: f"{c[0]}-B{c[1]}h{c[2]}d{c[3]}-{c[4]}x{c[5]}-k{c[6]}"
+                         f"{'-bias' if c[7] else ''}{'-x' if c[8] else ''}")
+def test_pe_add(case, dtype):
+    layout, B, heads, D, H, W, ks, has_bias, has_x = case
+    C = heads * D
+    _, _, v = make_qkv(layout, B, heads, D, H, W, dtype)
+    weight = torch.randn(C, 1, ks, ks, dtype=dtype) / ks
+    bias = torch.randn(C, dtype=dtype) if has_bias else None
+    x = make_residual(B, heads, D, H, W, dtype) if has_x else None
+    out = ops.pe_add_cxx(v, weight, bias, x, H, W)
+    assert out.shape == v.shape and out.dtype == dtype and out.is_contiguous()
+
+    def pe(dt):
+        cv = lambda t: None if t is None else t.detach().to(dt)
+        y = F.conv2d(cv(v).reshape(B, C, H, W), cv(weight), cv(bias), padding=ks // 2, groups=C).reshape(v.shape)
+        return y if x is None else y + cv(x)
+
+    naive = pe(dtype) if dtype == torch.float32 else pe(torch.float32).to(dtype)  # CPU half conv: via fp32
+    assert_close_to_oracle(out, naive, pe(torch.float64), f"pe {case} {dtype}")
+
+
+def test_pe_add_fp32_weights_with_half_activations():
+    """A half model may keep the folded pe weights in fp32: accepted, computed in fp32."""
+    _, _, v = make_qkv("interleaved", 1, 2, 16, 6, 6, torch.float16)
+    w, b = torch.randn(32, 1, 7, 7) / 7, torch.randn(32)
+    out = ops.pe_add_cxx(v, w, b, None, 6, 6)
+    want = F.conv2d(v.double().reshape(1, 32, 6, 6), w.double(), b.double(), padding=3, groups=32).reshape(v.shape)
+    assert out.dtype == torch.float16
+    assert (out.double() - want).abs().max().item() < 2e-3 * max(1.0, want.abs().max().item())
+
+
+def test_public_pe_add_cpp_backend():
+    _, _, v = make_qkv("channels_last", 2, 2, 32, 10, 12, torch.float32)
+    w, b = torch.randn(64, 1, 7, 7) / 7, torch.randn(64)
+    x = torch.randn(v.shape)
+    out = ops.pe_add(v, w, b, x, 10, 12, "cpp")
+    want = F.conv2d(v.double().reshape(2, 64, 10, 12), w.double(), b.double(), padding=3, groups=64).reshape(v.shape)
+    assert_close_to_oracle(out, (F.conv2d(v.reshape(2, 64, 10, 12), w, b, padding=3, groups=64).reshape(v.shape) + x),
+                           want + x.double(), "public pe_add")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the baseline build (CPUs without AVX2 + FMA)
+
+_BASELINE_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+import test_cpp_cpu as T
+from yolov12_fast import _backends
+_backends.extension()
+torch.manual_seed(0)
+# the same awkward cases as above, through the same assertions
+for i in (0, 2):
+    T.test_forward_and_lse(T.CASES[i], torch.float32, True)
+    T.test_backward(T.CASES[i], torch.float32, True)
+T.test_forward_and_lse(T.CASES[7], torch.float32, False)
+T.test_forward_and_lse(T.CASES[4], torch.float16, False)
+T.test_pe_add(T.PE_CASES[2], torch.float32)
+# and outputs on the parent's inputs, for the parent to compare with its own build's
+q, k, v, w = torch.load(sys.argv[2])
+out, lse = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, 4, 0.2, None)
+pe = torch.ops.yolov12_fast.pe_add_cxx(v, w, None, None, 30, 40)
+torch.save((out, lse, pe), sys.argv[3])
+"""
+
+
+def test_baseline_build(tmp_path):
+    """The 4-lane build that CPUs without AVX2 + FMA run, forced on this machine with
+    YOLOV12_FAST_CPU_CAPABILITY=default in a subprocess: passes the same checks, and really is another build
+    (its rounding differs from the AVX2 build's: no FMA contraction)."""
+    q, k, v = make_qkv("interleaved", 1, 2, 32, 30, 40, torch.float32)
+    w = torch.randn(64, 1, 7, 7) / 7
+    torch.save((q, k, v, w), tmp_path / "in.pt")
+    env = dict(os.environ, YOLOV12_FAST_CPU_CAPABILITY="default")
+    r = subprocess.run([sys.executable, "-c", _BASELINE_SCRIPT, os.path.dirname(__file__), str(tmp_path / "in.pt"),
+                        str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out_b, lse_b, pe_b = torch.load(tmp_path / "out.pt")
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, 4, 0.2, None)
+    pe = ops.pe_add_cxx(v, w, None, None, 30, 40)
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # this machine runs the AVX2 build
+        assert not torch.equal(out, out_b), "YOLOV12_FAST_CPU_CAPABILITY=default did not select another build"
+    o64, lse64 = reference.area_attention_lse(f64(q), f64(k), f64(v), 4, 0.2)
+    naive, _ = reference.area_attention_lse(q, k, v, 4, 0.2)
+    assert_close_to_oracle(out_b, naive, o64, "baseline out")
+    assert_close_to_oracle(out, naive, o64, "avx2 out")
+    assert torch.allclose(pe, pe_b, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# empty batch, opcheck, errors
+
+
+def test_empty_batch():
+    q, k, v = make_qkv("interleaved", 0, 2, 32, 4, 6, torch.float32)
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, 4, 0.2, None)
+    assert out.shape == (0, 2, 32, 24) and lse.shape == (0, 2, 24)
+    grads = ops.area_attention_bwd_cxx(out, q, k, v, out, None, lse, 4, 0.2)
+    assert all(g.shape == (0, 2, 32, 24) for g in grads)
+    assert ops.pe_add_cxx(v, torch.randn(64, 1, 7, 7), None, None, 4, 6).shape == (0, 2, 32, 24)
+    assert yolov12_fast.area_attention(q, k, v, 4, backend="cpp").shape == (0, 2, 32, 24)
+
+
+def _opcheck(op, args):
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor",
+                                                "test_aot_dispatch_dynamic"))
+
+
+def test_opcheck_cxx_ops():
+    dtype = torch.float16  # registration checks: one dtype is enough (half: the fakes must keep it)
+    q, k, v = make_qkv("interleaved", 2, 2, 16, 5, 6, dtype)
+    res = make_residual(2, 2, 16, 5, 6, dtype)
+    _opcheck(ops.area_attention_fwd_cxx.default, (q, k, v, 2, 0.25, None))
+    _opcheck(ops.area_attention_fwd_cxx.default, (q, k, v, 2, 0.25, res))
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, 2, 0.25, res)
+    _opcheck(ops.area_attention_bwd_cxx.default, (torch.randn_like(out), q, k, v, out, res, lse, 2, 0.25))
+    w, b = torch.randn(32, 1, 5, 5, dtype=dtype), torch.randn(32, dtype=dtype)
+    _opcheck(ops.pe_add_cxx.default, (v, w, b, res, 5, 6))
+    _opcheck(ops.pe_add_cxx.default, (v, w, None, None, 5, 6))
+
+
+def test_opcheck_public_op_cpp_backend():
+    q, k, v = make_qkv("channels_last", 2, 2, 16, 4, 6, torch.float32)
+    res = make_residual(2, 2, 16, 4, 6, torch.float32)
+    _opcheck(ops.area_attention_fwd.default, (q, k, v, 4, 0.25, res, "cpp"))
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, res)]
+    _opcheck(ops.area_attention_fwd.default, (*leaves[:3], 4, 0.25, leaves[3], "cpp"))
+
+
+def _bad(**over):
+    """Valid fwd/bwd/pe arguments with some replaced."""
+    q, k, v = make_qkv("interleaved", 1, 2, 32, 4, 6, torch.float32)
+    a = dict(q=q, k=k, v=v, area=4, scale=0.2, res=None)
+    a.update(over)
+    return a
+
+
+def _fwd(a):
+    return ops.area_attention_fwd_cxx(a["q"], a["k"], a["v"], a["area"], a["scale"], a["res"])
+
+
+BAD_FWD = [
+    (dict(q=torch.randn(2, 32, 24)), "must be 4-D"),
+    (dict(k=torch.randn(1, 2, 32, 12)), "same shape"),
+    (dict(q=torch.randn(1, 2, 32, 24, dtype=torch.float64), k=torch.randn(1, 2, 32, 24, dtype=torch.float64),
+          v=torch.randn(1, 2, 32, 24, dtype=torch.float64)), "use float32, float16 or bfloat16"),
+    (dict(v=torch.randn(1, 2, 32, 24, dtype=torch.float16)), "share a dtype"),
+    (dict(q=torch.randn(1, 2, 24, 24), k=torch.randn(1, 2, 24, 24), v=torch.randn(1, 2, 24, 24)),
+     "head_dim 24 is not supported"),
+    (dict(area=5), "not divisible by area = 5; pad the feature map"),
+    (dict(area=0), "area must be >= 1"),
+    (dict(res=torch.randn(1, 2, 32, 12)), "residual must have the shape of q"),
+    (dict(res=torch.randn(1, 2, 32, 24, dtype=torch.float16)), "residual dtype"),
+]
+
+
+@pytest.mark.parametrize("over,match", BAD_FWD, ids=[m for _, m in BAD_FWD])
+def test_forward_rejects_bad_input(over, match):
+    with pytest.raises(RuntimeError, match=match):
+        _fwd(_bad(**over))
+
+
+def test_backward_rejects_bad_input():
+    a = _bad()
+    q, k, v = a["q"], a["k"], a["v"]
+    out, lse = _fwd(a)
+    with pytest.raises(RuntimeError, match=r"lse must have shape \(B, heads, N\)"):
+        ops.area_attention_bwd_cxx(out, q, k, v, out, None, lse[:, :, :12], 4, 0.2)
+    with pytest.raises(RuntimeError, match="lse must be float32"):
+        ops.area_attention_bwd_cxx(out, q, k, v, out, None, lse.double(), 4, 0.2)
+    with pytest.raises(RuntimeError, match=r"cast dout with .to\(q.dtype\)"):
+        ops.area_attention_bwd_cxx(out.half(), q, k, v, out, None, lse, 4, 0.2)
+    with pytest.raises(RuntimeError, match="dout and out must have q's shape"):
+        ops.area_attention_bwd_cxx(out[:, :1], q, k, v, out, None, lse, 4, 0.2)
+
+
+def test_pe_add_rejects_bad_input():
+    _, _, v = make_qkv("interleaved", 1, 2, 32, 4, 6, torch.float32)
+    w = torch.randn(64, 1, 7, 7)
+    with pytest.raises(RuntimeError, match="must equal the token count N = 24"):
+        ops.pe_add_cxx(v, w, None, None, 5, 5)
+    with pytest.raises(RuntimeError, match=r"depthwise kernel \(heads\*head_dim, 1, k, k\)"):
+        ops.pe_add_cxx(v, torch.randn(64, 1, 6, 6), None, None, 4, 6)
+    with pytest.raises(RuntimeError, match="bias must have shape"):
+        ops.pe_add_cxx(v, w, torch.randn(32), None, 4, 6)
+    with pytest.raises(RuntimeError, match="x must have the shape of v"):
+        ops.pe_add_cxx(v, w, None, torch.randn(1, 2, 32, 12), 4, 6)
+    with pytest.raises(RuntimeError, match="use float32, float16 or bfloat16"):
+        ops.pe_add_cxx(v.double(), w, None, None, 4, 6)

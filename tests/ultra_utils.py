@@ -1,0 +1,237 @@
+"""Ultralytics YOLO12 models for tests: built from the configs, BatchNorm calibrated on real images, cached.
+
+A YOLO12 built from its YAML has random conv weights and BatchNorm running stats of 0/1, so activations shrink
+about fourfold per layer and are ~1e-6 at the attention layers: there any kernel, even a wrong one, "matches".
+`build_model` therefore gives every BatchNorm a random affine and calibrates its running statistics on the two
+bundled images (../shared/docs/REFERENCE.md, "Comparing against the reference without pretrained weights"), so
+every layer's activations have unit scale. It also gives the A2C2f `gamma` (0.01 at init) a random value around
+1, so that the attention branch is not scaled down 100x in the layer output of the l/x models.
+
+variant="turbo" swaps each ultralytics AAttn for `TurboAAttn` (the authors' turbo layout: qk, v, pe 5x5) and
+uses the turbo MLP ratio (1.5 instead of 1.2 on l/x), before calibration.
+
+Importing this module sets nothing; tests/conftest.py already configures ultralytics for offline use.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+import torch.nn as nn
+
+SCALES = ("n", "s", "m", "l", "x")
+ATTENTION_LAYERS = (6, 8)  # the A2C2f layers with a2=True (P4 area 4, P5 area 1)
+CALIB_SEED = 1234
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Turbo-variant AAttn (authors' repo, "turbo" generation), written from REFERENCE.md
+# --------------------------------------------------------------------------------------------------------------
+
+class TurboAAttn(nn.Module):
+    """AAttn with the turbo parameter layout: qk (1x1, C -> 2C; all q in [0, C), all k in [C, 2C)), v (1x1, C -> C),
+    proj (1x1, C -> C), pe (depthwise 5x5, padding 2) over the whole V map. Explicit matmul/softmax in the input
+    dtype, scale applied after the q^T k product as the turbo code does."""
+
+    def __init__(self, dim: int, num_heads: int, area: int = 1):
+        super().__init__()
+        from ultralytics.nn.modules.conv import Conv
+
+        self.area = area
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.all_head_dim = self.head_dim * num_heads
+        self.qk = Conv(dim, self.all_head_dim * 2, 1, act=False)
+        self.v = Conv(dim, self.all_head_dim, 1, act=False)
+        self.proj = Conv(self.all_head_dim, dim, 1, act=False)
+        self.pe = Conv(self.all_head_dim, dim, 5, 1, 2, g=dim, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N, A, heads, D = H * W, self.area, self.num_heads, self.head_dim
+        qk = self.qk(x).flatten(2).transpose(1, 2)  # (B, N, 2C)
+        v_map = self.v(x)
+        pp = self.pe(v_map)
+        v = v_map.flatten(2).transpose(1, 2)  # (B, N, C)
+        # areas: contiguous runs of N // A tokens of one image
+        qk = qk.reshape(B * A, N // A, 2 * C)
+        v = v.reshape(B * A, N // A, C)
+        q, k = qk.split([C, C], dim=2)
+        q, k, v = (t.transpose(1, 2).reshape(B * A, heads, D, N // A) for t in (q, k, v))
+        s = (q.transpose(-2, -1) @ k) * (D ** -0.5)  # (B*A, heads, n, n)
+        p = torch.exp(s - s.max(dim=-1, keepdim=True).values)
+        p = p / p.sum(dim=-1, keepdim=True)
+        o = v @ p.transpose(-2, -1)  # (B*A, heads, D, n)
+        o = o.reshape(B, A, C, N // A).transpose(1, 2).reshape(B, C, H, W)
+        return self.proj(o + pp)
+
+
+def is_aattn(m: nn.Module) -> bool:
+    return type(m).__name__ in ("AAttn", "TurboAAttn") and (hasattr(m, "qkv") or hasattr(m, "qk"))
+
+
+def is_ablock(m: nn.Module) -> bool:
+    return type(m).__name__ == "ABlock"
+
+
+def is_attention_a2c2f(m: nn.Module) -> bool:
+    return (type(m).__name__ == "A2C2f" and len(m.m) > 0 and isinstance(m.m[0], nn.Sequential)
+            and all(is_ablock(b) for b in m.m[0]))
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) for every AAttn/TurboAAttn, ABlock and attention A2C2f (a2=True), model order."""
+    return [(n, m) for n, m in model.named_modules() if is_aattn(m) or is_ablock(m) or is_attention_a2c2f(m)]
+
+
+def _to_turbo(model: nn.Module, scale: str) -> None:
+    """Rebuild every ABlock of the attention A2C2f layers as turbo: TurboAAttn and the turbo MLP ratio."""
+    from ultralytics.nn.modules.block import ABlock
+
+    mlp_ratio = 1.5 if scale in ("l", "x") else 2.0
+    for _, layer in attention_modules(model):
+        if not is_attention_a2c2f(layer):
+            continue
+        for pair in layer.m:
+            for i, old in enumerate(pair):
+                dim = old.attn.qkv.conv.in_channels
+                blk = ABlock(dim, old.attn.num_heads, mlp_ratio, old.attn.area)
+                blk.attn = TurboAAttn(dim, old.attn.num_heads, old.attn.area)
+                blk.attn.apply(ABlock._init_weights)  # same init as the ultralytics ABlock's convs
+                pair[i] = blk
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------------------
+
+def _shape(imgsz) -> tuple[int, int]:
+    return (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
+
+
+@functools.lru_cache(maxsize=None)
+def _images(hw: tuple[int, int]) -> torch.Tensor:
+    import cv2
+    from ultralytics.data.augment import LetterBox
+    from ultralytics.utils import ASSETS
+
+    lb = LetterBox(new_shape=hw, auto=False, scaleup=True, center=True)
+    out = []
+    for name in ("bus.jpg", "zidane.jpg"):
+        im = cv2.imread(str(ASSETS / name))  # BGR, HWC uint8
+        if im is None:
+            raise FileNotFoundError(f"ultralytics asset {ASSETS / name} is missing")
+        im = lb(image=im)
+        out.append(torch.from_numpy(im[:, :, ::-1].copy()).permute(2, 0, 1))
+    return (torch.stack(out).float() / 255.0).contiguous()
+
+
+def images(imgsz=640) -> torch.Tensor:
+    """bus.jpg and zidane.jpg letterboxed to imgsz (int: square, or (h, w)): float32 (2, 3, h, w) in [0, 1], RGB."""
+    return _images(_shape(imgsz)).clone()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _calibrate(model: nn.Module, imgs: torch.Tensor, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)  # U(0.5, 1.5)
+            m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: after one batch the running stats are that batch's stats
+        if is_attention_a2c2f(m) and m.gamma is not None:
+            m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) + 0.5)
+    model.train()
+    model(imgs)
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.03  # back to ultralytics' value (irrelevant in eval mode)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(scale: str, variant: str, hw: tuple[int, int], fused: bool) -> nn.Module:
+    if fused:
+        model = copy.deepcopy(_built(scale, variant, hw, False))
+        model.fuse(verbose=False)
+        return model.eval()
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if variant not in ("ultralytics", "turbo"):
+        raise ValueError(f"variant must be 'ultralytics' or 'turbo', got {variant!r}")
+    from ultralytics import YOLO
+
+    torch.manual_seed(CALIB_SEED + SCALES.index(scale))
+    model = YOLO(f"yolo12{scale}.yaml").model.float()
+    if variant == "turbo":
+        _to_turbo(model, scale)
+    _calibrate(model, _images(hw), seed=CALIB_SEED + 7 * SCALES.index(scale) + (variant == "turbo"))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def build_model(scale: str, variant: str = "ultralytics", imgsz=640, fused: bool = False) -> nn.Module:
+    """Ultralytics YOLO12 DetectionModel `yolo12{scale}.yaml` (eval, float32, CPU, requires_grad off), random weights,
+    BatchNorm calibrated on `images(imgsz)` (see the module docstring). fused=True: model.fuse() after calibration
+    (Conv2d with bias, no BN). Built once per (scale, variant, imgsz, fused) per session; each call returns a deep
+    copy, free to modify."""
+    return copy.deepcopy(_built(scale, variant, _shape(imgsz), bool(fused)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Capturing layer inputs
+# --------------------------------------------------------------------------------------------------------------
+
+def _first_tensor(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+class _Captured(Exception):
+    """Raised by the last hook: the rest of the network (neck, head) is not needed."""
+
+
+@torch.no_grad()
+def module_io(model: nn.Module, imgs: torch.Tensor, names) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{name: (input, output)} of the named submodules (names as in model.named_modules()) for one eval forward,
+    which stops as soon as all of them have run (the head is skipped when only backbone layers are asked for)."""
+    names = list(dict.fromkeys(names))
+    mods = dict(model.named_modules())
+    missing = [n for n in names if n not in mods]
+    if missing:
+        raise KeyError(f"no submodules named {missing}")
+    got: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = []
+    for n in names:
+        def hook(mod, inp, out, n=n):
+            got[n] = (_first_tensor(inp).detach().clone(), _first_tensor(out).detach().clone())
+            if len(got) == len(names):
+                raise _Captured
+        hooks.append(mods[n].register_forward_hook(hook))
+    try:
+        model.eval()
+        model(imgs)
+    except _Captured:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def layer_inputs(model: nn.Module, imgs: torch.Tensor, layers=ATTENTION_LAYERS) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{i: (input, output)} of model.model[i] for each i in layers, from one eval forward of imgs."""
+    io = module_io(model, imgs, [f"model.{i}" for i in layers])
+    return {i: io[f"model.{i}"] for i in layers}
+
+
+def attention_io(model: nn.Module, imgs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{name: (input, output)} of every module in attention_modules(model) (A2C2f, ABlock, AAttn)."""
+    return module_io(model, imgs, [n for n, _ in attention_modules(model)])

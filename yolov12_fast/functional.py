@@ -29,6 +29,10 @@ def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[f
         (B, heads, head_dim, N), contiguous: ``out.view(B, heads * head_dim, H, W)`` is the NCHW feature map.
     """
     scale = _aa.default_scale(q.shape[2]) if scale is None else float(scale)
+    if residual is not None and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        # Training: the backward needs the attention output itself; recovering it as (out - residual) from a
+        # rounded fp16/bf16 `out` costs up to an ulp of `out` in the softmax gradient. Add outside the kernel.
+        return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, None, backend)[0] + residual
     return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, residual, backend)[0]
 
 

@@ -56,15 +56,21 @@ def area_attention(q, k, v, area: int, scale: float | None = None, residual: tor
     return area_attention_lse(q, k, v, area, scale, residual)[0]
 
 
-def area_attention_backward(dout, q, k, v, area: int, scale: float | None = None):
+def area_attention_backward(dout, q, k, v, area: int, scale: float | None = None, out: torch.Tensor | None = None):
     """Gradients (dq, dk, dv) of area_attention w.r.t. q, k, v for upstream gradient dout, each (B, heads, D, N).
-    (The gradient w.r.t. a residual is dout itself.)"""
+    (The gradient w.r.t. a residual is dout itself.) With `out` (the attention output, as a kernel would have
+    stored it), the softmax term rowsum(dP * P) is taken as rowsum(dout * out) like the fused kernels do, so the
+    rounding of a stored output shows in this naive computation too."""
     scale = q.shape[2] ** -0.5 if scale is None else scale
     p = torch.softmax(_scores(q, k, area, scale), dim=-1)
     qa, ka, va, doa = (_split_areas(t, area) for t in (q, k, v, dout))
     dv = p.transpose(-1, -2) @ doa
     dp = doa @ va.transpose(-1, -2)
-    ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+    if out is None:
+        delta = (dp * p).sum(-1, keepdim=True)
+    else:
+        delta = (doa * _split_areas(out, area)).sum(-1, keepdim=True)
+    ds = p * (dp - delta)
     dq = (ds @ ka) * scale
     dk = (ds.transpose(-1, -2) @ qa) * scale
     return _merge_areas(dq), _merge_areas(dk), _merge_areas(dv)

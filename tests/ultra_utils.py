@@ -113,19 +113,9 @@ def _shape(imgsz) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=None)
 def _images(hw: tuple[int, int]) -> torch.Tensor:
-    import cv2
-    from ultralytics.data.augment import LetterBox
-    from ultralytics.utils import ASSETS
+    from yolov12_fast.utils import asset_paths, load_images
 
-    lb = LetterBox(new_shape=hw, auto=False, scaleup=True, center=True)
-    out = []
-    for name in ("bus.jpg", "zidane.jpg"):
-        im = cv2.imread(str(ASSETS / name))  # BGR, HWC uint8
-        if im is None:
-            raise FileNotFoundError(f"ultralytics asset {ASSETS / name} is missing")
-        im = lb(image=im)
-        out.append(torch.from_numpy(im[:, :, ::-1].copy()).permute(2, 0, 1))
-    return (torch.stack(out).float() / 255.0).contiguous()
+    return load_images(asset_paths(), hw)
 
 
 def images(imgsz=640) -> torch.Tensor:
@@ -137,23 +127,10 @@ def images(imgsz=640) -> torch.Tensor:
 # Models
 # --------------------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def _calibrate(model: nn.Module, imgs: torch.Tensor, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)  # U(0.5, 1.5)
-            m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: after one batch the running stats are that batch's stats
-        if is_attention_a2c2f(m) and m.gamma is not None:
-            m.gamma.copy_(torch.rand(m.gamma.shape, generator=g) + 0.5)
-    model.train()
-    model(imgs)
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 0.03  # back to ultralytics' value (irrelevant in eval mode)
+    from yolov12_fast.utils import calibrate_bn
+
+    calibrate_bn(model, imgs, seed=seed, randomize_gamma=True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -243,27 +243,33 @@ def _compile_ok(device, dtype, backward, quick):
     return True, ""
 
 
+def _available(backend: str, device) -> tuple:
+    """Can this backend of ours run on `device` here (shared by the attention and PE providers)?"""
+    from yolov12_fast import _backends
+
+    if backend == "triton":
+        if device.type != "cuda":
+            return False, "Triton kernels run on CUDA (on CPU only in the interpreter, which is not benchmarked)"
+        return _backends.can_use_triton(device)
+    if backend == "cuda":
+        if device.type != "cuda":
+            return False, "the CUDA C++ kernels take CUDA tensors"
+        return _backends.can_use_cuda_ext(device)
+    if backend == "cpp":
+        if device.type != "cpu":
+            return False, "the C++ CPU kernels take CPU tensors"
+        return _backends.can_use_cpp()
+    return True, ""
+
+
 def _ours_ok(backend: str):
     def check(device, dtype, backward, quick):
-        from yolov12_fast import _backends
-
-        if backend == "triton":
-            if device.type != "cuda":
-                return False, "Triton kernels run on CUDA (on CPU only in the interpreter, which is not benchmarked)"
-            return _backends.can_use_triton(device)
-        if backend == "cuda":
-            if device.type != "cuda":
-                return False, "the CUDA C++ kernels take CUDA tensors"
+        if backend == "cuda" and device.type == "cuda":
             if backward:
                 return False, "the CUDA C++ backend has no backward kernel (training uses triton)"
             if dtype == torch.float32:
                 return False, "the CUDA C++ tensor-core kernel takes fp16/bf16"
-            return _backends.can_use_cuda_ext(device)
-        if backend == "cpp":
-            if device.type != "cpu":
-                return False, "the C++ CPU kernels take CPU tensors"
-            return _backends.can_use_cpp()
-        return True, ""
+        return _available(backend, device)
 
     return check
 
@@ -316,21 +322,7 @@ def pe_ours(backend: str) -> Callable:
 
 def _pe_ok(backend: str):
     def check(device, dtype, backward, quick):
-        from yolov12_fast import _backends
-
-        if backend == "triton":
-            if device.type != "cuda":
-                return False, "Triton kernels run on CUDA (on CPU only in the interpreter, which is not benchmarked)"
-            return _backends.can_use_triton(device)
-        if backend == "cuda":
-            if device.type != "cuda":
-                return False, "the CUDA C++ kernels take CUDA tensors"
-            return _backends.can_use_cuda_ext(device)
-        if backend == "cpp":
-            if device.type != "cpu":
-                return False, "the C++ CPU kernels take CPU tensors"
-            return _backends.can_use_cpp()
-        return True, ""
+        return _available(backend, device)
 
     return check
 

@@ -31,6 +31,19 @@ def samples(op_name: str, backend: str, device="cpu", dtype=torch.float32):
         w = torch.randn(64, 1, 7, 7, dtype=dtype, device=device)
         out.append((v, w, torch.randn(64, dtype=dtype, device=device), torch.randn(v.shape, dtype=dtype, device=device), 4, 6, backend))
         out.append((v, torch.randn(64, 1, 5, 5, dtype=dtype, device=device), None, None, 4, 6, backend))
+    elif op_name in ("mlp_residual", "mlp_residual_out"):
+        C, HID = 32, 70
+        for grad, cl in ((False, False), (True, True)):
+            x = torch.randn(2, C, 3, 5, dtype=dtype, device=device)
+            if cl:
+                x = x.to(memory_format=torch.channels_last)
+            w = [torch.randn(HID, C, 1, 1), torch.randn(HID), torch.randn(C, HID, 1, 1), torch.randn(C)]
+            w = [(t * 0.2).to(dtype=dtype, device=device) for t in w]
+            if op_name == "mlp_residual":
+                out.append((x.requires_grad_(grad), *(t.requires_grad_(grad) for t in w), backend))
+            else:
+                buf = torch.empty(2, 3 * C, 3, 5, dtype=dtype, device=device)
+                out.append((x, *w, buf[:, C:2 * C], backend))
     elif op_name == "area_attention_fwd_cxx":
         q, k, v = _qkv(dtype=dtype, device=device)
         out.append((q, k, v, 4, 32 ** -0.5, None))

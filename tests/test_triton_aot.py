@@ -32,6 +32,11 @@ def _d(row):
     return int(row["kernel"].split(",d")[1].split(",")[0])
 
 
+def _must_not_spill(row):
+    """Attention/PE kernels: head_dim <= 64 (128 may spill by design); others (MLP) say so in their variants."""
+    return row["must_not_spill"] if "must_not_spill" in row else _d(row) <= 64
+
+
 def test_every_variant_compiles_for_every_arch(aot_rows):
     failed = [(r["kernel"], r["arch"], r.get("error")) for r in aot_rows if not r.get("ok")]
     assert not failed, f"{len(failed)} variants failed to compile, first: {failed[:3]}"
@@ -40,7 +45,7 @@ def test_every_variant_compiles_for_every_arch(aot_rows):
 
 def test_no_spills_for_head_dim_up_to_64_on_sm80_sm90(aot_rows):
     spilling = [(r["kernel"], r["arch"], r["spills"]) for r in aot_rows
-                if r["arch"] in ("sm_80", "sm_90") and _d(r) <= 64 and r["spills"] > 0]
+                if r["arch"] in ("sm_80", "sm_90") and _must_not_spill(r) and r["spills"] > 0]
     assert not spilling, f"spills: {spilling[:5]}"
 
 

@@ -47,7 +47,7 @@ def _sass_counts(cubin_path: str) -> dict:
     return {"mma": count("HMMA", "HGMMA", "IMMA"), "wgmma": count("HGMMA"), "spill_instr": count("STL", "LDL")}
 
 
-KERNEL_MODULES = ("yolov12_fast.kernels.area_attention", "yolov12_fast.kernels.pe")
+KERNEL_MODULES = ("yolov12_fast.kernels.area_attention", "yolov12_fast.kernels.pe", "yolov12_fast.kernels.mlp")
 
 
 def _variants(module: str, arch: int, head_dims):
@@ -83,6 +83,8 @@ def compile_variant(args) -> dict:
     row["smem_limit"] = SMEM_LIMIT[arch]
     row["spills"] = row["stack"] + row["local"]
     row["tensor_cores_expected"] = bool(v["tensor_cores_expected"])
+    if "must_not_spill" in v:  # kernels without a head_dim say themselves whether spills are acceptable
+        row["must_not_spill"] = bool(v["must_not_spill"])
     row["ok"] = True
     row["compile_s"] = round(time.perf_counter() - t0, 2)
     return row

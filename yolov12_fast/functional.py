@@ -50,4 +50,24 @@ def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], H: int, W: int, x:
     return torch.ops.yolov12_fast.pe_add(v, weight, bias, x, int(H), int(W), backend)
 
 
-__all__ = ["area_attention", "pe_add"]
+def mlp_residual(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, out: Optional[Tensor] = None,
+                 backend: str = "auto") -> Tensor:
+    """ABlock's MLP with its residual: ``x + conv2(silu(conv1(x)))`` with BatchNorm folded into both 1x1 convs.
+
+    Args:
+        x: (B, C, H, W), NCHW or channels_last (or a channel slice of either).
+        w1, b1: (HID, C, 1, 1) and (HID,); w2, b2: (C, HID, 1, 1) and (C,); x's dtype and device. HID may be odd
+            (307, 460).
+        out: optional tensor of x's shape to write into (e.g. a channel slice of a concat buffer); no autograd.
+        backend: "auto" (torch convs until the fused kernel measures faster on the GPU), "triton" (one fused
+            kernel, the hidden activation stays on chip) or "reference".
+    Returns:
+        the result, in x's memory format (or `out`).
+    """
+    if out is not None:
+        torch.ops.yolov12_fast.mlp_residual_out(x, w1, b1, w2, b2, out, backend)
+        return out
+    return torch.ops.yolov12_fast.mlp_residual(x, w1, b1, w2, b2, backend)
+
+
+__all__ = ["area_attention", "pe_add", "mlp_residual"]

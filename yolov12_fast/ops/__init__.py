@@ -6,6 +6,7 @@ are loaded on first use, so registering the ops never needs a GPU, Triton or the
 
 from . import area_attention  # noqa: F401  (registers yolov12_fast::area_attention_fwd / _bwd)
 from . import pe  # noqa: F401  (registers yolov12_fast::pe_add)
+from . import mlp  # noqa: F401  (registers yolov12_fast::mlp_residual / _out)
 
 # Ops this package registers, each with sample inputs in tests/op_samples.py (a test fails for an op without).
-OPS = ("area_attention_fwd", "area_attention_bwd", "pe_add")
+OPS = ("area_attention_fwd", "area_attention_bwd", "pe_add", "mlp_residual", "mlp_residual_out")

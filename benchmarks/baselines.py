@@ -190,23 +190,22 @@ def cpp_direct(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
 
 
 def resolved_backends(backend: str, device: torch.device) -> str:
-    """'attention=<b>, pe=<b>': what `backend` resolves to on `device` for the two ops."""
+    """'attention=<b>, pe=<b>, mlp=<b>': what `backend` resolves to on `device` for each op."""
     import warnings
 
     from yolov12_fast.ops import area_attention as aa
+    from yolov12_fast.ops import mlp as mlp_op
     from yolov12_fast.ops import pe as pe_op
 
+    parts = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            a = aa.resolve_backend(backend, device)
-        except RuntimeError:
-            a = "unavailable"
-        try:
-            p = pe_op.resolve_backend(backend, device)
-        except RuntimeError:
-            p = "unavailable"
-    return f"attention={a}, pe={p}"
+        for name, mod in (("attention", aa), ("pe", pe_op), ("mlp", mlp_op)):
+            try:
+                parts.append(f"{name}={mod.resolve_backend(backend, device)}")
+            except RuntimeError:
+                parts.append(f"{name}=unavailable")
+    return ", ".join(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,7 +319,8 @@ def pe_ours(backend: str) -> Callable:
     return fn
 
 
-def _pe_ok(backend: str):
+def _backend_ok(backend: str):
+    """Availability of a forward-only op of ours (PE, MLP) on `backend`."""
     def check(device, dtype, backward, quick):
         return _available(backend, device)
 
@@ -331,12 +331,40 @@ PE_BASELINES = ("torch",)
 
 PE_PROVIDERS = {
     "torch": Provider("torch", pe_torch, True, _always),
-    "triton": Provider("triton", pe_ours("triton"), False, _pe_ok("triton"), "triton"),
-    "cuda": Provider("cuda", pe_ours("cuda"), False, _pe_ok("cuda"), "cuda"),
-    "cpp": Provider("cpp", pe_ours("cpp"), False, _pe_ok("cpp"), "cpp"),
-    "auto": Provider("auto", pe_ours("auto"), False, _pe_ok("auto"), "auto"),
+    "triton": Provider("triton", pe_ours("triton"), False, _backend_ok("triton"), "triton"),
+    "cuda": Provider("cuda", pe_ours("cuda"), False, _backend_ok("cuda"), "cuda"),
+    "cpp": Provider("cpp", pe_ours("cpp"), False, _backend_ok("cpp"), "cpp"),
+    "auto": Provider("auto", pe_ours("auto"), False, _backend_ok("auto"), "auto"),
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# ABlock MLP
+
+
+def mlp_torch(x, w1, b1, w2, b2):
+    """What a fused ultralytics ABlock runs for `x + mlp(x)`: conv1x1 (+bias), SiLU, conv1x1 (+bias), add."""
+    return x + F.conv2d(F.silu(F.conv2d(x, w1, b1)), w2, b2)
+
+
+def mlp_ours(backend: str) -> Callable:
+    import yolov12_fast
+
+    def fn(x, w1, b1, w2, b2):
+        return yolov12_fast.mlp_residual(x, w1, b1, w2, b2, backend=backend)
+
+    fn.__name__ = f"mlp_{backend}"
+    return fn
+
+
+MLP_BASELINES = ("torch",)
+
+MLP_PROVIDERS = {
+    "torch": Provider("torch", mlp_torch, True, _always),
+    "triton": Provider("triton", mlp_ours("triton"), False, _backend_ok("triton"), "triton"),
+    "auto": Provider("auto", mlp_ours("auto"), False, _backend_ok("auto"), "auto"),
 }
 
 __all__ = ["ultralytics_eager", "authors_flash", "sdpa", "sdpa_backend", "flash_impl", "compiled_reference", "ours",
            "cpp_direct", "resolved_backends", "pe_torch", "pe_ours", "Provider", "ATTENTION_PROVIDERS",
-           "ATTENTION_BASELINES", "PE_PROVIDERS", "PE_BASELINES"]
+           "ATTENTION_BASELINES", "PE_PROVIDERS", "PE_BASELINES", "mlp_torch", "mlp_ours", "MLP_PROVIDERS",
+           "MLP_BASELINES"]

@@ -1,4 +1,4 @@
-"""Suite `ops`: area attention (forward, and forward+backward) and the PE branch at the real shapes.
+"""Suite `ops`: area attention (forward, and forward+backward), the PE branch and ABlock's MLP at the real shapes.
 
 What is timed per provider (baselines.py): the qkv conv output -> the tensor `proj` consumes, so the baselines pay
 their layout copies and every provider pays the PE branch (depthwise 7x7 + bias, as after model.fuse()).
@@ -16,6 +16,9 @@ Conventions (stated in every row through flops / bytes):
   forward+backward adds dout (B*C*N) read, qkv read again and dqkv (3*B*C*N) written: 7*B*C*N more.
 - Timer: do_bench_cudagraph for batch-1 forwards (microsecond work: kernel time without launch gaps), do_bench (L2
   flushed) otherwise; CPU: interleaved rounds. Peak memory: torch.cuda.max_memory_allocated over one call.
+- MLP (`mlp-*` rows): x + conv2(silu(conv1(x))) with BN folded, C / hidden per scale and level at 640 (odd 307,
+  460); baseline `torch` = what a fused ultralytics model runs (two 1x1 convs, SiLU, add); FLOPs 4*B*C*N*hidden,
+  bytes = x read + out written + weights.
 - Each provider's output is compared once with the float32 (GPU) / float64 (CPU) result of the ultralytics math:
   `max_abs_err`, and `check` = FAIL when it exceeds 4x the ultralytics same-dtype error + a floor.
 """
@@ -182,10 +185,12 @@ def run(ctx: Context) -> list:
     dtype = torch.float16 if ctx.device.type == "cuda" else torch.float32
     cases = [c for c in attention_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     pes = [c for c in pe_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
+    mlps = [c for c in mlp_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     if ctx.device.type == "cuda":
         ctx.ceilings()
         out += _run_attention(ctx, cases, dtype, budget, threads=None)
         out += _run_pe(ctx, pes, dtype, budget, threads=None)
+        out += _run_mlp(ctx, mlps, dtype, budget, threads=None)
     else:
         for th in ctx.threads:
             prev = set_threads(th)
@@ -193,6 +198,7 @@ def run(ctx: Context) -> list:
                 ctx.ceilings()
                 out += _run_attention(ctx, cases, dtype, budget, threads=th)
                 out += _run_pe(ctx, pes, dtype, budget, threads=th)
+                out += _run_mlp(ctx, mlps, dtype, budget, threads=th)
             finally:
                 set_threads(prev)
     return out
@@ -300,55 +306,121 @@ def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) ->
 
 
 def _run_pe(ctx: Context, cases: list, dtype, budget: Budget, threads) -> list:
-    all_rows = []
-    elt = torch.finfo(dtype).bits // 8
-    for case in ctx.tqdm(cases, desc="ops pe"):
-        if budget.over():
-            rows = _skip_rows(ctx, case, bl.PE_PROVIDERS, budget.reason(), dtype, prefix="pe-")
-            ctx.emit(rows)
-            all_rows += rows
-            continue
+    def setup(case):
         qkv, w, b = _inputs(case, ctx.device, dtype, False)
         N = case.H * case.W
         v = qkv.view(case.batch, case.heads, 3 * case.head_dim, N)[:, :, 2 * case.head_dim:]
         x = torch.randn(case.batch, case.heads, case.head_dim, N, device=ctx.device, dtype=dtype)
         bcn = case.batch * case.C * N
         flops = 2.0 * bcn * PE_K * PE_K + bcn
-        nbytes = (3 * bcn + case.C * (PE_K * PE_K + 1)) * elt  # v, x read; out written; weights
+        nbytes = (3 * bcn + case.C * (PE_K * PE_K + 1)) * torch.finfo(dtype).bits // 8  # v, x read; out; weights
         hi = torch.float64 if ctx.device.type == "cpu" else torch.float32
         oracle = bl.pe_torch(v.to(hi), x.to(hi), w.to(hi), b.to(hi), case.H, case.W).cpu().double()
-        naive_err = (bl.pe_torch(v, x, w, b, case.H, case.W).cpu().double() - oracle).abs().max().item()
+        return (v, x, w, b, case.H, case.W), oracle, flops, nbytes
+
+    return _run_simple(ctx, cases, dtype, budget, "pe", bl.PE_PROVIDERS, bl.PE_BASELINES, setup, "F.conv2d + add")
+
+
+@dataclass(frozen=True)
+class MlpCase:
+    """ABlock's MLP + residual at one layer of one scale: C channels, HID hidden, an H x W map."""
+    scale: str
+    level: str
+    C: int
+    hid: int
+    H: int
+    W: int
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"mlp {self.level} {self.scale} C{self.C} h{self.hid} b{self.batch} ({self.H}x{self.W} map)"
+
+    @property
+    def params(self) -> dict:
+        return {"pass": "mlp", "scale": self.scale, "level": self.level, "C": self.C, "hidden": self.hid,
+                "H": self.H, "W": self.W, "batch": self.batch}
+
+
+# (scale, level, C, hidden) at 640 (REFERENCE.md): ultralytics mlp_ratio 2.0 (n/s/m), 1.2 (l/x: 307, 460); the
+# turbo l/x ratio 1.5 gives 384 / 576.
+MLP_LAYERS = [("n", "P4", 64, 128), ("n", "P5", 128, 256), ("s", "P5", 256, 512), ("l", "P4", 256, 307),
+              ("l-turbo", "P4", 256, 384), ("x", "P4", 384, 460), ("x-turbo", "P4", 384, 576)]
+
+
+def mlp_cases(device: torch.device, quick: bool) -> list:
+    if quick:
+        return [MlpCase("tiny", "tiny", 32, 70, 5, 7, 1)]
+    out = []
+    for b in ((1,) if device.type == "cpu" else (1, 8, 32)):
+        for scale, level, C, hid in MLP_LAYERS:
+            H, W, _, _ = _shape("640x640", level)
+            out.append(MlpCase(scale, level, C, hid, H, W, b))
+    return out
+
+
+def _run_mlp(ctx: Context, cases: list, dtype, budget: Budget, threads) -> list:
+    def setup(case):
+        g = torch.Generator(device="cpu").manual_seed(hash(case) % 2**31)
+        x = torch.randn(case.batch, case.C, case.H, case.W, generator=g).to(ctx.device, dtype)
+        ws = [torch.randn(case.hid, case.C, 1, 1, generator=g) / case.C ** 0.5, 0.5 * torch.randn(case.hid, generator=g),
+              torch.randn(case.C, case.hid, 1, 1, generator=g) / case.hid ** 0.5, 0.5 * torch.randn(case.C, generator=g)]
+        ws = [t.to(ctx.device, dtype) for t in ws]
+        bcn = case.batch * case.C * case.H * case.W
+        flops = 4.0 * bcn * case.hid  # two GEMMs
+        nbytes = (2 * bcn + 2 * case.C * case.hid + case.C + case.hid) * torch.finfo(dtype).bits // 8  # x in, out
+        hi = torch.float64 if ctx.device.type == "cpu" else torch.float32
+        oracle = bl.mlp_torch(x.to(hi), *(t.to(hi) for t in ws)).cpu().double()
+        return (x, *ws), oracle, flops, nbytes
+
+    return _run_simple(ctx, cases, dtype, budget, "mlp", bl.MLP_PROVIDERS, bl.MLP_BASELINES, setup,
+                       "conv1x1 + silu + conv1x1 + add")
+
+
+def _run_simple(ctx: Context, cases: list, dtype, budget: Budget, prefix: str, providers: dict, baselines,
+                setup, torch_ran: str) -> list:
+    """Forward-only ops (PE, MLP): each provider checked against the oracle (bound: 4x the first baseline's
+    same-dtype error + a floor), then timed (GPU: per provider; CPU: interleaved rounds)."""
+    all_rows = []
+    for case in ctx.tqdm(cases, desc=f"ops {prefix}"):
+        if budget.over():
+            rows = _skip_rows(ctx, case, providers, budget.reason(), dtype, prefix=f"{prefix}-")
+            ctx.emit(rows)
+            all_rows += rows
+            continue
+        args, oracle, flops, nbytes = setup(case)
+        naive_err = (providers[baselines[0]].fn(*args).cpu().double() - oracle).abs().max().item()
         rows, fns, meta = [], {}, {}
-        for name, p in bl.PE_PROVIDERS.items():
+        for name, p in providers.items():
             ok, why = p.available(ctx.device, dtype, False, ctx.quick)
             if not ok:
-                rows.append(make_row(ctx, SUITE, case.name, case.params, f"pe-{name}", status="skipped", reason=why,
-                                     dtype=dtype))
+                rows.append(make_row(ctx, SUITE, case.name, case.params, f"{prefix}-{name}", status="skipped",
+                                     reason=why, dtype=dtype))
                 continue
-            call = (lambda f: lambda: f(v, x, w, b, case.H, case.W))(p.fn)
+            call = (lambda f: lambda: f(*args))(p.fn)
             try:
                 res = call()
                 err = (res.cpu().double() - oracle).abs().max().item()
                 bound = 4.0 * naive_err + FLOOR[dtype]
                 extra = {"max_abs_err": err, "check": "pass" if err <= bound else f"FAIL (max |err| {err:.3g} > {bound:.3g})",
-                         "backend_ran": "F.conv2d + add" if p.backend is None else bl.resolved_backends(p.backend, ctx.device)}
+                         "backend_ran": torch_ran if p.backend is None else bl.resolved_backends(p.backend, ctx.device)}
                 if ctx.device.type == "cuda":
                     peak = gpu_peak_memory(call)
                     timing = time_gpu(call, cudagraph=case.batch == 1)
-                    rows.append(make_row(ctx, SUITE, case.name, case.params, f"pe-{name}", timing=timing, flops=flops,
-                                         nbytes=nbytes, dtype=dtype, peak=peak, **extra))
+                    rows.append(make_row(ctx, SUITE, case.name, case.params, f"{prefix}-{name}", timing=timing,
+                                         flops=flops, nbytes=nbytes, dtype=dtype, peak=peak, **extra))
                 else:
-                    fns[f"pe-{name}"] = call
-                    meta[f"pe-{name}"] = extra
+                    fns[f"{prefix}-{name}"] = call
+                    meta[f"{prefix}-{name}"] = extra
             except Exception as e:
-                rows.append(make_row(ctx, SUITE, case.name, case.params, f"pe-{name}", status="error",
+                rows.append(make_row(ctx, SUITE, case.name, case.params, f"{prefix}-{name}", status="error",
                                      reason=f"{type(e).__name__}: {e}"[:400], dtype=dtype))
         if fns:
             timings = time_cpu_interleaved(fns, rounds=2 if ctx.quick else 11, min_round_s=0.0 if ctx.quick else 0.05)
             for name, t in timings.items():
                 rows.append(make_row(ctx, SUITE, case.name, case.params, name, timing=t, flops=flops, nbytes=nbytes,
                                      dtype=dtype, **meta[name]))
-        add_speedups(rows, ["pe-" + b_ for b_ in bl.PE_BASELINES])
+        add_speedups(rows, [f"{prefix}-{b_}" for b_ in baselines])
         ctx.emit(rows)
         all_rows += rows
     return all_rows

@@ -62,7 +62,7 @@ def test_ceilings_quick(quick_cpu):
 
 
 def test_ops_quick(quick_cpu):
-    rows = [r for r in quick_cpu if r["suite"] == "ops" and not r["provider"].startswith("pe-")]
+    rows = [r for r in quick_cpu if r["suite"] == "ops" and not r["provider"].startswith(("pe-", "mlp-"))]
     cases = {r["case"] for r in rows}
     assert len(cases) == 3
     for case in cases:
@@ -82,6 +82,10 @@ def test_ops_quick(quick_cpu):
     pe = [r for r in quick_cpu if r["suite"] == "ops" and r["provider"].startswith("pe-")]
     assert {r["provider"] for r in _ok(pe)} >= {"pe-torch", "pe-auto"}
     assert all(r["check"] == "pass" for r in _ok(pe))
+    mlp = [r for r in quick_cpu if r["suite"] == "ops" and r["provider"].startswith("mlp-")]
+    assert {r["provider"] for r in _ok(mlp)} >= {"mlp-torch", "mlp-auto"}
+    assert all(r["check"] == "pass" and r["tflops"] > 0 for r in _ok(mlp))
+    assert "mlp=reference" in next(r for r in mlp if r["provider"] == "mlp-auto")["backend_ran"]
 
 
 def test_blocks_quick(quick_cpu):

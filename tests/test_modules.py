@@ -455,3 +455,63 @@ def test_torch_compile_fullgraph_of_patched_a2c2f():
     compiled = torch.compile(fast, fullgraph=True)
     for shape in ((1, 128, 8, 8), (2, 128, 8, 12)):
         check_module(compiled, plain, torch.randn(shape), name=f"compiled {shape}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the fused MLP path (backend="triton": ABlock's mlp and residual in one yolov12_fast::mlp_residual kernel)
+
+
+def _fuse_like_ultralytics(module):
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    for m in module.modules():
+        if hasattr(m, "bn") and hasattr(m, "forward_fuse"):
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+    return module
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+@pytest.mark.parametrize("kind,args,shape", [("ablock", (64, 2, 1.2, 1), (1, 64, 7, 7)),
+                                             ("a2c2f", (128, 128, 1, True, 4, True, 1.2), (2, 128, 6, 10))])
+def test_fused_mlp_path(kind, args, shape, fused, monkeypatch):
+    """With backend='triton' every ABlock runs its MLP through the fused op (counted), in forward and in A2C2f's
+    buffer path (out=), and the module still computes what ultralytics does (odd hidden 76)."""
+    import yolov12_fast.nn.modules as fm
+
+    calls = []
+    real = fm.mlp_residual
+    monkeypatch.setattr(fm, "mlp_residual", lambda *a, **k: calls.append(k.get("out") is not None) or real(*a, **k))
+    plain = _randomize(_ultralytics_ctor(kind)(*args))
+    if fused:
+        plain = _fuse_like_ultralytics(plain)
+    fast = yf.patch(copy.deepcopy(plain), backend="triton")
+    check_module(fast, plain, torch.randn(shape), name=f"{kind} fused mlp")
+    n_blocks = sum(isinstance(m, yf.nn.ABlock) for m in fast.modules())
+    assert len(calls) >= n_blocks, f"the fused MLP ran {len(calls)} times for {n_blocks} ABlocks"
+    if kind == "a2c2f":
+        assert any(calls), "A2C2f's buffer path did not write the last block's MLP into its slice"
+
+
+def test_fused_mlp_gradients_and_cache():
+    """Gradients through the fused MLP (eval-mode BN folded inside the graph) match ultralytics' against the
+    float64 oracle; the folded-weight cache follows in-place parameter updates."""
+    from ultralytics.nn.modules.block import ABlock
+
+    plain = _randomize(ABlock(64, 2, 1.2, 1))
+    fast = yf.patch(copy.deepcopy(plain), backend="triton")
+    oracle_m = copy.deepcopy(plain).double()
+    x = torch.randn(2, 64, 5, 6)
+    y_n, gx_n, gp_n = _grads(plain, x)
+    y_f, gx_f, gp_f = _grads(fast, x)
+    y_o, gx_o, gp_o = _grads(oracle_m, x.double())
+    assert any(k.startswith("mlp.0.bn") for k in gp_f) and set(gp_f) == set(gp_n)
+    assert_close_to_oracle(gx_f, gx_n, gx_o, "grad x")
+    for k in gp_n:
+        assert_close_to_oracle(gp_f[k], gp_n[k], gp_o[k], f"grad {k}")
+    with torch.no_grad():
+        for m in (plain, fast):
+            m.mlp[1].bn.running_var.mul_(3.0)
+            m.mlp[0].conv.weight.add_(0.1)
+    check_module(fast.eval(), plain.eval(), x, name="after in-place update")

@@ -39,14 +39,16 @@ def info_lines() -> list[str]:
     lines.append("backends:")
     for name, (ok, why) in checks:
         lines.append(f"  {name:<16} {'yes' if ok else 'no: ' + why}")
-    from .ops.area_attention import resolve_backend
+    from .ops import area_attention, mlp, pe
 
     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lines.append(f"  auto on {d:<8} -> {resolve_backend('auto', torch.device(d))}")
+            picks = ", ".join(f"{name} {op.resolve_backend('auto', torch.device(d))}"
+                              for name, op in (("attention", area_attention), ("pe", pe), ("mlp", mlp)))
+            lines.append(f"  auto on {d:<8} -> {picks}")
     return lines
 
 

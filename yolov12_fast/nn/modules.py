@@ -14,7 +14,9 @@ What the fast forward does (REFERENCE.md):
   keyed on the parameters' storage and version counters (an optimizer step or load_state_dict invalidates the
   cache); when gradients are needed they are folded on the fly inside the graph; when the pe BatchNorm is in
   training mode (batch statistics) the pe Conv module itself runs on an NCHW copy of V (correctness first).
-- ABlock: x1 = x + attn(x); x1 + mlp(x1).
+- ABlock: x1 = x + attn(x); x1 + mlp(x1). With backend="triton" the MLP and its residual run as one fused kernel
+  (`mlp_residual`, BatchNorm folded, the hidden activation never in memory); "auto" keeps the two 1x1 convs
+  until the fused kernel measures faster than cuDNN on a GPU.
 - A2C2f: without autograd, cv1 and each block pair write into channel slices of one preallocated buffer that cv2
   reads once (no torch.cat); with autograd it concatenates (out= ops are not differentiable). The L/X residual is
   x + gamma * cv2(...) (one addcmul).
@@ -41,7 +43,7 @@ from torch import Tensor
 
 from .. import reference
 from .._backends import BACKENDS
-from ..functional import area_attention, pe_add
+from ..functional import area_attention, mlp_residual, pe_add
 from ..ops.area_attention import DTYPES, HEAD_DIMS
 
 __all__ = ["AAttn", "ABlock", "A2C2f", "FastModule", "VARIANTS"]
@@ -51,7 +53,7 @@ VARIANTS = ("ultralytics", "turbo")
 # Keys of the instance __dict__ that belong to yolov12_fast: stripped when pickling and by unpatch().
 _PRIVATE_PREFIX = "_yf_"
 # Derived caches: also dropped by deepcopy.
-_CACHE_KEYS = ("_yf_pe_cache",)
+_CACHE_KEYS = ("_yf_pe_cache", "_yf_mlp_cache")
 _WARNED_HEAD_DIMS: set = set()
 
 
@@ -143,8 +145,28 @@ class FastModule(nn.Module):
         return new
 
     def _apply(self, fn, recurse=True):  # .to(), .half(), .cuda(): the cached folded weights are stale
-        self.__dict__.pop("_yf_pe_cache", None)
+        for k in _CACHE_KEYS:
+            self.__dict__.pop(k, None)
         return super()._apply(fn, recurse)
+
+    def _folded(self, cache_key: str, tensors: list, fold, dtype: torch.dtype):
+        """fold(dtype) (BatchNorm folded into conv weights), cached in __dict__[cache_key] keyed on the tensors'
+        storage and version counters (an optimizer step or load_state_dict invalidates it). When gradients are
+        needed, or under torch.compile, it folds inside the graph every call."""
+        tensors = [t for t in tensors if t is not None]
+        if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or _compiling():
+            return fold(dtype)  # in the graph: gradients reach the conv and BN parameters
+        try:
+            key = (dtype, torch.is_inference_mode_enabled(), tuple((t.data_ptr(), t._version) for t in tensors))
+        except RuntimeError:  # inference tensors have no version counter: fold every time
+            return fold(dtype)
+        cache = self.__dict__.get(cache_key)
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        with torch.no_grad():
+            folded = fold(dtype)
+        self.__dict__[cache_key] = (key, folded)
+        return folded
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -164,6 +186,42 @@ def _fold_bn(w: Tensor, b: Optional[Tensor], bn: nn.BatchNorm2d) -> tuple[Tensor
     if bn.bias is not None:
         bias = bias + up(bn.bias)
     return w * s.view(-1, 1, 1, 1), bias
+
+
+def _foldable_conv(m: nn.Module, act: type) -> bool:
+    """m is an ultralytics Conv whose BatchNorm can be folded: an nn.Conv2d with square kernel, stride 1, no
+    dilation, 'same' zero padding, activation of exactly type `act` (nn.Identity also when absent), and either no
+    bn (fused) or an eval-mode BatchNorm2d with running statistics."""
+    conv = getattr(m, "conv", None)
+    if type(conv) is not nn.Conv2d:
+        return False
+    k = conv.kernel_size[0]
+    if (conv.kernel_size != (k, k) or conv.stride != (1, 1) or conv.dilation != (1, 1)
+            or conv.padding != (k // 2, k // 2) or conv.padding_mode != "zeros"):
+        return False
+    if type(getattr(m, "act", nn.Identity())) is not act:
+        return False
+    bn = m._modules.get("bn")
+    if bn is None:
+        return True
+    return type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None \
+        and bn.running_mean is not None
+
+
+def _fold_conv(m: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
+    """(weight, bias) of an ultralytics Conv with its BatchNorm folded, in `dtype`."""
+    conv, bn = m.conv, m._modules.get("bn")
+    w, b = conv.weight, conv.bias
+    if bn is not None:
+        w, b = _fold_bn(w, b, bn)
+    return w.to(dtype), (b.to(dtype) if b is not None else None)
+
+
+def _conv_tensors(m: nn.Module) -> list:
+    """The tensors a folded Conv depends on (the cache key)."""
+    bn = m._modules.get("bn")
+    return [m.conv.weight, m.conv.bias] + ([bn.weight, bn.bias, bn.running_mean, bn.running_var] if bn is not None
+                                           else [])
 
 
 class AAttn(FastModule):
@@ -223,56 +281,18 @@ class AAttn(FastModule):
         return q, k, v
 
     def _pe_foldable(self) -> bool:
-        """The pe child is an ultralytics Conv we can fold: depthwise, stride 1, 'same' padding, no activation, and
-        either fused (no bn) or an eval-mode BatchNorm with running statistics."""
+        """The pe child is an ultralytics Conv we can fold: depthwise, odd k x k, stride 1, 'same' padding, no
+        activation, and either fused (no bn) or an eval-mode BatchNorm with running statistics."""
         pe = self._modules["pe"]
-        conv = getattr(pe, "conv", None)
-        if type(conv) is not nn.Conv2d:
+        if not _foldable_conv(pe, nn.Identity):
             return False
-        k = conv.kernel_size[0]
-        if (conv.kernel_size != (k, k) or k % 2 == 0 or conv.stride != (1, 1) or conv.dilation != (1, 1)
-                or conv.padding != (k // 2, k // 2) or conv.groups != conv.in_channels
-                or conv.out_channels != conv.in_channels or conv.padding_mode != "zeros"):
-            return False
-        if not isinstance(getattr(pe, "act", nn.Identity()), nn.Identity):
-            return False
-        bn = pe._modules.get("bn")
-        if bn is None:
-            return True
-        return (type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None
-                and bn.running_mean is not None)
+        conv = pe.conv
+        return conv.kernel_size[0] % 2 == 1 and conv.groups == conv.in_channels == conv.out_channels
 
     def _pe_params(self, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
         """(weight, bias) of the pe depthwise conv with its BatchNorm folded, in `dtype`."""
         pe = self._modules["pe"]
-        conv, bn = pe.conv, pe._modules.get("bn")
-        tensors = [conv.weight, conv.bias]
-        if bn is not None:
-            tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
-        tensors = [t for t in tensors if t is not None]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return self._fold_pe(dtype)  # in the graph: gradients reach the conv and BN parameters
-        if _compiling():
-            return self._fold_pe(dtype)
-        try:
-            key = (dtype, torch.is_inference_mode_enabled(), tuple((t.data_ptr(), t._version) for t in tensors))
-        except RuntimeError:  # inference tensors have no version counter: fold every time
-            return self._fold_pe(dtype)
-        cache = self.__dict__.get("_yf_pe_cache")
-        if cache is not None and cache[0] == key:
-            return cache[1], cache[2]
-        with torch.no_grad():
-            w, b = self._fold_pe(dtype)
-        self.__dict__["_yf_pe_cache"] = (key, w, b)
-        return w, b
-
-    def _fold_pe(self, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:
-        pe = self._modules["pe"]
-        conv, bn = pe.conv, pe._modules.get("bn")
-        w, b = conv.weight, conv.bias
-        if bn is not None:
-            w, b = _fold_bn(w, b, bn)
-        return w.to(dtype), (b.to(dtype) if b is not None else None)
+        return self._folded("_yf_pe_cache", _conv_tensors(pe), lambda dt: _fold_conv(pe, dt), dtype)
 
     def _pe(self, v: Tensor, H: int, W: int) -> Tensor:
         """P = pe(V) as (B, heads, head_dim, N)."""
@@ -347,13 +367,43 @@ class ABlock(FastModule):
 
         return UltralyticsABlock
 
+    def _mlp_fused_params(self, x: Tensor):
+        """Folded (w1, b1, w2, b2) when the MLP runs as the fused yolov12_fast::mlp_residual kernel, else None.
+        It does when the MLP backend for this module's backend is a fused kernel (today: backend='triton';
+        'auto' keeps the two cuDNN/oneDNN convs until a GPU benchmark shows the kernel faster), the two children
+        are plain foldable 1x1 Convs (SiLU, then no activation) without hooks, and x is fp16/bf16/fp32."""
+        if self.backend != "triton" or x.dtype not in DTYPES or _decomposing():
+            return None
+        mlp = self._modules["mlp"]
+        if not (isinstance(mlp, nn.Sequential) and len(mlp) == 2 and _hookless(mlp)):
+            return None
+        c1, c2 = mlp[0], mlp[1]
+        if not (_hookless(c1) and _hookless(c2) and _foldable_conv(c1, nn.SiLU) and _foldable_conv(c2, nn.Identity)
+                and c1.conv.kernel_size == (1, 1) and c2.conv.kernel_size == (1, 1) and c1.conv.groups == 1
+                and c2.conv.groups == 1 and c1.conv.in_channels == c2.conv.out_channels == x.shape[1]):
+            return None
+
+        def fold(dtype):
+            (w1, b1), (w2, b2) = _fold_conv(c1, dtype), _fold_conv(c2, dtype)
+            zeros = lambda n: torch.zeros(n, dtype=dtype, device=w1.device)
+            return (w1, b1 if b1 is not None else zeros(w1.shape[0]), w2,
+                    b2 if b2 is not None else zeros(w2.shape[0]))
+
+        return self._folded("_yf_mlp_cache", _conv_tensors(c1) + _conv_tensors(c2), fold, x.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(x)
+        p = self._mlp_fused_params(x)
+        if p is not None:
+            return mlp_residual(x, *p, backend=self.backend)
         return x + self.mlp(x)
 
     def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
         """forward(x) written into `out` (e.g. a channel slice of A2C2f's buffer). No autograd (out= op)."""
         x = x + self.attn(x)
+        p = self._mlp_fused_params(x)
+        if p is not None and out.dtype == x.dtype:
+            return mlp_residual(x, *p, out=out, backend=self.backend)
         return torch.add(x, self.mlp(x), out=out)
 
 

@@ -515,3 +515,33 @@ def test_fused_mlp_gradients_and_cache():
             m.mlp[1].bn.running_var.mul_(3.0)
             m.mlp[0].conv.weight.add_(0.1)
     check_module(fast.eval(), plain.eval(), x, name="after in-place update")
+
+
+@pytest.mark.parametrize("kind,backend", [("ablock", "auto"), ("a2c2f", "auto"), ("ablock", "triton"),
+                                          pytest.param("a2c2f", "triton", marks=pytest.mark.slow)])
+def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend):
+    """torch.compile(fullgraph=True) of a patched ABlock / A2C2f traces into one graph (custom ops with fake
+    kernels; the fold caches and out= buffer path stay out of the trace) and a dynamic batch compiles once for
+    batches 2, 3 and 5 (recompile limit 1; dynamo specialises size-1 dims, so batch 1 is its own graph whatever the
+    model). A counting backend keeps this cheap; inductor is the slow test above."""
+    import torch._dynamo
+
+    args = {"ablock": (64, 2, 1.2, 1), "a2c2f": (128, 128, 1, True, 4, True, 1.2)}[kind]
+    plain = _randomize(_ultralytics_ctor(kind)(*args))
+    fast = yf.patch(copy.deepcopy(plain), backend=backend)
+    torch._dynamo.reset()
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(fast, backend=count, fullgraph=True)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for b in (2, 3, 5):
+            x = torch.randn(b, args[0], 6, 10)
+            torch._dynamo.mark_dynamic(x, 0)
+            check_module(compiled, plain, x, name=f"compiled {kind} batch {b}")
+    assert len(graphs) == 1, f"{len(graphs)} graphs for 3 batch sizes"
+    ops = {str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"}
+    assert any("yolov12_fast" in o for o in ops), f"no yolov12_fast op in the graph: {sorted(ops)[:20]}"

@@ -416,3 +416,34 @@ def test_training_losses_and_updates_match_the_unpatched_model(tmp_path, monkeyp
         scale = upd_a[k].abs().max().item()
         err = (upd_f[k] - upd_a[k]).abs().max().item()
         assert err <= 1e-2 * scale + 1e-7, f"{k}: update differs by {err:.3g} (update size {scale:.3g})"
+
+
+def test_trainer_callback_reaches_ddp_workers(tmp_path):
+    """ultralytics' DDP launcher pickles the trainer's callbacks for its worker processes: ours must pickle by
+    reference and, in a fresh process that never imported yolov12_fast, patch the worker's model and EMA."""
+    import pickle
+
+    from yolov12_fast.model import _patch_trainer
+
+    y = yf.YOLO("yolo12n.yaml", backend="reference")
+    ours = [cb for cb in y.callbacks["on_pretrain_routine_end"] if getattr(cb, "func", None) is _patch_trainer]
+    assert len(ours) == 1
+    y.backend = "auto"
+    y._yf_add_callbacks()  # train() reinstalls it with the current backend, never twice
+    ours = [cb for cb in y.callbacks["on_pretrain_routine_end"] if getattr(cb, "func", None) is _patch_trainer]
+    assert len(ours) == 1 and ours[0].keywords == {"backend": "auto"}
+    (tmp_path / "cb.pkl").write_bytes(pickle.dumps(ours[0]))
+    code = textwrap.dedent(f"""
+        import pickle, sys, types
+        assert not any(k.startswith("yolov12_fast") for k in sys.modules)
+        from ultralytics.nn.tasks import DetectionModel
+        from ultralytics.utils.torch_utils import ModelEMA
+        model = DetectionModel("yolo12n.yaml", verbose=False)
+        trainer = types.SimpleNamespace(model=model, ema=ModelEMA(model))
+        trainer.save_model = lambda: None
+        pickle.loads(open({str(tmp_path / "cb.pkl")!r}, "rb").read())(trainer)
+        print(type(model.model[6]).__module__, type(trainer.ema.ema.model[8]).__module__)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.split()[-2:] == ["yolov12_fast.patch", "yolov12_fast.patch"], r.stdout

@@ -15,11 +15,15 @@ Checkpoints stay plain ultralytics: `save()` and the trainer's checkpointing run
 yolov12_fast (also under ULTRALYTICS_SAFE_LOAD). A patched model pickled any other way still loads with plain
 ultralytics (the fast modules pickle as their original class).
 
-Not covered: DDP training (ultralytics re-launches the trainer in subprocesses that do not carry callbacks: those
-train unpatched), and exported formats (.onnx, .engine, ...) which hold no PyTorch modules to patch.
+DDP training: ultralytics re-launches the trainer in worker processes and ships them the trainer's callbacks
+(pickled); ours is a `functools.partial` of a module-level function, so it pickles by reference and each worker
+imports yolov12_fast and patches its own model and EMA. Not covered: exported formats (.onnx, .engine, ...), which
+hold no PyTorch modules to patch.
 """
 
 from __future__ import annotations
+
+import functools
 
 from ultralytics import YOLO as _UltralyticsYOLO
 from ultralytics.utils.torch_utils import unwrap_model
@@ -92,15 +96,14 @@ class YOLO(_UltralyticsYOLO):
             patch(self, backend=self.backend)
 
     def _yf_add_callbacks(self) -> None:
-        cb = self.__dict__.get("_yf_trainer_callback")
-        if cb is None:
-            def cb(trainer, _owner=self):
-                _patch_trainer(trainer, _owner.backend)
-
-            self.__dict__["_yf_trainer_callback"] = cb
+        """(Re)install the trainer callback with the current backend: a picklable partial (DDP workers get it)."""
         cbs = self.callbacks["on_pretrain_routine_end"]
-        if cb not in cbs:
-            cbs.append(cb)
+        old = self.__dict__.get("_yf_trainer_callback")
+        if old is not None and old in cbs:
+            cbs.remove(old)
+        cb = functools.partial(_patch_trainer, backend=self.backend)
+        self.__dict__["_yf_trainer_callback"] = cb
+        cbs.append(cb)
 
 
 def _patch_trainer(trainer, backend: str) -> None:

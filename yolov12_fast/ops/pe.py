@@ -61,6 +61,22 @@ def _nchw(t: Tensor, H: int, W: int) -> Tensor:
     return t.reshape(B, nh * D, H, W)
 
 
+def _check_triton_offsets(*tensors) -> None:
+    """Limits of the Triton PE kernel: offsets inside one (image, head) are 32-bit (only the image / head bases
+    are 64-bit) and grid axis 1 (token tiles of 32 or 64 tokens; checked at 32) is capped at 65535 by CUDA. Refuse
+    with a clear error what does not fit, instead of wrapping around (a silent out-of-bounds read)."""
+    N = tensors[0].shape[3]
+    torch._check(-(-N // 32) <= 65535, lambda: f"pe_add (triton): {N} tokens per image is more than one launch covers "
+                 f"(grid axis 1 > 65535 tiles); split the feature map, or use backend='cpp' / 'reference'")
+    for t in tensors:
+        if t is None:
+            continue
+        D, N = t.shape[2], t.shape[3]
+        extent = max((D - 1) * abs(t.stride(2)) + (N - 1) * abs(t.stride(3)), D * N)
+        torch._check(extent < 2**31, lambda: "pe_add (triton): one image's feature map spans more than 2**31 "
+                     "elements; split the batch or the feature map, or use backend='cpp' / 'reference'")
+
+
 def _reference(v, weight, bias, x, H, W):
     out = F.conv2d(_nchw(v, H, W), weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
     if x is not None:
@@ -80,6 +96,7 @@ def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor
     if b == "triton":
         from ..kernels import pe as tk
 
+        _check_triton_offsets(v, x)
         return tk.pe_add(v, weight, bias, x, H, W)
     return _reference(v, weight, bias, x, H, W)
 

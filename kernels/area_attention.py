@@ -326,13 +326,9 @@ def _check_launch(area, n, *tensors):
     tiles = area * triton.cdiv(n, 16)  # grid axis 1 at the smallest tile
     torch._check(tiles <= 65535, lambda: f"area_attention: {area * n} tokens per image is more than one launch "
                  f"covers ({tiles} tiles > 65535); split the feature map")
-    for t in tensors:
-        if t is None:
-            continue
-        D, N = t.shape[2], t.shape[3]
-        extent = max((D - 1) * abs(t.stride(2)) + (N - 1) * abs(t.stride(3)), D * N)
-        torch._check(extent < 2**31, lambda: "area_attention: one image's feature map spans more than 2**31 elements; "
-                     "split the batch or the feature map")
+    from yolov12_fast._backends import check_image_extent
+
+    check_image_extent("area_attention", tensors, "split the batch or the feature map")
 
 
 def area_attention_fwd(q, k, v, area: int, scale: float, residual=None):

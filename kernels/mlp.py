@@ -99,12 +99,19 @@ def mlp_residual(x, w1, b1, w2, b2, out=None):
     N = H * W
     if out is None:
         out = torch.empty_like(x, memory_format=torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
+    sx, so = _flat(x), _flat(out)
+    torch._check(B <= 65535, lambda: f"mlp_residual (triton): batch {B} is more than one launch covers (grid axis 2 "
+                                     "> 65535); split the batch")
+    for name, (_, s_c, s_n) in (("x", sx), ("out", so)):  # offsets inside one image are 32-bit
+        extent = max((C - 1) * abs(s_c) + (N - 1) * abs(s_n), C * N)
+        torch._check(extent < 2**31, lambda: f"mlp_residual (triton): one image of {name} spans more than 2**31 "
+                                             "elements; split the feature map or use backend='reference'")
     prec = dot_precision(x.dtype)
     cfg = config_for(C, uses_fma(_arch(x.device), prec, x.dtype == torch.float32))
     w1m, w2m = w1.reshape(HID, C).contiguous(), w2.reshape(C, HID).contiguous()  # a few KB each
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        mlp_residual_kernel[grid](x, w1m, b1, w2m, b2, out, *_flat(x), *_flat(out), C, HID, N,
+        mlp_residual_kernel[grid](x, w1m, b1, w2m, b2, out, *sx, *so, C, HID, N,
                                   DOT_PRECISION=prec, **cfg)
     return out
 

@@ -165,3 +165,16 @@ def test_unflattenable_layout_is_refused_by_the_kernel():
     x = torch.randn(1, 64, 5, 3, device=DEV).transpose(2, 3)
     with pytest.raises(RuntimeError, match="do not flatten into one token dim"):
         yolov12_fast.mlp_residual(x, *params(64, 128), backend="triton")
+
+
+def test_kernel_limits_are_clear_errors():
+    """32-bit offsets inside one image and the grid's batch axis: refused with a clear error (meta tensors: no
+    memory), never a wrapped offset."""
+    from yolov12_fast.kernels import mlp as tk
+
+    p = [t.to("meta") for t in params(64, 128)]
+    huge = torch.empty_strided((1, 64, 4, 4), (2**33, 2**26, 4, 1), device="meta")  # channels 2**26 apart
+    with pytest.raises(RuntimeError, match="spans more than 2..31 elements"):
+        tk.mlp_residual(huge, *p)
+    with pytest.raises(RuntimeError, match="batch 70000 is more than one launch covers"):
+        tk.mlp_residual(torch.empty(70000, 64, 1, 1, device="meta"), *p)

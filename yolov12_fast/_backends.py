@@ -101,3 +101,17 @@ def can_use_flash_attn() -> tuple[bool, str]:
     if torch.cuda.get_device_capability() < (8, 0):
         return False, "FlashAttention-2 needs compute capability 8.0 or newer"
     return True, ""
+
+
+def check_image_extent(op: str, tensors, hint: str) -> None:
+    """The Triton kernels index inside one image (and head) with 32-bit offsets (image and head bases are 64-bit):
+    refuse, with a clear error, any tensor whose last two dims span 2**31 elements or more, instead of letting
+    the offsets wrap (a silent out-of-bounds read)."""
+    import torch
+
+    for t in tensors:
+        if t is None:
+            continue
+        a, b = t.shape[-2], t.shape[-1]
+        extent = max((a - 1) * abs(t.stride(-2)) + (b - 1) * abs(t.stride(-1)), a * b)
+        torch._check(extent < 2**31, lambda: f"{op}: one image's feature map spans more than 2**31 elements; {hint}")

@@ -68,13 +68,8 @@ def _check_triton_offsets(*tensors) -> None:
     N = tensors[0].shape[3]
     torch._check(-(-N // 32) <= 65535, lambda: f"pe_add (triton): {N} tokens per image is more than one launch covers "
                  f"(grid axis 1 > 65535 tiles); split the feature map, or use backend='cpp' / 'reference'")
-    for t in tensors:
-        if t is None:
-            continue
-        D, N = t.shape[2], t.shape[3]
-        extent = max((D - 1) * abs(t.stride(2)) + (N - 1) * abs(t.stride(3)), D * N)
-        torch._check(extent < 2**31, lambda: "pe_add (triton): one image's feature map spans more than 2**31 "
-                     "elements; split the batch or the feature map, or use backend='cpp' / 'reference'")
+    _backends.check_image_extent("pe_add (triton)", tensors, "split the batch or the feature map, or use "
+                                                             "backend='cpp' / 'reference'")
 
 
 def _reference(v, weight, bias, x, H, W):

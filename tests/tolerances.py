@@ -1,4 +1,5 @@
-"""The one tolerance table, and the comparison helper every numerics test uses.
+"""The one tolerance table (kept in yolov12_fast/_tolerances.py, which `yolov12-fast verify` also applies), and the
+comparison helper every numerics test uses.
 
 Principle (flash-attention's tests): a kernel's error against the float64 oracle may be at most FACTOR times
 the error that the naive PyTorch computation in the same dtype makes against that oracle, plus a floor
@@ -9,17 +10,7 @@ from __future__ import annotations
 
 import torch
 
-# max |kernel - oracle| <= FACTOR * max |naive same-dtype - oracle| + ATOL_FLOOR[dtype]
-FACTOR = {
-    torch.float32: 4.0,   # fp32 accumulation both sides; online softmax reorders sums
-    torch.float16: 3.0,   # kernels accumulate in fp32, the naive path rounds P to fp16: kernels are usually better
-    torch.bfloat16: 3.0,
-}
-ATOL_FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-# Whole models / layers in float32 against the same model run by ultralytics in float32: a handful of ulps of
-# unit-scale activations accumulated through tens of layers.
-MODEL_RTOL_FP32 = 1e-3
+from yolov12_fast._tolerances import ATOL_FLOOR, FACTOR, MODEL_RTOL_FP32, TRAIN_UPDATE_RTOL  # noqa: F401  (the one table)
 
 
 def assert_close_to_oracle(actual: torch.Tensor, naive: torch.Tensor, oracle: torch.Tensor, name: str = "",

@@ -8,7 +8,8 @@ every layer's activations have unit scale. It also gives the A2C2f `gamma` (0.01
 1, so that the attention branch is not scaled down 100x in the layer output of the l/x models.
 
 variant="turbo" swaps each ultralytics AAttn for `TurboAAttn` (the authors' turbo layout: qk, v, pe 5x5) and
-uses the turbo MLP ratio (1.5 instead of 1.2 on l/x), before calibration.
+uses the turbo MLP ratio (1.5 instead of 1.2 on l/x), before calibration. The building (TurboAAttn, to_turbo,
+calibrated_model) lives in yolov12_fast.utils, shared with `yolov12-fast verify`.
 
 Importing this module sets nothing; tests/conftest.py already configures ultralytics for offline use.
 """
@@ -21,51 +22,11 @@ import functools
 import torch
 import torch.nn as nn
 
+from yolov12_fast.utils import TurboAAttn, calibrated_model  # noqa: F401  (TurboAAttn: the tests use U.TurboAAttn)
+
 SCALES = ("n", "s", "m", "l", "x")
 ATTENTION_LAYERS = (6, 8)  # the A2C2f layers with a2=True (P4 area 4, P5 area 1)
 CALIB_SEED = 1234
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Turbo-variant AAttn (authors' repo, "turbo" generation), written from REFERENCE.md
-# --------------------------------------------------------------------------------------------------------------
-
-class TurboAAttn(nn.Module):
-    """AAttn with the turbo parameter layout: qk (1x1, C -> 2C; all q in [0, C), all k in [C, 2C)), v (1x1, C -> C),
-    proj (1x1, C -> C), pe (depthwise 5x5, padding 2) over the whole V map. Explicit matmul/softmax in the input
-    dtype, scale applied after the q^T k product as the turbo code does."""
-
-    def __init__(self, dim: int, num_heads: int, area: int = 1):
-        super().__init__()
-        from ultralytics.nn.modules.conv import Conv
-
-        self.area = area
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.all_head_dim = self.head_dim * num_heads
-        self.qk = Conv(dim, self.all_head_dim * 2, 1, act=False)
-        self.v = Conv(dim, self.all_head_dim, 1, act=False)
-        self.proj = Conv(self.all_head_dim, dim, 1, act=False)
-        self.pe = Conv(self.all_head_dim, dim, 5, 1, 2, g=dim, act=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        N, A, heads, D = H * W, self.area, self.num_heads, self.head_dim
-        qk = self.qk(x).flatten(2).transpose(1, 2)  # (B, N, 2C)
-        v_map = self.v(x)
-        pp = self.pe(v_map)
-        v = v_map.flatten(2).transpose(1, 2)  # (B, N, C)
-        # areas: contiguous runs of N // A tokens of one image
-        qk = qk.reshape(B * A, N // A, 2 * C)
-        v = v.reshape(B * A, N // A, C)
-        q, k = qk.split([C, C], dim=2)
-        q, k, v = (t.transpose(1, 2).reshape(B * A, heads, D, N // A) for t in (q, k, v))
-        s = (q.transpose(-2, -1) @ k) * (D ** -0.5)  # (B*A, heads, n, n)
-        p = torch.exp(s - s.max(dim=-1, keepdim=True).values)
-        p = p / p.sum(dim=-1, keepdim=True)
-        o = v @ p.transpose(-2, -1)  # (B*A, heads, D, n)
-        o = o.reshape(B, A, C, N // A).transpose(1, 2).reshape(B, C, H, W)
-        return self.proj(o + pp)
 
 
 def is_aattn(m: nn.Module) -> bool:
@@ -84,23 +45,6 @@ def is_attention_a2c2f(m: nn.Module) -> bool:
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) for every AAttn/TurboAAttn, ABlock and attention A2C2f (a2=True), model order."""
     return [(n, m) for n, m in model.named_modules() if is_aattn(m) or is_ablock(m) or is_attention_a2c2f(m)]
-
-
-def _to_turbo(model: nn.Module, scale: str) -> None:
-    """Rebuild every ABlock of the attention A2C2f layers as turbo: TurboAAttn and the turbo MLP ratio."""
-    from ultralytics.nn.modules.block import ABlock
-
-    mlp_ratio = 1.5 if scale in ("l", "x") else 2.0
-    for _, layer in attention_modules(model):
-        if not is_attention_a2c2f(layer):
-            continue
-        for pair in layer.m:
-            for i, old in enumerate(pair):
-                dim = old.attn.qkv.conv.in_channels
-                blk = ABlock(dim, old.attn.num_heads, mlp_ratio, old.attn.area)
-                blk.attn = TurboAAttn(dim, old.attn.num_heads, old.attn.area)
-                blk.attn.apply(ABlock._init_weights)  # same init as the ultralytics ABlock's convs
-                pair[i] = blk
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -127,12 +71,6 @@ def images(imgsz=640) -> torch.Tensor:
 # Models
 # --------------------------------------------------------------------------------------------------------------
 
-def _calibrate(model: nn.Module, imgs: torch.Tensor, seed: int) -> None:
-    from yolov12_fast.utils import calibrate_bn
-
-    calibrate_bn(model, imgs, seed=seed, randomize_gamma=True)
-
-
 @functools.lru_cache(maxsize=None)
 def _built(scale: str, variant: str, hw: tuple[int, int], fused: bool) -> nn.Module:
     if fused:
@@ -141,15 +79,8 @@ def _built(scale: str, variant: str, hw: tuple[int, int], fused: bool) -> nn.Mod
         return model.eval()
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    if variant not in ("ultralytics", "turbo"):
-        raise ValueError(f"variant must be 'ultralytics' or 'turbo', got {variant!r}")
-    from ultralytics import YOLO
-
-    torch.manual_seed(CALIB_SEED + SCALES.index(scale))
-    model = YOLO(f"yolo12{scale}.yaml").model.float()
-    if variant == "turbo":
-        _to_turbo(model, scale)
-    _calibrate(model, _images(hw), seed=CALIB_SEED + 7 * SCALES.index(scale) + (variant == "turbo"))
+    model = calibrated_model(f"yolo12{scale}.yaml", variant, _images(hw), init_seed=CALIB_SEED + SCALES.index(scale),
+                             calib_seed=CALIB_SEED + 7 * SCALES.index(scale) + (variant == "turbo"))
     for p in model.parameters():
         p.requires_grad_(False)
     return model

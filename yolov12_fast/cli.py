@@ -78,9 +78,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="yolov12-fast", description="Fast YOLOv12 area attention: info, demo, verify, bench")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions, GPU, and which backends can run here (and why not)").set_defaults(fn=cmd_info)
-    from . import demo
+    from . import demo, verify
 
     demo.add_parser(sub)
+    verify.add_parser(sub)
     b = sub.add_parser("bench", help="run the benchmarks (from a clone): same arguments as `python -m benchmarks`",
                        add_help=False, prefix_chars="\0")
     b.add_argument("bench_args", nargs=argparse.REMAINDER)

@@ -1,6 +1,7 @@
 """Helpers shared by the demo, the verify tool, the benchmarks and the tests: offline ultralytics settings, the
-bundled images, and BatchNorm calibration of randomly initialised models (REFERENCE.md: without it, activations
-at the attention layers are ~1e-6 and any kernel, even a wrong one, "matches" the reference)."""
+bundled images, BatchNorm calibration of randomly initialised models (REFERENCE.md: without it, activations
+at the attention layers are ~1e-6 and any kernel, even a wrong one, "matches" the reference), and the authors'
+turbo AAttn layout (`TurboAAttn`, `to_turbo`) to build turbo models from the ultralytics configs."""
 
 from __future__ import annotations
 
@@ -72,4 +73,103 @@ def calibrate_bn(model: nn.Module, imgs: torch.Tensor, seed: int = 0, randomize_
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.03  # ultralytics' value (irrelevant in eval mode)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Turbo-variant AAttn (authors' repo, "turbo" generation), written from REFERENCE.md
+# ----------------------------------------------------------------------------------------------------------------
+
+class TurboAAttn(nn.Module):
+    """AAttn with the turbo parameter layout: qk (1x1, C -> 2C; all q in [0, C), all k in [C, 2C)), v (1x1, C -> C),
+    proj (1x1, C -> C), pe (depthwise 5x5, padding 2) over the whole V map. Explicit matmul/softmax in the input
+    dtype, scale applied after the q^T k product as the turbo code does. Also the plain forward of the ultralytics
+    AAttn objects an authors' turbo checkpoint loads into (same attribute names: see `turbo_reference`)."""
+
+    def __init__(self, dim: int, num_heads: int, area: int = 1):
+        super().__init__()
+        from ultralytics.nn.modules.conv import Conv
+
+        self.area = area
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.all_head_dim = self.head_dim * num_heads
+        self.qk = Conv(dim, self.all_head_dim * 2, 1, act=False)
+        self.v = Conv(dim, self.all_head_dim, 1, act=False)
+        self.proj = Conv(self.all_head_dim, dim, 1, act=False)
+        self.pe = Conv(self.all_head_dim, dim, 5, 1, 2, g=dim, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N, A, heads, D = H * W, self.area, self.num_heads, self.head_dim
+        qk = self.qk(x).flatten(2).transpose(1, 2)  # (B, N, 2C)
+        v_map = self.v(x)
+        pp = self.pe(v_map)
+        v = v_map.flatten(2).transpose(1, 2)  # (B, N, C)
+        # areas: contiguous runs of N // A tokens of one image
+        qk = qk.reshape(B * A, N // A, 2 * C)
+        v = v.reshape(B * A, N // A, C)
+        q, k = qk.split([C, C], dim=2)
+        q, k, v = (t.transpose(1, 2).reshape(B * A, heads, D, N // A) for t in (q, k, v))
+        s = (q.transpose(-2, -1) @ k) * (D ** -0.5)  # (B*A, heads, n, n)
+        p = torch.exp(s - s.max(dim=-1, keepdim=True).values)
+        p = p / p.sum(dim=-1, keepdim=True)
+        o = v @ p.transpose(-2, -1)  # (B*A, heads, D, n)
+        o = o.reshape(B, A, C, N // A).transpose(1, 2).reshape(B, C, H, W)
+        return self.proj(o + pp)
+
+
+def _ablock_pairs(model: nn.Module) -> list:
+    """The block pairs (nn.Sequential of ABlocks) of every attention A2C2f (a2=True), model order."""
+    pairs = []
+    for m in model.modules():
+        if type(m).__name__ != "A2C2f" or len(m.m) == 0 or not isinstance(m.m[0], nn.Sequential):
+            continue
+        if all(type(b).__name__ == "ABlock" for b in m.m[0]):
+            pairs.extend(m.m)
+    return pairs
+
+
+def to_turbo(model: nn.Module, scale: str) -> nn.Module:
+    """Rebuild every ABlock of the attention A2C2f layers as turbo (in place): TurboAAttn and the turbo MLP ratio
+    (1.5 instead of 1.2 on l/x), initialised like ultralytics' ABlock (draws from torch's global RNG)."""
+    from ultralytics.nn.modules.block import ABlock
+
+    mlp_ratio = 1.5 if scale in ("l", "x") else 2.0
+    for pair in _ablock_pairs(model):
+        for i, old in enumerate(pair):
+            dim = old.attn.qkv.conv.in_channels
+            blk = ABlock(dim, old.attn.num_heads, mlp_ratio, old.attn.area)
+            blk.attn = TurboAAttn(dim, old.attn.num_heads, old.attn.area)
+            blk.attn.apply(ABlock._init_weights)  # same init as the ultralytics ABlock's convs
+            pair[i] = blk
+    return model
+
+
+def turbo_reference(model: nn.Module) -> nn.Module:
+    """Give the turbo-layout ultralytics AAttn objects of `model` (what an authors' turbo checkpoint loads into;
+    their own forward fails with "'AAttn' object has no attribute 'qkv'") the class TurboAAttn, in place, so the
+    unpatched model runs. Other modules are untouched. Returns the model."""
+    for m in model.modules():
+        if (type(m).__name__ == "AAttn" and not hasattr(m, "qkv") and "qk" in m._modules and "v" in m._modules
+                and not getattr(type(m), "_yf_plain_class", None)):
+            m.__class__ = TurboAAttn
+    return model
+
+
+def calibrated_model(cfg: str = "yolo12n.yaml", variant: str = "ultralytics", imgs: torch.Tensor | None = None,
+                     init_seed: int = 0, calib_seed: int = 0) -> nn.Module:
+    """An ultralytics DetectionModel built from config `cfg` (float32, eval, on CPU) with random weights drawn after
+    torch.manual_seed(init_seed), the turbo layout if variant="turbo", and BatchNorm calibrated on `imgs` (default:
+    the bundled images at 640) by `calibrate_bn(seed=calib_seed)`, so its activations have unit scale."""
+    if variant not in ("ultralytics", "turbo"):
+        raise ValueError(f"variant must be 'ultralytics' or 'turbo', got {variant!r}")
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import guess_model_scale
+
+    torch.manual_seed(init_seed)
+    model = YOLO(cfg).model.float()
+    if variant == "turbo":
+        to_turbo(model, guess_model_scale(cfg))
+    calibrate_bn(model, load_images() if imgs is None else imgs, seed=calib_seed, randomize_gamma=True)
     return model

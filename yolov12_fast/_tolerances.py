@@ -1,0 +1,28 @@
+"""The one tolerance table (the tests' tests/tolerances.py re-exports it; `yolov12-fast verify` applies it).
+
+Principle (flash-attention's tests): a kernel's error against a higher-precision oracle may be at most
+FACTOR[dtype] times the error that the naive PyTorch computation in the same dtype makes against that oracle, plus a
+floor ATOL_FLOOR[dtype] for results where the naive error happens to be ~0. The floors are about two units of
+roundoff of their dtype (fp16 eps 9.8e-4, bf16 eps 7.8e-3) at unit scale. Nothing here is tuned per test.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# max |kernel - oracle| <= FACTOR * max |naive same-dtype - oracle| + ATOL_FLOOR[dtype]
+FACTOR = {
+    torch.float32: 4.0,   # fp32 accumulation both sides; online softmax reorders sums
+    torch.float16: 3.0,   # kernels accumulate in fp32, the naive path rounds P to fp16: kernels are usually better
+    torch.bfloat16: 3.0,
+}
+ATOL_FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+# Whole models / layers in float32 against the same model run by ultralytics in float32: a handful of ulps of
+# unit-scale activations accumulated through tens of layers.
+MODEL_RTOL_FP32 = 1e-3
+
+# Training steps (fp32 CPU, a few optimizer steps through ultralytics' trainer): each parameter tensor's update may
+# differ from the unpatched model's by this fraction of that update's size (kernel rounding, amplified by Adam's
+# normalisation of tiny gradients).
+TRAIN_UPDATE_RTOL = 1e-2

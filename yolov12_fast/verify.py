@@ -1,0 +1,518 @@
+"""`yolov12-fast verify`: check that the patched model computes what ultralytics computes, on your model.
+
+The model (a config name such as `yolo12n.yaml`, with random weights and BatchNorm calibrated on the images so
+that every layer has unit-scale activations, or a checkpoint: ultralytics .pt or the authors' turbo format) is run
+twice on the same weights and images: by ultralytics' own modules (the reference; turbo-layout AAttn objects run
+`yolov12_fast.utils.TurboAAttn`'s plain forward) and patched (`yolov12_fast.patch(backend=...)`). Forward hooks on
+every swapped module (AAttn, ABlock, A2C2f) capture its output in both runs; the report gives each one's max
+absolute and relative error (relative to the reference output's max magnitude), the final output's (boxes and
+class scores apart: their scales differ), and whether the detections after NMS agree.
+
+Tolerance (yolov12_fast/_tolerances.py, the table and the principle the tests use): the same model is also run by
+ultralytics in higher precision (float64 for a float32 check, float32 for float16 / bfloat16: the oracle), and each
+output of the patched model may be at most FACTOR[dtype] times as far from the oracle as ultralytics' own output in
+the checked dtype is (the yardstick), plus a floor ATOL_FLOOR[dtype] (about two units of roundoff of the dtype),
+all relative to the output's max magnitude. A fixed relative bound such as MODEL_RTOL_FP32 (1e-3) is too loose
+for this: an AAttn whose softmax scale is off by 0.1%, or whose output is shifted by 1e-2, stays within 1e-3 of
+ultralytics at its own output (and is then named only by the errors it causes downstream); against the yardstick
+(ultralytics' float32 error is ~1e-5 here) it fails where it happens.
+Detections: per image the same number, each reference box matched by a patched box of the same class with
+IoU >= 0.99; a detection whose score is within the score tolerance of the confidence threshold, or a pair that NMS
+resolved the other way because two overlapping boxes' scores are within tolerance, is counted as borderline, not
+as a disagreement. Random-weight models score low: their confidence threshold is picked per image in a gap of the
+reference scores so that 30 to 100 candidates enter NMS.
+
+The hooked patched run checks the modules; a second, hook-free patched run gives the final output and detections
+(hooks switch A2C2f off its buffer path, which must be checked too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+MATCH_IOU = 0.99
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# report
+
+
+@dataclass
+class Row:
+    """One compared tensor: a swapped module's output or a part of the final output."""
+    name: str
+    kind: str
+    shape: list
+    ref_max: float     # max |ultralytics|
+    abs_err: float     # max |patched - ultralytics|
+    rel_err: float     # abs_err / ref_max
+    oracle_err: float  # max |patched - oracle| / max |oracle|: what the tolerance applies to
+    yardstick: float   # max |ultralytics - oracle| / max |oracle|
+    tol: float         # FACTOR[dtype] * yardstick + ATOL_FLOOR[dtype]
+    passed: bool
+    order: int = -1    # completion order in the forward pass (the first failing module is the culprit)
+
+
+@dataclass
+class ImageDetections:
+    image: str
+    conf: float
+    ref: int
+    patched: int
+    matched: int
+    borderline: int
+    min_iou: Optional[float]
+    max_score_diff: Optional[float]
+    problems: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    variant: str
+    weights: str
+    images: list
+    imgsz: list
+    device: str
+    dtype: str
+    backend: str
+    fused: bool
+    modules: list
+    outputs: list
+    detections: list
+    oracle: str = "float64"
+    notes: list = field(default_factory=list)
+
+    @property
+    def failed_rows(self) -> list:
+        return [r for r in self.modules + self.outputs if not r.passed]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed_rows and all(d.passed for d in self.detections)
+
+    @property
+    def culprit(self) -> Optional[str]:
+        """The first swapped module, in the order they finish in the forward pass, whose output is over tolerance
+        (inner modules finish before the ones that contain them; later layers inherit its error)."""
+        bad = sorted((r for r in self.modules if not r.passed), key=lambda r: r.order)
+        return bad[0].name if bad else None
+
+    def failures(self) -> list[str]:
+        """One line per kind of failure: the swapped modules (naming the first over tolerance), the final output,
+        the detections of each image."""
+        out = []
+        bad = sorted((r for r in self.modules if not r.passed), key=lambda r: r.order)
+        if bad:
+            r = bad[0]
+            out.append(f"{len(bad)} of {len(self.modules)} swapped modules over tolerance; the first in forward order "
+                       f"is {r.name} ({r.kind}): relative error {r.oracle_err:.3g} against the {self.oracle} oracle > "
+                       f"tolerance {r.tol:.3g} (ultralytics' own {self.dtype} error {r.yardstick:.3g})"
+                       + ("; the others inherit its error or have their own" if len(bad) > 1 else ""))
+        bad_out = [r for r in self.outputs if not r.passed]
+        if bad_out:
+            out.append("final output over tolerance: " + ", ".join(
+                f"{r.name} {r.oracle_err:.3g} > {r.tol:.3g}" for r in bad_out))
+        for d in self.detections:
+            if d.problems:
+                out.append(f"detections disagree on {d.image}: {len(d.problems)} without partner, e.g. "
+                           + "; ".join(d.problems[:2]))
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        d["culprit"] = self.culprit
+        d["failures"] = self.failures()
+        for det, dd in zip(self.detections, d["detections"]):
+            dd["passed"] = det.passed
+        return d
+
+    def format(self) -> str:
+        lines = [f"yolov12-fast verify: {self.model} ({self.variant}, {self.weights}) on {len(self.images)} "
+                 f"image(s) at {'x'.join(map(str, self.imgsz))}, {self.device}, {self.dtype}, backend {self.backend}"
+                 f"{', fused' if self.fused else ''}"]
+        hdr = (f"{'module':<20} {'kind':<6} {'shape':<14} {'max|ref|':>8}  {'max|err|':>8} {'rel err':>8}  "
+               f"{'rel err':>9} {'yardstick':>9} {'tol':>8}")
+        rule = "-" * (len(hdr) + 6)
+        group = f"{'':<53}{' vs ultralytics ':-^18}  {' vs the ' + self.oracle + ' oracle ':-^28}"
+        lines += ["", group, hdr, rule]
+
+        def fmt(r: Row) -> str:
+            return (f"{r.name:<20} {r.kind:<6} {'x'.join(map(str, r.shape)):<14} {r.ref_max:>8.3g}  {r.abs_err:>8.2e} "
+                    f"{r.rel_err:>8.2e}  {r.oracle_err:>9.2e} {r.yardstick:>9.2e} {r.tol:>8.2e}"
+                    + ("  ok" if r.passed else "  FAIL"))
+
+        lines += [fmt(r) for r in self.modules] + [rule] + [fmt(r) for r in self.outputs]
+        lines.append(f"errors are max |diff| / max |reference|; yardstick: ultralytics' own {self.dtype} error; "
+                     f"tol = FACTOR x yardstick + floor")
+        lines += ["", f"detections after NMS (match: same class, IoU >= {MATCH_IOU}):"]
+        for d in self.detections:
+            extra = (f", min IoU {d.min_iou:.4f}, max |score diff| {d.max_score_diff:.2e}" if d.min_iou is not None
+                     else "")
+            lines.append(f"  {d.image:<14} conf {d.conf:<9.3g} ultralytics {d.ref:>4}  patched {d.patched:>4}  "
+                         f"matched {d.matched:>4}  borderline {d.borderline}{extra}  {'ok' if d.passed else 'FAIL'}")
+            if d.ref == 0 and d.patched == 0:
+                lines.append("    (no detections at this threshold: the comparison is vacuous; lower --conf)")
+        lines += [f"note: {n}" for n in self.notes]
+        n = len(self.modules)
+        if self.passed:
+            lines += ["", f"PASS: {n} swapped modules, the final output and the detections are within tolerance."]
+        else:
+            lines += [""] + [f"FAIL: {f}" for f in self.failures()]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _parse_imgsz(imgsz) -> tuple[int, int]:
+    if isinstance(imgsz, str):
+        parts = [p for p in imgsz.replace("x", ",").replace(" ", ",").split(",") if p]
+        imgsz = int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    hw = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
+    if hw[0] <= 0 or hw[1] <= 0 or hw[0] % 32 or hw[1] % 32:
+        raise ValueError(f"imgsz must be positive multiples of 32 (the model's stride), got {hw[0]}x{hw[1]}")
+    return hw
+
+
+def _is_config(model: str) -> bool:
+    return str(model).endswith((".yaml", ".yml"))
+
+
+def _load(model, variant: Optional[str], imgs, seed: int):
+    """(float32 CPU nn.Module, variant, weights description, random weights?)."""
+    import torch.nn as nn
+
+    from .patch import _torch_root
+    from .utils import calibrated_model
+
+    if not isinstance(model, (str, os.PathLike)):
+        root = _torch_root(model)
+        if variant is not None:
+            raise ValueError("variant= applies to config names only; a model's layout is read from its modules")
+        return copy.deepcopy(root).float().cpu(), _layout(root), "given model", False
+    name = str(model)
+    if _is_config(name):
+        variant = variant or "ultralytics"
+        return (calibrated_model(name, variant, imgs, init_seed=seed, calib_seed=seed), variant,
+                f"random weights, seed {seed}, BatchNorm calibrated on the images", True)
+    if variant is not None:
+        raise ValueError(f"--variant applies to config names only; the layout of {name} is read from its modules")
+    if not os.path.isfile(name):
+        raise FileNotFoundError(f"no such checkpoint: {name} (a config name ends in .yaml)")
+    from ultralytics import YOLO
+
+    root = YOLO(name).model
+    if not isinstance(root, nn.Module):
+        raise TypeError(f"{name} holds no PyTorch model")
+    return root.float().cpu(), _layout(root), f"checkpoint {os.path.basename(name)}", False
+
+
+def _layout(root) -> str:
+    kinds = {"turbo" if "qk" in m._modules else "ultralytics" for m in root.modules()
+             if "proj" in m._modules and "pe" in m._modules and ("qkv" in m._modules or "qk" in m._modules)}
+    return "+".join(sorted(kinds)) or "none"
+
+
+def _first_tensor(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _run(model, x, names: Optional[list]):
+    """One no-grad forward: (final output, {name: output}, {name: completion index})."""
+    import torch
+
+    got, order, hooks = {}, {}, []
+    mods = dict(model.named_modules())
+    for n in names or []:
+        def hook(mod, inp, out, n=n):
+            got[n] = _first_tensor(out).detach().clone()
+            order.setdefault(n, len(order))
+        hooks.append(mods[n].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = _first_tensor(model(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, got, order
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """The float32 oracle of a float16 / bfloat16 check must not run its convolutions in TF32 (10 mantissa bits,
+    no better than float16); torch lets cuDNN use TF32 by default."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _rel(a, b) -> tuple[float, float, float]:
+    """(max |a - b|, max |b|, max |a - b| / max |b|) in float64."""
+    a, b = a.double(), b.double()
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    scale = b.abs().max().item() if b.numel() else 0.0
+    if not math.isfinite(err):
+        return float("inf"), scale, float("inf")
+    return err, scale, err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))
+
+
+def _compare(name, kind, fast, ref, oracle, order=-1) -> Row:
+    """A Row for one tensor: patched `fast` and ultralytics `ref` in the checked dtype, `oracle` in higher precision."""
+    from ._tolerances import ATOL_FLOOR, FACTOR
+
+    abs_err, ref_max, rel = _rel(fast, ref)
+    _, _, e_fast = _rel(fast, oracle)
+    _, _, e_ref = _rel(ref, oracle)
+    tol = FACTOR[ref.dtype] * e_ref + ATOL_FLOOR[ref.dtype]
+    return Row(name, kind, list(fast.shape), ref_max, abs_err, rel, e_fast, e_ref, tol, e_fast <= tol, order)
+
+
+def _output_rows(fast, ref, oracle) -> list:
+    """Boxes and class scores apart: with random weights their scales differ by five orders of magnitude."""
+    return [_compare(f"output[{part}]", "head", fast[:, sl], ref[:, sl], oracle[:, sl])
+            for part, sl in (("boxes", slice(0, 4)), ("scores", slice(4, None)))]
+
+
+def _auto_conf(scores) -> float:
+    """A threshold in the widest (ratio) gap between the 30th and 100th best anchor scores of one image."""
+    s = scores.double().sort(descending=True).values
+    lo, hi = min(30, len(s) - 1), min(100, len(s) - 1)
+    if hi < 1 or lo >= hi:
+        return 0.0
+    a, b = s[lo - 1:hi], s[lo:hi + 1].clamp_min(1e-30)
+    k = int((a / b).argmax())
+    return math.sqrt(float(a[k]) * float(b[k]))
+
+
+def _nms(pred, conf: float, iou: float):
+    try:
+        from ultralytics.utils.nms import non_max_suppression
+    except ImportError:  # older ultralytics
+        from ultralytics.utils.ops import non_max_suppression
+    return non_max_suppression(pred.float(), conf_thres=conf, iou_thres=iou, max_det=300)[0].cpu().double()
+
+
+def _match(ref, fast, conf: float, iou_nms: float, rtol: float, image: str) -> ImageDetections:
+    """Greedy matching in reference score order: same class and IoU >= MATCH_IOU. Unmatched detections are
+    borderline when their score is within rtol (relative) of the threshold, or when an unmatched pair of the same
+    class overlaps by >= the NMS IoU with scores within rtol (NMS kept the other of two near-equal boxes)."""
+    from torchvision.ops import box_iou
+
+    d = ImageDetections(image, conf, len(ref), len(fast), 0, 0, None, None)
+    free = [True] * len(fast)
+    un_ref, ious, diffs = [], [], []
+    iou_mat = box_iou(ref[:, :4], fast[:, :4]) if len(ref) and len(fast) else None
+    for i in range(len(ref)):
+        best, best_j = -1.0, -1
+        for j in range(len(fast)):
+            if free[j] and fast[j, 5] == ref[i, 5] and iou_mat[i, j] > best:
+                best, best_j = float(iou_mat[i, j]), j
+        if best >= MATCH_IOU:
+            free[best_j] = False
+            d.matched += 1
+            ious.append(best)
+            diffs.append(abs(float(ref[i, 4] - fast[best_j, 4])))
+        else:
+            un_ref.append(i)
+    un_fast = [j for j in range(len(fast)) if free[j]]
+
+    def near(a, b):
+        return abs(a - b) <= rtol * max(abs(a), abs(b))
+
+    for i in list(un_ref):  # NMS near-ties
+        for j in un_fast:
+            if (fast[j, 5] == ref[i, 5] and iou_mat[i, j] >= iou_nms and near(float(ref[i, 4]), float(fast[j, 4]))):
+                un_ref.remove(i)
+                un_fast.remove(j)
+                d.borderline += 2
+                break
+    for which, dets, idx in (("ultralytics", ref, un_ref), ("patched", fast, un_fast)):
+        for i in idx:
+            score = float(dets[i, 4])
+            if near(score, conf):
+                d.borderline += 1
+            else:
+                d.problems.append(f"{which} detection (class {int(dets[i, 5])}, score {score:.4g}, box "
+                                  f"{[round(v, 1) for v in dets[i, :4].tolist()]}) has no partner")
+    if ious:
+        d.min_iou, d.max_score_diff = min(ious), max(diffs)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the check
+
+
+def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[str] = None, dtype="float32",
+           backend: str = "auto", device=None, fuse: bool = True, conf: Optional[float] = None, iou: float = 0.7,
+           seed: int = 0) -> VerifyReport:
+    """Run `model` through ultralytics and through yolov12_fast.patch(backend=backend) on the same weights and
+    images; return a VerifyReport (`.passed`, `.format()`, `.to_dict()`, `.failures()`, `.culprit`).
+
+    model: a config name (`yolo12n.yaml`; random weights, BatchNorm calibrated on the images), a checkpoint path
+        (ultralytics or the authors' turbo format), an nn.Module or an ultralytics YOLO object (copied, not changed).
+    images: image paths (default: ultralytics' bundled bus.jpg and zidane.jpg), letterboxed to imgsz (int, (h, w) or
+        "HxW"), run as one batch.
+    variant: "ultralytics" (default) or "turbo", for config names only (checkpoints carry their layout).
+    dtype: "float32", "float16" or "bfloat16" (both models are cast; the low-precision check also runs ultralytics
+        in float32 as the oracle). device: default cuda if available, else cpu.
+    fuse: model.fuse() first, as ultralytics does for inference. conf / iou: NMS thresholds (conf default: per
+        image, in a gap of the reference scores, for random weights; 0.25 for trained weights, or per image as for
+        random weights where nothing reaches 0.25).
+    """
+    import torch
+
+    import yolov12_fast
+
+    from .nn.modules import FastModule, _check_backend
+    from .ops.area_attention import resolve_backend
+    from .patch import module_kind
+    from .utils import asset_paths, load_images, turbo_reference, ultralytics_offline
+
+    ultralytics_offline()
+    _check_backend(backend)
+    if variant not in (None, "ultralytics", "turbo"):
+        raise ValueError(f"variant must be 'ultralytics' or 'turbo', got {variant!r}")
+    dt_name = DTYPES.get(str(dtype).replace("torch.", ""))
+    if dt_name is None:
+        raise ValueError(f"dtype must be one of {sorted(set(DTYPES.values()))}, got {dtype!r}")
+    dt = getattr(torch, dt_name)
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    hw = _parse_imgsz(imgsz)
+    paths = [str(p) for p in (images or asset_paths())]
+    imgs = load_images(paths, hw)
+
+    base, layout, weights, random_weights = _load(model, variant, imgs, seed)
+    if fuse:
+        base.fuse(verbose=False)
+    base.eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+
+    ref = turbo_reference(yolov12_fast.unpatch(copy.deepcopy(base)))
+    if any(isinstance(m, FastModule) for m in ref.modules()):
+        raise ValueError("the model is built from yolov12_fast.nn modules: there is no ultralytics reference to "
+                         "compare with")
+    fast = yolov12_fast.patch(copy.deepcopy(base), backend=backend)
+    names = [n for n, m in fast.named_modules() if isinstance(m, FastModule)]
+    if not names:
+        raise ValueError(f"{model}: no YOLOv12 attention modules (AAttn / ABlock / A2C2f) to swap")
+    kinds = {n: module_kind(m) for n, m in fast.named_modules() if n in names}
+    ref, fast = ref.to(dev, dt), fast.to(dev, dt)
+    x = imgs.to(dev, dt)
+    resolved = backend
+    if backend == "auto":
+        hd = next((m.head_dim for m in fast.modules() if module_kind(m) == "aattn"), None)
+        resolved = f"auto -> {resolve_backend('auto', dev, dt, hd)}"
+
+    ref_out, ref_layers, order = _run(ref, x, names)
+    _, fast_layers, _ = _run(fast, x, names)
+    fast_out, _, _ = _run(fast, x, None)  # hook-free: A2C2f's buffer path, as in production
+    del fast
+
+    names = [n for n in names if n in ref_layers]  # (a swapped module the forward pass never calls has no row)
+    # the oracle: ultralytics on the same (already rounded) weights in higher precision
+    o_dt = torch.float64 if dt == torch.float32 else torch.float32
+    with _no_tf32():
+        oracle_out, oracle_layers, _ = _run(copy.deepcopy(ref).to(dtype=o_dt), imgs.to(dev, o_dt), names)
+    mod_rows = [_compare(n, kinds[n], fast_layers[n], ref_layers[n], oracle_layers[n], order[n]) for n in names]
+    out_rows = _output_rows(fast_out, ref_out, oracle_out)
+
+    notes = []
+    worst = max(r.yardstick for r in mod_rows + out_rows)
+    if worst > 0.1:
+        notes.append(f"ultralytics' own {dt_name} error reaches {worst:.2g} of the output scale on this model: the "
+                     f"tolerance is that loose too; verify in float32 for a tight check")
+    score_tol = next(r.tol for r in out_rows if r.name == "output[scores]")
+    dets = []
+    for i, p in enumerate(paths):
+        auto = _auto_conf(ref_out[i, 4:].amax(0))
+        c = conf if conf is not None else (auto if random_weights else 0.25)
+        ref_dets = _nms(ref_out[i:i + 1], c, iou)
+        if conf is None and not random_weights and len(ref_dets) == 0:
+            notes.append(f"{os.path.basename(p)}: no detection at conf 0.25; compared at conf {auto:.3g} instead")
+            c, ref_dets = auto, _nms(ref_out[i:i + 1], auto, iou)
+        dets.append(_match(ref_dets, _nms(fast_out[i:i + 1], c, iou), c, iou, score_tol, os.path.basename(p)))
+
+    name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    return VerifyReport(name, layout, weights, paths, list(hw), str(dev) + (f" ({torch.cuda.get_device_name(dev)})"
+                        if dev.type == "cuda" else ""), dt_name, resolved, fuse, mod_rows, out_rows, dets,
+                        str(o_dt).replace("torch.", ""), notes)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def add_parser(sub) -> None:
+    from ._backends import BACKENDS
+
+    p = sub.add_parser("verify", help="compare the patched model with ultralytics, layer by layer; non-zero exit on "
+                                      "a tolerance exceeded or a detection that disagrees",
+                       description="Check that the patched model computes what ultralytics computes, on your model "
+                                   "and images: per swapped module, final output, detections after NMS.")
+    p.add_argument("model", nargs="?", default="yolo12n.yaml",
+                   help="config name (random weights, BatchNorm calibrated on the images) or checkpoint path "
+                        "(ultralytics or turbo .pt); default yolo12n.yaml")
+    p.add_argument("--images", nargs="+", default=None, help="image paths (default: ultralytics' bus.jpg, zidane.jpg)")
+    p.add_argument("--imgsz", default="640", help="640, or HxW such as 480x640 (multiples of 32)")
+    p.add_argument("--variant", choices=("ultralytics", "turbo"), default=None,
+                   help="AAttn layout for a config name (default ultralytics); a checkpoint carries its own")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model and input dtype")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="area-attention backend (default auto)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default cuda if available)")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false", help="do not fuse Conv+BN first")
+    p.add_argument("--conf", type=float, default=None,
+                   help="NMS confidence threshold (default 0.25; per image for random weights)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights of a config name")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    p.add_argument("--json-out", default=None, metavar="FILE", help="also write the report as JSON to FILE")
+    p.set_defaults(fn=run)
+
+
+def run(args) -> int:
+    os.environ.setdefault("YOLO_VERBOSE", "False")  # no ultralytics banners around the report
+    try:
+        report = verify(args.model, args.images, args.imgsz, variant=args.variant, dtype=args.dtype,
+                        backend=args.backend, device=args.device, fuse=args.fuse, conf=args.conf, iou=args.iou,
+                        seed=args.seed)
+    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
+        print(f"yolov12-fast verify: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report.to_dict(), f, indent=1)
+    if not report.passed:
+        what = f"first module over tolerance: {report.culprit}" if report.culprit else report.failures()[0]
+        print(f"yolov12-fast verify: FAILED ({report.model}, {report.device}, {report.dtype}, "
+              f"backend {report.backend}): {what}", file=sys.stderr)
+        return 1
+    return 0

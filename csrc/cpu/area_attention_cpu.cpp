@@ -20,13 +20,16 @@
 // forward's score tile, dS = P (dP - Delta), then dV += P dO^T, dK += dS Q^T (4 keys x 2 vectors of head
 // dims, contraction over the query block) and dQ = dS^T K (the forward's P V tile).
 //
-// SIMD: the compute cores are written once with GCC vector extensions, templated on the vector width, and
-// compiled twice: 8 x fp32 inside functions carrying __attribute__((target("avx2,fma"))) (ymm registers,
-// FMA), chosen at run time when the CPU has AVX2 and FMA, and 4 x fp32 in baseline code (SSE2 on x86-64,
-// NEON on aarch64), whose 16 registers hold the same 4 x 3 tile. One 8-wide build for both would spill the
-// tile out of SSE's 16 xmm registers (measured 25x slower than AVX2). torch's at::vec dispatch needs ATen's
-// per-ISA build machinery, which setuptools extensions lack; building with -mavx2 would crash older CPUs.
-// Only the cores are ISA-specific: packing, dtype conversion and the epilogues are plain baseline code.
+// SIMD (common.h): the compute cores are written once with GCC vector extensions and compiled twice, 8 x fp32
+// for AVX2+FMA and 4 x fp32 as baseline code (SSE2 on x86-64, NEON on aarch64), whose 16 registers hold the
+// same 4 x 3 tile. One 8-wide build for both would spill the tile out of SSE's 16 xmm registers (measured 25x
+// slower than AVX2). Only the cores are ISA-specific: packing, dtype conversion and the epilogues are plain
+// baseline code.
+//
+// Threads: the forward splits the flat list of (sequence, query block) pairs into one contiguous range per
+// thread, so the threads get equal work even where there are fewer sequences than threads (P5: area 1, few
+// heads); a thread packs a sequence's K and V once per range it touches. Every output element is computed by
+// one thread in one order, independent of the thread count (results are bitwise equal across thread counts).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -40,12 +43,11 @@
 #include <tuple>
 #include <vector>
 
+#include "common.h"
+
 namespace yolov12_fast {
 
 namespace cpu_isa {
-// AVX2 + FMA available and not vetoed: YOLOV12_FAST_CPU_CAPABILITY=default forces the baseline builds (like
-// torch's ATEN_CPU_CAPABILITY; the tests use it to check them on AVX2 machines). Read once. Shared with
-// pe_cpu.cpp, which declares it.
 bool use_avx2() {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
   static const bool ok = [] {
@@ -62,37 +64,7 @@ bool use_avx2() {
 
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define Y12_HAVE_AVX2_BUILD 1
-#define Y12_AVX2 __attribute__((target("avx2,fma")))
-#endif
-#define Y12_INLINE inline __attribute__((always_inline))
-
-// ---------------------------------------------------------------------------------------------------------
-// fp32 vectors of W lanes (GCC vector extensions)
-
-// The baseline code passes 32-byte vectors between always_inline helpers; GCC warns that such a call would
-// have a different ABI without AVX, but every helper is inlined, so no such call exists.
-#pragma GCC diagnostic ignored "-Wpsabi"
-typedef float vf8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
-typedef float vf4 __attribute__((vector_size(16)));
-typedef int32_t vi4 __attribute__((vector_size(16)));
-template <class V> struct IntVec;
-template <> struct IntVec<vf8> { using type = vi8; };
-template <> struct IntVec<vf4> { using type = vi4; };
-template <class V> constexpr int kLanes = sizeof(V) / sizeof(float);
-
-template <class V> Y12_INLINE V vload(const float* p) { V r; std::memcpy(&r, p, sizeof r); return r; }
-template <class V> Y12_INLINE void vstore(float* p, V x) { std::memcpy(p, &x, sizeof x); }
-// Broadcast, written as a shuffle of lane 0: inside a target("avx2") function GCC 12 expands `V{x, x, ...}`
-// (or `V{} + x`) into a chain of vinsertps, but this form into one vbroadcastss (from memory when x is loaded).
-template <class V> Y12_INLINE V vset(float x) {
-  const V a = {x};
-  if constexpr (kLanes<V> == 8) return __builtin_shufflevector(a, a, 0, 0, 0, 0, 0, 0, 0, 0);
-  else return __builtin_shufflevector(a, a, 0, 0, 0, 0);
-}
-template <class V> Y12_INLINE V vmax(V a, V b) { return a > b ? a : b; }
+using namespace simd;
 
 // 2^x for x <= 0 (scores minus their running max); |relative error| < 2e-8 on the polynomial. Inputs below
 // -125 are clamped (2^-125 ~ 2e-38 instead of a smaller number or a denormal: invisible next to a sum >= 1).
@@ -139,30 +111,30 @@ struct View {
   const T* at(int64_t b, int64_t h) const { return p + b * sb + h * sh; }
 };
 
-// Key-major panels for the score tile: P[s / 4][d][s % 4], rows s >= n zero. `src` points at token 0 of the area.
-template <typename T>
-void pack_key_panels(const T* src, int64_t sd, int64_t st, int D, int64_t n, int64_t npad, float* dst) {
+// dst[at(d, s)] = src[d, s] as fp32 for the n tokens of an area (`src` points at its token 0), everything else of
+// the npad x D panel buffer zero; reads along the smaller of the two strides.
+template <typename T, typename At>
+Y12_INLINE void pack_panels(const T* src, int64_t sd, int64_t st, int D, int64_t n, int64_t npad, float* dst, At at) {
   std::memset(dst, 0, sizeof(float) * npad * D);
   if (st <= sd) {
     for (int d = 0; d < D; ++d)
-      for (int64_t s = 0; s < n; ++s) dst[(s / MR) * D * MR + d * MR + s % MR] = static_cast<float>(src[d * sd + s * st]);
+      for (int64_t s = 0; s < n; ++s) dst[at(d, s)] = static_cast<float>(src[d * sd + s * st]);
   } else {
     for (int64_t s = 0; s < n; ++s)
-      for (int d = 0; d < D; ++d) dst[(s / MR) * D * MR + d * MR + s % MR] = static_cast<float>(src[d * sd + s * st]);
+      for (int d = 0; d < D; ++d) dst[at(d, s)] = static_cast<float>(src[d * sd + s * st]);
   }
+}
+
+// Key-major panels for the score tile: P[s / 4][d][s % 4], rows s >= n zero.
+template <typename T>
+void pack_key_panels(const T* src, int64_t sd, int64_t st, int D, int64_t n, int64_t npad, float* dst) {
+  pack_panels(src, sd, st, D, n, npad, dst, [D](int d, int64_t s) { return (s / MR) * D * MR + d * MR + s % MR; });
 }
 
 // Row-major panels for the value tile: P[d / 4][s][d % 4] (npad rows per panel, rows s >= n zero).
 template <typename T>
 void pack_row_panels(const T* src, int64_t sd, int64_t st, int D, int64_t n, int64_t npad, float* dst) {
-  std::memset(dst, 0, sizeof(float) * npad * D);
-  if (st <= sd) {
-    for (int d = 0; d < D; ++d)
-      for (int64_t s = 0; s < n; ++s) dst[(d / MR) * npad * MR + s * MR + d % MR] = static_cast<float>(src[d * sd + s * st]);
-  } else {
-    for (int64_t s = 0; s < n; ++s)
-      for (int d = 0; d < D; ++d) dst[(d / MR) * npad * MR + s * MR + d % MR] = static_cast<float>(src[d * sd + s * st]);
-  }
+  pack_panels(src, sd, st, D, n, npad, dst, [npad](int d, int64_t s) { return (d / MR) * npad * MR + s * MR + d % MR; });
 }
 
 // A query block as [d][t] (t < bq, columns t >= valid zero), times `mul`.
@@ -175,28 +147,42 @@ void pack_block_dt(const T* src, int64_t sd, int64_t st, int D, int bq, int vali
   }
 }
 
+// The 4 x 3-vector register tile shared by the score and P V products: c[i][j] += sum_{k < K} a[k][i] * b[k][j]
+// with a [K][MR] (4 broadcasts per step) and b [K][BQ] (3 vectors per step); 12 accumulators, 12 FMAs per 3
+// loads and 4 broadcasts.
+template <class V, class Int>
+Y12_INLINE void mac_tile(V (&c)[MR][3], const float* __restrict a, const float* __restrict b, Int K) {
+  constexpr int W = kLanes<V>, BQ = kBQ<V>;
+#pragma GCC unroll 2
+  for (Int k = 0; k < K; ++k) {
+    const V b0 = vload<V>(b + k * BQ), b1 = vload<V>(b + k * BQ + W), b2 = vload<V>(b + k * BQ + 2 * W);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const V x = vset<V>(a[k * MR + i]);
+      c[i][0] += x * b0;
+      c[i][1] += x * b1;
+      c[i][2] += x * b2;
+    }
+  }
+}
+
+template <class V>
+Y12_INLINE void store_tile(const V (&c)[MR][3], float* __restrict out) {
+  constexpr int W = kLanes<V>, BQ = kBQ<V>;
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+    for (int j = 0; j < 3; ++j) vstore(out + i * BQ + j * W, c[i][j]);
+}
+
 // out[i][t] = sum_d panel[d][i] * blk[d][t] for the 4 keys of one panel: 4 x BQ outputs in 12 registers.
 // With a `colmax`, also colmax[t] = max(colmax[t], out[i][t]) over the first `nvalid` keys (the others pad).
 template <int D, class V>
 Y12_INLINE void tile_panel_x_block(const float* __restrict blk, const float* __restrict panel, float* __restrict out,
                                    V* colmax = nullptr, int nvalid = MR) {
-  constexpr int W = kLanes<V>, BQ = kBQ<V>;
   V c[MR][3] = {};
-#pragma GCC unroll 2
-  for (int d = 0; d < D; ++d) {
-    const V b0 = vload<V>(blk + d * BQ), b1 = vload<V>(blk + d * BQ + W), b2 = vload<V>(blk + d * BQ + 2 * W);
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i) {
-      const V a = vset<V>(panel[d * MR + i]);
-      c[i][0] += a * b0;
-      c[i][1] += a * b1;
-      c[i][2] += a * b2;
-    }
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int j = 0; j < 3; ++j) vstore(out + i * BQ + j * W, c[i][j]);
+  mac_tile<V>(c, panel, blk, D);
+  store_tile<V>(c, out);
   if (colmax != nullptr) {
     if (nvalid == MR) {
 #pragma GCC unroll 3
@@ -217,21 +203,8 @@ Y12_INLINE void tile_rows_x_p(const float* __restrict P, int64_t ns, const float
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 3
     for (int j = 0; j < 3; ++j) c[i][j] = ACCUMULATE ? vload<V>(acc + i * BQ + j * W) : V{};
-#pragma GCC unroll 2
-  for (int64_t s = 0; s < ns; ++s) {
-    const V p0 = vload<V>(P + s * BQ), p1 = vload<V>(P + s * BQ + W), p2 = vload<V>(P + s * BQ + 2 * W);
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i) {
-      const V a = vset<V>(rows[s * MR + i]);
-      c[i][0] += a * p0;
-      c[i][1] += a * p1;
-      c[i][2] += a * p2;
-    }
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int j = 0; j < 3; ++j) vstore(acc + i * BQ + j * W, c[i][j]);
+  mac_tile<V>(c, rows, P, ns);
+  store_tile<V>(c, acc);
 }
 
 // acc[s][d0:d0+2W] += sum_t A[s][t] * Bt[t][d0:d0+2W] for the 4 rows s of A (a [keys][BQ] block), Bt [BQ][D].
@@ -430,21 +403,22 @@ struct FwdArgs {
   T* out = nullptr;      // contiguous (B, H, D, N)
   float* lse = nullptr;  // contiguous (B, H, N)
   int64_t H = 0, D = 0, N = 0, n = 0, area = 0;
+  int64_t nqb = 0;       // query blocks per sequence
   float qscale = 0.f;    // scale * log2(e)
-  int64_t groups = 1;    // work items per (batch, head, area): its query blocks are split into this many groups
   Kernels kern{};
 };
 
-// Work items [begin, end): item = ((b * H + h) * area + a) * groups + g.
+// Query blocks [begin, end) of the flat list: block i is query block i % nqb of sequence (b, h, a) = i / nqb.
+// K and V are packed whenever the range enters a new sequence.
 template <typename T>
-void fwd_items(const FwdArgs<T>& A, int64_t begin, int64_t end) {
+void fwd_blocks(const FwdArgs<T>& A, int64_t begin, int64_t end) {
   const Geometry G(A.n);
   const int D = static_cast<int>(A.D), bq = A.kern.bq;
-  const int64_t n = A.n, nqb = (n + bq - 1) / bq;
+  const int64_t n = A.n;
   std::vector<float> kbuf(G.npad * D), vbuf(G.npad * D), qbuf(D * bq), sbuf(G.kc * bq), obuf(D * bq), lbuf(bq);
   int64_t packed = -1;
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t bha = item / A.groups, g = item % A.groups;
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t bha = i / A.nqb, qb = i % A.nqb;
     const int64_t b = bha / (A.H * A.area), h = bha / A.area % A.H, a = bha % A.area;
     const int64_t tok0 = a * n;  // first token of the area
     if (bha != packed) {
@@ -452,24 +426,22 @@ void fwd_items(const FwdArgs<T>& A, int64_t begin, int64_t end) {
       pack_row_panels(A.v.at(b, h) + tok0 * A.v.st, A.v.sd, A.v.st, D, n, G.npad, vbuf.data());
       packed = bha;
     }
-    for (int64_t qb = g * nqb / A.groups; qb < (g + 1) * nqb / A.groups; ++qb) {
-      const int64_t t0 = tok0 + qb * bq;  // first query token of the block
-      const int valid = static_cast<int>(std::min<int64_t>(bq, tok0 + n - t0));
-      pack_block_dt(A.q.at(b, h) + t0 * A.q.st, A.q.sd, A.q.st, D, bq, valid, A.qscale, qbuf.data());
-      A.kern.fwd(G, kbuf.data(), vbuf.data(), qbuf.data(), sbuf.data(), obuf.data(), lbuf.data());
-      std::copy(lbuf.begin(), lbuf.begin() + valid, A.lse + (b * A.H + h) * A.N + t0);
-      T* out = A.out + (b * A.H + h) * D * A.N + t0;
-      const T* res = A.has_res ? A.res.at(b, h) + t0 * A.res.st : nullptr;
-      for (int d = 0; d < D; ++d) {
-        const float* o = obuf.data() + d * bq;
-        T* dst = out + d * A.N;
-        if (res != nullptr) {
-          const T* r = res + d * A.res.sd;
-          const int64_t rs = A.res.st;
-          for (int t = 0; t < valid; ++t) dst[t] = static_cast<T>(o[t] + static_cast<float>(r[t * rs]));
-        } else {
-          for (int t = 0; t < valid; ++t) dst[t] = static_cast<T>(o[t]);
-        }
+    const int64_t t0 = tok0 + qb * bq;  // first query token of the block
+    const int valid = static_cast<int>(std::min<int64_t>(bq, tok0 + n - t0));
+    pack_block_dt(A.q.at(b, h) + t0 * A.q.st, A.q.sd, A.q.st, D, bq, valid, A.qscale, qbuf.data());
+    A.kern.fwd(G, kbuf.data(), vbuf.data(), qbuf.data(), sbuf.data(), obuf.data(), lbuf.data());
+    std::copy(lbuf.begin(), lbuf.begin() + valid, A.lse + (b * A.H + h) * A.N + t0);
+    T* out = A.out + (b * A.H + h) * D * A.N + t0;
+    const T* res = A.has_res ? A.res.at(b, h) + t0 * A.res.st : nullptr;
+    for (int d = 0; d < D; ++d) {
+      const float* o = obuf.data() + d * bq;
+      T* dst = out + d * A.N;
+      if (res != nullptr) {
+        const T* r = res + d * A.res.sd;
+        const int64_t rs = A.res.st;
+        for (int t = 0; t < valid; ++t) dst[t] = static_cast<T>(o[t] + static_cast<float>(r[t * rs]));
+      } else {
+        for (int t = 0; t < valid; ++t) dst[t] = static_cast<T>(o[t]);
       }
     }
   }
@@ -597,19 +569,17 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cpu(const at::Tensor& q, c
   if (out.numel() == 0) return {out, lse};
   const Kernels kern = kernels_for(D);
   const int64_t n = N / area, nqb = (n + kern.bq - 1) / kern.bq, seqs = B * H * area;
-  // Enough work items for every thread; splitting an area's query blocks costs a repack of its K and V.
-  const int64_t threads = at::get_num_threads();
-  const int64_t groups = std::min(nqb, std::max<int64_t>(1, (4 * threads + seqs - 1) / seqs));
   dispatch_dtype(q.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     FwdArgs<T> A;
     A.q = View<T>(q), A.k = View<T>(k), A.v = View<T>(v);
     if (residual.has_value()) A.res = View<T>(*residual), A.has_res = true;
     A.out = out.data_ptr<T>(), A.lse = lse.data_ptr<float>();
-    A.H = H, A.D = D, A.N = N, A.n = n, A.area = area, A.groups = groups;
+    A.H = H, A.D = D, A.N = N, A.n = n, A.area = area, A.nqb = nqb;
     A.qscale = static_cast<float>(scale) * kLog2e;
     A.kern = kern;
-    at::parallel_for(0, seqs * groups, 1, [&](int64_t b0, int64_t b1) { fwd_items<T>(A, b0, b1); });
+    // one contiguous range of query blocks per thread (at::parallel_for splits [0, total) evenly)
+    at::parallel_for(0, seqs * nqb, 1, [&](int64_t b0, int64_t b1) { fwd_blocks<T>(A, b0, b1); });
   });
   return {out, lse};
 }

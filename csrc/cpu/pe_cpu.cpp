@@ -6,8 +6,8 @@
 // Per (batch, channel) plane: the plane is copied (converted to fp32) into a zero-bordered per-thread buffer,
 // so the border needs no branches, then each tile of 4 rows x 2 vectors keeps 8 vector accumulators in
 // registers over the k*k taps (8 independent FMA chains hide the FMA latency; one load per FMA, from L1).
-// SIMD as in area_attention_cpu.cpp: GCC vector extensions templated on the width, built 8-wide inside a
-// target("avx2,fma") function chosen at run time and 4-wide as baseline code.
+// SIMD (common.h): GCC vector extensions templated on the width, built 8-wide inside a target("avx2,fma")
+// function chosen at run time and 4-wide as baseline code.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -19,32 +19,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "common.h"
+
 namespace yolov12_fast {
-
-namespace cpu_isa {
-bool use_avx2();  // defined in area_attention_cpu.cpp
-}
-
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define Y12_HAVE_AVX2_BUILD 1
-#define Y12_AVX2 __attribute__((target("avx2,fma")))
-#endif
-#define Y12_INLINE inline __attribute__((always_inline))
-
-#pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors only cross always_inline helpers (see area_attention_cpu.cpp)
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf4 __attribute__((vector_size(16)));
-template <class V> constexpr int kLanes = sizeof(V) / sizeof(float);
-template <class V> Y12_INLINE V vload(const float* p) { V r; std::memcpy(&r, p, sizeof r); return r; }
-template <class V> Y12_INLINE void vstore(float* p, V x) { std::memcpy(p, &x, sizeof x); }
-// broadcast (this form becomes one vbroadcastss in a target("avx2") function; see area_attention_cpu.cpp)
-template <class V> Y12_INLINE V vset(float x) {
-  const V a = {x};
-  if constexpr (kLanes<V> == 8) return __builtin_shufflevector(a, a, 0, 0, 0, 0, 0, 0, 0, 0);
-  else return __builtin_shufflevector(a, a, 0, 0, 0, 0);
-}
+using namespace simd;
 
 constexpr int RB = 4;       // output rows per tile
 constexpr int XB_MAX = 16;  // output columns per tile: 2 vectors (of 8 lanes at most)
@@ -134,8 +114,7 @@ void pe_planes(const PeArgs<T>& A, const PlaneGeometry& G, const W* weight, cons
     const T* src = A.v + b * A.v_sb + h * A.v_sh + d * A.v_sd;
     for (int64_t y = 0; y < G.H; ++y) {
       float* row = buf.data() + (y + G.pad) * G.stride + G.pad;
-      const T* s = src + y * G.W * A.v_st;
-      for (int64_t x = 0; x < G.W; ++x) row[x] = static_cast<float>(s[x * A.v_st]);
+      load_row(src + y * G.W * A.v_st, A.v_st, G.W, row);
     }
     for (int64_t i = 0; i < k; ++i)
       for (int64_t j = 0; j < k; ++j) w[i * k + j] = static_cast<float>(weight[c * wstr[0] + i * wstr[2] + j * wstr[3]]);

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import reference
+from .. import _backends, reference
 from .._backends import BACKENDS
 from ..functional import area_attention, mlp_residual, pe_add
 from ..ops.area_attention import DTYPES, HEAD_DIMS
@@ -224,6 +224,23 @@ def _conv_tensors(m: nn.Module) -> list:
                                            else [])
 
 
+def _conv1x1(m: nn.Module, x: Tensor) -> Tensor:
+    """m(x). For a fused ultralytics 1x1 Conv without activation (qkv, proj after model.fuse()) on a contiguous
+    batch-1 CPU input under inference_mode: one addmm (MKL sgemm) instead of the oneDNN convolution, which at batch 1
+    gains nothing from a second thread (yolo12n's P4/P5 qkv and proj at 2 threads: 20-30% slower than the sgemm; at 1
+    thread torch runs an sgemm anyway)."""
+    conv = m._modules.get("conv")
+    if (not _compiling() and torch.is_inference_mode_enabled() and x.device.type == "cpu" and x.dim() == 4
+            and x.shape[0] == 1 and x.is_contiguous() and type(conv) is nn.Conv2d and "bn" not in m._modules
+            and type(m._modules.get("act", nn.Identity())) is nn.Identity and conv.kernel_size == (1, 1)
+            and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is not None
+            and conv.weight.dtype == x.dtype and all(_hookless(c) for c in (m, conv, m._modules.get("act") or m))):
+        C, N = x.shape[1], x.shape[2] * x.shape[3]
+        w = conv.weight.view(conv.out_channels, C)
+        return torch.addmm(conv.bias.view(-1, 1), w, x.view(C, N)).view(1, conv.out_channels, x.shape[2], x.shape[3])
+    return m(x)
+
+
 class AAttn(FastModule):
     """Area attention (REFERENCE.md), fast. Same constructor, attributes and state_dict keys as ultralytics'
     `AAttn(dim, num_heads, area)` (variant="ultralytics": qkv, proj, 7x7 pe) or the authors' turbo AAttn
@@ -271,7 +288,7 @@ class AAttn(FastModule):
         N, nh, hd = H * W, self.num_heads, self.head_dim
         mods = self._modules
         if "qkv" in mods:  # ultralytics / v1.0: head h owns channels [3*hd*h, 3*hd*(h+1)) = its q, k, v
-            qkv = mods["qkv"](x)
+            qkv = _conv1x1(mods["qkv"], x)
             q, k, v = qkv.reshape(B, nh, 3 * hd, N).split(hd, dim=2)
         elif "qk" in mods and "v" in mods:  # turbo: all q in [0, C), all k in [C, 2C); separate v conv
             q, k = mods["qk"](x).reshape(B, 2, nh, hd, N).unbind(1)
@@ -306,6 +323,15 @@ class AAttn(FastModule):
         B, nh, hd, N = v.shape  # training-mode BN or an unusual pe: run the module itself on an NCHW copy
         return self._modules["pe"](v.reshape(B, nh * hd, H, W)).reshape(B, nh, hd, N)
 
+    def _cpu_direct(self, q: Tensor, hd: int) -> bool:
+        """Inference (torch.inference_mode, as ultralytics' predictor runs) on CPU with the C++ kernels: call the
+        compiled `_cxx` ops directly. The Python custom-op layer around them (checks, backend resolution) costs
+        about 0.1 ms per AAttn, a few percent of a batch-1 CPU forward of yolo12n. Not under no_grad alone, so that
+        benchmarks/proxies.py still counts the public ops."""
+        return (not _compiling() and torch.is_inference_mode_enabled() and q.device.type == "cpu"
+                and self.backend in ("auto", "cpp") and q.dtype in DTYPES and hd in HEAD_DIMS and _backends.can_use_cpp()[0]
+                and self._pe_foldable())
+
     # -- forward ----------------------------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
@@ -314,6 +340,11 @@ class AAttn(FastModule):
         B, _, H, W = x.shape
         q, k, v = self._qkv_views(x)
         nh, hd = q.shape[1], q.shape[2]
+        if self._cpu_direct(q, hd):  # the compiled kernels without the custom-op layer (same results)
+            w, b = self._pe_params(q.dtype)
+            p = torch.ops.yolov12_fast.pe_add_cxx(v, w, b, None, H, W)
+            o = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, self.area, hd ** -0.5, p)[0]
+            return _conv1x1(self.proj, o.view(B, nh * hd, H, W))
         p = self._pe(v, H, W)
         if q.dtype in DTYPES and hd in HEAD_DIMS:
             o = area_attention(q, k, v, self.area, scale=hd ** -0.5, residual=p.to(q.dtype), backend=self.backend)

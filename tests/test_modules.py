@@ -32,7 +32,7 @@ from yolov12_fast import reference as R
 from yolov12_fast.patch import module_kind
 
 BACKEND = os.environ.get("YOLOV12_FAST_TEST_BACKEND", "auto")
-SIZES = {"640": 640, "480x640": (480, 640)}
+SIZES = {"640": 640, "480x640": (480, 640), "1280": 1280}  # 1280: 1600 tokens per area
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -128,9 +128,11 @@ def check_outputs(actual: torch.Tensor, expected: torch.Tensor, plain: nn.Module
 
 def _default_run(scale, variant, size, fused):
     """In the default run (about a minute of the 2-core budget): n in both layouts at 640 and the ultralytics layout
-    at 480x640, fused and unfused, and s in the ultralytics layout at 640. The rest (n turbo at 480x640, s turbo,
-    s at 480x640, m, l, x) is marked slow."""
+    at 480x640, fused and unfused, n fused at 1280 (1600 tokens per area), and s in the ultralytics layout at 640.
+    The rest (n turbo at 480x640 and 1280, n unfused at 1280, s turbo, s at 480x640 and 1280, m, l, x) is slow."""
     if scale == "n":
+        if size == "1280":
+            return variant == "ultralytics" and fused
         return variant == "ultralytics" or size == "640"
     return scale == "s" and variant == "ultralytics" and size == "640"
 

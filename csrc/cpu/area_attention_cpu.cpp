@@ -195,15 +195,19 @@ Y12_INLINE void tile_panel_x_block(const float* __restrict blk, const float* __r
 }
 
 // acc[i][t] (+)= sum_{s < ns} rows[s][i] * P[s][t] for 4 rows (head-dim rows of V, or of K in the backward).
+// Blocked summation: the block's sum starts from zero and is added to acc once, so a long reduction (1600 keys
+// at 1280x1280) accumulates rounding like a sum of n / SB block sums, not like one n-term running sum.
 template <bool ACCUMULATE, class V>
 Y12_INLINE void tile_rows_x_p(const float* __restrict P, int64_t ns, const float* __restrict rows, float* __restrict acc) {
   constexpr int W = kLanes<V>, BQ = kBQ<V>;
-  V c[MR][3];
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int j = 0; j < 3; ++j) c[i][j] = ACCUMULATE ? vload<V>(acc + i * BQ + j * W) : V{};
+  V c[MR][3] = {};
   mac_tile<V>(c, rows, P, ns);
+  if (ACCUMULATE) {
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j) c[i][j] += vload<V>(acc + i * BQ + j * W);
+  }
   store_tile<V>(c, acc);
 }
 
@@ -275,13 +279,17 @@ Y12_INLINE void fwd_block(const Geometry& G, const float* Kp, const float* Vp, c
       for (int d = 0; d < D; ++d)
         for (int j = 0; j < 3; ++j) vstore(O + d * BQ + j * W, vload<V>(O + d * BQ + j * W) * alpha[j]);
     }
-    // P = 2^(S - m), column sums
-    for (int64_t s = 0; s < ns; ++s)
-      for (int j = 0; j < 3; ++j) {
-        const V p = vexp2(vload<V>(St + s * BQ + j * W) - m[j]);
-        l[j] += p;
-        vstore(St + s * BQ + j * W, p);
-      }
+    // P = 2^(S - m), column sums (blocked like the P V product: SB-key partial sums, then into l)
+    for (int64_t sb = 0; sb < ns; sb += SB) {
+      V part[3] = {};
+      for (int64_t s = sb; s < std::min<int64_t>(sb + SB, ns); ++s)
+        for (int j = 0; j < 3; ++j) {
+          const V p = vexp2(vload<V>(St + s * BQ + j * W) - m[j]);
+          part[j] += p;
+          vstore(St + s * BQ + j * W, p);
+        }
+      for (int j = 0; j < 3; ++j) l[j] += part[j];
+    }
     // O += V P^T, 4 head-dim rows at a time, SB keys at a time (so that those rows of P stay in L1 while
     // every head-dim tile reads them)
     for (int64_t sb = 0; sb < ns; sb += SB) {

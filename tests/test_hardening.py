@@ -439,12 +439,9 @@ def test_export_patched_a2c2f_dynamic_batch(backend, tmp_path):
             torch.testing.assert_close(progs["decomposed"].module()(xb), exported)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "non-strict torch.export hands modules to forward() as AttrProxy subclasses, so AAttn._pe_foldable's "
-    "`type(conv) is nn.Conv2d` / `type(bn) is nn.BatchNorm2d` checks fail and the exported graph runs the pe "
-    "Conv + BatchNorm module on an NCHW copy of V instead of the fused pe_add op (correct, but unfused); "
-    "fix in yolov12_fast/nn/modules.py, then drop this xfail"))
 def test_export_keeps_the_fused_pe_add():
+    """Non-strict torch.export hands modules to forward() as AttrProxy subclasses; the fast modules' exact-type
+    checks see through them, so the exported graph keeps the fused ops (not the pe Conv + BatchNorm fallback)."""
     import copy
 
     m = yolov12_fast.patch(copy.deepcopy(_unit_scale_a2c2f()), backend="auto").to(DEV)

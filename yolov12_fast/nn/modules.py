@@ -188,23 +188,41 @@ def _fold_bn(w: Tensor, b: Optional[Tensor], bn: nn.BatchNorm2d) -> tuple[Tensor
     return w * s.view(-1, 1, 1, 1), bias
 
 
+def _cls(m) -> type:
+    """m's class, seen through the wrappers torch.export's non-strict tracer hands to forward(): an `AttrProxy`
+    is a dynamic subclass of (AttrProxy, the module's class) sharing the module's __dict__. Exact-type checks (a
+    plain nn.Conv2d, not a subclass with another forward) must look at the wrapped class."""
+    cls = type(m)
+    if len(cls.__bases__) == 2 and _is_attr_proxy_class(cls.__bases__[0]):
+        return cls.__bases__[1]
+    return cls
+
+
+def _is_attr_proxy_class(c: type) -> bool:
+    try:
+        from torch.fx.experimental.proxy_tensor import _AttrProxy
+    except ImportError:  # an older/newer torch without it: nothing to see through
+        return False
+    return issubclass(c, _AttrProxy)
+
+
 def _foldable_conv(m: nn.Module, act: type) -> bool:
     """m is an ultralytics Conv whose BatchNorm can be folded: an nn.Conv2d with square kernel, stride 1, no
     dilation, 'same' zero padding, activation of exactly type `act` (nn.Identity also when absent), and either no
     bn (fused) or an eval-mode BatchNorm2d with running statistics."""
     conv = getattr(m, "conv", None)
-    if type(conv) is not nn.Conv2d:
+    if _cls(conv) is not nn.Conv2d:
         return False
     k = conv.kernel_size[0]
     if (conv.kernel_size != (k, k) or conv.stride != (1, 1) or conv.dilation != (1, 1)
             or conv.padding != (k // 2, k // 2) or conv.padding_mode != "zeros"):
         return False
-    if type(getattr(m, "act", nn.Identity())) is not act:
+    if _cls(getattr(m, "act", nn.Identity())) is not act:
         return False
     bn = m._modules.get("bn")
     if bn is None:
         return True
-    return type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None \
+    return _cls(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None \
         and bn.running_mean is not None
 
 

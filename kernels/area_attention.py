@@ -247,8 +247,8 @@ def area_attention_bwd_dkdv_kernel(
         qt = _load_d_by_tokens(q_base, offs_m, offs_d, s_qn, s_qd, mask_m)  # [HEAD_DIM, BLOCK_M]
         lse2 = tl.load(Lse + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634  # log2(e)
         st = tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], base 2
-        pt = tl.math.exp2(st - lse2[None, :])
-        pt = tl.where(mask_m[None, :], pt, 0.0)
+        # padding keys (past the area's end) and padding queries get P = 2^-inf = 0: no overflow of 2^(0 - lse)
+        pt = tl.math.exp2(tl.where(mask_n[:, None] & mask_m[None, :], st - lse2[None, :], float("-inf")))
         do = _load_tokens_by_d(do_base, offs_m, offs_d, s_don, s_dod, mask_m)  # [BLOCK_M, HEAD_DIM]
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
@@ -296,8 +296,7 @@ def area_attention_bwd_dq_kernel(
         kt = _load_d_by_tokens(k_base, offs_n, offs_d, s_kn, s_kd, mask_n)
         vt = _load_d_by_tokens(v_base, offs_n, offs_d, s_vn, s_vd, mask_n)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-        p = tl.math.exp2(s - lse2[:, None])
-        p = tl.where(mask_n[None, :], p, 0.0)
+        p = tl.math.exp2(tl.where(mask_n[None, :], s - lse2[:, None], float("-inf")))  # padding keys: P = 0
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)

@@ -3,7 +3,8 @@
 Each block is taken from a BN-calibrated, fused model (as ultralytics runs inference) at both attention layers
 (P4: layer 6, area 4; P5: layer 8, area 1) with its real input shape at 640x640; inputs are fresh unit-scale random
 tensors of that shape. Providers: `ultralytics` (a copy of the module as is), `patched` (yolov12_fast.patch on a copy,
-backend auto), and on GPU `patched-cuda` (backend "cuda", the CUDA C++ forward). fp16 on GPU (batch 1, 8, 32,
+backend auto), and on GPU `patched-cuda` (backend "cuda", the CUDA C++ forward) and `patched-triton` (backend
+"triton": Triton attention and PE, and ABlock's MLP as the fused mlp_residual kernel). fp16 on GPU (batch 1, 8, 32,
 do_bench: eager modules as users run them, launch overhead included), fp32 on CPU (batch 1, interleaved rounds, at
 each pinned thread count). `rel_err` = max |patched - ultralytics| / max |ultralytics| in the same dtype.
 """
@@ -31,6 +32,8 @@ def _providers(ctx: Context) -> dict:
     if ctx.device.type == "cuda":
         ok, why = _backends.can_use_cuda_ext(ctx.device)
         prov["patched-cuda"] = ("cuda", "" if ok else why)
+        ok, why = _backends.can_use_triton(ctx.device)
+        prov["patched-triton"] = ("triton", "" if ok else why)
     return prov
 
 

@@ -547,3 +547,39 @@ def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend):
     assert len(graphs) == 1, f"{len(graphs)} graphs for 3 batch sizes"
     ops = {str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"}
     assert any("yolov12_fast" in o for o in ops), f"no yolov12_fast op in the graph: {sorted(ops)[:20]}"
+
+
+def test_cpu_inference_mode_fast_path():
+    """Under torch.inference_mode (ultralytics' predictor) a batch-1 CPU forward of a fused model takes the direct
+    path: the compiled kernels without the custom-op layer, and the 1x1 qkv / proj convs as addmm. Same
+    numerics as ultralytics (layer outputs and final output)."""
+    if not yf.can_use_cpp()[0] or BACKEND not in ("auto", "cpp"):
+        pytest.skip("the direct path is the C++ CPU backend's")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    plain = U.build_model("n", "ultralytics", 640, True)
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    imgs = U.images(640)[:1]
+    names = _checked_modules(plain)
+    with torch.inference_mode():
+        expected, io = run_with_io(plain, imgs, names)
+        ops = Ops()
+        with ops:
+            actual = fast(imgs)[0]
+    assert "yolov12_fast.area_attention_fwd_cxx.default" in ops.seen and "aten.addmm.default" in ops.seen
+    assert "yolov12_fast.area_attention_fwd.default" not in ops.seen
+    for n in names:
+        inp, out = (t.clone() for t in io[n])  # out of inference mode
+        with torch.inference_mode():
+            got = fast.get_submodule(n)(inp)
+        assert_close_to_oracle(got.clone(), out, _oracle(plain.get_submodule(n), inp), f"inference_mode {n}")
+    check_outputs(actual.clone(), expected.clone(), plain, imgs, "inference_mode output")

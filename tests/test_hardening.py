@@ -606,10 +606,19 @@ def test_endurance_no_memory_growth_10k(kind, backend):
 
 
 def test_endurance_check_catches_a_leak():
-    """Check the check: keeping every 256 KB output alive for 200 calls is caught, both ways."""
+    """Check the check: a leak is caught both ways. Every call keeps a small tensor alive (the live-tensor count),
+    and every 50th call a 64 MB one: blocks above glibc's largest mmap threshold (32 MB) always come from fresh
+    pages, so the resident growth cannot hide in memory freed by earlier tests (256 KB leaks could: the CI run once
+    measured 15.9 MB for 51 MB kept)."""
     kept = []
-    growth, tensors = _endurance(lambda i: kept.append(torch.randn(256, 256)), 200)
-    assert tensors >= 200 and growth >= RSS_BOUND
+
+    def leak(i):
+        kept.append(torch.randn(16))
+        if i % 50 == 0:
+            kept.append(torch.randn(16 * 2**20))  # 64 MB, written (resident)
+
+    growth, tensors = _endurance(leak, 200)
+    assert tensors >= 200 and growth >= RSS_BOUND, (tensors, growth)
 
 
 def _python_fn(kernel):

@@ -41,28 +41,42 @@ import torch.nn.functional as F
 # attention baselines
 
 
-def ultralytics_eager(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
-    """ultralytics AAttn.forward from `self.qkv(x)` to the input of `self.proj` (the pe Conv fused: conv + bias)."""
-    B, _, H, W = qkv.shape
+def _area_tokens(qkv, area: int):
+    """ultralytics' AAttn prologue: the (B, 3C, H, W) conv output as tokens (B*area, N/area, 3C); returns it with
+    the new batch and token counts."""
+    B, C3, H, W = qkv.shape
     N = H * W
-    C = heads * head_dim
     qkv = qkv.flatten(2).transpose(1, 2)
     if area > 1:
-        qkv = qkv.reshape(B * area, N // area, C * 3)
+        qkv = qkv.reshape(B * area, N // area, C3)
         B, N, _ = qkv.shape
+    return qkv, B, N
+
+
+def _maps_plus_pe(x, v, area: int, H: int, W: int, pe_w, pe_b, contiguous: bool = True):
+    """ultralytics' AAttn epilogue: x and v as (B*area, n, heads, D) tokens back to (B, C, H, W) maps (NCHW copies
+    unless contiguous=False, the authors' flash path), then x + pe(v) with the fused pe conv."""
+    B = x.shape[0] // area
+    C = x.shape[2] * x.shape[3]
+    if area > 1:
+        x = x.reshape(B, H * W, C)
+        v = v.reshape(B, H * W, C)
+    x = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+    v = v.reshape(B, H, W, C).permute(0, 3, 1, 2)
+    if contiguous:
+        x, v = x.contiguous(), v.contiguous()
+    return x + F.conv2d(v, pe_w, pe_b, padding=pe_w.shape[-1] // 2, groups=C)
+
+
+def ultralytics_eager(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
+    """ultralytics AAttn.forward from `self.qkv(x)` to the input of `self.proj` (the pe Conv fused: conv + bias)."""
+    H, W = qkv.shape[2:]
+    qkv, B, N = _area_tokens(qkv, area)
     q, k, v = qkv.view(B, N, heads, head_dim * 3).permute(0, 2, 3, 1).split([head_dim, head_dim, head_dim], dim=2)
     attn = (q * (head_dim ** -0.5)).transpose(-2, -1) @ k
     attn = attn.softmax(dim=-1)
     x = v @ attn.transpose(-2, -1)
-    x = x.permute(0, 3, 1, 2)
-    v = v.permute(0, 3, 1, 2)
-    if area > 1:
-        x = x.reshape(B // area, N * area, C)
-        v = v.reshape(B // area, N * area, C)
-        B, N, _ = x.shape
-    x = x.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
-    v = v.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
-    return x + F.conv2d(v, pe_w, pe_b, padding=pe_w.shape[-1] // 2, groups=C)
+    return _maps_plus_pe(x.permute(0, 3, 1, 2), v.permute(0, 3, 1, 2), area, H, W, pe_w, pe_b)
 
 
 def _have_flash_attn() -> bool:
@@ -98,49 +112,24 @@ def _flash_core(q, k, v):
 
 def authors_flash(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
     """The authors' (v1.0) CUDA path: flash attention on .contiguous().half() copies, then the same layout steps."""
-    B, _, H, W = qkv.shape
-    N = H * W
-    C = heads * head_dim
-    qkv = qkv.flatten(2).transpose(1, 2)
-    if area > 1:
-        qkv = qkv.reshape(B * area, N // area, C * 3)
-        B, N, _ = qkv.shape
+    H, W = qkv.shape[2:]
+    qkv, B, N = _area_tokens(qkv, area)
     q, k, v = qkv.view(B, N, heads, head_dim * 3).split([head_dim, head_dim, head_dim], dim=3)
     x = _flash_core(q.contiguous().half(), k.contiguous().half(), v.contiguous().half()).to(q.dtype)
-    if area > 1:
-        x = x.reshape(B // area, N * area, C)
-        v = v.reshape(B // area, N * area, C)
-        B, N, _ = x.shape
-    x = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
-    v = v.reshape(B, H, W, C).permute(0, 3, 1, 2)
-    return x + F.conv2d(v, pe_w, pe_b, padding=pe_w.shape[-1] // 2, groups=C)
+    return _maps_plus_pe(x, v, area, H, W, pe_w, pe_b, contiguous=False)
 
 
 def _sdpa_qkv(qkv, area: int, heads: int, head_dim: int):
-    B, _, H, W = qkv.shape
-    N = H * W
-    qkv = qkv.flatten(2).transpose(1, 2)
-    if area > 1:
-        qkv = qkv.reshape(B * area, N // area, heads * head_dim * 3)
-        B, N, _ = qkv.shape
+    qkv, B, N = _area_tokens(qkv, area)
     return qkv.view(B, N, heads, head_dim * 3).permute(0, 2, 1, 3).split([head_dim, head_dim, head_dim], dim=3)
 
 
 def sdpa(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
     """ultralytics' layout steps with F.scaled_dot_product_attention (its own backend choice) for the math."""
-    B, _, H, W = qkv.shape
-    N = H * W
-    C = heads * head_dim
+    H, W = qkv.shape[2:]
     q, k, v = _sdpa_qkv(qkv, area, heads, head_dim)  # (B*area, heads, n, D) views
     x = F.scaled_dot_product_attention(q, k, v)
-    x = x.permute(0, 2, 1, 3)
-    v = v.permute(0, 2, 1, 3)
-    if area > 1:
-        x = x.reshape(B, N, C)
-        v = v.reshape(B, N, C)
-    x = x.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
-    v = v.reshape(B, H, W, C).permute(0, 3, 1, 2).contiguous()
-    return x + F.conv2d(v, pe_w, pe_b, padding=pe_w.shape[-1] // 2, groups=C)
+    return _maps_plus_pe(x.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3), area, H, W, pe_w, pe_b)
 
 
 def sdpa_backend(qkv, area: int, heads: int, head_dim: int) -> str:

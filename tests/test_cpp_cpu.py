@@ -76,15 +76,21 @@ CASE_IDS = [f"{c[0]}-B{c[1]}h{c[2]}d{c[3]}-{c[4]}x{c[5]}-a{c[6]}" for c in CASES
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+def _forward(case, dtype, residual):
+    """Fresh inputs for `case` and the C++ forward on them: (q, k, v, residual, scale, out, lse)."""
+    layout, B, heads, D, H, W, area = case
+    q, k, v = make_qkv(layout, B, heads, D, H, W, dtype)
+    res = make_residual(B, heads, D, H, W, dtype) if residual else None
+    scale = D ** -0.5
+    return (q, k, v, res, scale, *ops.area_attention_fwd_cxx(q, k, v, area, scale, res))
+
+
 @pytest.mark.parametrize("residual", [False, True], ids=["nores", "res"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_forward_and_lse(case, dtype, residual):
     layout, B, heads, D, H, W, area = case
-    q, k, v = make_qkv(layout, B, heads, D, H, W, dtype)
-    res = make_residual(B, heads, D, H, W, dtype) if residual else None
-    scale = D ** -0.5
-    out, lse = ops.area_attention_fwd_cxx(q, k, v, area, scale, res)
+    q, k, v, res, scale, out, lse = _forward(case, dtype, residual)
     assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
     assert lse.shape == (B, heads, H * W) and lse.dtype == torch.float32 and lse.is_contiguous()
     o64, lse64 = reference.area_attention_lse(f64(q), f64(k), f64(v), area, scale, f64(res))
@@ -100,10 +106,7 @@ def test_forward_and_lse(case, dtype, residual):
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_backward(case, dtype, residual):
     layout, B, heads, D, H, W, area = case
-    q, k, v = make_qkv(layout, B, heads, D, H, W, dtype)
-    res = make_residual(B, heads, D, H, W, dtype) if residual else None
-    scale = D ** -0.5
-    out, lse = ops.area_attention_fwd_cxx(q, k, v, area, scale, res)
+    q, k, v, res, scale, out, lse = _forward(case, dtype, residual)
     dout = torch.randn(B, heads * D, H, W, dtype=dtype).to(memory_format=torch.channels_last).view(q.shape)
     grads = ops.area_attention_bwd_cxx(dout, q, k, v, out, res, lse, area, scale)
     oracle = reference.area_attention_backward(f64(dout), f64(q), f64(k), f64(v), area, scale)

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import yolov12_fast
+from yolov12_fast.utils import num_threads
 from yolov12_fast import _backends, reference
 from tolerances import ATOL_FLOOR, assert_close_to_oracle
 
@@ -108,16 +109,10 @@ def qkv_views(layout, srcs, B, heads, D, H, W):
     return s.view(B, heads, 3 * D, N).split(D, dim=2)
 
 
-@contextlib.contextmanager
 def _one_thread():
     """For the oracle / yardstick math (ATen, tiny shapes): threads only add contention there. The kernels under
     test run with the default thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return num_threads(1)
 
 
 def _divisors(n):
@@ -584,12 +579,8 @@ SLOW_CALLS = {"fwd": 10_000, "pe": 10_000, "fwd_bwd": 10_000, "pe_bwd": 3_000}
 def _run_endurance(kind, backend, calls):
     if backend == "cpp" and not CPP:
         pytest.skip("the C++ CPU kernels are not built here")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny shapes: threads only add contention
-    try:
+    with num_threads(1):  # tiny shapes: threads only add contention
         growth, tensors = _endurance(_endurance_steps()[kind](backend), calls)
-    finally:
-        torch.set_num_threads(threads)
     assert tensors <= 0, f"{kind} {backend}: {tensors} more live tensors after {calls} calls"
     assert growth < RSS_BOUND, f"{kind} {backend}: RSS grew {growth / 2**20:.1f} MB over {calls} calls"
 

@@ -273,6 +273,19 @@ def _load_plain(tmp_path, **paths) -> dict:
     return json.loads(line[len("REPORT"):])
 
 
+def _assert_safe_load_is_plain(ckpt, cwd):
+    """In a fresh process that never imports yolov12_fast, ultralytics with ULTRALYTICS_SAFE_LOAD (weights_only +
+    allow-list) loads `ckpt` into its own classes."""
+    code = ("import os, sys; os.environ['ULTRALYTICS_SAFE_LOAD'] = '1'\n"
+            "from ultralytics import YOLO\n"
+            f"y = YOLO({str(ckpt)!r}); print(type(y.model.model[6]).__module__)\n"
+            "print(any(k.split('.')[0] == 'yolov12_fast' for k in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                       env={**os.environ, "PYTHONPATH": ""}, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.split() == ["ultralytics.nn.modules.block", "False"]
+
+
 def test_checkpoints_load_with_plain_ultralytics(tmp_path):
     """YOLO.save() of the drop-in, and torch.save() of a patched module, load in a process that never imports
     yolov12_fast (also under ULTRALYTICS_SAFE_LOAD for the YOLO checkpoint), as ultralytics classes with the
@@ -296,14 +309,7 @@ def test_checkpoints_load_with_plain_ultralytics(tmp_path):
     assert rep["yolo_classes"] == want and rep["raw_classes"] == want
     torch.testing.assert_close(torch.load(tmp_path / "raw_out.pt"), _forward(raw, x), rtol=1e-3, atol=1e-3)
     # ULTRALYTICS_SAFE_LOAD (weights_only=True + allow-list) for the checkpoint YOLO.save wrote
-    code = ("import os, sys; os.environ['ULTRALYTICS_SAFE_LOAD']='1'\n"
-            "from ultralytics import YOLO\n"
-            f"y = YOLO({str(tmp_path / 'saved.pt')!r}); print(type(y.model.model[6]).__module__)\n"
-            "print(any(k.split('.')[0] == 'yolov12_fast' for k in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                       env={**os.environ, "PYTHONPATH": ""}, timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stdout.split() == ["ultralytics.nn.modules.block", "False"]
+    _assert_safe_load_is_plain(tmp_path / "saved.pt", tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -370,15 +376,7 @@ def test_training_runs_patched_and_checkpoints_stay_plain(tmp_path, monkeypatch)
             project=str(tmp_path / "runs"), name="t", exist_ok=True, verbose=False)
     assert seen == {"model": True, "ema": True, "training": True}
     assert isinstance(y.model.model[6], yf.nn.FastModule)  # the reloaded best checkpoint was patched again
-    last = tmp_path / "runs" / "t" / "weights" / "last.pt"
-    code = ("import os, sys; os.environ['ULTRALYTICS_SAFE_LOAD'] = '1'\n"
-            "from ultralytics import YOLO\n"
-            f"y = YOLO({str(last)!r}); print(type(y.model.model[6]).__module__)\n"
-            "print(any(k.split('.')[0] == 'yolov12_fast' for k in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                       env={**os.environ, "PYTHONPATH": ""}, timeout=300)
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stdout.split() == ["ultralytics.nn.modules.block", "False"]
+    _assert_safe_load_is_plain(tmp_path / "runs" / "t" / "weights" / "last.pt", tmp_path)
 
 
 def test_training_losses_and_updates_match_the_unpatched_model(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ import torch
 
 import ultra_utils as U
 from yolov12_fast import reference as R
+from yolov12_fast.utils import num_threads
 
 RTOL = 1e-10  # see the module docstring
 
@@ -93,12 +94,8 @@ def _single_thread():
     float64 depthwise convs run one tiny GEMM per channel inside an OpenMP region, and with 2 threads on a busy
     machine they spin ~20x longer (1.1 s vs 0.05 s CPU for a 2x384x30x40 7x7 conv); the whole file took 13 min wall
     (6.7 min CPU) with 2 threads and 5.5 min (3 min CPU) with one under the same load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with num_threads(1):
         yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @torch.no_grad()

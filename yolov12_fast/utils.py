@@ -5,6 +5,8 @@ turbo AAttn layout (`TurboAAttn`, `to_turbo`) to build turbo models from the ult
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import tempfile
@@ -173,3 +175,14 @@ def calibrated_model(cfg: str = "yolo12n.yaml", variant: str = "ultralytics", im
         to_turbo(model, guess_model_scale(cfg))
     calibrate_bn(model, load_images() if imgs is None else imgs, seed=calib_seed, randomize_gamma=True)
     return model
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """torch's intra-op thread count set to `n` inside the block, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

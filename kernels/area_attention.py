@@ -378,7 +378,28 @@ def area_attention_bwd(dout, q, k, v, out, residual, lse, area: int, scale: floa
 # The specialisation mirrors the common launch: 16-byte aligned pointers, token stride 1 (NCHW conv outputs),
 # other strides divisible by 16.
 
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def aot_signature(fn, const: dict, dtype: torch.dtype, ints=("N",), fp32_ptrs=(), fp32_scalars=()):
+    """(signature, attrs) for triton.compile of `fn` as the launchers specialise it: names in `const` are constexprs;
+    other capitalised names are pointers to `dtype` (fp32 for `fp32_ptrs`) except the integer `ints`; lower-case
+    names are i32 (fp32 for `fp32_scalars`). Pointers, strides (s_*) and N get Triton's divisible-by-16 hint, which
+    the NCHW YOLO shapes (channels and token counts multiples of 16) give every launch there."""
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in const:
+            sig[name] = "constexpr"
+            continue
+        if name in fp32_ptrs:
+            sig[name] = "*fp32"
+        elif name[0].isupper() and name not in ints:
+            sig[name] = "*" + TRITON_DTYPE[dtype]
+        else:
+            sig[name] = "fp32" if name in fp32_scalars else "i32"
+        if sig[name].startswith("*") or name.startswith("s_") or name == "N":
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
 
 
 def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32), head_dims=HEAD_DIMS):
@@ -405,27 +426,14 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
                         const = {"HEAD_DIM": d, **extra, **cfg.kwargs}
                         if prec is not None:
                             const["DOT_PRECISION"] = prec
-                        sig, attrs = {}, {}
-                        for i, name in enumerate(fn.arg_names):
-                            if name in const:
-                                sig[name] = "constexpr"
-                            elif name in ("Lse", "Delta"):
-                                sig[name] = "*fp32"
-                            elif name[0].isupper() and name != "N":
-                                sig[name] = "*" + _TRITON_DTYPE[dtype]
-                            elif name in ("qk_scale", "sm_scale"):
-                                sig[name] = "fp32"
-                            elif name.startswith("s_") and name.endswith("n"):
-                                sig[name], const[name] = "constexpr", 1  # token stride 1: specialised like a launch
-                                continue
-                            else:
-                                sig[name] = "i32"
-                            if sig[name].startswith("*") or (name.startswith("s_") or name == "N"):
-                                attrs[(i,)] = [["tt.divisibility", 16]]
+                        # token stride 1: specialised like a launch
+                        const.update({a: 1 for a in fn.arg_names if a.startswith("s_") and a.endswith("n")})
+                        sig, attrs = aot_signature(fn, const, dtype, ints=("N",), fp32_ptrs=("Lse", "Delta"),
+                                                   fp32_scalars=("qk_scale", "sm_scale"))
                         tag = "/".join(f"{k}={v}" for k, v in cfg.kwargs.items())
                         yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=cfg.num_warps,
                                    num_stages=cfg.num_stages, dtype=str(dtype).replace("torch.", ""),
-                                   name=f"{fn.__name__}[{_TRITON_DTYPE[dtype]}{'' if prec in (None, 'tf32') or dtype != torch.float32 else '-ieee'}"
+                                   name=f"{fn.__name__}[{TRITON_DTYPE[dtype]}{'' if prec in (None, 'tf32') or dtype != torch.float32 else '-ieee'}"
                                         f"{'-tf32' if prec == 'tf32' and dtype == torch.float32 else ''},d{d},{tag},"
                                         f"w{cfg.num_warps}s{cfg.num_stages}]",
                                    tensor_cores_expected=not fma)

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .area_attention import TRITON_DTYPE, aot_signature
+
 
 @triton.jit
 def pe_add_kernel(
@@ -69,7 +71,6 @@ def pe_add(v, weight, bias, x, H: int, W: int):
     return out
 
 
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
 def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32), head_dims=(16, 32, 64, 128)):
@@ -82,14 +83,7 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
                 block_t = 64 if d <= 32 else 32
                 const = {"HEAD_DIM": d, "KSIZE": k, "HAS_BIAS": True, "HAS_X": True, "BLOCK_T": block_t,
                          "s_vn": 1, "s_xn": 1}
-                sig, attrs = {}, {}
-                for i, name in enumerate(fn.arg_names):
-                    if name in const:
-                        sig[name] = "constexpr"
-                        continue
-                    sig[name] = ("*" + _TRITON_DTYPE[dtype]) if name in ("V", "Wt", "Bias", "X", "Out") else "i32"
-                    if sig[name].startswith("*") or name.startswith("s_") or name == "N":
-                        attrs[(i,)] = [["tt.divisibility", 16]]
+                sig, attrs = aot_signature(fn, const, dtype, ints=("H", "W", "N"))
                 yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=4, num_stages=1,
                            dtype=str(dtype).replace("torch.", ""), tensor_cores_expected=False,
-                           name=f"pe_add_kernel[{_TRITON_DTYPE[dtype]},d{d},k{k},BLOCK_T={block_t},w4s1]")
+                           name=f"pe_add_kernel[{TRITON_DTYPE[dtype]},d{d},k{k},BLOCK_T={block_t},w4s1]")

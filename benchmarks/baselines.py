@@ -179,22 +179,10 @@ def cpp_direct(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
 
 
 def resolved_backends(backend: str, device: torch.device) -> str:
-    """'attention=<b>, pe=<b>, mlp=<b>': what `backend` resolves to on `device` for each op."""
-    import warnings
+    """'attention=<b>, pe=<b>, mlp=<b>, cv2=<b>': what `backend` resolves to on `device` for each op."""
+    from yolov12_fast.ops import resolved_backends as picks
 
-    from yolov12_fast.ops import area_attention as aa
-    from yolov12_fast.ops import mlp as mlp_op
-    from yolov12_fast.ops import pe as pe_op
-
-    parts = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, mod in (("attention", aa), ("pe", pe_op), ("mlp", mlp_op)):
-            try:
-                parts.append(f"{name}={mod.resolve_backend(backend, device)}")
-            except RuntimeError:
-                parts.append(f"{name}=unavailable")
-    return ", ".join(parts)
+    return ", ".join(f"{name}={b}" for name, b in picks(backend, device).items())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,25 +323,46 @@ def mlp_torch(x, w1, b1, w2, b2):
     return x + F.conv2d(F.silu(F.conv2d(x, w1, b1)), w2, b2)
 
 
-def mlp_ours(backend: str) -> Callable:
+def ours_fn(op: str, backend: str) -> Callable:
+    """yolov12_fast.<op>(*args, backend=backend): our fused pointwise-conv ops (mlp_residual,
+    conv1x1_silu_residual) as a provider."""
     import yolov12_fast
 
-    def fn(x, w1, b1, w2, b2):
-        return yolov12_fast.mlp_residual(x, w1, b1, w2, b2, backend=backend)
+    f = getattr(yolov12_fast, op)
 
-    fn.__name__ = f"mlp_{backend}"
+    def fn(*args):
+        return f(*args, backend=backend)
+
+    fn.__name__ = f"{op}_{backend}"
     return fn
+
+
+def fused_providers(torch_fn: Callable, op: str) -> dict:
+    """The baseline (`torch`: what a fused ultralytics model runs) and our op on `triton` and `auto`."""
+    return {"torch": Provider("torch", torch_fn, True, _always),
+            **{b: Provider(b, ours_fn(op, b), False, _backend_ok(b), b) for b in ("triton", "auto")}}
 
 
 MLP_BASELINES = ("torch",)
 
-MLP_PROVIDERS = {
-    "torch": Provider("torch", mlp_torch, True, _always),
-    "triton": Provider("triton", mlp_ours("triton"), False, _backend_ok("triton"), "triton"),
-    "auto": Provider("auto", mlp_ours("auto"), False, _backend_ok("auto"), "auto"),
-}
+MLP_PROVIDERS = fused_providers(mlp_torch, "mlp_residual")
+
+# ----------------------------------------------------------------------------------------------------------------
+# A2C2f's cv2 with the L/X residual
+
+
+def cv2_torch(x, w, b, residual=None, gamma=None):
+    """What a fused ultralytics A2C2f runs for cv2 and its residual: conv1x1 (+bias), SiLU, then (l/x scales)
+    x + gamma * that as one addcmul."""
+    z = F.silu(F.conv2d(x, w, b))
+    return z if residual is None else torch.addcmul(residual, gamma.view(1, -1, 1, 1), z)
+
+
+CV2_BASELINES = ("torch",)
+
+CV2_PROVIDERS = fused_providers(cv2_torch, "conv1x1_silu_residual")
 
 __all__ = ["ultralytics_eager", "authors_flash", "sdpa", "sdpa_backend", "flash_impl", "compiled_reference", "ours",
            "cpp_direct", "resolved_backends", "pe_torch", "pe_ours", "Provider", "ATTENTION_PROVIDERS",
-           "ATTENTION_BASELINES", "PE_PROVIDERS", "PE_BASELINES", "mlp_torch", "mlp_ours", "MLP_PROVIDERS",
-           "MLP_BASELINES"]
+           "ATTENTION_BASELINES", "PE_PROVIDERS", "PE_BASELINES", "mlp_torch", "ours_fn", "fused_providers", "MLP_PROVIDERS",
+           "MLP_BASELINES", "cv2_torch", "CV2_PROVIDERS", "CV2_BASELINES"]

@@ -1,4 +1,5 @@
-"""Suite `ops`: area attention (forward, and forward+backward), the PE branch and ABlock's MLP at the real shapes.
+"""Suite `ops`: area attention (forward, and forward+backward), the PE branch, ABlock's MLP and A2C2f's cv2 (+ L/X
+residual) at the real shapes.
 
 What is timed per provider (baselines.py): the qkv conv output -> the tensor `proj` consumes, so the baselines pay
 their layout copies and every provider pays the PE branch (depthwise 7x7 + bias, as after model.fuse()).
@@ -19,6 +20,9 @@ Conventions (stated in every row through flops / bytes):
 - MLP (`mlp-*` rows): x + conv2(silu(conv1(x))) with BN folded, C / hidden per scale and level at 640 (odd 307,
   460); baseline `torch` = what a fused ultralytics model runs (two 1x1 convs, SiLU, add); FLOPs 4*B*C*N*hidden,
   bytes = x read + out written + weights.
+- cv2 (`cv2-*` rows): A2C2f's output conv, silu(conv1x1(x)) with BN folded, plus (l/x) the residual
+  x + gamma * that, K -> C channels per scale and level at 640; baseline `torch` = a fused ultralytics A2C2f (conv,
+  SiLU, addcmul); FLOPs 2*B*C*K*N, bytes = x read + residual read + out written + weights.
 - Each provider's output is compared once with the float32 (GPU) / float64 (CPU) result of the ultralytics math:
   `max_abs_err`, and `check` = FAIL when it exceeds 4x the ultralytics same-dtype error + a floor.
 """
@@ -186,11 +190,13 @@ def run(ctx: Context) -> list:
     cases = [c for c in attention_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     pes = [c for c in pe_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     mlps = [c for c in mlp_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
+    cv2s = [c for c in cv2_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     if ctx.device.type == "cuda":
         ctx.ceilings()
         out += _run_attention(ctx, cases, dtype, budget, threads=None)
         out += _run_pe(ctx, pes, dtype, budget, threads=None)
         out += _run_mlp(ctx, mlps, dtype, budget, threads=None)
+        out += _run_cv2(ctx, cv2s, dtype, budget)
     else:
         for th in ctx.threads:
             prev = set_threads(th)
@@ -199,6 +205,7 @@ def run(ctx: Context) -> list:
                 out += _run_attention(ctx, cases, dtype, budget, threads=th)
                 out += _run_pe(ctx, pes, dtype, budget, threads=th)
                 out += _run_mlp(ctx, mlps, dtype, budget, threads=th)
+                out += _run_cv2(ctx, cv2s, dtype, budget)
             finally:
                 set_threads(prev)
     return out
@@ -375,6 +382,66 @@ def _run_mlp(ctx: Context, cases: list, dtype, budget: Budget, threads) -> list:
 
     return _run_simple(ctx, cases, dtype, budget, "mlp", bl.MLP_PROVIDERS, bl.MLP_BASELINES, setup,
                        "conv1x1 + silu + conv1x1 + add")
+
+
+@dataclass(frozen=True)
+class Cv2Case:
+    """A2C2f's cv2 at one layer of one scale: K -> C channels on an H x W map, with the L/X residual or not."""
+    scale: str
+    level: str
+    K: int
+    C: int
+    residual: bool
+    H: int
+    W: int
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return (f"cv2 {self.level} {self.scale} K{self.K} C{self.C}{' +residual' if self.residual else ''} "
+                f"b{self.batch} ({self.H}x{self.W} map)")
+
+    @property
+    def params(self) -> dict:
+        return {"pass": "cv2", "scale": self.scale, "level": self.level, "K": self.K, "C": self.C,
+                "residual": self.residual, "H": self.H, "W": self.W, "batch": self.batch}
+
+
+# (scale, level, K, C, residual) of the A2C2f blocks at 640, read off the built yolo12 models: K = (1 + n) * c_;
+# the l/x attention blocks carry the residual x + gamma * cv2(...); head = the P3 head block (C3k, no attention).
+CV2_LAYERS = [("n", "P4", 192, 128, False), ("m", "P4", 768, 512, False), ("l", "P4", 1280, 512, True),
+              ("l", "P5", 1280, 512, True), ("x", "P4", 1920, 768, True), ("x", "P5", 1920, 768, True),
+              ("x", "P3-head", 576, 384, False)]
+
+
+def cv2_cases(device: torch.device, quick: bool) -> list:
+    if quick:
+        return [Cv2Case("tiny", "tiny", 96, 40, True, 5, 7, 1)]
+    out = []
+    for b in ((1,) if device.type == "cpu" else (1, 8, 32)):
+        for scale, level, K, C, res in CV2_LAYERS:
+            H, W = (80, 80) if level == "P3-head" else _shape("640x640", level)[:2]
+            out.append(Cv2Case(scale, level, K, C, res, H, W, b))
+    return out
+
+
+def _run_cv2(ctx: Context, cases: list, dtype, budget: Budget) -> list:
+    def setup(case):
+        g = torch.Generator(device="cpu").manual_seed(hash(case) % 2**31)
+        x = torch.randn(case.batch, case.K, case.H, case.W, generator=g).to(ctx.device, dtype)
+        ws = [torch.randn(case.C, case.K, 1, 1, generator=g) / case.K ** 0.5, 0.5 * torch.randn(case.C, generator=g)]
+        if case.residual:
+            ws += [torch.randn(case.batch, case.C, case.H, case.W, generator=g), torch.rand(case.C, generator=g) + 0.5]
+        ws = [t.to(ctx.device, dtype) for t in ws]
+        n = case.batch * case.H * case.W
+        flops = 2.0 * n * case.C * case.K
+        nbytes = (n * case.K + n * case.C * (2 if case.residual else 1) + case.C * case.K) * torch.finfo(dtype).bits // 8
+        hi = torch.float64 if ctx.device.type == "cpu" else torch.float32
+        oracle = bl.cv2_torch(x.to(hi), *(t.to(hi) for t in ws)).cpu().double()
+        return (x, *ws), oracle, flops, nbytes
+
+    return _run_simple(ctx, cases, dtype, budget, "cv2", bl.CV2_PROVIDERS, bl.CV2_BASELINES, setup,
+                       "conv1x1 + silu (+ addcmul)")
 
 
 def _run_simple(ctx: Context, cases: list, dtype, budget: Budget, prefix: str, providers: dict, baselines,

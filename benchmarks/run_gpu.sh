@@ -26,8 +26,8 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_VERBOSE=False
 unset TRITON_INTERPRET
 
-# part 1 measures the 640x640 attention, PE and MLP cases, part 2 the other resolutions (then blocks and model)
-PART1_OPS='640x640|^mlp '
+# part 1 measures the 640x640 attention, PE, MLP and cv2 cases, part 2 the other resolutions (then blocks and model)
+PART1_OPS='640x640|^mlp |^cv2 '
 PART2_OPS='^fwd.* (1280x1280|480x640|384x640) '
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }

@@ -20,7 +20,23 @@ import torch
 import triton
 import triton.language as tl
 
-from .area_attention import dot_precision, uses_fma
+from .area_attention import TRITON_DTYPE, aot_signature, dot_precision, uses_fma
+
+
+@triton.jit
+def nc_tile(N, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile of one image's (C, N) matrix: token offsets (grid axis 0), channel offsets (axis 1) and
+    their masks."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return offs_n, offs_c, offs_n < N, offs_c < C
+
+
+@triton.jit
+def load_cn(base, offs_c, offs_n, s_c, s_n, mask_c, mask_n):
+    """A (channels x tokens) tile of a strided feature map (zeros outside the masks)."""
+    return tl.load(base + offs_c[:, None] * s_c + offs_n[None, :] * s_n, mask=mask_c[:, None] & mask_n[None, :],
+                   other=0.0)
 
 
 @triton.jit
@@ -33,10 +49,7 @@ def mlp_residual_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     b = tl.program_id(2).to(tl.int64)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_n = offs_n < N
-    mask_c = offs_c < C
+    offs_n, offs_c, mask_n, mask_c = nc_tile(N, C, BLOCK_N, BLOCK_C)
     x_base = X + b * s_xb
     offs_h0 = tl.arange(0, BLOCK_H)
     offs_k0 = tl.arange(0, BLOCK_K)
@@ -49,17 +62,16 @@ def mlp_residual_kernel(
             offs_k = k0 + offs_k0
             mask_k = offs_k < C
             w1 = tl.load(W1 + offs_h[:, None] * C + offs_k[None, :], mask=mask_h[:, None] & mask_k[None, :], other=0.0)
-            xk = tl.load(x_base + offs_k[:, None] * s_xc + offs_n[None, :] * s_xn,
-                         mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            xk = load_cn(x_base, offs_k, offs_n, s_xc, s_xn, mask_k, mask_n)
             hpre = tl.dot(w1, xk, hpre, input_precision=DOT_PRECISION)
         hpre += tl.load(B1 + offs_h, mask=mask_h, other=0.0).to(tl.float32)[:, None]
         act = hpre / (1.0 + tl.exp2(-1.4426950408889634 * hpre))  # silu; padded rows: 0 / 2 = 0
         w2 = tl.load(W2 + offs_c[:, None] * HID + offs_h[None, :], mask=mask_c[:, None] & mask_h[None, :], other=0.0)
         acc = tl.dot(w2, act.to(w2.dtype), acc, input_precision=DOT_PRECISION)
     acc += tl.load(B2 + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
-    mask = mask_c[:, None] & mask_n[None, :]
-    acc += tl.load(x_base + offs_c[:, None] * s_xc + offs_n[None, :] * s_xn, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Out + b * s_ob + offs_c[:, None] * s_oc + offs_n[None, :] * s_on, acc.to(Out.dtype.element_ty), mask=mask)
+    acc += load_cn(x_base, offs_c, offs_n, s_xc, s_xn, mask_c, mask_n).to(tl.float32)
+    tl.store(Out + b * s_ob + offs_c[:, None] * s_oc + offs_n[None, :] * s_on, acc.to(Out.dtype.element_ty),
+             mask=mask_c[:, None] & mask_n[None, :])
 
 
 def config_for(C: int, fma: bool) -> dict:
@@ -81,12 +93,12 @@ def _arch(device: torch.device) -> int:
     return major * 10 + minor
 
 
-def _flat(t: torch.Tensor) -> tuple[int, int, int]:
+def _flat(t: torch.Tensor, op: str = "mlp_residual") -> tuple[int, int, int]:
     """(batch, channel, token) strides of a (B, C, H, W) tensor whose H, W flatten (NCHW, channels_last, channel
     slices of either)."""
     B, C, H, W = t.shape
     torch._check(H == 1 or W == 1 or t.stride(2) == W * t.stride(3),
-                 lambda: f"mlp_residual (triton): the H and W dims of a {tuple(t.shape)} tensor with strides "
+                 lambda: f"{op} (triton): the H and W dims of a {tuple(t.shape)} tensor with strides "
                          f"{t.stride()} do not flatten into one token dim; pass a NCHW or channels_last tensor")
     return t.stride(0), t.stride(1), (t.stride(3) if W > 1 else t.stride(2))
 
@@ -94,6 +106,8 @@ def _flat(t: torch.Tensor) -> tuple[int, int, int]:
 def mlp_residual(x, w1, b1, w2, b2, out=None):
     """Launcher (inputs validated by the yolov12_fast::mlp_residual ops). x: (B, C, H, W); w1: (HID, C, 1, 1);
     w2: (C, HID, 1, 1); b1 (HID,), b2 (C,). Writes `out` (allocated like x when None) and returns it."""
+    from yolov12_fast._backends import check_image_extent
+
     B, C, H, W = x.shape
     HID = w1.shape[0]
     N = H * W
@@ -102,10 +116,8 @@ def mlp_residual(x, w1, b1, w2, b2, out=None):
     sx, so = _flat(x), _flat(out)
     torch._check(B <= 65535, lambda: f"mlp_residual (triton): batch {B} is more than one launch covers (grid axis 2 "
                                      "> 65535); split the batch")
-    for name, (_, s_c, s_n) in (("x", sx), ("out", so)):  # offsets inside one image are 32-bit
-        extent = max((C - 1) * abs(s_c) + (N - 1) * abs(s_n), C * N)
-        torch._check(extent < 2**31, lambda: f"mlp_residual (triton): one image of {name} spans more than 2**31 "
-                                             "elements; split the feature map or use backend='reference'")
+    check_image_extent("mlp_residual (triton)", [x.flatten(2), out.flatten(2)],
+                       "split the feature map or use backend='reference'")
     prec = dot_precision(x.dtype)
     cfg = config_for(C, uses_fma(_arch(x.device), prec, x.dtype == torch.float32))
     w1m, w2m = w1.reshape(HID, C).contiguous(), w2.reshape(C, HID).contiguous()  # a few KB each
@@ -121,7 +133,6 @@ def _is_channels_last(t: torch.Tensor) -> bool:
         and not t.is_contiguous()
 
 
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 # (C, hidden) pairs of the YOLO12 scales (REFERENCE.md): the configs they launch with.
 CHANNELS = (64, 128, 256, 384)
 
@@ -142,19 +153,11 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
                 seen.add(key)
                 const = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
                 const.update(DOT_PRECISION=prec, s_xn=1, s_on=1)
-                sig, attrs = {}, {}
-                for i, name in enumerate(fn.arg_names):
-                    if name in const:
-                        sig[name] = "constexpr"
-                        continue
-                    sig[name] = ("*" + _TRITON_DTYPE[dtype]) if name[0].isupper() and name not in ("C", "HID", "N") \
-                        else "i32"
-                    if sig[name].startswith("*") or name.startswith("s_") or name == "N":
-                        attrs[(i,)] = [["tt.divisibility", 16]]
+                sig, attrs = aot_signature(fn, const, dtype, ints=("C", "HID", "N"))
                 tag = f"C{cfg['BLOCK_C']}xN{cfg['BLOCK_N']},H{cfg['BLOCK_H']},K{cfg['BLOCK_K']}"
                 p = "-ieee" if dtype == torch.float32 and prec == "ieee" else ("-tf32" if dtype == torch.float32 else "")
                 yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=cfg["num_warps"],
                            num_stages=cfg["num_stages"], dtype=str(dtype).replace("torch.", ""),
                            tensor_cores_expected=not fma, must_not_spill=True,
-                           name=f"mlp_residual_kernel[{_TRITON_DTYPE[dtype]}{p},{tag},"
+                           name=f"mlp_residual_kernel[{TRITON_DTYPE[dtype]}{p},{tag},"
                                 f"w{cfg['num_warps']}s{cfg['num_stages']}]")

@@ -44,6 +44,19 @@ def samples(op_name: str, backend: str, device="cpu", dtype=torch.float32):
             else:
                 buf = torch.empty(2, 3 * C, 3, 5, dtype=dtype, device=device)
                 out.append((x, *w, buf[:, C:2 * C], backend))
+    elif op_name == "conv1x1_silu_residual":
+        K, C = 96, 48  # A2C2f: K = (1 + n) * c_ input channels of the aggregation buffer, C = c2 out
+        for grad, cl, residual in ((False, False, True), (True, True, True), (True, False, False)):
+            x = torch.randn(2, K, 3, 5, dtype=dtype, device=device)
+            if cl:
+                x = x.to(memory_format=torch.channels_last)
+            w = (torch.randn(C, K, 1, 1) * 0.1).to(dtype=dtype, device=device).requires_grad_(grad)
+            b = torch.randn(C, dtype=dtype, device=device).requires_grad_(grad)
+            r = g = None
+            if residual:
+                r = torch.randn(2, C, 3, 5, dtype=dtype, device=device).requires_grad_(grad)
+                g = (torch.rand(C) + 0.5).to(dtype=dtype, device=device).requires_grad_(grad)
+            out.append((x.requires_grad_(grad), w, b, r, g, backend))
     elif op_name == "area_attention_fwd_cxx":
         q, k, v = _qkv(dtype=dtype, device=device)
         out.append((q, k, v, 4, 32 ** -0.5, None))

@@ -62,7 +62,7 @@ def test_ceilings_quick(quick_cpu):
 
 
 def test_ops_quick(quick_cpu):
-    rows = [r for r in quick_cpu if r["suite"] == "ops" and not r["provider"].startswith(("pe-", "mlp-"))]
+    rows = [r for r in quick_cpu if r["suite"] == "ops" and not r["provider"].startswith(("pe-", "mlp-", "cv2-"))]
     cases = {r["case"] for r in rows}
     assert len(cases) == 3
     for case in cases:
@@ -86,6 +86,10 @@ def test_ops_quick(quick_cpu):
     assert {r["provider"] for r in _ok(mlp)} >= {"mlp-torch", "mlp-auto"}
     assert all(r["check"] == "pass" and r["tflops"] > 0 for r in _ok(mlp))
     assert "mlp=reference" in next(r for r in mlp if r["provider"] == "mlp-auto")["backend_ran"]
+    cv2 = [r for r in quick_cpu if r["suite"] == "ops" and r["provider"].startswith("cv2-")]
+    assert {r["provider"] for r in _ok(cv2)} >= {"cv2-torch", "cv2-auto"}
+    assert all(r["check"] == "pass" and r["tflops"] > 0 and r["params"]["residual"] for r in _ok(cv2))
+    assert "cv2=reference" in next(r for r in cv2 if r["provider"] == "cv2-auto")["backend_ran"]
 
 
 def test_blocks_quick(quick_cpu):

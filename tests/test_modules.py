@@ -476,15 +476,20 @@ def _fuse_like_ultralytics(module):
 
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
 @pytest.mark.parametrize("kind,args,shape", [("ablock", (64, 2, 1.2, 1), (1, 64, 7, 7)),
-                                             ("a2c2f", (128, 128, 1, True, 4, True, 1.2), (2, 128, 6, 10))])
+                                             ("a2c2f", (128, 128, 1, True, 4, True, 1.2), (2, 128, 6, 10)),
+                                             ("a2c2f", (96, 128, 2, True, 4, False, 1.2), (1, 96, 5, 8))],
+                         ids=["ablock", "a2c2f-residual", "a2c2f-n2-plain"])
 def test_fused_mlp_path(kind, args, shape, fused, monkeypatch):
     """With backend='triton' every ABlock runs its MLP through the fused op (counted), in forward and in A2C2f's
-    buffer path (out=), and the module still computes what ultralytics does (odd hidden 76)."""
+    buffer path (out=), A2C2f's cv2 runs as the fused conv (with the L/X residual x + gamma * cv2 in its epilogue
+    when the block has one), and the module still computes what ultralytics does (odd hidden 76)."""
     import yolov12_fast.nn.modules as fm
 
-    calls = []
-    real = fm.mlp_residual
+    calls, cv2_calls = [], []
+    real, real_cv2 = fm.mlp_residual, fm.conv1x1_silu_residual
     monkeypatch.setattr(fm, "mlp_residual", lambda *a, **k: calls.append(k.get("out") is not None) or real(*a, **k))
+    monkeypatch.setattr(fm, "conv1x1_silu_residual",
+                        lambda *a, **k: cv2_calls.append(k.get("residual") is not None) or real_cv2(*a, **k))
     plain = _randomize(_ultralytics_ctor(kind)(*args))
     if fused:
         plain = _fuse_like_ultralytics(plain)
@@ -494,28 +499,53 @@ def test_fused_mlp_path(kind, args, shape, fused, monkeypatch):
     assert len(calls) >= n_blocks, f"the fused MLP ran {len(calls)} times for {n_blocks} ABlocks"
     if kind == "a2c2f":
         assert any(calls), "A2C2f's buffer path did not write the last block's MLP into its slice"
+        assert cv2_calls and all(c == (fast.gamma is not None) for c in cv2_calls), \
+            f"A2C2f's cv2 did not run as the fused conv with{'' if fast.gamma is not None else 'out'} residual: {cv2_calls}"
 
 
-def test_fused_mlp_gradients_and_cache():
-    """Gradients through the fused MLP (eval-mode BN folded inside the graph) match ultralytics' against the
-    float64 oracle; the folded-weight cache follows in-place parameter updates."""
-    from ultralytics.nn.modules.block import ABlock
+def test_fused_cv2_keeps_ultralytics_promotion_under_mixed_dtypes(monkeypatch):
+    """A bf16 cv2 under autocast with ultralytics' fp32 gamma: ultralytics' addcmul promotes to fp32;
+    the fused conv (one output dtype) must not run there, and the output dtype stays ultralytics'."""
+    import yolov12_fast.nn.modules as fm
 
-    plain = _randomize(ABlock(64, 2, 1.2, 1))
+    monkeypatch.setattr(fm, "conv1x1_silu_residual", lambda *a, **k: pytest.fail("fused cv2 ran on mixed dtypes"))
+    plain = _randomize(_ultralytics_ctor("a2c2f")(128, 128, 1, True, 4, True, 1.2))
+    fast = yf.patch(copy.deepcopy(plain), backend="triton").eval()
+    x, y = torch.randn(1, 128, 4, 4).bfloat16(), torch.randn(1, 128, 4, 4).bfloat16()  # y: (1 + n) * c_ channels
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # cv2 runs in bf16, gamma stays an fp32 parameter
+        out = fast._out(x, y)
+        ref = torch.addcmul(x, plain.gamma.view(1, -1, 1, 1), plain.eval().cv2(y))
+    assert out.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+FUSED_GRAD_CASES = {  # kind: (constructor args, input shape, a folded conv's BN parameter prefix, its Conv)
+    "ablock": ((64, 2, 1.2, 1), (2, 64, 5, 6), "mlp.0.bn", lambda m: m.mlp[1]),
+    "a2c2f": ((128, 128, 1, True, 4, True, 1.2), (2, 128, 4, 6), "cv2.bn", lambda m: m.cv2),
+}
+
+
+@pytest.mark.parametrize("kind", FUSED_GRAD_CASES)
+def test_fused_gradients_and_cache(kind):
+    """Gradients through the fused MLP and cv2 (eval-mode BN folded inside the graph; A2C2f's gamma through the
+    conv's epilogue) match ultralytics' against the float64 oracle; the folded-weight caches follow in-place
+    parameter updates."""
+    args, shape, bn_prefix, conv_of = FUSED_GRAD_CASES[kind]
+    plain = _randomize(_ultralytics_ctor(kind)(*args))
     fast = yf.patch(copy.deepcopy(plain), backend="triton")
     oracle_m = copy.deepcopy(plain).double()
-    x = torch.randn(2, 64, 5, 6)
+    x = torch.randn(shape)
     y_n, gx_n, gp_n = _grads(plain, x)
     y_f, gx_f, gp_f = _grads(fast, x)
     y_o, gx_o, gp_o = _grads(oracle_m, x.double())
-    assert any(k.startswith("mlp.0.bn") for k in gp_f) and set(gp_f) == set(gp_n)
+    assert any(k.startswith(bn_prefix) for k in gp_f) and set(gp_f) == set(gp_n)
     assert_close_to_oracle(gx_f, gx_n, gx_o, "grad x")
     for k in gp_n:
         assert_close_to_oracle(gp_f[k], gp_n[k], gp_o[k], f"grad {k}")
     with torch.no_grad():
         for m in (plain, fast):
-            m.mlp[1].bn.running_var.mul_(3.0)
-            m.mlp[0].conv.weight.add_(0.1)
+            conv_of(m).bn.running_var.mul_(3.0)
+            conv_of(m).conv.weight.add_(0.1)
     check_module(fast.eval(), plain.eval(), x, name="after in-place update")
 
 

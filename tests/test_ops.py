@@ -24,11 +24,14 @@ def test_every_registered_op_has_samples():
     assert {"area_attention_fwd", "area_attention_bwd", "pe_add"} <= set(registered_ops())
 
 
+CPP_OPS = ("area_attention_fwd", "area_attention_bwd", "pe_add")  # the ops with a C++ CPU kernel
+
+
 def _backends_here(name):
     if name.endswith("_cxx"):
         return ["-"] if _backends.can_use_cpp()[0] else []
     out = ["reference", "triton"]  # triton runs in the interpreter here (conftest), compiled on a GPU
-    if _backends.can_use_cpp()[0] and not name.startswith("mlp_"):  # no C++ MLP kernel (auto = torch convs)
+    if _backends.can_use_cpp()[0] and name in CPP_OPS:  # no C++ MLP / cv2 kernel (auto = torch convs)
         out.append("cpp")
     return out
 
@@ -54,7 +57,7 @@ def test_opcheck(name):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["area_attention_fwd", "area_attention_bwd", "pe_add", "mlp_residual",
-                                  "mlp_residual_out"])
+                                  "mlp_residual_out", "conv1x1_silu_residual"])
 def test_opcheck_cuda(name):
     op = getattr(torch.ops.yolov12_fast, name).default
     for backend in ("triton", "reference"):

@@ -47,7 +47,8 @@ def _sass_counts(cubin_path: str) -> dict:
     return {"mma": count("HMMA", "HGMMA", "IMMA"), "wgmma": count("HGMMA"), "spill_instr": count("STL", "LDL")}
 
 
-KERNEL_MODULES = ("yolov12_fast.kernels.area_attention", "yolov12_fast.kernels.pe", "yolov12_fast.kernels.mlp")
+KERNEL_MODULES = ("yolov12_fast.kernels.area_attention", "yolov12_fast.kernels.pe", "yolov12_fast.kernels.mlp",
+                  "yolov12_fast.kernels.conv")
 
 
 def _variants(module: str, arch: int, head_dims):

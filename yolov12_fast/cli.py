@@ -39,16 +39,11 @@ def info_lines() -> list[str]:
     lines.append("backends:")
     for name, (ok, why) in checks:
         lines.append(f"  {name:<16} {'yes' if ok else 'no: ' + why}")
-    from .ops import area_attention, mlp, pe
+    from .ops import resolved_backends
 
     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            picks = ", ".join(f"{name} {op.resolve_backend('auto', torch.device(d))}"
-                              for name, op in (("attention", area_attention), ("pe", pe), ("mlp", mlp)))
-            lines.append(f"  auto on {d:<8} -> {picks}")
+        picks = ", ".join(f"{name} {b}" for name, b in resolved_backends("auto", d).items())
+        lines.append(f"  auto on {d:<8} -> {picks}")
     return lines
 
 

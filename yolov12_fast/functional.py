@@ -70,4 +70,21 @@ def mlp_residual(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, out:
     return torch.ops.yolov12_fast.mlp_residual(x, w1, b1, w2, b2, backend)
 
 
-__all__ = ["area_attention", "pe_add", "mlp_residual"]
+def conv1x1_silu_residual(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor] = None,
+                          gamma: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """A2C2f's output conv with the L/X layer-scale residual: ``residual + gamma * silu(conv1x1(x, w) + b)``, or
+    ``silu(conv1x1(x, w) + b)`` without a residual, BatchNorm folded into (w, b).
+
+    Args:
+        x: (B, K, H, W), NCHW or channels_last (A2C2f's aggregation buffer).
+        w, b: (C, K, 1, 1) and (C,); x's dtype and device.
+        residual, gamma: (B, C, H, W) and (C,), both or neither.
+        backend: "auto" (torch ops until the fused kernel measures faster on the GPU), "triton" (one kernel, the
+            residual in the GEMM epilogue) or "reference".
+    Returns:
+        (B, C, H, W), in the residual's memory format (x's without one).
+    """
+    return torch.ops.yolov12_fast.conv1x1_silu_residual(x, w, b, residual, gamma, backend)
+
+
+__all__ = ["area_attention", "pe_add", "mlp_residual", "conv1x1_silu_residual"]

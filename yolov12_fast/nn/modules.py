@@ -19,7 +19,9 @@ What the fast forward does (REFERENCE.md):
   until the fused kernel measures faster than cuDNN on a GPU.
 - A2C2f: without autograd, cv1 and each block pair write into channel slices of one preallocated buffer that cv2
   reads once (no torch.cat); with autograd it concatenates (out= ops are not differentiable). The L/X residual is
-  x + gamma * cv2(...) (one addcmul).
+  x + gamma * cv2(...): one addcmul after cv2, or with backend="triton" inside cv2's GEMM epilogue
+  (`conv1x1_silu_residual`, BatchNorm folded; also for the n/s/m blocks without a residual, where it fuses
+  cv2's SiLU); "auto" keeps cuDNN's conv and the addcmul until the fused kernel measures faster on a GPU.
 
 Under tracing / ONNX export (`torch.jit.is_tracing()`, `torch.onnx.is_in_onnx_export()`) the modules run the
 plain-PyTorch reference math instead of the custom ops, so exported graphs contain only standard operators.
@@ -43,7 +45,7 @@ from torch import Tensor
 
 from .. import _backends, reference
 from .._backends import BACKENDS
-from ..functional import area_attention, mlp_residual, pe_add
+from ..functional import area_attention, conv1x1_silu_residual, mlp_residual, pe_add
 from ..ops.area_attention import DTYPES, HEAD_DIMS
 
 __all__ = ["AAttn", "ABlock", "A2C2f", "FastModule", "VARIANTS"]
@@ -53,7 +55,7 @@ VARIANTS = ("ultralytics", "turbo")
 # Keys of the instance __dict__ that belong to yolov12_fast: stripped when pickling and by unpatch().
 _PRIVATE_PREFIX = "_yf_"
 # Derived caches: also dropped by deepcopy.
-_CACHE_KEYS = ("_yf_pe_cache", "_yf_mlp_cache")
+_CACHE_KEYS = ("_yf_pe_cache", "_yf_mlp_cache", "_yf_cv2_cache")
 _WARNED_HEAD_DIMS: set = set()
 
 
@@ -514,8 +516,36 @@ class A2C2f(FastModule):
 
         return UltralyticsA2C2f
 
-    def _residual(self, x: Tensor, z: Tensor) -> Tensor:
+    def _cv2_fused_params(self, x: Tensor, y: Tensor):
+        """Folded (w, b) of cv2 when it runs as the fused yolov12_fast::conv1x1_silu_residual kernel, else None.
+        It does for backend='triton' ('auto' keeps cuDNN's conv and the addcmul until a GPU benchmark shows the
+        kernel faster) when cv2 is a plain foldable 1x1 SiLU Conv without hooks and x, y and gamma share a
+        dtype (under autocast ultralytics' addcmul promotes an fp16 cv2 output with the fp32 gamma to fp32: that
+        case keeps the unfused math)."""
+        if self.backend != "triton" or y.dtype not in DTYPES or _decomposing():
+            return None
+        cv2, gamma = self.cv2, self.gamma
+        if gamma is not None and not (x.dtype == y.dtype == gamma.dtype):
+            return None
+        if not (_hookless(cv2) and _foldable_conv(cv2, nn.SiLU) and cv2.conv.kernel_size == (1, 1)
+                and cv2.conv.groups == 1 and cv2.conv.in_channels == y.shape[1]):
+            return None
+
+        def fold(dtype):
+            w, b = _fold_conv(cv2, dtype)
+            return w, b if b is not None else torch.zeros(w.shape[0], dtype=dtype, device=w.device)
+
+        return self._folded("_yf_cv2_cache", _conv_tensors(cv2), fold, y.dtype)
+
+    def _out(self, x: Tensor, y: Tensor) -> Tensor:
+        """cv2(y), plus the L/X residual x + gamma * cv2(y)."""
         gamma = self.gamma
+        p = self._cv2_fused_params(x, y)
+        if p is not None:
+            if gamma is None:
+                return conv1x1_silu_residual(y, *p, backend=self.backend)
+            return conv1x1_silu_residual(y, *p, residual=x, gamma=gamma, backend=self.backend)
+        z = self.cv2(y)
         if gamma is None:
             return z
         return torch.addcmul(x, gamma.view(1, -1, 1, 1), z)  # x + gamma * z
@@ -528,7 +558,7 @@ class A2C2f(FastModule):
     def _forward_cat(self, x: Tensor) -> Tensor:
         y = [self.cv1(x)]
         y.extend(m(y[-1]) for m in self.m)
-        return self._residual(x, self.cv2(torch.cat(y, 1)))
+        return self._out(x, torch.cat(y, 1))
 
     def _forward_buffer(self, x: Tensor) -> Tensor:
         """cv1 and each entry of m write into channel slices of one buffer; cv2 reads it once."""
@@ -554,4 +584,4 @@ class A2C2f(FastModule):
             else:
                 out.copy_(m(prev))
             prev = out
-        return self._residual(x, self.cv2(buf))
+        return self._out(x, buf)

@@ -7,6 +7,29 @@ are loaded on first use, so registering the ops never needs a GPU, Triton or the
 from . import area_attention  # noqa: F401  (registers yolov12_fast::area_attention_fwd / _bwd)
 from . import pe  # noqa: F401  (registers yolov12_fast::pe_add)
 from . import mlp  # noqa: F401  (registers yolov12_fast::mlp_residual / _out)
+from . import conv  # noqa: F401  (registers yolov12_fast::conv1x1_silu_residual)
 
 # Ops this package registers, each with sample inputs in tests/op_samples.py (a test fails for an op without).
-OPS = ("area_attention_fwd", "area_attention_bwd", "pe_add", "mlp_residual", "mlp_residual_out")
+OPS = ("area_attention_fwd", "area_attention_bwd", "pe_add", "mlp_residual", "mlp_residual_out",
+       "conv1x1_silu_residual")
+
+
+def resolved_backends(backend: str, device) -> dict:
+    """What `backend` resolves to on `device` for each op family: {"attention": .., "pe": .., "mlp": .., "cv2": ..}
+    ("unavailable" where it cannot run there). The info command and the benchmark rows report it."""
+    import warnings
+
+    import torch
+
+    device = torch.device(device)
+    resolvers = {"attention": area_attention.resolve_backend, "pe": pe.resolve_backend, "mlp": mlp.resolve_backend,
+                 "cv2": lambda b, d: mlp.resolve_backend(b, d, "conv1x1_silu_residual")}
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, resolve in resolvers.items():
+            try:
+                out[name] = resolve(backend, device)
+            except RuntimeError:
+                out[name] = "unavailable"
+    return out

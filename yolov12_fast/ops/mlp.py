@@ -38,10 +38,7 @@ def check_inputs(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, back
                  lambda: f"mlp_residual: w2 must be a 1x1 conv weight ({C}, {HID}, 1, 1), got {tuple(w2.shape)}")
     torch._check(tuple(b1.shape) == (HID,) and tuple(b2.shape) == (C,),
                  lambda: f"mlp_residual: b1 must be ({HID},) and b2 ({C},), got {tuple(b1.shape)} and {tuple(b2.shape)}")
-    for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
-        torch._check(t.dtype == x.dtype and t.device == x.device,
-                     lambda: f"mlp_residual: {name} must match x's dtype and device ({x.dtype}, {x.device}), got "
-                             f"{t.dtype}, {t.device}; fold BatchNorm and cast the weights with x")
+    check_like_x("mlp_residual", x, w1=w1, b1=b1, w2=w2, b2=b2)
     if out is not None:
         torch._check(out.shape == x.shape and out.dtype == x.dtype and out.device == x.device,
                      lambda: f"mlp_residual_out: out must have x's shape, dtype and device, got {tuple(out.shape)} "
@@ -50,15 +47,25 @@ def check_inputs(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, back
                  lambda: f"mlp_residual: unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def check_like_x(op: str, x: Tensor, **tensors: Tensor) -> None:
+    """Each named tensor (folded conv weights and biases, a gamma) has x's dtype and device."""
+    for name, t in tensors.items():
+        torch._check(t.dtype == x.dtype and t.device == x.device,
+                     lambda: f"{op}: {name} must match x's dtype and device ({x.dtype}, {x.device}), got "
+                             f"{t.dtype}, {t.device}; fold BatchNorm and cast the weights with x")
+
+
+def resolve_backend(backend: str, device: torch.device, op: str = "mlp_residual") -> str:
+    """The backend a fused pointwise-conv op (mlp_residual, conv1x1_silu_residual) runs: 'auto' takes the
+    reference until a GPU benchmark (benchmarks ops suite) measures the fused Triton kernel faster than cuDNN."""
     if backend == "auto":
-        return "reference"  # until the GPU benchmark (benchmarks ops suite, case mlp) measures the fused kernel
+        return "reference"
     if backend in ("cpp", "cuda"):
-        raise RuntimeError(f"yolov12_fast: mlp_residual has no {backend!r} kernel; use backend='triton' (fused) or "
+        raise RuntimeError(f"yolov12_fast: {op} has no {backend!r} kernel; use backend='triton' (fused) or "
                            "'reference' (torch 1x1 convs), or 'auto'")
     ok, why = _usable(backend, device)
     if not ok:
-        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run mlp_residual on {device.type}: {why}")
+        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run {op} on {device.type}: {why}")
     return backend
 
 

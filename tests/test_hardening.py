@@ -310,6 +310,86 @@ def test_pe_add_property(backend, profile):
     fuzz(check_pe_case, pe_cases, PE_EXAMPLES, backend, profile)
 
 
+# -- the fused pointwise convs: mlp_residual (ABlock's MLP + residual), conv1x1_silu_residual (A2C2f's cv2) ----------
+
+POINTWISE_BACKENDS = [b for b in BACKENDS if b != "cpp"]  # no C++ kernel: cpp raises (tests/test_mlp.py)
+POINTWISE_PARAMS = [p for p in FUZZ_PARAMS if p.values[0] in POINTWISE_BACKENDS]
+POINTWISE_EXAMPLES = {(NATIVE, "quick"): FUZZ_EXAMPLES // 2, (INTERP, "quick"): FUZZ_EXAMPLES // 4,
+                      (NATIVE, "long"): 5 * FUZZ_EXAMPLES, (INTERP, "long"): 2 * FUZZ_EXAMPLES}
+POINTWISE_LAYOUTS = ("nchw", "channels_last", "slice")
+
+
+@st.composite
+def pointwise_cases(draw, backend):
+    small = backend == "triton" and INTERPRETED
+    op = draw(st.sampled_from(("mlp", "cv2")))
+    return dict(
+        op=op,
+        dtype=draw(st.sampled_from(DTYPES[backend])),
+        B=draw(st.integers(1, 2 if small else 3)),
+        cin=draw(st.integers(1, 64 if small else 160)),  # mlp: C; cv2: K
+        cmid=draw(st.integers(1, 100 if small else 330)),  # mlp: hidden; cv2: C out
+        H=draw(st.integers(1, 5 if small else 9)),
+        W=draw(st.integers(1, 6 if small else 9)),
+        layout=draw(st.sampled_from(POINTWISE_LAYOUTS)),
+        residual=draw(st.sampled_from((None, "nchw", "channels_last"))) if op == "cv2" else None,
+        grad=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def check_pointwise_case(backend, c):
+    B, H, W, dtype, cin, cmid = c["B"], c["H"], c["W"], c["dtype"], c["cin"], c["cmid"]
+    gen = torch.Generator().manual_seed(c["seed"])
+    r = lambda *shape: torch.randn(*shape, generator=gen).to(device=DEV, dtype=dtype)
+
+    def fmap(C, layout):
+        if layout == "slice":  # a channel slice of a bigger buffer, as A2C2f's concat buffer hands out
+            return r(B, 3 * C, H, W)[:, C:2 * C]
+        t = r(B, C, H, W)
+        return t.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else t
+
+    x = fmap(cin, c["layout"])
+    if c["op"] == "mlp":  # folded-conv-like scales: unit-variance activations in and out
+        tensors = [x, r(cmid, cin, 1, 1) / cin ** 0.5, r(cmid) * 0.5, r(cin, cmid, 1, 1) / cmid ** 0.5, r(cin) * 0.5]
+        math = lambda x_, w1, b1, w2, b2: x_ + F.conv2d(F.silu(F.conv2d(x_, w1, b1)), w2, b2)
+        run = lambda *t: yolov12_fast.mlp_residual(*t, backend=backend)
+        cout = cin
+    else:
+        tensors = [x, r(cmid, cin, 1, 1) / cin ** 0.5, r(cmid) * 0.5]
+        if c["residual"] is not None:
+            tensors += [fmap(cmid, c["residual"]), (torch.rand(cmid, generator=gen) + 0.5).to(DEV, dtype)]
+        math = lambda x_, w, b, res=None, g=None: (F.silu(F.conv2d(x_, w, b)) if res is None else
+                                                   res + g.view(1, -1, 1, 1) * F.silu(F.conv2d(x_, w, b)))
+        run = lambda *t: yolov12_fast.conv1x1_silu_residual(*t, backend=backend)
+        cout = cmid
+
+    def leaves(dt):
+        return [t.detach().to(dt).requires_grad_(c["grad"]) for t in tensors]
+
+    with _one_thread():
+        l64, ln = leaves(torch.float64), leaves(dtype)
+        o64, on = math(*l64), math(*ln)
+    lk = leaves(dtype)
+    out = run(*lk)
+    assert out.shape == (B, cout, H, W) and out.dtype == dtype
+    assert_close_to_oracle(out.detach(), on.detach(), o64.detach(), f"{c['op']} out {backend} {c}")
+    if c["grad"]:
+        dout = r(B, cout, H, W)
+        with _one_thread():
+            g64 = torch.autograd.grad(o64, l64, dout.double())
+            gn = torch.autograd.grad(on, ln, dout)
+        gk = torch.autograd.grad(out, lk, dout)
+        for i, (g, gn_i, go) in enumerate(zip(gk, gn, g64)):
+            assert g.shape == go.shape and g.dtype == dtype
+            assert_close_to_oracle(g, gn_i, go, f"{c['op']} grad {i} {backend} {c}")
+
+
+@pytest.mark.parametrize("backend,profile", POINTWISE_PARAMS)
+def test_fused_pointwise_conv_property(backend, profile):
+    fuzz(check_pointwise_case, pointwise_cases, POINTWISE_EXAMPLES, backend, profile)
+
+
 def test_the_property_check_catches_a_wrong_kernel(monkeypatch):
     """Check the check: a forward whose scale is off by 0.1%, or a backward whose dq is off by 0.1%, fails the
     property check on an ordinary example."""

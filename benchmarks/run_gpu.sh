@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole GPU run in two commands of under 10 minutes each (H100/H200), from the repository root:
 #
-#   bash benchmarks/run_gpu.sh part1   # build the extension, GPU tests, ceilings + ops at 640x640, report
+#   bash benchmarks/run_gpu.sh part1   # build the extension, GPU pre-flight tests, ceilings + ops at 640x640, report
 #   bash benchmarks/run_gpu.sh part2   # build if needed, ops at 1280 / 480x640 / 384x640, blocks, model, report
-#   bash benchmarks/run_gpu.sh all     # both, one after the other (about 20 minutes)
+#   bash benchmarks/run_gpu.sh all     # tests, part1, part2, one after the other (about 26 minutes)
+#   bash benchmarks/run_gpu.sh tests   # build if needed, the numerics suite on the GPU (compiled Triton, CUDA C++:
+#                                      # every test file whose DEV is cuda there) then compute-sanitizer memcheck and
+#                                      # racecheck over the CUDA C++ and Triton kernels (about 6 minutes; logs in $OUT)
 #
 # Each part appends rows to benchmarks/results/<gpu>-<date>.jsonl as it measures (a part cut short keeps what it
 # measured), renders <gpu>-<date>.md / .png with `python -m benchmarks report`, and, when $OUT is set, copies the
@@ -75,6 +78,32 @@ gpu_tests() {
     say "GPU tests exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-$STAMP.log)"
 }
 
+# The test files that run their kernels on the GPU when one is visible (DEV = cuda), most basic first: a run cut
+# short by the timeout has still proven the kernels it reached.
+GPU_TEST_FILES="tests/test_cuda_kernels.py tests/test_area_attention.py tests/test_pe.py tests/test_mlp.py
+tests/test_conv.py tests/test_ops.py tests/test_modules.py tests/test_hardening.py"
+
+full_gpu_tests() {
+    local t=${FULL_TEST_TIMEOUT_S:-270}
+    say "GPU numerics suite ($GPU_TEST_FILES), at most $t s"
+    # shellcheck disable=SC2086
+    timeout "$t" $PY -m pytest $GPU_TEST_FILES -q -p no:cacheprovider --no-header -rfE --durations=15 2>&1 \
+        | tee "$LOGDIR/pytest-gpu-full-$STAMP.log" | tail -60
+    say "GPU numerics suite exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-full-$STAMP.log)"
+}
+
+sanitize() {  # compute-sanitizer memcheck and racecheck over small launches of every CUDA C++ / Triton kernel
+    local cs
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+    if [ -z "$cs" ]; then say "compute-sanitizer not found: sanitizer runs skipped"; return 0; fi
+    for tool in memcheck racecheck; do
+        say "compute-sanitizer --tool $tool (at most ${SANITIZER_TIMEOUT_S:-60} s)"
+        timeout "${SANITIZER_TIMEOUT_S:-60}" "$cs" --tool "$tool" --error-exitcode 99 --target-processes all \
+            $PY -m benchmarks.sanitize 2>&1 | tee "$LOGDIR/sanitizer-$tool-$STAMP.log" | tail -15
+        say "compute-sanitizer $tool exit status ${PIPESTATUS[0]} (0 = clean, 99 = errors found, 124 = timed out)"
+    done
+}
+
 bench() {  # bench FRACTION SUITE... [OPTIONS]: run with FRACTION (percent) of the time left, minus a margin
     local pct=$1; shift
     local budget=$(( ($(left) - 70) * pct / 100 ))
@@ -106,13 +135,15 @@ main() {
     case "$PART" in
         part1) gpu_tests; bench 100 ceilings ops --cases "$PART1_OPS" ;;
         part2) bench 25 ops --cases "$PART2_OPS"; bench 35 blocks; bench 100 model ;;
-        *) echo "usage: bash benchmarks/run_gpu.sh part1|part2|all"; exit 2 ;;
+        tests) full_gpu_tests; sanitize ;;
+        *) echo "usage: bash benchmarks/run_gpu.sh part1|part2|all|tests"; exit 2 ;;
     esac
     report_and_copy
     say "done"
 }
 
 if [ "$PART" = all ]; then
+    bash "$0" tests
     bash "$0" part1
     bash "$0" part2
     exit $?

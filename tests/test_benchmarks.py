@@ -297,3 +297,18 @@ def test_cli_bench_entry(tmp_path):
     empty.write_text("")
     assert cli.main(["bench", "report", str(empty)]) == 0
     assert "No rows" in (tmp_path / "empty.md").read_text()
+
+
+def test_sanitizer_harness_runs_every_kernel_and_checks_answers(capsys):
+    """benchmarks/sanitize.py (what run_gpu.sh tests runs under compute-sanitizer) launches every kernel family on
+    this machine's backends and compares each with the reference; here: C++ and the Triton interpreter."""
+    from benchmarks import sanitize
+
+    assert sanitize.main(["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for what in ("attention fwd cpp", "attention dq cpp", "pe_add cpp", "attention fwd triton", "attention dk triton",
+                 "pe_add triton", "mlp_residual triton", "conv1x1_silu_residual triton"):
+        assert what in out, what
+    assert "FAIL" not in out
+    want = torch.randn(3, 4, dtype=torch.float64)
+    assert not sanitize._close("wrong", (want * 1.001).float(), want.float(), want)  # a 0.1% error fails

@@ -312,3 +312,21 @@ def test_sanitizer_harness_runs_every_kernel_and_checks_answers(capsys):
     assert "FAIL" not in out
     want = torch.randn(3, 4, dtype=torch.float64)
     assert not sanitize._close("wrong", (want * 1.001).float(), want.float(), want)  # a 0.1% error fails
+
+
+def test_pytest_benchmark_cpu_suite_smoke():
+    """benchmarks/bench_cpu.py (the pytest-benchmark view of the CPU cases) runs, each benchmark once with its answer
+    checked (--benchmark-disable): the attention layers of every scale x provider x thread count and the yolo12n
+    forward, eager and patched."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/bench_cpu.py", "--benchmark-disable", "-q",
+                        "-p", "no:cacheprovider", "--no-header"], cwd=root, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    tail = p.stdout.strip().splitlines()[-1]
+    n = int(tail.split()[0])
+    assert "passed" in tail and n >= 7 * 3 * 2 + 4, tail  # 7 layers x (ultralytics, sdpa, auto at least) x 2 + model

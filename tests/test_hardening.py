@@ -564,27 +564,40 @@ def _live_tensors() -> int:
         return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
 
+def _device_bytes() -> int:
+    return torch.cuda.memory_allocated() if HAS_CUDA else 0
+
+
 def _endurance(step, calls: int, warmup: int = 2 * len(ENDURANCE_SHAPES)):
-    """Run step(i) `warmup` times, then `calls` times; returns (RSS growth in bytes, live-tensor growth)."""
+    """Run step(i) `warmup` times, then `calls` times; returns (RSS growth, live-tensor growth, GPU-allocated
+    growth in bytes: 0 without a GPU)."""
     for i in range(warmup):
         step(i)
     gc.collect()
-    t0, r0 = _live_tensors(), _rss()
+    t0, r0, d0 = _live_tensors(), _rss(), _device_bytes()
     for i in range(calls):
         step(i)
     gc.collect()
-    return _rss() - r0, _live_tensors() - t0
+    if HAS_CUDA:
+        torch.cuda.synchronize()
+    return _rss() - r0, _live_tensors() - t0, _device_bytes() - d0
 
 
 def _endurance_steps():
     gen = torch.Generator().manual_seed(0)
-    inputs = []
+    r = lambda *shape: torch.randn(*shape, generator=gen).to(DEV)
+    inputs, pointwise = [], []
     for B, heads, D, N, area in ENDURANCE_SHAPES:
-        qkv = torch.randn(B, 3 * heads * D, N, generator=gen)
+        qkv = r(B, 3 * heads * D, N)
         q, k, v = qkv.view(B, heads, 3 * D, N).split(D, dim=2)
         H = next(h for h in range(int(N ** 0.5), 0, -1) if N % h == 0)
-        w = torch.randn(heads * D, 1, 7, 7, generator=gen)
-        inputs.append((qkv, q, k, v, area, H, N // H, w, torch.randn(heads * D, generator=gen)))
+        w = r(heads * D, 1, 7, 7)
+        inputs.append((qkv, q, k, v, area, H, N // H, w, r(heads * D)))
+        C, hid = 3 * heads * D, int(1.2 * 3 * heads * D)  # the qkv output as a (B, C, H, W) map
+        x = qkv.view(B, C, H, N // H)
+        pointwise.append((x, [r(hid, C, 1, 1) / C ** 0.5, r(hid), r(C, hid, 1, 1) / hid ** 0.5, r(C)],
+                          [r(heads * D, C, 1, 1) / C ** 0.5, r(heads * D), q.reshape(B, heads * D, H, N // H),
+                           r(heads * D)]))
     n = len(inputs)
 
     def fwd(backend):
@@ -619,25 +632,44 @@ def _endurance_steps():
             out.backward(torch.ones_like(out))
         return step
 
-    return {"fwd": fwd, "pe": pe, "fwd_bwd": fwd_bwd, "pe_bwd": pe_bwd}
+    def mlp(backend):  # ABlock's fused MLP + residual
+        def step(i):
+            x, ws, _ = pointwise[i % n]
+            yolov12_fast.mlp_residual(x, *ws, backend=backend)
+        return step
+
+    def cv2(backend):  # A2C2f's cv2 with the L/X residual
+        def step(i):
+            x, _, ws = pointwise[i % n]
+            yolov12_fast.conv1x1_silu_residual(x, *ws, backend=backend)
+        return step
+
+    return {"fwd": fwd, "pe": pe, "fwd_bwd": fwd_bwd, "pe_bwd": pe_bwd, "mlp": mlp, "cv2": cv2}
 
 
-ENDURANCE_CASES = [(kind, b) for kind in ("fwd", "pe", "fwd_bwd", "pe_bwd") for b in ("cpp", "reference")]
+# Every op family on every backend that runs it here at native speed: the C++ kernels on CPU, the compiled Triton
+# (and CUDA C++ through auto) on a GPU, the reference everywhere. The MLP and cv2 ops have no C++ kernel.
+ENDURANCE_BACKENDS = (["cpp"] if DEV == "cpu" else ["triton", "auto"]) + ["reference"]
+ENDURANCE_CASES = [(kind, b) for kind in ("fwd", "pe", "fwd_bwd", "pe_bwd", "mlp", "cv2") for b in ENDURANCE_BACKENDS
+                   if not (kind in ("mlp", "cv2") and b == "cpp")]
 # Calls in the default run. One thread: ~0.3 ms per C++ forward, ~0.5 ms per reference forward, ~3 ms per
 # forward + backward. The reference backend is plain PyTorch: whatever it could leak is Python-visible and shows
-# in the live-tensor count, so it gets fewer calls. The slow run makes 10,000 calls of everything (3,000 pe_bwd).
-CALLS = {"fwd": 10_000, "pe": 10_000, "fwd_bwd": 1_000, "pe_bwd": 300}
-REFERENCE_CALLS = {"fwd": 1_000, "pe": 1_000, "fwd_bwd": 300, "pe_bwd": 100}
-SLOW_CALLS = {"fwd": 10_000, "pe": 10_000, "fwd_bwd": 10_000, "pe_bwd": 3_000}
+# in the live-tensor count, so it gets fewer calls (so do the torch convs of the reference MLP / cv2). The slow run
+# makes 10,000 calls of everything (3,000 pe_bwd).
+CALLS = {"fwd": 10_000, "pe": 10_000, "fwd_bwd": 1_000, "pe_bwd": 300, "mlp": 10_000, "cv2": 10_000}
+REFERENCE_CALLS = {"fwd": 1_000, "pe": 1_000, "fwd_bwd": 300, "pe_bwd": 100, "mlp": 1_000, "cv2": 1_000}
+SLOW_CALLS = {"fwd": 10_000, "pe": 10_000, "fwd_bwd": 10_000, "pe_bwd": 3_000, "mlp": 10_000, "cv2": 10_000}
+DEVICE_BOUND = 1 * 2**20  # bytes of GPU-allocated growth tolerated (the caching allocator's counters are exact)
 
 
 def _run_endurance(kind, backend, calls):
     if backend == "cpp" and not CPP:
         pytest.skip("the C++ CPU kernels are not built here")
     with num_threads(1):  # tiny shapes: threads only add contention
-        growth, tensors = _endurance(_endurance_steps()[kind](backend), calls)
+        growth, tensors, device = _endurance(_endurance_steps()[kind](backend), calls)
     assert tensors <= 0, f"{kind} {backend}: {tensors} more live tensors after {calls} calls"
     assert growth < RSS_BOUND, f"{kind} {backend}: RSS grew {growth / 2**20:.1f} MB over {calls} calls"
+    assert device < DEVICE_BOUND, f"{kind} {backend}: GPU memory grew {device / 2**20:.1f} MB over {calls} calls"
 
 
 @pytest.mark.parametrize("kind,backend", ENDURANCE_CASES, ids=[f"{k}-{b}" for k, b in ENDURANCE_CASES])
@@ -663,7 +695,7 @@ def test_endurance_check_catches_a_leak():
         if i % 50 == 0:
             kept.append(torch.randn(16 * 2**20))  # 64 MB, written (resident)
 
-    growth, tensors = _endurance(leak, 200)
+    growth, tensors, _ = _endurance(leak, 200)
     assert tensors >= 200 and growth >= RSS_BOUND, (tensors, growth)
 
 
@@ -764,7 +796,8 @@ def test_launch_key_check_sees_a_batch_dependent_argument():
 
 
 def _deterministic_run(backend):
-    """Forward (out, lse), backward (gradients w.r.t. the qkv conv output) of the attention op and pe_add."""
+    """Forward (out, lse), backward (gradients w.r.t. the qkv conv output) of the attention op and pe_add; on the
+    backends that run them, the fused MLP and cv2 ops' outputs and gradients of every input."""
     small = backend == "triton" and INTERPRETED
     B, heads, D, H, W, area = (2, 1, 32, 4, 6, 2) if small else (2, 2, 32, 8, 10, 4)
     gen = torch.Generator().manual_seed(123)
@@ -778,7 +811,18 @@ def _deterministic_run(backend):
     grads = torch.autograd.grad(y, (qkv, w, b), torch.randn(y.shape, generator=gen).to(DEV))
     with torch.no_grad():  # inference: residual inside the kernel
         y_inf = yolov12_fast.area_attention(q, k, v, area, residual=pe, backend=backend)
-    return [out, lse, pe, y_inf, *grads]
+    results = [out, lse, pe, y_inf, *grads]
+    if backend in POINTWISE_BACKENDS:  # the fused MLP and cv2 ops (no C++ kernel), forward and gradients
+        C = 3 * heads * D
+        p = lambda *shape: (torch.randn(*shape, generator=gen) * shape[-1] ** -0.5).to(DEV).requires_grad_(True)
+        x = qkv.view(B, C, H, W)
+        mlp_w = [p(48, C, 1, 1), p(48), p(C, 48, 1, 1), p(C)]
+        y_mlp = yolov12_fast.mlp_residual(x, *mlp_w, backend=backend)
+        cv2_w = [p(40, C, 1, 1), p(40), p(B, 40, H, W), p(40)]
+        y_cv2 = yolov12_fast.conv1x1_silu_residual(x, *cv2_w, backend=backend)
+        for y_, ws in ((y_mlp, mlp_w), (y_cv2, cv2_w)):
+            results += [y_, *torch.autograd.grad(y_, [qkv, *ws], torch.randn(y_.shape, generator=gen).to(DEV))]
+    return results
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -800,6 +844,10 @@ def test_bitwise_deterministic_and_under_deterministic_algorithms(backend, monke
         torch.use_deterministic_algorithms(was)
         torch.utils.deterministic.fill_uninitialized_memory = was_fill
     names = ["out", "lse", "pe", "out+residual", "d qkv", "d w", "d b"]
+    names += [f"{op} {what}" for op, whats in (("mlp", ("out", "d x", "d w1", "d b1", "d w2", "d b2")),
+                                                ("cv2", ("out", "d x", "d w", "d b", "d residual", "d gamma")))
+              for what in whats]
+    assert len(first) == (len(names) if backend in POINTWISE_BACKENDS else 7)
     for name, a, b2, c in zip(names, first, again, det):
         assert torch.isfinite(a).all(), name
         assert torch.equal(a, b2), f"{backend} {name}: differs between two runs"

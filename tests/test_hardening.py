@@ -743,16 +743,19 @@ def _launch_keys(rec, arch=90):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("layout", ["interleaved", "channels_last", "separate"])
 def test_triton_launch_keys_do_not_depend_on_batch_size(layout, dtype, monkeypatch):
-    """Every Triton kernel (attention forward, the three backward kernels, PE) is launched with the same
+    """Every Triton kernel (attention forward, the three backward kernels, PE, MLP, cv2) is launched with the same
     specialisation and autotune key for batch 1, 2, 3, 5 and 8: a new batch size never compiles a new variant
     (nor re-tunes); only the grid changes. Computed with Triton's own binder for an sm_90 target, so it needs
     no GPU (under the interpreter nothing is compiled or cached)."""
     pytest.importorskip("triton")
     from yolov12_fast.kernels import area_attention as tk
+    from yolov12_fast.kernels import conv as tconv
+    from yolov12_fast.kernels import mlp as tmlp
     from yolov12_fast.kernels import pe as tpe
 
     names = [(tk, "area_attention_fwd_kernel"), (tk, "area_attention_bwd_preprocess_kernel"),
-             (tk, "area_attention_bwd_dkdv_kernel"), (tk, "area_attention_bwd_dq_kernel"), (tpe, "pe_add_kernel")]
+             (tk, "area_attention_bwd_dkdv_kernel"), (tk, "area_attention_bwd_dq_kernel"), (tpe, "pe_add_kernel"),
+             (tmlp, "mlp_residual_kernel"), (tconv, "conv1x1_silu_residual_kernel")]
     recs = {}
     for mod, name in names:
         recs[name] = _Recorder(getattr(mod, name))
@@ -767,6 +770,12 @@ def test_triton_launch_keys_do_not_depend_on_batch_size(layout, dtype, monkeypat
         out, lse = tk.area_attention_fwd(q, k, v, area, D ** -0.5, res)
         tk.area_attention_bwd(torch.randn_like(out), q, k, v, out, res, lse, area, D ** -0.5)
         tpe.pe_add(v, torch.randn(heads * D, 1, 7, 7, dtype=dtype), None, q, H, W)
+        x = torch.randn(B, 64, H, W, dtype=dtype)  # an A2C2f-style feature map in the layout's memory format
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        w = lambda *shape: torch.randn(*shape, dtype=dtype) * 0.1
+        tmlp.mlp_residual(x, w(96, 64, 1, 1), w(96), w(64, 96, 1, 1), w(64))
+        tconv.conv1x1_silu_residual(x, w(32, 64, 1, 1), w(32), torch.randn(B, 32, H, W, dtype=dtype), w(32))
     for name, rec in recs.items():
         assert len(rec.launches) == len(batches), name
         keys = _launch_keys(rec)

@@ -115,6 +115,12 @@ class Timing:
     samples: int = 0
 
 
+def compile_budget_s(default: float) -> float:
+    """Seconds a suite may spend compiling its torch.compile baselines: `default`, or YOLOV12_FAST_BENCH_COMPILE_S
+    (0 skips them: run_gpu.sh quick, where minutes of inductor compilation do not fit)."""
+    return float(os.environ.get("YOLOV12_FAST_BENCH_COMPILE_S", default))
+
+
 def time_gpu(fn: Callable[[], object], *, cudagraph: bool = False, warmup_ms: int = 25, rep_ms: int = 100) -> Timing:
     """Median / p20 / p80 of fn on the current CUDA device. cudagraph=True captures fn in a CUDA graph (microsecond
     kernels: no launch gaps, no L2 flush); if capture fails it falls back to do_bench and says so in `timer`."""

@@ -26,13 +26,13 @@ import time
 import torch
 
 from . import yolo
-from .harness import Budget, Context, add_speedups, gpu_peak_memory, is_oom, make_row, set_threads, time_cpu_interleaved, time_gpu
+from .harness import Budget, Context, compile_budget_s, add_speedups, gpu_peak_memory, is_oom, make_row, set_threads, time_cpu_interleaved, time_gpu
 
 SUITE = "model"
 ORDER = ("yolo11n", "yolo12n", "yolo11s", "yolo12s", "yolo12m", "yolo12l", "yolo12x")
 SHAPES = ((640, 1), (640, 32), (1280, 1), (1280, 8))
 COMPILE_CASES = {("yolo12n", 640, 1), ("yolo11n", 640, 1), ("yolo12n", 640, 32), ("yolo11n", 640, 32)}
-COMPILE_BUDGET_S = 150.0
+COMPILE_BUDGET_S = compile_budget_s(150.0)
 TRAIN_SHAPES = ((640, 16), (1280, 16))
 BASELINES = ("eager", "eager+graphs", "compile")
 MODEL_REL_TOL = 0.25
@@ -160,7 +160,7 @@ def _run_gpu(ctx: Context) -> list:
                                              reason="torch.compile is measured for yolo12n/yolo11n at 640 only "
                                                     "(model.COMPILE_CASES; --quick skips it): a minute or more each"))
                         continue
-                    if compile_spent > COMPILE_BUDGET_S or (budget.seconds is not None
+                    if compile_spent >= COMPILE_BUDGET_S or (budget.seconds is not None
                                                             and budget.seconds - budget.elapsed() < 120):
                         rows.append(make_row(ctx, SUITE, case, params, name, status="skipped", dtype=dtype,
                                              reason=f"torch.compile budget ({COMPILE_BUDGET_S:.0f} s in all, none "

@@ -4,6 +4,9 @@
 #   bash benchmarks/run_gpu.sh part1   # build the extension, GPU pre-flight tests, ceilings + ops at 640x640, report
 #   bash benchmarks/run_gpu.sh part2   # build if needed, ops at 1280 / 480x640 / 384x640, blocks, model, report
 #   bash benchmarks/run_gpu.sh all     # tests, part1, part2, one after the other (about 26 minutes)
+#   bash benchmarks/run_gpu.sh quick   # for a short GPU lease (~8 min): build, every kernel once against the
+#                                      # reference, the core numerics tests, the headline ops cases and yolo11n/12n at
+#                                      # 640 (no torch.compile baselines). Then, with time left: tests, part1, part2
 #   bash benchmarks/run_gpu.sh tests   # build if needed, the numerics suite on the GPU (compiled Triton, CUDA C++:
 #                                      # every test file whose DEV is cuda there) then compute-sanitizer memcheck and
 #                                      # racecheck over the CUDA C++ and Triton kernels (about 6 minutes; logs in $OUT)
@@ -20,7 +23,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
 PY=${PYTHON:-python}
-DEADLINE=${PART_DEADLINE_S:-560}
+DEADLINE=${PART_DEADLINE_S:-$([ "$PART" = quick ] && echo 470 || echo 560)}
 RESULTS=benchmarks/results
 LOGDIR=${OUT:-/tmp}
 mkdir -p "$RESULTS" "$LOGDIR"
@@ -32,6 +35,10 @@ unset TRITON_INTERPRET
 # part 1 measures the 640x640 attention, PE, MLP and cv2 cases, part 2 the other resolutions (then blocks and model)
 PART1_OPS='640x640|^mlp |^cv2 '
 PART2_OPS='^fwd.* (1280x1280|480x640|384x640) '
+# quick: the issue targets' headline shapes (P4/P5 at 640, heads 4/8, batch 1 and 32, forward and forward+backward; PE;
+# the n and x MLP / cv2 at batch 32) and the yolo11n / yolo12n models at 640
+QUICK_OPS='^fwd(bwd)? P[45] 640x640 h[48] b(1|32) |^pe P4 640x640 h8 b(1|32) |^(mlp|cv2) P4 (n|x) .* b32 '
+QUICK_MODEL='^yolo1[12]n 640 '
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 say() { echo "::: [$(( $(date +%s) - START )) s] $*"; }
@@ -92,6 +99,18 @@ full_gpu_tests() {
     say "GPU numerics suite exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-full-$STAMP.log)"
 }
 
+quick_checks() {  # every kernel family once against the reference, then the core numerics tests, time-boxed
+    say "every kernel once vs the reference (python -m benchmarks.sanitize)"
+    timeout 120 $PY -m benchmarks.sanitize 2>&1 | tee "$LOGDIR/kernels-$STAMP.log" | grep -v "^ok" | tail -20
+    say "kernel check exit status ${PIPESTATUS[0]} (0 = all correct; log: $LOGDIR/kernels-$STAMP.log)"
+    local t=${QUICK_TEST_TIMEOUT_S:-150}
+    say "core numerics tests, at most $t s"
+    timeout "$t" $PY -m pytest tests/test_cuda_kernels.py tests/test_area_attention.py tests/test_conv.py \
+        tests/test_mlp.py tests/test_pe.py -q -p no:cacheprovider --no-header -rfE -x 2>&1 \
+        | tee "$LOGDIR/pytest-gpu-core-$STAMP.log" | tail -30
+    say "core numerics tests exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-core-$STAMP.log)"
+}
+
 sanitize() {  # compute-sanitizer memcheck and racecheck over small launches of every CUDA C++ / Triton kernel
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
@@ -136,7 +155,9 @@ main() {
         part1) gpu_tests; bench 100 ceilings ops --cases "$PART1_OPS" ;;
         part2) bench 25 ops --cases "$PART2_OPS"; bench 35 blocks; bench 100 model ;;
         tests) full_gpu_tests; sanitize ;;
-        *) echo "usage: bash benchmarks/run_gpu.sh part1|part2|all|tests"; exit 2 ;;
+        quick) export YOLOV12_FAST_BENCH_COMPILE_S=0
+               quick_checks; bench 50 ceilings ops --cases "$QUICK_OPS"; bench 100 model --cases "$QUICK_MODEL" ;;
+        *) echo "usage: bash benchmarks/run_gpu.sh part1|part2|all|tests|quick"; exit 2 ;;
     esac
     report_and_copy
     say "done"

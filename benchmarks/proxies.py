@@ -9,7 +9,8 @@
    ops/pe.py's auto picks a fused kernel for CUDA, else (today: cuDNN until a GPU run shows a fused kernel faster)
    it is expanded into the ATen ops of the reference it runs (an NCHW copy of v and the depthwise conv).
    Cases: the attention op alone (ultralytics math vs ours, 640 P4 and P5 of yolo12n), one AAttn module (layer 6)
-   and the whole yolo12n at 640 batch 1 (BN folded as after model.fuse()), ultralytics vs patched.
+   and the whole yolo12n at 640 batch 1 (BN folded as after model.fuse()), ultralytics vs patched, and patched with
+   backend="triton" (every op a fused kernel: also the MLP and cv2 ones that auto leaves to cuDNN until measured).
 2. Modeled HBM bytes, a model and not a measurement: the sum over launches of the bytes of every tensor input
    (read once) and every output (written once), numel x element size of the tensor as the op sees it (fp32 here;
    fp16 on GPU halves it). Caches, re-reads inside a kernel and cuDNN workspaces are not modeled.
@@ -60,6 +61,10 @@ def _gpu_model() -> dict:
 
 
 GPU_MODEL = _gpu_model()
+# Backends whose ops are one fused GPU kernel each: a model patched with backend="triton" is counted with every
+# yolov12_fast op as one launch (its inputs read once, its output written once), the values computed on this CPU by
+# the reference implementation.
+GPU_ONLY = ("triton", "cuda")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -87,9 +92,14 @@ class OpCounter(TorchDispatchMode):
         name = func.name()  # e.g. "aten::add.Tensor", "yolov12_fast::area_attention_fwd"
         ns, _, op = name.partition("::")
         base = op.split(".")[0]
-        if ns == "yolov12_fast" and GPU_MODEL.get(base) == "expand":
-            named = dict(zip((a.name for a in func._schema.arguments), args), **kwargs)
-            return self._expand(base, named)
+        if ns == "yolov12_fast":
+            arg_names = [a.name for a in func._schema.arguments]
+            named = dict(zip(arg_names, args), **kwargs)
+            if named.get("backend", "auto") == "auto" and GPU_MODEL.get(base) == "expand":
+                return self._expand(base, named)
+            if named.get("backend") in GPU_ONLY:  # a fused GPU kernel (one launch): computed here by the reference
+                named["backend"] = "reference"
+                args, kwargs = tuple(named[n] for n in arg_names if n in named), {}
         out = func(*args, **kwargs)
         ins = _tensors([args, {k: v for k, v in kwargs.items() if k != "out"}])
         outs = _tensors(out)
@@ -167,18 +177,21 @@ def launch_proxies(imgsz: int = 640) -> dict:
 
     model = yolo.build("yolo12n", calibrate_imgsz=None, fuse=True)
     patched = yolov12_fast.patch(copy.deepcopy(model))
+    fused = yolov12_fast.patch(copy.deepcopy(model), backend="triton")  # + the fused MLP and cv2 kernels
     x = torch.rand(1, 3, imgsz, imgsz, generator=g)
     attn_in = {}
     hook = model.model[6].m[0][0].attn.register_forward_pre_hook(lambda m, a: attn_in.setdefault("x", a[0]))
     with torch.no_grad():  # steady state: the Detect head builds its anchors on a model's first call
         model(x)
         patched(x)
+        count(lambda: fused(x))
     hook.remove()
     xa = attn_in["x"].clone()
     out[f"AAttn layer 6 (P4) {imgsz} b1: ultralytics"] = count(lambda: model.model[6].m[0][0].attn(xa))
     out[f"AAttn layer 6 (P4) {imgsz} b1: patched"] = count(lambda: patched.model[6].m[0][0].attn(xa))
     out[f"yolo12n {imgsz} b1: ultralytics"] = count(lambda: model(x))
     out[f"yolo12n {imgsz} b1: patched"] = count(lambda: patched(x))
+    out[f"yolo12n {imgsz} b1: patched, backend triton"] = count(lambda: fused(x))
     return out
 
 

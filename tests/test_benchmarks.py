@@ -246,6 +246,18 @@ def test_proxies_fused_path_launches_less(launches):
     assert launches["op P4 640 h2 b1: ours"]["by_op"].get("yolov12_fast::area_attention_fwd") == 1
 
 
+def test_proxies_fused_mlp_and_cv2_model(launches):
+    """yolo12n patched with backend='triton' (the fused MLP and cv2 kernels too) is counted with each yolov12_fast op
+    as one kernel: fewer launches and modeled bytes than the auto-patched model, one MLP op per ABlock and one cv2
+    op per A2C2f."""
+    auto, fused = launches["yolo12n 640 b1: patched"], launches["yolo12n 640 b1: patched, backend triton"]
+    assert fused["launches"] < auto["launches"] and fused["bytes"] < auto["bytes"], (fused, auto)
+    ops = fused["by_op"]
+    assert ops.get("yolov12_fast::mlp_residual", 0) + ops.get("yolov12_fast::mlp_residual_out", 0) == 8  # 8 ABlocks
+    assert ops.get("yolov12_fast::conv1x1_silu_residual") == 5  # 5 A2C2f blocks in yolo12n
+    assert ops.get("yolov12_fast::pe_add") == 8 and not any("(reference)" in k for k in ops), ops
+
+
 def test_proxies_check_against_committed_file(launches):
     if not proxies.PROXIES_FILE.exists():
         pytest.skip(f"{proxies.PROXIES_FILE} not committed yet: run `python -m benchmarks proxies`")

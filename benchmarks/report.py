@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import OrderedDict, defaultdict
 from pathlib import Path
 
@@ -67,12 +68,14 @@ def _threads_col(rows):
     return [("thr", lambda r: r.get("threads"))] if any(r.get("device_kind") == "cpu" for r in rows) else []
 
 
-def _columns(suite: str, rows: list, pe: bool = False) -> list:
+def _columns(suite: str, rows: list, fused: str | None = None) -> list:
+    """Table columns; `fused` names the ops-suite prefix (pe, mlp, cv2) of a fused-conv table, whose baseline is
+    `<prefix>-torch`."""
     base = [("case", lambda r: r["case"])] + _threads_col(rows) + [("provider", lambda r: r["provider"])]
     if suite == "ceilings":
         return base + [("ms", _ms), ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}"))]
     if suite == "ops":
-        bl = ["pe-torch"] if pe else ["ultralytics", "flash", "sdpa", "compile"]
+        bl = [f"{fused}-torch"] if fused else ["ultralytics", "flash", "sdpa", "compile"]
         return base + [("ran", lambda r: r.get("backend_ran") or ""), ("ms (p20–p80)", _ms),
                        ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}")),
                        ("% roofline", lambda r: _f(r.get("pct_roofline"), "{:.1f}")),
@@ -125,14 +128,17 @@ def markdown(rows: list, source: str) -> str:
         if not srows:
             continue
         if suite == "ops":
-            att = [r for r in srows if not r["provider"].startswith("pe-")]
-            pe = [r for r in srows if r["provider"].startswith("pe-")]
+            fused = {p: [r for r in srows if r["provider"].startswith(p + "-")] for p in FUSED}
+            att = [r for r in srows if not any(r["provider"].startswith(p + "-") for p in FUSED)]
             if att:
                 lines += ["## ops: area attention (qkv conv output -> proj input, PE included)", ""]
                 lines += _table(att, _columns(suite, att)) + [""]
-            if pe:
-                lines += ["## ops: PE branch (depthwise 7x7 + bias + add)", ""]
-                lines += _table(pe, _columns(suite, pe, pe=True)) + [""]
+            titles = {"pe": "PE branch (depthwise 7x7 + bias + add)", "mlp": "ABlock MLP + residual",
+                      "cv2": "A2C2f cv2 (+ the L/X residual)"}
+            for p, prow in fused.items():
+                if prow:
+                    lines += [f"## ops: {titles[p]}", ""] + _table(prow, _columns(suite, prow, fused=p)) + [""]
+            lines += _auto_section(rows)
         else:
             lines += [f"## {suite}", ""] + _table(srows, _columns(suite, srows)) + [""]
     skipped = [r for r in rows if r.get("status") in ("skipped", "error")]
@@ -146,6 +152,86 @@ def markdown(rows: list, source: str) -> str:
             lines.append(f"- {status}: {suite} / {prov} — {reason} [{shown}]")
         lines.append("")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what `auto` should pick, by measurement
+
+# Fused pointwise ops: (baseline provider, fused providers). A fused kernel replaces the cuDNN / ATen default of auto
+# only where it is faster by MARGIN in the geometric mean over the measured cases of an (arch, dtype) and in at least
+# two thirds of them (the issue's rule: a fusion that does not beat cuDNN is not the default).
+FUSED = {"pe": ("pe-torch", ("pe-triton", "pe-cuda")), "mlp": ("mlp-torch", ("mlp-triton",)),
+         "cv2": ("cv2-torch", ("cv2-triton",))}
+MARGIN = 1.05
+
+
+def _geomean(xs: list) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def auto_choices(rows: list) -> list:
+    """Rows (dicts) of the measured choice per (what, arch, dtype): the candidates' geometric-mean speed ratio over
+    the cases where both ran and passed their check, how many cases each won, and the suggestion, next to what the
+    code picks today (ops/area_attention.py AUTO_CUDA; reference for the fused convs)."""
+    ok = [r for r in rows if r.get("suite") == "ops" and r.get("status") == "ok" and r.get("device_kind") == "cuda"
+          and r.get("check") in (None, "pass") and r.get("median_ms")]
+    times = defaultdict(dict)
+    for r in ok:
+        times[(r.get("compute_capability"), r.get("dtype"), r["case"], (r.get("params") or {}).get("batch"),
+               (r.get("params") or {}).get("pass"))][r["provider"]] = r["median_ms"]
+    groups = defaultdict(list)
+    for (arch, dt, case, batch, pass_), t in times.items():
+        if pass_ in ("fwd", "fwdbwd") and "triton" in t and "cuda" in t:  # attention: how much faster cuda is
+            groups[("attention " + pass_ + (" batch 1" if batch == 1 else " batch > 1"), arch, dt, "cuda vs triton")
+                   ].append(t["triton"] / t["cuda"])
+        for op, (base, fused) in FUSED.items():
+            for f in fused:
+                if base in t and f in t:
+                    groups[(op, arch, dt, f"{f} vs {base}")].append(t[base] / t[f])
+    out = []
+    for (what, arch, dt, compared), ratios in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        g, wins = _geomean(ratios), sum(x > 1 for x in ratios)
+        if what.startswith("attention"):
+            suggestion = "cuda first" if g > 1 else "triton first"
+            today = _today_attention(arch, dt)
+        else:
+            fused = compared.split(" vs ")[0].split("-")[1]
+            suggestion = (f"auto -> {fused}" if g >= MARGIN and 3 * wins >= 2 * len(ratios)
+                          else "keep the reference (cuDNN)")
+            today = "reference (cuDNN)"
+        out.append({"what": what, "arch": arch, "dtype": dt, "compared": compared, "cases": len(ratios),
+                    "geomean": g, "wins": wins, "suggestion": suggestion, "today": today})
+    return out
+
+
+def _today_attention(arch, dtype: str) -> str:
+    try:
+        import torch
+
+        from yolov12_fast.ops.area_attention import AUTO_CUDA
+
+        cls = "sm75" if arch and arch < "sm_80" else "sm80+"
+        order = AUTO_CUDA.get((cls, getattr(torch, dtype or "", None)), AUTO_CUDA[(cls, None)])
+        return " then ".join(order)
+    except Exception as e:  # the report must render without the package
+        return f"? ({type(e).__name__})"
+
+
+def _auto_section(rows: list) -> list:
+    choices = auto_choices(rows)
+    if not choices:
+        return []
+    lines = ["## What `auto` should pick here (measured)", "",
+             "Geometric mean of the speed ratio (> 1: the first named is faster) over the cases both ran and passed; "
+             f"a fused conv becomes the default only at >= {MARGIN}x and faster in two thirds of the cases. Update "
+             "`AUTO_CUDA` (yolov12_fast/ops/area_attention.py) and the pe / mlp / cv2 `resolve_backend` rules where "
+             "the suggestion differs from today.", "",
+             "| what | arch | dtype | compared | cases | geomean | faster in | suggestion | today |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in choices:
+        lines.append(f"| {c['what']} | {c['arch']} | {c['dtype']} | {c['compared']} | {c['cases']} | "
+                     f"{c['geomean']:.3g}x | {c['wins']}/{c['cases']} | {c['suggestion']} | {c['today']} |")
+    return lines + [""]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -173,7 +259,7 @@ def plot(rows: list, stem: Path) -> list:
         written.append(p)
 
     # ops: time per provider per case (log), forward and forward+backward panels
-    att = [r for r in ok if r.get("suite") == "ops" and not r["provider"].startswith("pe-")]
+    att = [r for r in ok if r.get("suite") == "ops" and not any(r["provider"].startswith(p + "-") for p in FUSED)]
     if att:
         passes = [p for p in ("fwd", "fwdbwd") if any(r["params"].get("pass") == p for r in att)]
         fig, axes = plt.subplots(len(passes), 1, figsize=(max(8, 0.35 * len({_label(r) for r in att})), 4.5 * len(passes)),

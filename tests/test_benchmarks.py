@@ -225,6 +225,35 @@ def test_report_renders_synthetic_rows(tmp_path):
     assert bench_main(["report", str(path)]) == 0
 
 
+def test_auto_choices_from_measurements():
+    """The report's 'what auto should pick' section: attention cuda vs triton per batch class, and a fused conv
+    made the default only when >= MARGIN faster in the geometric mean and in two thirds of the cases."""
+    def row(case, provider, ms, batch=32, pass_="fwd", check="pass", arch="sm_90", dtype="float16"):
+        return {"suite": "ops", "status": "ok", "device_kind": "cuda", "compute_capability": arch, "dtype": dtype,
+                "case": case, "params": {"batch": batch, "pass": pass_}, "provider": provider, "median_ms": ms,
+                "check": check}
+
+    rows = [row("fwd a b1", "triton", 2.0, batch=1), row("fwd a b1", "cuda", 1.0, batch=1),     # cuda 2x at b1
+            row("fwd a b32", "triton", 1.0), row("fwd a b32", "cuda", 1.5),                     # triton at b32
+            row("fwd b b32", "triton", 1.0), row("fwd b b32", "cuda", 2.0, check="FAIL (x)"),  # failed: ignored
+            row("mlp n", "mlp-torch", 1.0, pass_="mlp"), row("mlp n", "mlp-triton", 0.5, pass_="mlp"),
+            row("mlp x", "mlp-torch", 1.0, pass_="mlp"), row("mlp x", "mlp-triton", 1.2, pass_="mlp"),
+            row("mlp y", "mlp-torch", 1.0, pass_="mlp"), row("mlp y", "mlp-triton", 0.9, pass_="mlp"),
+            row("cv2 n", "cv2-torch", 1.0, pass_="cv2"), row("cv2 n", "cv2-triton", 1.02, pass_="cv2"),
+            dict(row("cpu", "cpp", 1.0), device_kind="cpu")]
+    got = {(c["what"], c["compared"]): c for c in report.auto_choices(rows)}
+    b1 = got[("attention fwd batch 1", "cuda vs triton")]
+    assert b1["suggestion"] == "cuda first" and b1["cases"] == 1 and abs(b1["geomean"] - 2.0) < 1e-9
+    big = got[("attention fwd batch > 1", "cuda vs triton")]
+    assert big["suggestion"] == "triton first" and big["cases"] == 1 and "triton" in big["today"]
+    mlp = got[("mlp", "mlp-triton vs mlp-torch")]  # ratios 2, 0.83, 1.11: geomean 1.19, faster in 2 of 3
+    assert mlp["cases"] == 3 and mlp["wins"] == 2 and mlp["suggestion"] == "auto -> triton"
+    assert got[("cv2", "cv2-triton vs cv2-torch")]["suggestion"] == "keep the reference (cuDNN)"  # 0.98x
+    assert not any(c["arch"] is None for c in got.values())  # CPU rows are not GPU choices
+    md = "\n".join(report._auto_section(rows))
+    assert "## What `auto` should pick here (measured)" in md and "| mlp | sm_90 | float16 |" in md
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # proxies
 

@@ -67,11 +67,13 @@ namespace {
 using namespace simd;
 
 // 2^x for x <= 0 (scores minus their running max); |relative error| < 2e-8 on the polynomial. Inputs below
-// -125 are clamped (2^-125 ~ 2e-38 instead of a smaller number or a denormal: invisible next to a sum >= 1).
+// -125 give exactly 0 (a denormal or 2^-125 would be invisible next to a sum >= 1, but -inf must give 0: a key
+// scored -inf has probability 0 and must contribute 0 * x = NaN, not 2^-125 * inf, where x is infinite, as in torch).
 // The comparisons are false for NaN, which therefore passes through (NaN inputs give NaN, as in torch).
 template <class V> Y12_INLINE V vexp2(V x) {
   using VI = typename IntVec<V>::type;
-  x = x < vset<V>(-125.f) ? vset<V>(-125.f) : x;
+  const auto underflow = x < vset<V>(-125.f);
+  x = underflow ? vset<V>(-125.f) : x;
   x = x > vset<V>(127.f) ? vset<V>(127.f) : x;
   const V magic = vset<V>(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
   const V t = x + magic;
@@ -84,7 +86,7 @@ template <class V> Y12_INLINE V vexp2(V x) {
   p = p * f + vset<V>(6.9314718e-1f);
   p = p * f + vset<V>(1.0f);
   const VI e = ((VI)t - (VI)magic) << 23;  // the integer part, moved into the exponent field
-  return (V)((VI)p + e);
+  return underflow ? V{} : (V)((VI)p + e);
 }
 
 constexpr float kLog2e = 1.4426950408889634f;  // 1 / ln 2

@@ -14,7 +14,10 @@
 2. Modeled HBM bytes, a model and not a measurement: the sum over launches of the bytes of every tensor input
    (read once) and every output (written once), numel x element size of the tensor as the op sees it (fp32 here;
    fp16 on GPU halves it). Caches, re-reads inside a kernel and cuDNN workspaces are not modeled.
-3. Registers / spills / shared memory of every Triton kernel variant the ops launch (yolov12_fast._aot.compile_all,
+3. Peak memory of a training step (forward + backward under bf16 autocast, AMP's 2-byte activations) of yolo12n at
+   640 and 1280, batch 16, ultralytics vs patched, and of one AAttn, tracked with torch's MemTracker on fake tensors
+   (nothing allocated): the prediction for issue #5's "peak memory at 1280 <= 0.7x" before a GPU measures it.
+4. Registers / spills / shared memory of every Triton kernel variant the ops launch (yolov12_fast._aot.compile_all,
    head_dim 32 only, for sm_75/80/90) and of every CUDA C++ kernel (nvcc -Xptxas -v, the parser of
    tests/test_cuda_compile.py).
 
@@ -196,6 +199,63 @@ def launch_proxies(imgsz: int = 640) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# peak memory of a training step, predicted without a GPU
+
+TRAIN_MEMORY_CASES = ((640, 16), (1280, 16))  # issue #5: yolo12n, AMP, batch 16; the peak at 1280 <= 0.7x
+
+
+def _train_step_peak(module, x_shape: tuple) -> dict:
+    """Peak memory (MB, by torch's MemTracker category) of forward + backward of `module` in training mode under
+    bf16 autocast (AMP's element size: 2 bytes, as fp16 autocast on a GPU), with fake tensors: nothing is computed
+    or allocated, so batch 16 at 1280 costs seconds, not tens of GB. The loss is the sum of squares of the outputs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    module.train()
+    for p in module.parameters():
+        p.requires_grad_(True)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.rand(*x_shape, requires_grad=len(x_shape) == 4 and x_shape[1] != 3)
+        mt = MemTracker()
+        mt.track_external(module)
+        with mt:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = module(x)
+                loss = sum(o.float().pow(2).mean() for o in _tensors(out) if o.requires_grad)
+            loss.backward()
+        peak = mt.get_tracker_snapshot("peak")
+    cats = {}
+    for by_cat in peak.values():
+        for k, v in by_cat.items():
+            name = str(k).split(".")[-1].lower()
+            cats[name] = cats.get(name, 0) + v / 2**20
+    return {"peak_mb": round(cats.get("total", 0), 1), "activations_mb": round(cats.get("act", 0), 1),
+            "temp_mb": round(cats.get("temp", 0), 1)}
+
+
+def train_memory_proxies(cases=TRAIN_MEMORY_CASES) -> dict:
+    """{entry: peak} for a yolo12n training step (ultralytics vs patched) at each (imgsz, batch), and one AAttn of
+    yolo12n's P4 stage (64 channels, 2 heads, area 4) at the same input size. What a GPU measures with
+    torch.cuda.max_memory_allocated, up to the caching allocator's rounding (the model suite's training rows)."""
+    import copy
+
+    import yolov12_fast
+    from ultralytics.nn.modules.block import AAttn
+
+    from . import yolo
+
+    out = {}
+    model = yolo.build("yolo12n", calibrate_imgsz=None, fuse=False)
+    for imgsz, batch in cases:
+        for which, m in (("ultralytics", copy.deepcopy(model)), ("patched", yolov12_fast.patch(copy.deepcopy(model)))):
+            out[f"yolo12n train step {imgsz} b{batch} amp: {which}"] = _train_step_peak(m, (batch, 3, imgsz, imgsz))
+        attn = AAttn(64, 2, 4)
+        for which, m in (("ultralytics", copy.deepcopy(attn)), ("patched", yolov12_fast.patch(copy.deepcopy(attn)))):
+            out[f"AAttn P4 {imgsz} b{batch} amp: {which}"] = _train_step_peak(m, (batch, 64, imgsz // 16, imgsz // 16))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # registers / spills
 
 
@@ -250,7 +310,8 @@ def cuda_ptxas() -> list:
 def compute(aot: bool = True) -> dict:
     meta = machine_meta(torch.device("cpu"))
     res = {"schema": 1, "meta": {k: meta[k] for k in ("torch", "triton", "cuda", "ultralytics", "commit", "date")},
-           "slack": SLACK, "gpu_model": GPU_MODEL, "launches": launch_proxies()}
+           "slack": SLACK, "gpu_model": GPU_MODEL, "launches": launch_proxies(),
+           "train_memory": train_memory_proxies()}
     if aot:
         for key, fn in (("triton_aot", triton_aot), ("cuda_ptxas", cuda_ptxas)):
             try:
@@ -280,6 +341,15 @@ def compare(old: dict, new: dict) -> tuple[list, list]:
             bad.append(f"{name}: {n['launches']} launches > {o['launches']} committed (more of: {grown})")
         if n["bytes"] > o["bytes"] * (1 + SLACK["bytes_rel"]):
             bad.append(f"{name}: modeled bytes {n['bytes']:,} > {o['bytes']:,} committed (+{SLACK['bytes_rel']:.0%} slack)")
+    for name, o in old.get("train_memory", {}).items():
+        n = new.get("train_memory", {}).get(name)
+        if n is None:
+            if "train_memory" in new:
+                notes.append(f"train_memory: entry {name!r} no longer computed")
+            continue
+        if n["peak_mb"] > o["peak_mb"] * (1 + SLACK["bytes_rel"]):
+            bad.append(f"{name}: training-step peak {n['peak_mb']:.0f} MB > {o['peak_mb']:.0f} MB committed "
+                       f"(+{SLACK['bytes_rel']:.0%} slack)")
     for key in ("triton_aot", "cuda_ptxas"):
         o_rows, n_rows = old.get(key), new.get(key)
         if not isinstance(o_rows, list) or not isinstance(n_rows, list):
@@ -325,6 +395,8 @@ def main(argv=None) -> int:
     yolo.offline()
     new = compute(aot=not a.no_aot)
     print(format_launches(new["launches"]))
+    for name, r in new["train_memory"].items():
+        print(f"{name:<45} peak {r['peak_mb']:>9.0f} MB (activations {r['activations_mb']:.0f} MB)")
     for key in ("triton_aot", "cuda_ptxas"):
         if isinstance(new.get(key), list):
             rows = new[key]

@@ -287,6 +287,24 @@ def test_proxies_fused_mlp_and_cv2_model(launches):
     assert ops.get("yolov12_fast::pe_add") == 8 and not any("(reference)" in k for k in ops), ops
 
 
+def test_train_memory_proxy():
+    """The training-step peak memory proxy (fake tensors + MemTracker, bf16 autocast): the patched yolo12n needs less
+    than ultralytics at 640 batch 16, one AAttn at 1280 needs several times less (it never stores the n x n
+    matrices), and neither grew against the committed proxies.json."""
+    entries = proxies.train_memory_proxies(cases=((640, 16),))
+    u, p = (entries[f"yolo12n train step 640 b16 amp: {w}"]["peak_mb"] for w in ("ultralytics", "patched"))
+    assert 0 < p < u, (p, u)
+    au, ap = (entries[f"AAttn P4 640 b16 amp: {w}"]["peak_mb"] for w in ("ultralytics", "patched"))
+    assert 0 < ap < au, (ap, au)
+    if proxies.PROXIES_FILE.exists():
+        committed = json.loads(proxies.PROXIES_FILE.read_text())
+        bad, _ = proxies.compare({"train_memory": committed.get("train_memory", {})}, {"train_memory": entries})
+        assert not bad, bad
+        big = committed.get("train_memory", {})
+        if "AAttn P4 1280 b16 amp: patched" in big:
+            assert big["AAttn P4 1280 b16 amp: patched"]["peak_mb"] * 4 < big["AAttn P4 1280 b16 amp: ultralytics"]["peak_mb"]
+
+
 def test_proxies_check_against_committed_file(launches):
     if not proxies.PROXIES_FILE.exists():
         pytest.skip(f"{proxies.PROXIES_FILE} not committed yet: run `python -m benchmarks proxies`")

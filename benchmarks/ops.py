@@ -191,23 +191,21 @@ def run(ctx: Context) -> list:
     pes = [c for c in pe_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     mlps = [c for c in mlp_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     cv2s = [c for c in cv2_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
-    if ctx.device.type == "cuda":
+
+    def run_all(threads):
         ctx.ceilings()
-        out += _run_attention(ctx, cases, dtype, budget, threads=None)
-        out += _run_pe(ctx, pes, dtype, budget, threads=None)
-        out += _run_mlp(ctx, mlps, dtype, budget, threads=None)
-        out += _run_cv2(ctx, cv2s, dtype, budget)
-    else:
-        for th in ctx.threads:
-            prev = set_threads(th)
-            try:
-                ctx.ceilings()
-                out += _run_attention(ctx, cases, dtype, budget, threads=th)
-                out += _run_pe(ctx, pes, dtype, budget, threads=th)
-                out += _run_mlp(ctx, mlps, dtype, budget, threads=th)
-                out += _run_cv2(ctx, cv2s, dtype, budget)
-            finally:
-                set_threads(prev)
+        return (_run_attention(ctx, cases, dtype, budget, threads=threads)
+                + _run_pe(ctx, pes, dtype, budget, threads=threads)
+                + _run_mlp(ctx, mlps, dtype, budget, threads=threads) + _run_cv2(ctx, cv2s, dtype, budget))
+
+    if ctx.device.type == "cuda":
+        return run_all(None)
+    for th in ctx.threads:  # CPU: every case at each pinned thread count
+        prev = set_threads(th)
+        try:
+            out += run_all(th)
+        finally:
+            set_threads(prev)
     return out
 
 

@@ -38,13 +38,25 @@ ops = torch.ops.yolov12_fast
 CPP = _backends.can_use_cpp()[0] and DEV == "cpu"
 TRITON = _backends.can_use_triton(DEV)[0]
 INTERPRETED = TRITON and not HAS_CUDA
-BACKENDS = ["reference"] + (["cpp"] if CPP else []) + (["triton"] if TRITON else [])
+CUDA_EXT = HAS_CUDA and _backends.can_use_cuda_ext("cuda")[0]
+BACKENDS = ["reference"] + (["cpp"] if CPP else []) + (["triton"] if TRITON else []) + (["cuda"] if CUDA_EXT else [])
 
 # The Triton interpreter gets bfloat16 wrong (numpy has no bf16; see tests/test_area_attention.py): on CPU the
 # Triton backend is fuzzed in float32 and float16 only.
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DTYPES = {"reference": ALL_DTYPES, "cpp": ALL_DTYPES,
           "triton": (torch.float32, torch.float16) if INTERPRETED else ALL_DTYPES}
+# The CUDA C++ forward (a GPU only; its backward runs the Triton kernels): the dtypes and head dims it supports,
+# bfloat16 from sm_80 (ops/area_attention.py). Tests that use one fixed dtype run it in float16 (FIXED_DTYPE).
+if CUDA_EXT:
+    from yolov12_fast.ops.area_attention import CUDA_CXX_SUPPORTS
+
+    DTYPES["cuda"] = tuple(dt for dt in CUDA_CXX_SUPPORTS["dtypes"]
+                           if dt != torch.bfloat16 or torch.cuda.get_device_capability() >= (8, 0))
+    HEAD_DIMS = {"cuda": CUDA_CXX_SUPPORTS["head_dims"]}
+else:
+    HEAD_DIMS = {}
+FIXED_DTYPE = {"cuda": torch.float16}
 
 FUZZ_EXAMPLES = int(os.environ.get("YOLOV12_FAST_FUZZ_EXAMPLES", "30"))
 _HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large,
@@ -123,7 +135,7 @@ def attention_cases(draw, backend):
     B = draw(st.integers(1, 2 if small else 3))
     case = dict(
         dtype=draw(st.sampled_from(DTYPES[backend])),
-        D=draw(st.sampled_from((16, 32, 64, 128))),
+        D=draw(st.sampled_from(HEAD_DIMS.get(backend, (16, 32, 64, 128)))),
         B=B,
         heads=draw(st.integers(1, (3 - B) if small else 3)),  # interpreter: B * heads <= 2
         area=draw(st.integers(1, 3 if small else 4)),
@@ -312,7 +324,7 @@ def test_pe_add_property(backend, profile):
 
 # -- the fused pointwise convs: mlp_residual (ABlock's MLP + residual), conv1x1_silu_residual (A2C2f's cv2) ----------
 
-POINTWISE_BACKENDS = [b for b in BACKENDS if b != "cpp"]  # no C++ kernel: cpp raises (tests/test_mlp.py)
+POINTWISE_BACKENDS = [b for b in BACKENDS if b not in ("cpp", "cuda")]  # no C++ / CUDA C++ kernel: they raise
 POINTWISE_PARAMS = [p for p in FUZZ_PARAMS if p.values[0] in POINTWISE_BACKENDS]
 POINTWISE_EXAMPLES = {(NATIVE, "quick"): FUZZ_EXAMPLES // 2, (INTERP, "quick"): FUZZ_EXAMPLES // 4,
                       (NATIVE, "long"): 5 * FUZZ_EXAMPLES, (INTERP, "long"): 2 * FUZZ_EXAMPLES}
@@ -809,15 +821,16 @@ def _deterministic_run(backend):
     backends that run them, the fused MLP and cv2 ops' outputs and gradients of every input."""
     small = backend == "triton" and INTERPRETED
     B, heads, D, H, W, area = (2, 1, 32, 4, 6, 2) if small else (2, 2, 32, 8, 10, 4)
+    dt = FIXED_DTYPE.get(backend, torch.float32)
     gen = torch.Generator().manual_seed(123)
-    qkv = torch.randn(B, 3 * heads * D, H, W, generator=gen).to(DEV).requires_grad_(True)
-    w = (torch.randn(heads * D, 1, 7, 7, generator=gen) * 0.2).to(DEV).requires_grad_(True)
-    b = torch.randn(heads * D, generator=gen).to(DEV).requires_grad_(True)
+    qkv = torch.randn(B, 3 * heads * D, H, W, generator=gen).to(DEV, dt).requires_grad_(True)
+    w = (torch.randn(heads * D, 1, 7, 7, generator=gen) * 0.2).to(DEV, dt).requires_grad_(True)
+    b = torch.randn(heads * D, generator=gen).to(DEV, dt).requires_grad_(True)
     q, k, v = qkv.view(B, heads, 3 * D, H * W).split(D, dim=2)
     pe = yolov12_fast.pe_add(v, w, b, H, W, backend=backend)
     out, lse = ops.area_attention_fwd(q, k, v, area, D ** -0.5, None, backend)
     y = out + pe
-    grads = torch.autograd.grad(y, (qkv, w, b), torch.randn(y.shape, generator=gen).to(DEV))
+    grads = torch.autograd.grad(y, (qkv, w, b), torch.randn(y.shape, generator=gen).to(DEV, dt))
     with torch.no_grad():  # inference: residual inside the kernel
         y_inf = yolov12_fast.area_attention(q, k, v, area, residual=pe, backend=backend)
     results = [out, lse, pe, y_inf, *grads]
@@ -1083,7 +1096,7 @@ def _nonfinite_attention(backend, where, val):
                else yolov12_fast.area_attention(q, k, v, area, backend=be))
         return out, torch.autograd.grad(out, s, torch.ones_like(out))[0]
 
-    (o, g), (o64, g64) = run(src.to(DEV), backend), run(src.double().to(DEV), None)
+    (o, g), (o64, g64) = run(src.to(DEV, FIXED_DTYPE.get(backend, torch.float32)), backend), run(src.double().to(DEV), None)
     _assert_same_nonfinite(o, o64, f"attention out, {where}={val}, {backend}")
     _assert_same_nonfinite(g, g64, f"attention grad, {where}={val}, {backend}")
 
@@ -1112,7 +1125,8 @@ def _nonfinite_pointwise(backend, op, val):
         ours = lambda a: yolov12_fast.conv1x1_silu_residual(*a, backend=backend)
         ref = lambda a: a[3] + a[4].view(1, -1, 1, 1) * F.silu(F.conv2d(a[0], a[1], a[2]))
     dev = lambda dt: [a.to(DEV, dt) if isinstance(a, torch.Tensor) else a for a in args]
-    _assert_same_nonfinite(ours(dev(torch.float32)), ref(dev(torch.float64)), f"{op} out, value {val}, {backend}")
+    _assert_same_nonfinite(ours(dev(FIXED_DTYPE.get(backend, torch.float32))), ref(dev(torch.float64)),
+                           f"{op} out, value {val}, {backend}")
 
 
 NONFINITE = [float("nan"), float("inf"), float("-inf")]

@@ -155,14 +155,20 @@ def compiled_reference(mode: str = "max-autotune-no-cudagraphs") -> Callable:
 
 
 def ours(backend: str) -> Callable:
-    """yolov12_fast's AAttn middle: pe_add over the v view, then area_attention adding it (both `backend`)."""
+    """yolov12_fast's AAttn middle, as the module runs it: pe_add over the v view, then area attention adding it
+    (both `backend`); in inference on the Triton backend the attention writes over the PE result in place."""
     import yolov12_fast
+    from yolov12_fast.ops.area_attention import resolve_backend
 
     def fn(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
         B, _, H, W = qkv.shape
         q, k, v = qkv.view(B, heads, 3 * head_dim, H * W).split(head_dim, dim=2)
         p = yolov12_fast.pe_add(v, pe_w, pe_b, H, W, backend=backend)
-        out = yolov12_fast.area_attention(q, k, v, area, scale=head_dim ** -0.5, residual=p, backend=backend)
+        if not (torch.is_grad_enabled() and qkv.requires_grad) \
+                and resolve_backend(backend, q.device, q.dtype, head_dim) == "triton":
+            out = yolov12_fast.area_attention_add_(p, q, k, v, area, scale=head_dim ** -0.5, backend=backend)
+        else:
+            out = yolov12_fast.area_attention(q, k, v, area, scale=head_dim ** -0.5, residual=p, backend=backend)
         return out.view(B, heads * head_dim, H, W)
 
     fn.__name__ = f"ours_{backend}"

@@ -106,6 +106,9 @@ class OpCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         ins = _tensors([args, {k: v for k, v in kwargs.items() if k != "out"}])
         outs = _tensors(out)
+        if ns == "yolov12_fast" and func._schema.is_mutable:  # in-place / out= ops: what they write is an output
+            outs += [a for a, arg in zip(args, func._schema.arguments)
+                     if isinstance(a, torch.Tensor) and arg.alias_info is not None and arg.alias_info.is_write]
         if ns == "yolov12_fast":
             kind = "launch"
         elif base == "_local_scalar_dense":

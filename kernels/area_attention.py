@@ -330,10 +330,15 @@ def _check_launch(area, n, *tensors):
     check_image_extent("area_attention", tensors, "split the batch or the feature map")
 
 
-def area_attention_fwd(q, k, v, area: int, scale: float, residual=None):
+def area_attention_fwd(q, k, v, area: int, scale: float, residual=None, out=None):
+    """Launcher. `out`: a contiguous (B, heads, D, N) tensor to write into, which may be `residual` itself (out =
+    residual + attention, in place: each program reads its residual tile before writing the same elements)."""
     B, heads, D, N = q.shape
     n = N // area
-    out = torch.empty((B, heads, D, N), device=q.device, dtype=q.dtype)
+    if out is None:
+        out = torch.empty((B, heads, D, N), device=q.device, dtype=q.dtype)
+    torch._check(out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous(),
+                 lambda: "area_attention (triton): out must be a contiguous tensor of q's shape and dtype")
     lse = torch.empty((B, heads, N), device=q.device, dtype=torch.float32)
     _check_launch(area, n, q, k, v, residual)
     r = residual if residual is not None else q  # dummy pointer, never read

@@ -21,6 +21,11 @@ def samples(op_name: str, backend: str, device="cpu", dtype=torch.float32):
             out.append((q, k, v, 4, 32 ** -0.5, None, backend))
             res = torch.randn(q.shape, dtype=dtype, device=device, requires_grad=grad)
             out.append((q, k, v, 1, 0.2, res, backend))
+    elif op_name == "area_attention_add_":
+        q, k, v = _qkv(dtype=dtype, device=device)
+        out.append((q, k, v, 4, 32 ** -0.5, torch.randn(q.shape, dtype=dtype, device=device), backend))
+        r = torch.randn(q.shape[0], q.shape[1], q.shape[3], q.shape[2], dtype=dtype, device=device).transpose(2, 3)
+        out.append((q, k, v, 1, 0.2, r, backend))  # a strided residual: computed out of place, copied back
     elif op_name == "area_attention_bwd":
         q, k, v = _qkv(dtype=dtype, device=device)
         res = torch.randn(q.shape, dtype=dtype, device=device)

@@ -124,3 +124,24 @@ def test_the_check_catches_a_wrong_scale():
     o64, _, naive = oracle_and_naive(q, k, v, 4)
     with pytest.raises(AssertionError, match="exceed the bound"):
         assert_close_to_oracle(wrong, naive, o64, "wrong scale")
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"] + (["cpp"] if DEV == "cpu" else []))
+@pytest.mark.parametrize("layout", ["interleaved", "channels_last"])
+def test_in_place_add_matches_the_out_of_place_op(backend, layout):
+    """area_attention_add_(r, q, k, v) = r + attention, written into r itself (Triton: by the kernel, over the
+    residual tile it has just read; others: out of place, copied back), bitwise what area_attention(..., residual=r)
+    returns; a strided residual takes the copy-back path with the same result."""
+    q, k, v = make_qkv(layout, 3, 2, 32, 5, 8, torch.float32)
+    for r in (torch.randn(3, 2, 32, 40, device=DEV), torch.randn(3, 2, 40, 32, device=DEV).transpose(2, 3)):
+        want = yolov12_fast.area_attention(q, k, v, 4, residual=r, backend=backend)
+        ptr = r.data_ptr()
+        got = yolov12_fast.area_attention_add_(r, q, k, v, 4, backend=backend)
+        assert got is r and r.data_ptr() == ptr
+        assert torch.equal(r, want), (r - want).abs().max()
+
+
+def test_in_place_add_refuses_autograd():
+    q, k, v = (t.detach().requires_grad_(True) for t in make_qkv("interleaved", 1, 1, 32, 4, 4, torch.float32))
+    with pytest.raises(RuntimeError, match="no autograd; for training use area_attention"):
+        yolov12_fast.area_attention_add_(torch.randn(1, 1, 32, 16, device=DEV), q, k, v, 1)

@@ -503,6 +503,24 @@ def test_fused_mlp_path(kind, args, shape, fused, monkeypatch):
             f"A2C2f's cv2 did not run as the fused conv with{'' if fast.gamma is not None else 'out'} residual: {cv2_calls}"
 
 
+def test_attention_in_place_over_the_pe_output(monkeypatch):
+    """Inference with backend='triton': AAttn writes the attention output over its PE result (one map fewer at peak
+    memory), with ultralytics' numerics; with autograd it keeps the out-of-place op."""
+    import yolov12_fast.nn.modules as fm
+    from ultralytics.nn.modules.block import AAttn
+
+    calls = []
+    real = fm.area_attention_add_
+    monkeypatch.setattr(fm, "area_attention_add_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = _randomize(AAttn(64, 2, 4))
+    fast = yf.patch(copy.deepcopy(plain), backend="triton")
+    check_module(fast, plain, torch.randn(2, 64, 6, 10), name="in place")
+    assert len(calls) == 1, calls
+    x = torch.randn(1, 64, 4, 4, requires_grad=True)
+    fast(x).sum().backward()  # autograd: the differentiable out-of-place op
+    assert len(calls) == 1 and x.grad is not None
+
+
 def test_fused_cv2_keeps_ultralytics_promotion_under_mixed_dtypes(monkeypatch):
     """A bf16 cv2 under autocast with ultralytics' fp32 gamma: ultralytics' addcmul promotes to fp32;
     the fused conv (one output dtype) must not run there, and the output dtype stays ultralytics'."""

@@ -24,7 +24,7 @@ def test_every_registered_op_has_samples():
     assert {"area_attention_fwd", "area_attention_bwd", "pe_add"} <= set(registered_ops())
 
 
-CPP_OPS = ("area_attention_fwd", "area_attention_bwd", "pe_add")  # the ops with a C++ CPU kernel
+CPP_OPS = ("area_attention_fwd", "area_attention_add_", "area_attention_bwd", "pe_add")  # the ops with a C++ CPU kernel
 
 
 def _backends_here(name):
@@ -56,7 +56,7 @@ def test_opcheck(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["area_attention_fwd", "area_attention_bwd", "pe_add", "mlp_residual",
+@pytest.mark.parametrize("name", ["area_attention_fwd", "area_attention_add_", "area_attention_bwd", "pe_add", "mlp_residual",
                                   "mlp_residual_out", "conv1x1_silu_residual"])
 def test_opcheck_cuda(name):
     op = getattr(torch.ops.yolov12_fast, name).default

@@ -7,13 +7,13 @@
 from . import ops  # noqa: F401  (registers torch.ops.yolov12_fast.*)
 from . import reference  # noqa: F401
 from ._backends import can_use_cpp, can_use_cuda_ext, can_use_flash_attn, can_use_triton
-from .functional import area_attention, conv1x1_silu_residual, mlp_residual, pe_add
+from .functional import area_attention, area_attention_add_, conv1x1_silu_residual, mlp_residual, pe_add
 from . import nn  # noqa: F401  (fast AAttn / ABlock / A2C2f; ultralytics is imported only to build them)
 from .patch import patch, patched, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["area_attention", "pe_add", "mlp_residual", "conv1x1_silu_residual", "reference", "ops", "can_use_triton", "can_use_cpp", "can_use_cuda_ext",
+__all__ = ["area_attention", "area_attention_add_", "pe_add", "mlp_residual", "conv1x1_silu_residual", "reference", "ops", "can_use_triton", "can_use_cpp", "can_use_cuda_ext",
            "can_use_flash_attn", "__version__"]
 __all__ += ["nn", "patch", "unpatch", "patched", "YOLO"]
 

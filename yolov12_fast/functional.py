@@ -36,6 +36,22 @@ def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[f
     return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, residual, backend)[0]
 
 
+def area_attention_add_(residual: Tensor, q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[float] = None,
+                        backend: str = "auto") -> Tensor:
+    """``residual += area_attention(q, k, v, area, scale)``, in place; returns `residual`.
+
+    For inference: the Triton kernel writes the result over the (contiguous) residual it has just read, so no
+    second map is allocated (AAttn: the PE output becomes the attention output). Not differentiable: with
+    gradients enabled and an input that requires them, use ``area_attention(q, k, v, area, residual=...)``.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, residual)):
+        raise RuntimeError("area_attention_add_ is in place and has no autograd; for training use "
+                           "area_attention(q, k, v, area, residual=residual)")
+    scale = _aa.default_scale(q.shape[2]) if scale is None else float(scale)
+    torch.ops.yolov12_fast.area_attention_add_(q, k, v, int(area), scale, residual, backend)
+    return residual
+
+
 def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], H: int, W: int, x: Optional[Tensor] = None,
            backend: str = "auto") -> Tensor:
     """AAttn's positional encoding plus an add: ``x + depthwise_conv2d(v, weight, bias, padding=k//2)``.
@@ -87,4 +103,4 @@ def conv1x1_silu_residual(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Te
     return torch.ops.yolov12_fast.conv1x1_silu_residual(x, w, b, residual, gamma, backend)
 
 
-__all__ = ["area_attention", "pe_add", "mlp_residual", "conv1x1_silu_residual"]
+__all__ = ["area_attention", "area_attention_add_", "pe_add", "mlp_residual", "conv1x1_silu_residual"]

@@ -45,8 +45,9 @@ from torch import Tensor
 
 from .. import _backends, reference
 from .._backends import BACKENDS
-from ..functional import area_attention, conv1x1_silu_residual, mlp_residual, pe_add
+from ..functional import area_attention, area_attention_add_, conv1x1_silu_residual, mlp_residual, pe_add
 from ..ops.area_attention import DTYPES, HEAD_DIMS
+from ..ops.area_attention import resolve_backend as resolve_attention_backend
 
 __all__ = ["AAttn", "ABlock", "A2C2f", "FastModule", "VARIANTS"]
 
@@ -352,6 +353,19 @@ class AAttn(FastModule):
                 and self.backend in ("auto", "cpp") and q.dtype in DTYPES and hd in HEAD_DIMS and _backends.can_use_cpp()[0]
                 and self._pe_foldable())
 
+    def _attention_in_place(self, q: Tensor, p: Tensor) -> bool:
+        """Inference with the Triton kernel: the attention output can overwrite the PE result P (our own fresh
+        pe_add output, contiguous, q's dtype), saving one (B, C, H, W) map of peak memory. Not under autograd or
+        torch.compile (functional graphs), and not with other backends (their kernels write a new tensor)."""
+        if _compiling() or p.dtype != q.dtype or not p.is_contiguous() or not self._pe_foldable():
+            return False
+        if torch.is_grad_enabled() and (q.requires_grad or p.requires_grad):
+            return False
+        try:
+            return resolve_attention_backend(self.backend, q.device, q.dtype, q.shape[2]) == "triton"
+        except RuntimeError:
+            return False
+
     # -- forward ----------------------------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
@@ -367,7 +381,11 @@ class AAttn(FastModule):
             return _conv1x1(self.proj, o.view(B, nh * hd, H, W))
         p = self._pe(v, H, W)
         if q.dtype in DTYPES and hd in HEAD_DIMS:
-            o = area_attention(q, k, v, self.area, scale=hd ** -0.5, residual=p.to(q.dtype), backend=self.backend)
+            if self._attention_in_place(q, p):  # O = P + attention written over P: no second map
+                o = area_attention_add_(p, q, k, v, self.area, scale=hd ** -0.5, backend=self.backend)
+            else:
+                o = area_attention(q, k, v, self.area, scale=hd ** -0.5, residual=p.to(q.dtype),
+                                   backend=self.backend)
         else:  # float64 or an unusual head_dim: plain PyTorch math
             if hd not in HEAD_DIMS and hd not in _WARNED_HEAD_DIMS:
                 _WARNED_HEAD_DIMS.add(hd)

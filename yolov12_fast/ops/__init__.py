@@ -4,13 +4,13 @@ Importing this package registers every op. Kernels live below (kernels/ for Trit
 are loaded on first use, so registering the ops never needs a GPU, Triton or the compiled extension.
 """
 
-from . import area_attention  # noqa: F401  (registers yolov12_fast::area_attention_fwd / _bwd)
+from . import area_attention  # noqa: F401  (registers yolov12_fast::area_attention_fwd / _add_ / _bwd)
 from . import pe  # noqa: F401  (registers yolov12_fast::pe_add)
 from . import mlp  # noqa: F401  (registers yolov12_fast::mlp_residual / _out)
 from . import conv  # noqa: F401  (registers yolov12_fast::conv1x1_silu_residual)
 
 # Ops this package registers, each with sample inputs in tests/op_samples.py (a test fails for an op without).
-OPS = ("area_attention_fwd", "area_attention_bwd", "pe_add", "mlp_residual", "mlp_residual_out",
+OPS = ("area_attention_fwd", "area_attention_add_", "area_attention_bwd", "pe_add", "mlp_residual", "mlp_residual_out",
        "conv1x1_silu_residual")
 
 

@@ -126,13 +126,8 @@ def _reference_bwd(dout, q, k, v, area, scale):
 # the ops
 
 
-@torch.library.custom_op("yolov12_fast::area_attention_fwd", mutates_args=())
-def area_attention_fwd(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, residual: Optional[Tensor],
-                       backend: str) -> tuple[Tensor, Tensor]:
-    check_inputs(q, k, v, area, residual, backend)
-    b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
-    if q.numel() == 0:
-        return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[0], q.shape[1], q.shape[3], dtype=torch.float32)
+def _fwd(q, k, v, area, scale, residual, b):
+    """The forward on resolved backend `b`: (out, lse)."""
     if b == "triton":
         from ..kernels import area_attention as tk
         return tk.area_attention_fwd(q, k, v, area, scale, residual)
@@ -141,11 +136,44 @@ def area_attention_fwd(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float,
     return _reference_fwd(q, k, v, area, scale, residual)
 
 
+@torch.library.custom_op("yolov12_fast::area_attention_fwd", mutates_args=())
+def area_attention_fwd(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, residual: Optional[Tensor],
+                       backend: str) -> tuple[Tensor, Tensor]:
+    check_inputs(q, k, v, area, residual, backend)
+    b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
+    if q.numel() == 0:
+        return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(q.shape[0], q.shape[1], q.shape[3], dtype=torch.float32)
+    return _fwd(q, k, v, area, scale, residual, b)
+
+
 @area_attention_fwd.register_fake
 def _(q, k, v, area, scale, residual, backend):
     check_inputs(q, k, v, area, residual, backend)
     B, H, D, N = q.shape
     return q.new_empty(B, H, D, N), q.new_empty(B, H, N, dtype=torch.float32)
+
+
+@torch.library.custom_op("yolov12_fast::area_attention_add_", mutates_args=("residual",))
+def area_attention_add_(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, residual: Tensor,
+                        backend: str) -> None:
+    """residual += area_attention(q, k, v), in place (inference: no autograd). With the Triton backend and a
+    contiguous residual the kernel writes its output over the residual it has just read, so AAttn's forward needs
+    no second (B, C, H, W) map besides the PE result (peak memory: qkv + one map, not two); other backends and
+    strided residuals compute out of place and copy back."""
+    check_inputs(q, k, v, area, residual, backend)
+    if q.numel() == 0:
+        return
+    b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
+    if b == "triton" and residual.is_contiguous():
+        from ..kernels import area_attention as tk
+        tk.area_attention_fwd(q, k, v, area, scale, residual, out=residual)
+        return
+    residual.copy_(_fwd(q, k, v, area, scale, residual, b)[0])
+
+
+@area_attention_add_.register_fake
+def _(q, k, v, area, scale, residual, backend):
+    check_inputs(q, k, v, area, residual, backend)
 
 
 @torch.library.custom_op("yolov12_fast::area_attention_bwd", mutates_args=())
@@ -208,5 +236,5 @@ def flops(B: int, heads: int, head_dim: int, N: int, area: int, backward: bool =
     return f * 2.5 if backward else f
 
 
-__all__ = ["area_attention_fwd", "area_attention_bwd", "check_inputs", "resolve_backend", "flops", "default_scale",
+__all__ = ["area_attention_fwd", "area_attention_add_", "area_attention_bwd", "check_inputs", "resolve_backend", "flops", "default_scale",
            "HEAD_DIMS", "DTYPES", "math"]

@@ -77,6 +77,10 @@ def run(device: str, backends: list, dtype) -> bool:
                 continue
             _, out = attention(dtype, b)
             ok &= _close(f"attention fwd {b} {name}", out, naive, want)
+            if b == "triton":  # the in-place form: the kernel writes over the residual it reads
+                r = res.clone()
+                yolov12_fast.area_attention_add_(r, q, k, v, area, backend=b)
+                ok &= _close(f"attention in place {b} {name}", r, naive, want)
             if b in ("triton", "cpp"):  # the backward kernels (cuda: forward only; its backward is Triton's)
                 lk, ok_out = attention(dtype, b, grad=True)
                 for n, g, g_n, g_w in zip("qkv", torch.autograd.grad(ok_out, lk, dout), gn, gw):

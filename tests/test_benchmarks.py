@@ -366,6 +366,7 @@ def test_sanitizer_harness_runs_every_kernel_and_checks_answers(capsys):
     assert sanitize.main(["--device", "cpu"]) == 0
     out = capsys.readouterr().out
     for what in ("attention fwd cpp", "attention dq cpp", "pe_add cpp", "attention fwd triton", "attention dk triton",
+                 "attention in place triton",
                  "pe_add triton", "mlp_residual triton", "conv1x1_silu_residual triton"):
         assert what in out, what
     assert "FAIL" not in out

@@ -10,7 +10,8 @@ What the fast forward does (REFERENCE.md):
 
 - AAttn: runs the qkv (or qk and v) conv as ultralytics does, takes q, k, v as strided views of its output (no
   copies), P = pe(V) with the pe BatchNorm folded into the depthwise weights (`pe_add`), then
-  O = area_attention(q, k, v, area, residual=P) (one fused pass), then proj. The folded pe weights are cached,
+  O = area_attention(q, k, v, area, residual=P) (one fused pass; in inference on the Triton backend written over P
+  in place, `area_attention_add_`, so no second map is allocated), then proj. The folded pe weights are cached,
   keyed on the parameters' storage and version counters (an optimizer step or load_state_dict invalidates the
   cache); when gradients are needed they are folded on the fly inside the graph; when the pe BatchNorm is in
   training mode (batch statistics) the pe Conv module itself runs on an NCHW copy of V (correctness first).

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .area_attention import TRITON_DTYPE, aot_signature, dot_precision, uses_fma
-from .mlp import _arch, _flat, _is_channels_last, load_cn, nc_tile
+from .mlp import _arch, _flat, _is_channels_last, conv1x1_silu_tile, load_cn, nc_tile
 
 
 @triton.jit
@@ -39,16 +39,8 @@ def conv1x1_silu_residual_kernel(
     b = tl.program_id(2).to(tl.int64)
     offs_n, offs_c, mask_n, mask_c = nc_tile(N, C, BLOCK_N, BLOCK_C)
     x_base = X + b * s_xb
-    offs_k0 = tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + offs_k0
-        mask_k = offs_k < K
-        w = tl.load(Wt + offs_c[:, None] * K + offs_k[None, :], mask=mask_c[:, None] & mask_k[None, :], other=0.0)
-        xk = load_cn(x_base, offs_k, offs_n, s_xc, s_xn, mask_k, mask_n)
-        acc = tl.dot(w, xk, acc, input_precision=DOT_PRECISION)
-    acc += tl.load(Bias + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]
-    y = acc / (1.0 + tl.exp2(-1.4426950408889634 * acc))  # silu (-inf side: acc / inf = -0)
+    y = conv1x1_silu_tile(Wt, Bias, x_base, offs_c, mask_c, offs_n, mask_n, s_xc, s_xn, K,
+                          BLOCK_C, BLOCK_N, BLOCK_K, DOT_PRECISION)
     if HAS_RESIDUAL:
         g = tl.load(Gamma + offs_c, mask=mask_c, other=0.0).to(tl.float32)
         y = load_cn(Res + b * s_rb, offs_c, offs_n, s_rc, s_rn, mask_c, mask_n).to(tl.float32) + g[:, None] * y

@@ -40,6 +40,25 @@ def load_cn(base, offs_c, offs_n, s_c, s_n, mask_c, mask_n):
 
 
 @triton.jit
+def conv1x1_silu_tile(W, Bias, x_base, offs_r, mask_r, offs_n, mask_n, s_xc, s_xn, K,
+                      BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr):
+    """silu(W[rows, :K] @ x[:K, tokens] + bias[rows]) for one (BLOCK_R rows x BLOCK_N tokens) tile, in fp32: a 1x1
+    conv with BatchNorm folded and its SiLU, K in BLOCK_K slices (W row-major (rows, K); x strided). Masked rows
+    load W = 0 and bias = 0, giving silu(0) = 0; a -inf pre-activation gives -inf / inf = -0."""
+    offs_k0 = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + offs_k0
+        mask_k = offs_k < K
+        w = tl.load(W + offs_r[:, None] * K + offs_k[None, :], mask=mask_r[:, None] & mask_k[None, :], other=0.0)
+        xk = load_cn(x_base, offs_k, offs_n, s_xc, s_xn, mask_k, mask_n)
+        acc = tl.dot(w, xk, acc, input_precision=DOT_PRECISION)
+    acc += tl.load(Bias + offs_r, mask=mask_r, other=0.0).to(tl.float32)[:, None]
+    return acc / (1.0 + tl.exp2(-1.4426950408889634 * acc))
+
+
+@triton.jit
 def mlp_residual_kernel(
     X, W1, B1, W2, B2, Out,
     s_xb, s_xc, s_xn,
@@ -52,20 +71,12 @@ def mlp_residual_kernel(
     offs_n, offs_c, mask_n, mask_c = nc_tile(N, C, BLOCK_N, BLOCK_C)
     x_base = X + b * s_xb
     offs_h0 = tl.arange(0, BLOCK_H)
-    offs_k0 = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_C, BLOCK_N], dtype=tl.float32)
     for h0 in range(0, HID, BLOCK_H):
         offs_h = h0 + offs_h0
         mask_h = offs_h < HID
-        hpre = tl.zeros([BLOCK_H, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, C, BLOCK_K):
-            offs_k = k0 + offs_k0
-            mask_k = offs_k < C
-            w1 = tl.load(W1 + offs_h[:, None] * C + offs_k[None, :], mask=mask_h[:, None] & mask_k[None, :], other=0.0)
-            xk = load_cn(x_base, offs_k, offs_n, s_xc, s_xn, mask_k, mask_n)
-            hpre = tl.dot(w1, xk, hpre, input_precision=DOT_PRECISION)
-        hpre += tl.load(B1 + offs_h, mask=mask_h, other=0.0).to(tl.float32)[:, None]
-        act = hpre / (1.0 + tl.exp2(-1.4426950408889634 * hpre))  # silu; padded rows: 0 / 2 = 0
+        act = conv1x1_silu_tile(W1, B1, x_base, offs_h, mask_h, offs_n, mask_n, s_xc, s_xn, C,
+                                BLOCK_H, BLOCK_N, BLOCK_K, DOT_PRECISION)  # this hidden chunk, on chip
         w2 = tl.load(W2 + offs_c[:, None] * HID + offs_h[None, :], mask=mask_c[:, None] & mask_h[None, :], other=0.0)
         acc = tl.dot(w2, act.to(w2.dtype), acc, input_precision=DOT_PRECISION)
     acc += tl.load(B2 + offs_c, mask=mask_c, other=0.0).to(tl.float32)[:, None]

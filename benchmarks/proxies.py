@@ -15,8 +15,9 @@
    (read once) and every output (written once), numel x element size of the tensor as the op sees it (fp32 here;
    fp16 on GPU halves it). Caches, re-reads inside a kernel and cuDNN workspaces are not modeled.
 3. Peak memory of a training step (forward + backward under bf16 autocast, AMP's 2-byte activations) of yolo12n at
-   640 and 1280, batch 16, ultralytics vs patched, and of one AAttn, tracked with torch's MemTracker on fake tensors
-   (nothing allocated): the prediction for issue #5's "peak memory at 1280 <= 0.7x" before a GPU measures it.
+   640 and 1280, batch 16, ultralytics vs patched (with each `recompute` mode: "mlp" is the default), and of one
+   AAttn, tracked with torch's MemTracker on fake tensors (nothing allocated): the prediction for issue #5's "peak
+   memory at 1280 <= 0.7x" before a GPU measures it.
 4. Registers / spills / shared memory of every Triton kernel variant the ops launch (yolov12_fast._aot.compile_all,
    head_dim 32 only, for sm_75/80/90) and of every CUDA C++ kernel (nvcc -Xptxas -v, the parser of
    tests/test_cuda_compile.py).
@@ -250,8 +251,12 @@ def train_memory_proxies(cases=TRAIN_MEMORY_CASES) -> dict:
     out = {}
     model = yolo.build("yolo12n", calibrate_imgsz=None, fuse=False)
     for imgsz, batch in cases:
-        for which, m in (("ultralytics", copy.deepcopy(model)), ("patched", yolov12_fast.patch(copy.deepcopy(model)))):
-            out[f"yolo12n train step {imgsz} b{batch} amp: {which}"] = _train_step_peak(m, (batch, 3, imgsz, imgsz))
+        variants = [("ultralytics", lambda: copy.deepcopy(model)),
+                    ("patched", lambda: yolov12_fast.patch(copy.deepcopy(model)))]  # default recompute ("mlp")
+        variants += [(f"patched, recompute {r}", lambda r=r: yolov12_fast.patch(copy.deepcopy(model), recompute=r))
+                     for r in ("none", "block")]
+        for which, make in variants:
+            out[f"yolo12n train step {imgsz} b{batch} amp: {which}"] = _train_step_peak(make(), (batch, 3, imgsz, imgsz))
         attn = AAttn(64, 2, 4)
         for which, m in (("ultralytics", copy.deepcopy(attn)), ("patched", yolov12_fast.patch(copy.deepcopy(attn)))):
             out[f"AAttn P4 {imgsz} b{batch} amp: {which}"] = _train_step_peak(m, (batch, 64, imgsz // 16, imgsz // 16))
@@ -399,7 +404,9 @@ def main(argv=None) -> int:
     new = compute(aot=not a.no_aot)
     print(format_launches(new["launches"]))
     for name, r in new["train_memory"].items():
-        print(f"{name:<45} peak {r['peak_mb']:>9.0f} MB (activations {r['activations_mb']:.0f} MB)")
+        base = new["train_memory"].get(name.rsplit(": ", 1)[0] + ": ultralytics")
+        ratio = f" = {r['peak_mb'] / base['peak_mb']:.3f}x ultralytics" if base and base is not r else ""
+        print(f"{name:<58} peak {r['peak_mb']:>9.0f} MB (activations {r['activations_mb']:.0f} MB){ratio}")
     for key in ("triton_aot", "cuda_ptxas"):
         if isinstance(new.get(key), list):
             rows = new[key]

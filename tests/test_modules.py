@@ -419,6 +419,90 @@ def test_gradients_match(mode, variant):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
 
 
+def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for backward during module(x)."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    seen = {}
+
+    def pack(t):
+        seen.setdefault(StorageWeakRef(t.untyped_storage()).cdata, t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("variant", ["ultralytics", "turbo"])
+def test_recompute_modes_are_exact_and_keep_less(variant):
+    """recompute="mlp" / "block" (activation checkpointing of the ABlock MLP / the whole ABlock while training)
+    give bit-identical outputs, input and parameter gradients and BatchNorm running statistics to "none" (the
+    statistics updated once, in the same tensors), and keep less for backward: mlp < none, block < mlp."""
+    from ultralytics.nn.modules.block import A2C2f
+
+    torch.manual_seed(5)
+    plain = A2C2f(128, 128, 1, True, 4, True, 1.2)
+    if variant == "turbo":
+        for pair in plain.m:
+            for b in pair:
+                b.attn = U.TurboAAttn(64, 2, 4)
+    _randomize(plain, seed=3).train()
+    x = torch.randn(3, 128, 8, 10)  # batch 3, 80 tokens, 20 per area
+    results, saved = {}, {}
+    for mode in yf.nn.RECOMPUTE:
+        fast = yf.patch(copy.deepcopy(plain), backend=BACKEND, recompute=mode)
+        assert all(m.recompute == mode for m in fast.modules() if isinstance(m, yf.nn.FastModule))
+        buffers = {k: b for k, b in fast.named_buffers()}
+        y, gx, gp = _grads(fast, x)
+        assert all(b is buffers[k] for k, b in fast.named_buffers()), "running statistics replaced"
+        counts = {k: int(b) for k, b in buffers.items() if k.endswith("num_batches_tracked")}
+        assert set(counts.values()) == {1}, counts  # one update per forward, none from the recomputation
+        results[mode] = (y, gx, gp, {k: b.clone() for k, b in buffers.items()})
+        saved[mode] = _saved_bytes(fast, x.clone().requires_grad_(True))
+    y0, gx0, gp0, b0 = results["none"]
+    for mode in ("mlp", "block"):
+        y, gx, gp, b = results[mode]
+        assert torch.equal(y, y0) and torch.equal(gx, gx0), mode
+        assert gp.keys() == gp0.keys() and all(torch.equal(gp[k], gp0[k]) for k in gp0), mode
+        assert all(torch.equal(b[k], b0[k]) for k in b0), mode
+    assert saved["block"] < saved["mlp"] < saved["none"], saved
+
+
+def test_recompute_only_while_training_and_setting_checks():
+    """No checkpointing in eval mode or without autograd (nothing would be saved anyway); bad values are refused
+    with the list of valid ones; patched() restores the previous setting."""
+    import torch.utils.checkpoint as cp
+    from ultralytics.nn.modules.block import ABlock
+
+    fast = yf.patch(ABlock(64, 2, 1.2, 1), backend=BACKEND)
+    calls = []
+    orig = cp.checkpoint
+
+    def spy(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+
+    x = torch.randn(1, 64, 5, 5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cp, "checkpoint", spy)
+        fast.eval()(x)
+        with torch.no_grad():
+            fast.train()(x)
+        assert calls == []
+        fast.train()(x.requires_grad_(True)).sum().backward()
+        assert calls == [1]
+    for bad in ("all", None, "MLP"):
+        with pytest.raises(ValueError, match="recompute"):
+            fast.recompute = bad
+        with pytest.raises(ValueError, match="recompute"):
+            yf.patch(ABlock(64, 2, 1.2, 1), recompute=bad or "x")
+    assert fast.recompute == "mlp"
+    with yf.patched(fast, recompute="block"):
+        assert fast.recompute == "block" and fast.attn.recompute == "block"
+    assert fast.recompute == "mlp"
+
+
 def test_pe_fold_cache_follows_parameter_updates():
     """The cached folded pe weights are keyed on parameter versions: an in-place update (optimizer step,
     load_state_dict) and .to(dtype) invalidate them."""

@@ -427,9 +427,11 @@ def test_trainer_callback_reaches_ddp_workers(tmp_path):
     ours = [cb for cb in y.callbacks["on_pretrain_routine_end"] if getattr(cb, "func", None) is _patch_trainer]
     assert len(ours) == 1
     y.backend = "auto"
-    y._yf_add_callbacks()  # train() reinstalls it with the current backend, never twice
+    y.recompute = "block"
+    assert all(m.recompute == "block" for m in y.model.modules() if isinstance(m, yf.nn.FastModule))
+    y._yf_add_callbacks()  # train() reinstalls it with the current settings, never twice
     ours = [cb for cb in y.callbacks["on_pretrain_routine_end"] if getattr(cb, "func", None) is _patch_trainer]
-    assert len(ours) == 1 and ours[0].keywords == {"backend": "auto"}
+    assert len(ours) == 1 and ours[0].keywords == {"backend": "auto", "recompute": "block"}
     (tmp_path / "cb.pkl").write_bytes(pickle.dumps(ours[0]))
     code = textwrap.dedent(f"""
         import pickle, sys, types
@@ -440,8 +442,9 @@ def test_trainer_callback_reaches_ddp_workers(tmp_path):
         trainer = types.SimpleNamespace(model=model, ema=ModelEMA(model))
         trainer.save_model = lambda: None
         pickle.loads(open({str(tmp_path / "cb.pkl")!r}, "rb").read())(trainer)
+        print(model.model[6].m[0][1].recompute, trainer.ema.ema.model[8].recompute)
         print(type(model.model[6]).__module__, type(trainer.ema.ema.model[8]).__module__)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stdout.split()[-2:] == ["yolov12_fast.patch", "yolov12_fast.patch"], r.stdout
+    assert r.stdout.split()[-4:] == ["block", "block", "yolov12_fast.patch", "yolov12_fast.patch"], r.stdout

@@ -1,7 +1,7 @@
 """`yolov12_fast.YOLO`: ultralytics' YOLO with the fast attention modules swapped in.
 
-A subclass of `ultralytics.YOLO` with the same constructor (plus keyword-only `backend=`) and methods. The swap
-(`yolov12_fast.patch`) happens
+A subclass of `ultralytics.YOLO` with the same constructor (plus keyword-only `backend=` and `recompute=`) and
+methods. The swap (`yolov12_fast.patch`) happens
 
 - after a model is built from a YAML or loaded from a .pt (`_new` / `_load`),
 - inside training, once the trainer has built its own model and EMA (callback `on_pretrain_routine_end`), and
@@ -28,10 +28,23 @@ import functools
 from ultralytics import YOLO as _UltralyticsYOLO
 from ultralytics.utils.torch_utils import unwrap_model
 
-from .nn.modules import _check_backend
+from .nn.modules import _check_backend, _check_recompute
 from .patch import _torch_root, patch, unpatched
 
 __all__ = ["YOLO"]
+
+
+def _patch_setting(key: str, default: str, check) -> property:
+    """A setting of the patched modules, kept in the YOLO object's __dict__; assigning it re-patches the model."""
+
+    def get(self) -> str:
+        return self.__dict__.get(key, default)
+
+    def set(self, value: str) -> None:
+        self.__dict__[key] = check(value)
+        self._yf_patch()
+
+    return property(get, set)
 
 
 class YOLO(_UltralyticsYOLO):
@@ -40,13 +53,19 @@ class YOLO(_UltralyticsYOLO):
     Args:
         model, task, verbose: as for `ultralytics.YOLO`.
         backend: area-attention backend of the patched modules ("auto", "triton", "cuda", "cpp", "reference").
+        recompute: what the ABlocks recompute in backward while training instead of keeping it in memory ("mlp",
+            "block", "none"; see yolov12_fast.nn.FastModule.recompute).
     """
 
-    def __init__(self, model="yolo12n.pt", task=None, verbose: bool = False, *, backend: str = "auto"):
-        self.__dict__["_yf_backend"] = _check_backend(backend)  # before Model.__init__, which loads and builds
+    def __init__(self, model="yolo12n.pt", task=None, verbose: bool = False, *, backend: str = "auto",
+                 recompute: str = "mlp"):
+        # before Model.__init__, which loads and builds
+        self.__dict__["_yf_backend"] = _check_backend(backend)
+        self.__dict__["_yf_recompute"] = _check_recompute(recompute)
         super().__init__(model, task=task, verbose=verbose)
         if "_yf_backend" not in self.__dict__:  # Model.__init__ adopted another Model's __dict__
             self.__dict__["_yf_backend"] = backend
+            self.__dict__["_yf_recompute"] = recompute
             self._yf_patch()
         self._yf_add_callbacks()
 
@@ -75,14 +94,8 @@ class YOLO(_UltralyticsYOLO):
 
     # -- helpers --------------------------------------------------------------------------------------------------
 
-    @property
-    def backend(self) -> str:
-        return self.__dict__.get("_yf_backend", "auto")
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self.__dict__["_yf_backend"] = _check_backend(value)
-        self._yf_patch()
+    backend = _patch_setting("_yf_backend", "auto", _check_backend)
+    recompute = _patch_setting("_yf_recompute", "mlp", _check_recompute)
 
     def _yf_has_torch_model(self) -> bool:
         try:
@@ -93,25 +106,25 @@ class YOLO(_UltralyticsYOLO):
 
     def _yf_patch(self) -> None:
         if self._yf_has_torch_model():
-            patch(self, backend=self.backend)
+            patch(self, backend=self.backend, recompute=self.recompute)
 
     def _yf_add_callbacks(self) -> None:
-        """(Re)install the trainer callback with the current backend: a picklable partial (DDP workers get it)."""
+        """(Re)install the trainer callback with the current settings: a picklable partial (DDP workers get it)."""
         cbs = self.callbacks["on_pretrain_routine_end"]
         old = self.__dict__.get("_yf_trainer_callback")
         if old is not None and old in cbs:
             cbs.remove(old)
-        cb = functools.partial(_patch_trainer, backend=self.backend)
+        cb = functools.partial(_patch_trainer, backend=self.backend, recompute=self.recompute)
         self.__dict__["_yf_trainer_callback"] = cb
         cbs.append(cb)
 
 
-def _patch_trainer(trainer, backend: str) -> None:
+def _patch_trainer(trainer, backend: str, recompute: str = "mlp") -> None:
     """Trainer callback: patch the model the trainer built and its EMA; checkpoint with the original classes."""
-    patch(unwrap_model(trainer.model), backend=backend)
+    patch(unwrap_model(trainer.model), backend=backend, recompute=recompute)
     ema = getattr(trainer, "ema", None)
     if ema is not None and getattr(ema, "ema", None) is not None:
-        patch(ema.ema, backend=backend)
+        patch(ema.ema, backend=backend, recompute=recompute)
     if "save_model" not in trainer.__dict__:  # wrap this trainer's save_model once (instance attribute only)
         plain_save = trainer.save_model
 

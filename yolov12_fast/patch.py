@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Optional
 
 import torch.nn as nn
 
-from .nn.modules import A2C2f, AAttn, ABlock, FastModule, _check_backend
+from .nn.modules import A2C2f, AAttn, ABlock, FastModule, _check_backend, _check_recompute
 
 __all__ = ["patch", "unpatch", "patched", "unpatched", "is_patched", "module_kind", "fast_class"]
 
@@ -131,9 +131,18 @@ def _refresh_predictor(model) -> None:
     model.predictor = None
 
 
-def _swap(m: nn.Module, kind: str, backend: str) -> None:
+def _options(backend: str, recompute: Optional[str]) -> dict:
+    """The per-instance settings patch writes into a module's __dict__ (None: leave as it is)."""
+    _check_backend(backend)
+    opts = {"_yf_backend": backend}
+    if recompute is not None:
+        opts["_yf_recompute"] = _check_recompute(recompute)
+    return opts
+
+
+def _swap(m: nn.Module, kind: str, opts: dict) -> None:
     m.__class__ = fast_class(type(m), kind)
-    m.__dict__["_yf_backend"] = backend
+    m.__dict__.update(opts)
 
 
 def _restore(m: nn.Module) -> bool:
@@ -146,22 +155,22 @@ def _restore(m: nn.Module) -> bool:
     return True
 
 
-def _patch_tree(root: nn.Module, backend: str, filter: Optional[Filter]):
+def _patch_tree(root: nn.Module, opts: dict, filter: Optional[Filter]):
     swapped, reset = [], []
     for name, m in root.named_modules():
         kind = module_kind(m)
         if kind is None or (filter is not None and not filter(name, m)):
             continue
         if isinstance(m, FastModule):
-            reset.append((m, m.__dict__.get("_yf_backend")))
-            m.__dict__["_yf_backend"] = backend
+            reset.append((m, {k: m.__dict__.get(k) for k in opts}))
+            m.__dict__.update(opts)
         else:
-            _swap(m, kind, backend)
+            _swap(m, kind, opts)
             swapped.append(m)
     return swapped, reset
 
 
-def patch(model, backend: str = "auto", filter: Optional[Filter] = None):
+def patch(model, backend: str = "auto", filter: Optional[Filter] = None, recompute: Optional[str] = None):
     """Swap the fast modules into this model instance (in place) and return it.
 
     Args:
@@ -169,11 +178,13 @@ def patch(model, backend: str = "auto", filter: Optional[Filter] = None):
         backend: area-attention backend for the patched modules ("auto", "triton", "cuda", "cpp", "reference").
         filter: optional `filter(name, module) -> bool`; only modules for which it returns True are patched. Names
             are those of `named_modules()` of the torch model (for a YOLO object: of `yolo.model`).
+        recompute: what ABlocks recompute in backward while training instead of keeping it in memory
+            ("mlp", the default of the modules; "block"; "none"; see yolov12_fast.nn.FastModule.recompute).
+            None leaves each module's setting as it is.
 
-    Idempotent: patching again only updates the backend of the modules the filter selects.
+    Idempotent: patching again only updates the settings of the modules the filter selects.
     """
-    _check_backend(backend)
-    _patch_tree(_torch_root(model), backend, filter)
+    _patch_tree(_torch_root(model), _options(backend, recompute), filter)
     _refresh_predictor(model)
     return model
 
@@ -188,41 +199,43 @@ def unpatch(model):
 
 
 @contextlib.contextmanager
-def patched(model, backend: str = "auto", filter: Optional[Filter] = None) -> Iterator:
+def patched(model, backend: str = "auto", filter: Optional[Filter] = None,
+            recompute: Optional[str] = None) -> Iterator:
     """`with yolov12_fast.patched(model): ...` patches on entry and, on exit, restores exactly what it changed
-    (modules patched before the block stay patched, with their previous backend)."""
-    _check_backend(backend)
-    swapped, reset = _patch_tree(_torch_root(model), backend, filter)
+    (modules patched before the block stay patched, with their previous settings)."""
+    swapped, reset = _patch_tree(_torch_root(model), _options(backend, recompute), filter)
     _refresh_predictor(model)
     try:
         yield model
     finally:
         for m in swapped:
             _restore(m)
-        for m, b in reset:
-            if b is None:
-                m.__dict__.pop("_yf_backend", None)
-            else:
-                m.__dict__["_yf_backend"] = b
+        for m, old in reset:
+            for k, v in old.items():
+                if v is None:
+                    m.__dict__.pop(k, None)
+                else:
+                    m.__dict__[k] = v
         _refresh_predictor(model)
 
 
 @contextlib.contextmanager
 def unpatched(model) -> Iterator:
     """`with unpatched(model): ...` runs the block with the original classes, then patches the same modules back
-    with their backends (used around ultralytics' checkpoint saving so the file is byte-for-byte plain)."""
+    with their settings (used around ultralytics' checkpoint saving so the file is byte-for-byte plain)."""
     root = _torch_root(model)
     restored = []
     for m in root.modules():
         if isinstance(m, FastModule) and type(m).__dict__.get("_yf_plain_class") is not None:
-            restored.append((m, module_kind(m), m.__dict__.get("_yf_backend", "auto")))
+            opts = {k: v for k, v in m.__dict__.items() if k in ("_yf_backend", "_yf_recompute")}
+            restored.append((m, module_kind(m), opts))
     for m, _, _ in restored:
         _restore(m)
     try:
         yield model
     finally:
-        for m, kind, b in restored:
-            _swap(m, kind, b)
+        for m, kind, opts in restored:
+            _swap(m, kind, opts)
 
 
 def is_patched(model) -> bool:

@@ -17,7 +17,10 @@ What the fast forward does (REFERENCE.md):
   training mode (batch statistics) the pe Conv module itself runs on an NCHW copy of V (correctness first).
 - ABlock: x1 = x + attn(x); x1 + mlp(x1). With backend="triton" the MLP and its residual run as one fused kernel
   (`mlp_residual`, BatchNorm folded, the hidden activation never in memory); "auto" keeps the two 1x1 convs
-  until the fused kernel measures faster than cuDNN on a GPU.
+  until the fused kernel measures faster than cuDNN on a GPU. While training, the MLP (recompute="mlp", the
+  default) or the whole block ("block") keeps only its input for backward and runs again there
+  (torch.utils.checkpoint, BatchNorm running statistics shielded from the second run): the training-memory
+  answer for high resolutions, see FastModule.recompute.
 - A2C2f: without autograd, cv1 and each block pair write into channel slices of one preallocated buffer that cv2
   reads once (no torch.cat); with autograd it concatenates (out= ops are not differentiable). The L/X residual is
   x + gamma * cv2(...): one addcmul after cv2, or with backend="triton" inside cv2's GEMM epilogue
@@ -34,10 +37,11 @@ keeps the fast class (ultralytics deep-copies models for EMA, export and saving)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import copyreg
 import warnings
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
@@ -50,9 +54,11 @@ from ..functional import area_attention, area_attention_add_, conv1x1_silu_resid
 from ..ops.area_attention import DTYPES, HEAD_DIMS
 from ..ops.area_attention import resolve_backend as resolve_attention_backend
 
-__all__ = ["AAttn", "ABlock", "A2C2f", "FastModule", "VARIANTS"]
+__all__ = ["AAttn", "ABlock", "A2C2f", "FastModule", "VARIANTS", "RECOMPUTE"]
 
 VARIANTS = ("ultralytics", "turbo")
+# What an ABlock recomputes in backward instead of keeping for it while training (see FastModule.recompute).
+RECOMPUTE = ("none", "mlp", "block")
 
 # Keys of the instance __dict__ that belong to yolov12_fast: stripped when pickling and by unpatch().
 _PRIVATE_PREFIX = "_yf_"
@@ -93,26 +99,82 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
+def _check_recompute(recompute: str) -> str:
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"yolov12_fast: unknown recompute {recompute!r}; choose one of {RECOMPUTE}")
+    return recompute
+
+
+@contextlib.contextmanager
+def _bn_statistics_shielded(module: nn.Module) -> Iterator[None]:
+    """While recomputing a checkpointed forward in backward: every BatchNorm in `module` that tracks running
+    statistics updates throwaway copies of them, so the real running_mean / running_var / num_batches_tracked are
+    updated once per step (by the original forward), as without recomputation. The batch statistics, hence the
+    recomputed activations and the gradients, are the same; the same tensors are saved (same BatchNorm call)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+           and m.running_mean is not None]
+    real = [(m.running_mean, m.running_var, m.num_batches_tracked) for m in bns]
+    for m in bns:
+        m.running_mean, m.running_var = m.running_mean.clone(), m.running_var.clone()
+        if m.num_batches_tracked is not None:
+            m.num_batches_tracked = m.num_batches_tracked.clone()
+    try:
+        yield
+    finally:
+        for m, (mean, var, count) in zip(bns, real):
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
+
+
+def _checkpointed(fn, module: nn.Module, *args):
+    """fn(*args) with activation checkpointing (torch.utils.checkpoint, non-reentrant): only the inputs are kept
+    for backward, the forward of `module` runs again in backward with its BatchNorm statistics shielded."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _bn_statistics_shielded(module)))
+
+
+def _block_setting(key: str, default: str, check, doc: str) -> property:
+    """A str setting kept in the instance __dict__ under `key` (stripped when pickling); assigning it validates the
+    value and sets it on every FastModule inside the module."""
+
+    def get(self) -> str:
+        return self.__dict__.get(key, default)
+
+    def set(self, value: str) -> None:
+        check(value)
+        for m in self.modules():
+            if isinstance(m, FastModule):
+                m.__dict__[key] = value
+
+    return property(get, set, doc=doc)
+
+
 class FastModule(nn.Module):
     """Common base of the fast modules: the `backend` attribute, pickling as the plain class, deepcopy."""
 
     # Set on the per-class subclasses that yolov12_fast.patch creates: the class the instance had before patching.
     _yf_plain_class: Optional[type] = None
 
-    # -- backend --------------------------------------------------------------------------------------------
+    # -- settings (instance __dict__ entries, set on a block for every fast module inside it) ---------------------
 
-    @property
-    def backend(self) -> str:
-        """The area-attention backend ("auto", "triton", "cuda", "cpp", "reference"). Setting it on a block sets it
-        on every fast module inside it."""
-        return self.__dict__.get("_yf_backend", "auto")
+    backend = _block_setting("_yf_backend", "auto", _check_backend, """The area-attention backend ("auto", "triton",
+        "cuda", "cpp", "reference"). Setting it on a block sets it on every fast module inside it.""")
 
-    @backend.setter
-    def backend(self, value: str) -> None:
-        _check_backend(value)
-        for m in self.modules():
-            if isinstance(m, FastModule):
-                m.__dict__["_yf_backend"] = value
+    recompute = _block_setting("_yf_recompute", "mlp", _check_recompute, """What an ABlock recomputes in backward
+        instead of keeping in memory while training (autograd on, module in training mode, not under torch.compile,
+        whose partitioner makes its own recomputation choices):
+
+        - "mlp" (default): the MLP (two 1x1 Convs with BatchNorm, SiLU) keeps only its input; its forward runs
+          again in backward. Costs one MLP forward per block and step; predicted peak of a yolo12n AMP training
+          step at 1280, batch 16: 0.67x ultralytics' instead of 0.71x (benchmarks/proxies.py).
+        - "block": the whole ABlock (attention included) keeps only its input (0.60x predicted; costs an ABlock
+          forward per block and step).
+        - "none": everything autograd saves is kept.
+
+        Results and gradients are the same in every mode; running BatchNorm statistics are updated once per
+        forward. As with torch.utils.checkpoint, forward hooks of modules inside the recomputed part run again
+        during the recomputation. Setting it on a block sets it on every fast module inside it.""")
 
     # -- pickling / copying -----------------------------------------------------------------------------------
 
@@ -414,7 +476,7 @@ class ABlock(FastModule):
     `ABlock(dim, num_heads, mlp_ratio, area)`; `variant` picks the AAttn layout."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2, area: int = 1, *,
-                 variant: str = "ultralytics", backend: str = "auto"):
+                 variant: str = "ultralytics", backend: str = "auto", recompute: str = "mlp"):
         super().__init__()
         Conv = _ultralytics_conv()
         self.attn = AAttn(dim, num_heads=num_heads, area=area, variant=variant, backend=backend)
@@ -422,6 +484,7 @@ class ABlock(FastModule):
         self.mlp = nn.Sequential(Conv(dim, mlp_hidden_dim, 1), Conv(mlp_hidden_dim, dim, 1, act=False))
         self.apply(self._init_weights)
         self.backend = backend
+        self.recompute = recompute
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -461,11 +524,25 @@ class ABlock(FastModule):
 
         return self._folded("_yf_mlp_cache", _conv_tensors(c1) + _conv_tensors(c2), fold, x.dtype)
 
+    def _recompute(self, x: Tensor) -> str:
+        """The recompute mode that applies to this call: only while training with autograd, in eager mode."""
+        if not (self.training and torch.is_grad_enabled()) or _compiling() or _decomposing():
+            return "none"
+        return self.recompute
+
     def forward(self, x: Tensor) -> Tensor:
+        recompute = self._recompute(x)
+        if recompute == "block":
+            return _checkpointed(self._forward, self, x)
+        return self._forward(x, recompute == "mlp")
+
+    def _forward(self, x: Tensor, recompute_mlp: bool = False) -> Tensor:
         x = x + self.attn(x)
         p = self._mlp_fused_params(x)
-        if p is not None:
+        if p is not None:  # the fused kernel's autograd already keeps only x
             return mlp_residual(x, *p, backend=self.backend)
+        if recompute_mlp:
+            return x + _checkpointed(self.mlp, self.mlp, x)
         return x + self.mlp(x)
 
     def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
@@ -511,7 +588,7 @@ class A2C2f(FastModule):
 
     def __init__(self, c1: int, c2: int, n: int = 1, a2: bool = True, area: int = 1, residual: bool = False,
                  mlp_ratio: float = 2.0, e: float = 0.5, g: int = 1, shortcut: bool = True, *,
-                 variant: str = "ultralytics", backend: str = "auto"):
+                 variant: str = "ultralytics", backend: str = "auto", recompute: str = "mlp"):
         super().__init__()
         from ultralytics.nn.modules.block import C3k
 
@@ -528,6 +605,7 @@ class A2C2f(FastModule):
             if a2 else C3k(c_, c_, 2, shortcut, g)
             for _ in range(n))
         self.backend = backend
+        self.recompute = recompute
 
     @classmethod
     def _default_plain_class(cls) -> type:

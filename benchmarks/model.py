@@ -13,8 +13,8 @@ YOLO11 of the same scale (`yolo11n-eager`, `yolo11n-eager+graphs`): is YOLOv12 s
 
 Training (GPU): one step of yolo12n at batch 16, AMP (fp16 autocast + GradScaler), SGD as ultralytics configures it,
 ultralytics' detection loss on synthetic boxes: forward + loss + backward + optimizer step, eager vs patched, at 640
-and 1280, with peak memory. `train-patched` runs the default recompute ("mlp": the ABlock MLPs run again in
-backward instead of keeping their activations); `train-patched-recompute-none` / `-block` show the other two modes,
+and 1280, with peak memory. `train-patched` runs the default recompute ("auto" = "mlp" on CUDA: the ABlock MLPs run
+again in backward instead of keeping their activations); `train-patched-recompute-none` / `-block` show the other two modes,
 so the report gives the memory / time trade-off of each (issue #5: >= 1.15x faster, peak <= 0.7x at 1280).
 
 CPU: yolo12n batch 1 at 640, eager vs patched, fp32, at each pinned thread count (interleaved rounds).
@@ -241,7 +241,7 @@ def _train(ctx: Context, budget: Budget) -> list:
         if not ctx.wants(case):
             continue
         rows_c = []
-        # patched: the default recompute ("mlp"); the other two modes show the memory/time trade-off
+        # patched: the default recompute ("auto" = "mlp" on CUDA); the other two modes show the memory/time trade-off
         for name in ("eager", "patched", "patched-recompute-none", "patched-recompute-block"):
             if budget.over():
                 rows_c.append(make_row(ctx, SUITE, case, params, f"train-{name}", status="skipped", reason=budget.reason(),

@@ -15,7 +15,7 @@
    (read once) and every output (written once), numel x element size of the tensor as the op sees it (fp32 here;
    fp16 on GPU halves it). Caches, re-reads inside a kernel and cuDNN workspaces are not modeled.
 3. Peak memory of a training step (forward + backward under bf16 autocast, AMP's 2-byte activations) of yolo12n at
-   640 and 1280, batch 16, ultralytics vs patched (with each `recompute` mode: "mlp" is the default), and of one
+   640 and 1280, batch 16, ultralytics vs patched (with each `recompute` mode; "patched" is "mlp", what the default "auto" runs on CUDA), and of one
    AAttn, tracked with torch's MemTracker on fake tensors (nothing allocated): the prediction for issue #5's "peak
    memory at 1280 <= 0.7x" before a GPU measures it.
 4. Registers / spills / shared memory of every Triton kernel variant the ops launch (yolov12_fast._aot.compile_all,
@@ -252,7 +252,8 @@ def train_memory_proxies(cases=TRAIN_MEMORY_CASES) -> dict:
     model = yolo.build("yolo12n", calibrate_imgsz=None, fuse=False)
     for imgsz, batch in cases:
         variants = [("ultralytics", lambda: copy.deepcopy(model)),
-                    ("patched", lambda: yolov12_fast.patch(copy.deepcopy(model)))]  # default recompute ("mlp")
+                    # what recompute="auto" does on CUDA (these fake tensors are CPU ones)
+                    ("patched", lambda: yolov12_fast.patch(copy.deepcopy(model), recompute="mlp"))]
         variants += [(f"patched, recompute {r}", lambda r=r: yolov12_fast.patch(copy.deepcopy(model), recompute=r))
                      for r in ("none", "block")]
         for which, make in variants:

@@ -466,12 +466,15 @@ def test_recompute_modes_are_exact_and_keep_less(variant):
         assert torch.equal(y, y0) and torch.equal(gx, gx0), mode
         assert gp.keys() == gp0.keys() and all(torch.equal(gp[k], gp0[k]) for k in gp0), mode
         assert all(torch.equal(b[k], b0[k]) for k in b0), mode
-    assert saved["block"] < saved["mlp"] < saved["none"], saved
+    assert saved["block"] < saved["mlp"] < saved["none"] == saved["auto"], saved  # auto on CPU: none
 
 
 def test_recompute_only_while_training_and_setting_checks():
-    """No checkpointing in eval mode or without autograd (nothing would be saved anyway); bad values are refused
-    with the list of valid ones; patched() restores the previous setting."""
+    """No checkpointing in eval mode or without autograd (nothing would be saved anyway), nor with "auto" on CPU;
+    "auto" is "mlp" on CUDA; bad values are refused with the list of valid ones; patched() restores the previous
+    setting."""
+    import types
+
     import torch.utils.checkpoint as cp
     from ultralytics.nn.modules.block import ABlock
 
@@ -486,21 +489,26 @@ def test_recompute_only_while_training_and_setting_checks():
     x = torch.randn(1, 64, 5, 5)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cp, "checkpoint", spy)
+        fast.train()(x.clone().requires_grad_(True)).sum().backward()  # auto, CPU
+        fast.recompute = "mlp"
         fast.eval()(x)
         with torch.no_grad():
             fast.train()(x)
         assert calls == []
-        fast.train()(x.requires_grad_(True)).sum().backward()
+        fast.train()(x.clone().requires_grad_(True)).sum().backward()
         assert calls == [1]
+    fast.recompute = "auto"
+    on = lambda dev: fast._recompute(types.SimpleNamespace(device=torch.device(dev)))
+    assert on("cuda") == "mlp" and on("cpu") == "none"
     for bad in ("all", None, "MLP"):
         with pytest.raises(ValueError, match="recompute"):
             fast.recompute = bad
         with pytest.raises(ValueError, match="recompute"):
             yf.patch(ABlock(64, 2, 1.2, 1), recompute=bad or "x")
-    assert fast.recompute == "mlp"
+    assert fast.recompute == "auto"
     with yf.patched(fast, recompute="block"):
         assert fast.recompute == "block" and fast.attn.recompute == "block"
-    assert fast.recompute == "mlp"
+    assert fast.recompute == "auto"
 
 
 def test_pe_fold_cache_follows_parameter_updates():

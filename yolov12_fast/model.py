@@ -53,12 +53,12 @@ class YOLO(_UltralyticsYOLO):
     Args:
         model, task, verbose: as for `ultralytics.YOLO`.
         backend: area-attention backend of the patched modules ("auto", "triton", "cuda", "cpp", "reference").
-        recompute: what the ABlocks recompute in backward while training instead of keeping it in memory ("mlp",
-            "block", "none"; see yolov12_fast.nn.FastModule.recompute).
+        recompute: what the ABlocks recompute in backward while training instead of keeping it in memory ("auto":
+            the MLP on CUDA, nothing on CPU; "mlp", "block", "none"; see yolov12_fast.nn.FastModule.recompute).
     """
 
     def __init__(self, model="yolo12n.pt", task=None, verbose: bool = False, *, backend: str = "auto",
-                 recompute: str = "mlp"):
+                 recompute: str = "auto"):
         # before Model.__init__, which loads and builds
         self.__dict__["_yf_backend"] = _check_backend(backend)
         self.__dict__["_yf_recompute"] = _check_recompute(recompute)
@@ -95,7 +95,7 @@ class YOLO(_UltralyticsYOLO):
     # -- helpers --------------------------------------------------------------------------------------------------
 
     backend = _patch_setting("_yf_backend", "auto", _check_backend)
-    recompute = _patch_setting("_yf_recompute", "mlp", _check_recompute)
+    recompute = _patch_setting("_yf_recompute", "auto", _check_recompute)
 
     def _yf_has_torch_model(self) -> bool:
         try:
@@ -119,7 +119,7 @@ class YOLO(_UltralyticsYOLO):
         cbs.append(cb)
 
 
-def _patch_trainer(trainer, backend: str, recompute: str = "mlp") -> None:
+def _patch_trainer(trainer, backend: str, recompute: str = "auto") -> None:
     """Trainer callback: patch the model the trainer built and its EMA; checkpoint with the original classes."""
     patch(unwrap_model(trainer.model), backend=backend, recompute=recompute)
     ema = getattr(trainer, "ema", None)

@@ -179,7 +179,8 @@ def patch(model, backend: str = "auto", filter: Optional[Filter] = None, recompu
         filter: optional `filter(name, module) -> bool`; only modules for which it returns True are patched. Names
             are those of `named_modules()` of the torch model (for a YOLO object: of `yolo.model`).
         recompute: what ABlocks recompute in backward while training instead of keeping it in memory
-            ("mlp", the default of the modules; "block"; "none"; see yolov12_fast.nn.FastModule.recompute).
+            ("auto", the modules' default: the MLP on CUDA, nothing on CPU; "mlp"; "block"; "none"; see
+            yolov12_fast.nn.FastModule.recompute).
             None leaves each module's setting as it is.
 
     Idempotent: patching again only updates the settings of the modules the filter selects.

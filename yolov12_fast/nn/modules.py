@@ -17,8 +17,8 @@ What the fast forward does (REFERENCE.md):
   training mode (batch statistics) the pe Conv module itself runs on an NCHW copy of V (correctness first).
 - ABlock: x1 = x + attn(x); x1 + mlp(x1). With backend="triton" the MLP and its residual run as one fused kernel
   (`mlp_residual`, BatchNorm folded, the hidden activation never in memory); "auto" keeps the two 1x1 convs
-  until the fused kernel measures faster than cuDNN on a GPU. While training, the MLP (recompute="mlp", the
-  default) or the whole block ("block") keeps only its input for backward and runs again there
+  until the fused kernel measures faster than cuDNN on a GPU. While training, the MLP (recompute="mlp", what
+  "auto" picks on CUDA) or the whole block ("block") keeps only its input for backward and runs again there
   (torch.utils.checkpoint, BatchNorm running statistics shielded from the second run): the training-memory
   answer for high resolutions, see FastModule.recompute.
 - A2C2f: without autograd, cv1 and each block pair write into channel slices of one preallocated buffer that cv2
@@ -58,7 +58,7 @@ __all__ = ["AAttn", "ABlock", "A2C2f", "FastModule", "VARIANTS", "RECOMPUTE"]
 
 VARIANTS = ("ultralytics", "turbo")
 # What an ABlock recomputes in backward instead of keeping for it while training (see FastModule.recompute).
-RECOMPUTE = ("none", "mlp", "block")
+RECOMPUTE = ("auto", "none", "mlp", "block")
 
 # Keys of the instance __dict__ that belong to yolov12_fast: stripped when pickling and by unpatch().
 _PRIVATE_PREFIX = "_yf_"
@@ -161,16 +161,17 @@ class FastModule(nn.Module):
     backend = _block_setting("_yf_backend", "auto", _check_backend, """The area-attention backend ("auto", "triton",
         "cuda", "cpp", "reference"). Setting it on a block sets it on every fast module inside it.""")
 
-    recompute = _block_setting("_yf_recompute", "mlp", _check_recompute, """What an ABlock recomputes in backward
+    recompute = _block_setting("_yf_recompute", "auto", _check_recompute, """What an ABlock recomputes in backward
         instead of keeping in memory while training (autograd on, module in training mode, not under torch.compile,
         whose partitioner makes its own recomputation choices):
 
-        - "mlp" (default): the MLP (two 1x1 Convs with BatchNorm, SiLU) keeps only its input; its forward runs
-          again in backward. Costs one MLP forward per block and step; predicted peak of a yolo12n AMP training
-          step at 1280, batch 16: 0.67x ultralytics' instead of 0.71x (benchmarks/proxies.py).
-        - "block": the whole ABlock (attention included) keeps only its input (0.60x predicted; costs an ABlock
-          forward per block and step).
+        - "mlp": the MLP (two 1x1 Convs with BatchNorm, SiLU) keeps only its input; its forward runs again in
+          backward. Predicted for a yolo12n AMP training step at 1280, batch 16 (benchmarks/proxies.py): peak
+          memory 0.67x ultralytics' instead of 0.71x, for 2.5% more modeled memory traffic.
+        - "block": the whole ABlock (attention included) keeps only its input: 0.60x, for 7% more traffic.
         - "none": everything autograd saves is kept.
+        - "auto" (default): "mlp" on CUDA, where activation memory is what limits batch and resolution, "none"
+          elsewhere (on CPU the recomputation measured 5-7% of a yolo12n training step).
 
         Results and gradients are the same in every mode; running BatchNorm statistics are updated once per
         forward. As with torch.utils.checkpoint, forward hooks of modules inside the recomputed part run again
@@ -476,7 +477,7 @@ class ABlock(FastModule):
     `ABlock(dim, num_heads, mlp_ratio, area)`; `variant` picks the AAttn layout."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 1.2, area: int = 1, *,
-                 variant: str = "ultralytics", backend: str = "auto", recompute: str = "mlp"):
+                 variant: str = "ultralytics", backend: str = "auto", recompute: str = "auto"):
         super().__init__()
         Conv = _ultralytics_conv()
         self.attn = AAttn(dim, num_heads=num_heads, area=area, variant=variant, backend=backend)
@@ -528,7 +529,10 @@ class ABlock(FastModule):
         """The recompute mode that applies to this call: only while training with autograd, in eager mode."""
         if not (self.training and torch.is_grad_enabled()) or _compiling() or _decomposing():
             return "none"
-        return self.recompute
+        mode = self.recompute
+        if mode == "auto":
+            return "mlp" if x.device.type == "cuda" else "none"
+        return mode
 
     def forward(self, x: Tensor) -> Tensor:
         recompute = self._recompute(x)
@@ -588,7 +592,7 @@ class A2C2f(FastModule):
 
     def __init__(self, c1: int, c2: int, n: int = 1, a2: bool = True, area: int = 1, residual: bool = False,
                  mlp_ratio: float = 2.0, e: float = 0.5, g: int = 1, shortcut: bool = True, *,
-                 variant: str = "ultralytics", backend: str = "auto", recompute: str = "mlp"):
+                 variant: str = "ultralytics", backend: str = "auto", recompute: str = "auto"):
         super().__init__()
         from ultralytics.nn.modules.block import C3k
 

@@ -10,7 +10,8 @@
    it is expanded into the ATen ops of the reference it runs (an NCHW copy of v and the depthwise conv).
    Cases: the attention op alone (ultralytics math vs ours, 640 P4 and P5 of yolo12n), one AAttn module (layer 6)
    and the whole yolo12n at 640 batch 1 (BN folded as after model.fuse()), ultralytics vs patched, and patched with
-   backend="triton" (every op a fused kernel: also the MLP and cv2 ones that auto leaves to cuDNN until measured).
+   backend="triton" (every op a fused kernel: also the MLP and cv2 ones that auto leaves to cuDNN until measured);
+   and a yolo12n training step (forward + backward, 640, batch 1) in each `recompute` mode.
 2. Modeled HBM bytes, a model and not a measurement: the sum over launches of the bytes of every tensor input
    (read once) and every output (written once), numel x element size of the tensor as the op sees it (fp32 here;
    fp16 on GPU halves it). Caches, re-reads inside a kernel and cuDNN workspaces are not modeled.
@@ -154,13 +155,43 @@ def summarize(records: list) -> dict:
     }
 
 
-def count(fn) -> dict:
-    """Run fn() once under the counter and summarise. no_grad, not inference_mode: under inference_mode composite ops
-    (matmul, conv2d, reshape) reach the mode undecomposed and hide the copies they make."""
+def count(fn, grad: bool = False) -> dict:
+    """Run fn() once under the counter and summarise. no_grad (unless `grad`: a training step's forward and
+    backward), not inference_mode: under inference_mode composite ops (matmul, conv2d, reshape) reach the mode
+    undecomposed and hide the copies they make."""
     counter = OpCounter()
-    with torch.no_grad(), counter:
+    with torch.set_grad_enabled(grad), counter:
         fn()
     return summarize(counter.records)
+
+
+TRAIN_COUNT_SHAPE = (1, 3, 640, 640)  # the size the issue targets; batch 1 keeps it a few seconds in CI
+
+
+def train_launch_proxies(shape: tuple = TRAIN_COUNT_SHAPE) -> dict:
+    """Launches and modeled bytes of a yolo12n training step (forward, a sum-of-squares loss, backward; fp32, no
+    optimizer step), ultralytics vs patched in each recompute mode ("patched" = "mlp", what recompute="auto" runs on
+    CUDA): the GPU-free prediction of what recomputation costs in memory traffic (issue #5: training step >= 1.15x)."""
+    import copy
+
+    import yolov12_fast
+
+    from . import yolo
+
+    model = yolo.build("yolo12n", calibrate_imgsz=None, fuse=False).train()
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    tag = f"yolo12n train step {shape[-1]} b{shape[0]} fp32"
+    out = {}
+    for which, recompute in (("ultralytics", None), ("patched", "mlp"), ("patched, recompute none", "none"),
+                             ("patched, recompute block", "block")):
+        m = copy.deepcopy(model) if recompute is None else yolov12_fast.patch(copy.deepcopy(model), recompute=recompute)
+
+        def step(m=m):
+            loss = sum(o.pow(2).mean() for o in _tensors(m(x)) if o.requires_grad)
+            loss.backward()
+
+        out[f"{tag}: {which}"] = count(step, grad=True)
+    return out
 
 
 def launch_proxies(imgsz: int = 640) -> dict:
@@ -319,7 +350,7 @@ def cuda_ptxas() -> list:
 def compute(aot: bool = True) -> dict:
     meta = machine_meta(torch.device("cpu"))
     res = {"schema": 1, "meta": {k: meta[k] for k in ("torch", "triton", "cuda", "ultralytics", "commit", "date")},
-           "slack": SLACK, "gpu_model": GPU_MODEL, "launches": launch_proxies(),
+           "slack": SLACK, "gpu_model": GPU_MODEL, "launches": {**launch_proxies(), **train_launch_proxies()},
            "train_memory": train_memory_proxies()}
     if aot:
         for key, fn in (("triton_aot", triton_aot), ("cuda_ptxas", cuda_ptxas)):
@@ -387,9 +418,9 @@ def compare(old: dict, new: dict) -> tuple[list, list]:
 
 
 def format_launches(launches: dict) -> str:
-    lines = [f"{'entry':<46} {'launches':>8} {'views':>6} {'syncs':>5} {'MB modeled':>10}"]
+    lines = [f"{'entry':<58} {'launches':>8} {'views':>6} {'syncs':>5} {'MB modeled':>10}"]
     for name, s in launches.items():
-        lines.append(f"{name:<46} {s['launches']:>8} {s['views']:>6} {s['syncs']:>5} {s['bytes'] / 1e6:>10.2f}")
+        lines.append(f"{name:<58} {s['launches']:>8} {s['views']:>6} {s['syncs']:>5} {s['bytes'] / 1e6:>10.2f}")
     return "\n".join(lines)
 
 

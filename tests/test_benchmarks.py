@@ -263,12 +263,12 @@ def launches():
     from benchmarks import yolo
 
     yolo.offline()
-    return proxies.launch_proxies()
+    return {**proxies.launch_proxies(), **proxies.train_launch_proxies()}
 
 
 def test_proxies_fused_path_launches_less(launches):
     for name, s in launches.items():
-        if name.endswith(": ultralytics"):
+        if name.endswith(": ultralytics") and "train step" not in name:
             ours = launches.get(name.replace(": ultralytics", ": ours")) or launches[name.replace(": ultralytics", ": patched")]
             assert ours["launches"] < s["launches"] and ours["bytes"] < s["bytes"], (name, ours, s)
             assert ours["syncs"] == 0, f"{name}: host syncs in the fast path: {ours}"
@@ -285,6 +285,19 @@ def test_proxies_fused_mlp_and_cv2_model(launches):
     assert ops.get("yolov12_fast::mlp_residual", 0) + ops.get("yolov12_fast::mlp_residual_out", 0) == 8  # 8 ABlocks
     assert ops.get("yolov12_fast::conv1x1_silu_residual") == 5  # 5 A2C2f blocks in yolo12n
     assert ops.get("yolov12_fast::pe_add") == 8 and not any("(reference)" in k for k in ops), ops
+
+
+def test_proxies_training_step_traffic(launches):
+    """A yolo12n training step (forward + backward): patched moves fewer modeled bytes than ultralytics in every
+    recompute mode, and each mode's recomputation costs what it should: none < mlp < block in launches and bytes,
+    with mlp's extra traffic a few percent (one MLP forward per ABlock)."""
+    tag = next(k for k in launches if "train step" in k).split(": ")[0]
+    u, mlp, none, block = (launches[f"{tag}: {w}"] for w in
+                           ("ultralytics", "patched", "patched, recompute none", "patched, recompute block"))
+    for s in (mlp, none, block):
+        assert s["bytes"] < u["bytes"] and s["syncs"] == 0, (s, u)
+    assert none["launches"] < mlp["launches"] < block["launches"]
+    assert none["bytes"] < mlp["bytes"] < block["bytes"] and mlp["bytes"] < 1.05 * none["bytes"], (none, mlp)
 
 
 def test_train_memory_proxy():

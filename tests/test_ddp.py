@@ -6,7 +6,9 @@
   fused attention ops). BatchNorm layers run in eval mode (running statistics), so that the per-rank half batches
   and the whole batch see the same normalisation (train-mode BatchNorm would need SyncBatchNorm); the attention
   blocks then fold the pe BatchNorm inside the autograd graph. Default run: one patched A2C2f block (2 ABlocks)
-  on the default backend; `slow`: a whole patched yolo12n, and the A2C2f block on the Triton backend.
+  on the default backend, with each recompute mode (activation checkpointing inside DDP's backward; with
+  find_unused_parameters=True as ultralytics' trainer wraps models); `slow`: a whole patched yolo12n, and the A2C2f
+  block on the Triton backend.
 - Threads: two Python threads calling the ops (forward and backward) concurrently give bitwise the results of
   serial calls.
 """
@@ -72,9 +74,9 @@ def _objective(out) -> torch.Tensor:
     return sum(_objective(o) for o in out)
 
 
-def _build(kind: str, backend: str):
+def _build(kind: str, backend: str, recompute: str = "auto"):
     model, shape = MODELS[kind](seed=0)
-    yolov12_fast.patch(model, backend=backend)
+    yolov12_fast.patch(model, backend=backend, recompute=recompute)
     model.train()
     for m in model.modules():  # running statistics: the same normalisation per rank and for the whole batch
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -91,17 +93,17 @@ def _step(model, x):
     opt.step()
 
 
-def _worker(rank: int, kind: str, backend: str, port: int, out_dir: str) -> None:
+def _worker(rank: int, kind: str, backend: str, port: int, out_dir: str, recompute: str, find_unused: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        model, x = _build(kind, backend)
+        model, x = _build(kind, backend, recompute)
         if rank == 0:  # the single-process reference step on the whole batch
             ref = copy.deepcopy(model)
             _step(ref, x)
             torch.save({k: v.detach() for k, v in ref.state_dict().items()}, os.path.join(out_dir, "ref.pt"))
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused)
         per = x.shape[0] // WORLD
         _step(ddp, x[rank * per:(rank + 1) * per])
         torch.save({k: v.detach() for k, v in model.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -109,8 +111,9 @@ def _worker(rank: int, kind: str, backend: str, port: int, out_dir: str) -> None
         torch.distributed.destroy_process_group()
 
 
-def _run_ddp(kind: str, backend: str, tmp_path) -> None:
-    mp.spawn(_worker, args=(kind, backend, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+def _run_ddp(kind: str, backend: str, tmp_path, recompute: str = "auto", find_unused: bool = False) -> None:
+    mp.spawn(_worker, args=(kind, backend, _free_port(), str(tmp_path), recompute, find_unused), nprocs=WORLD,
+             join=True)
     ref = torch.load(tmp_path / "ref.pt")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     init, _ = _build(kind, "reference")
@@ -126,8 +129,9 @@ def _run_ddp(kind: str, backend: str, tmp_path) -> None:
     assert moved > 0.5 * sum(p.requires_grad for p in init.parameters()), "the step changed almost nothing"
 
 
-def test_ddp_step_matches_single_process_a2c2f(tmp_path):
-    _run_ddp("a2c2f", "auto", tmp_path)
+@pytest.mark.parametrize("recompute,find_unused", [("auto", False), ("mlp", True), ("block", True)])
+def test_ddp_step_matches_single_process_a2c2f(tmp_path, recompute, find_unused):
+    _run_ddp("a2c2f", "auto", tmp_path, recompute, find_unused)
 
 
 @pytest.mark.slow

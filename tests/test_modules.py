@@ -469,6 +469,37 @@ def test_recompute_modes_are_exact_and_keep_less(variant):
     assert saved["block"] < saved["mlp"] < saved["none"] == saved["auto"], saved  # auto on CPU: none
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp-fp16"])
+def test_recompute_modes_on_cuda(amp):
+    """On CUDA, as ultralytics trains (train mode, optionally fp16 autocast): every recompute mode gives the outputs,
+    gradients and running statistics of "none" (up to cuDNN's nondeterministic reductions), "auto" is "mlp"
+    (same saved bytes), and block < mlp < none in what autograd keeps."""
+    from ultralytics.nn.modules.block import A2C2f
+
+    torch.manual_seed(5)
+    plain = _randomize(A2C2f(128, 128, 1, True, 4, True, 1.2), seed=3).cuda().train()
+    x = torch.randn(3, 128, 16, 20, device="cuda")  # 320 tokens, 80 per area
+    results, saved = {}, {}
+    for mode in yf.nn.RECOMPUTE:
+        fast = yf.patch(copy.deepcopy(plain), backend=BACKEND, recompute=mode)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            y, gx, gp = _grads(fast, x)
+            saved[mode] = _saved_bytes(fast, x.clone().requires_grad_(True))
+        results[mode] = (y.float(), gx, gp, {k: b.clone() for k, b in fast.named_buffers()})
+    tol = dict(rtol=2e-3, atol=2e-3) if amp else dict(rtol=1e-5, atol=1e-5)
+    y0, gx0, gp0, b0 = results["none"]
+    for mode in ("auto", "mlp", "block"):
+        y, gx, gp, b = results[mode]
+        torch.testing.assert_close(y, y0, **tol, msg=lambda m: f"{mode} output: {m}")
+        torch.testing.assert_close(gx, gx0, **tol, msg=lambda m: f"{mode} grad x: {m}")
+        for k in gp0:
+            torch.testing.assert_close(gp[k].float(), gp0[k].float(), **tol, msg=lambda m: f"{mode} grad {k}: {m}")
+        for k in b0:
+            torch.testing.assert_close(b[k], b0[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{mode} buffer {k}: {m}")
+    assert saved["block"] < saved["mlp"] == saved["auto"] < saved["none"], saved
+
+
 def test_recompute_only_while_training_and_setting_checks():
     """No checkpointing in eval mode or without autograd (nothing would be saved anyway), nor with "auto" on CPU;
     "auto" is "mlp" on CUDA; bad values are refused with the list of valid ones; patched() restores the previous

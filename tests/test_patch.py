@@ -342,6 +342,38 @@ def test_onnx_export_of_patched_yolo12n(tmp_path, monkeypatch):
 # training through ultralytics' trainer (smoke): the trainer's model and EMA run patched, checkpoints stay plain
 
 
+def _leaves(out) -> list:
+    """The tensors of a model output (any nesting of tuples, lists, dicts), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for o in out for t in _leaves(o)] if isinstance(out, (list, tuple)) else []
+
+
+@pytest.mark.parametrize("task", ["seg", "pose", "obb", "cls"])
+def test_other_task_models_patch_and_match(task):
+    """YOLO12 segmentation, pose, OBB and classification models (ultralytics' yolo12-{task}.yaml) carry the same
+    A2C2f / ABlock / AAttn modules: every one is swapped (as many as ultralytics' own modules of those kinds), the
+    drop-in YOLO keeps the task, and every output tensor of the patched model is within the tolerance principle of
+    ultralytics' fp32 output against the float64 model (random weights, BatchNorm calibrated on the bundled
+    images)."""
+    cfg, imgsz = f"yolo12n-{task}.yaml", (224 if task == "cls" else 320)
+    imgs = U.images(imgsz)
+    plain = yf.utils.calibrated_model(cfg, imgs=imgs)
+    expected_kinds = sum(module_kind(m) is not None for m in plain.modules())
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    assert sum(isinstance(m, yf.nn.FastModule) for m in fast.modules()) == expected_kinds > 0
+    with torch.no_grad():
+        got, want, oracle = (_leaves(m(x)) for m, x in ((fast, imgs), (plain, imgs),
+                                                         (copy.deepcopy(plain).double(), imgs.double())))
+    assert len(got) == len(want) == len(oracle) > 0
+    for i, (a, n, o) in enumerate(zip(got, want, oracle)):
+        assert a.shape == n.shape
+        assert_close_to_oracle(a, n, o, f"{task} output {i}")
+    assert yf.YOLO(cfg).task == {"seg": "segment", "pose": "pose", "obb": "obb", "cls": "classify"}[task]
+
+
 def _tiny_dataset(root, copies: int = 1):
     import shutil
 

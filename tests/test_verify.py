@@ -156,6 +156,27 @@ def test_verify_fails_on_a_corrupted_module(monkeypatch):
     assert "FAIL: " in report.format() and BAD in report.format()
 
 
+TASK_PARTS = {"segment": {"boxes", "scores", "mask coefs", "proto"}, "pose": {"boxes", "scores", "keypoints"},
+              "obb": {"boxes", "scores", "angle"}, "classify": {"probs", "logits"}}
+
+
+@pytest.mark.parametrize("cfg,task", [("yolo12n-seg.yaml", "segment"), ("yolo12n-pose.yaml", "pose"),
+                                      ("yolo12n-obb.yaml", "obb"), ("yolo12n-cls.yaml", "classify")])
+def test_verify_other_tasks(cfg, task, monkeypatch):
+    """Segmentation, pose, OBB and classification models: every part of the final output gets its own row, the
+    detections (rotated for OBB) or the top-1 classes agree, and a corrupted AAttn fails the check by name."""
+    report = V.verify(cfg, imgsz=320, backend=BACKEND, device=DEVICE)
+    assert report.passed and report.task == task, report.format()
+    assert {r.name[len("output["):-1] for r in report.outputs} == TASK_PARTS[task]
+    assert len(report.detections) == 2 and all(d.matched == d.ref > 0 for d in report.detections), report.format()
+    from yolov12_fast.nn import modules as M
+
+    monkeypatch.setattr(M.AAttn, "forward", M.AAttn.forward)  # restored after the test
+    exec(CORRUPT, {})
+    bad = V.verify(cfg, images=[asset_paths()[0]], imgsz=320, backend=BACKEND, device=DEVICE)
+    assert not bad.passed and bad.culprit == BAD, bad.format()
+
+
 def test_cli_exit_code_on_a_corrupted_module(tmp_path):
     r = _cli("--images", str(asset_paths()[0]), "--imgsz", "320", "--backend", BACKEND, "--device", DEVICE,
              corrupt=True, tmp_path=tmp_path)

@@ -5,8 +5,10 @@ that every layer has unit-scale activations, or a checkpoint: ultralytics .pt or
 twice on the same weights and images: by ultralytics' own modules (the reference; turbo-layout AAttn objects run
 `yolov12_fast.utils.TurboAAttn`'s plain forward) and patched (`yolov12_fast.patch(backend=...)`). Forward hooks on
 every swapped module (AAttn, ABlock, A2C2f) capture its output in both runs; the report gives each one's max
-absolute and relative error (relative to the reference output's max magnitude), the final output's (boxes and
-class scores apart: their scales differ), and whether the detections after NMS agree.
+absolute and relative error (relative to the reference output's max magnitude), the final output's (each part
+apart, their scales differ: boxes and class scores, plus mask coefficients and prototypes of a segmentation model,
+keypoints of a pose model, angles of an OBB model; class probabilities and logits of a classifier), and whether the
+detections after NMS agree (rotated NMS and probabilistic IoU for OBB; the top-1 class for a classifier).
 
 Tolerance (yolov12_fast/_tolerances.py, the table and the principle the tests use): the same model is also run by
 ultralytics in higher precision (float64 for a float32 check, float32 for float16 / bfloat16: the oracle), and each
@@ -96,6 +98,7 @@ class VerifyReport:
     detections: list
     oracle: str = "float64"
     notes: list = field(default_factory=list)
+    task: str = "detect"
 
     @property
     def failed_rows(self) -> list:
@@ -143,7 +146,7 @@ class VerifyReport:
         return d
 
     def format(self) -> str:
-        lines = [f"yolov12-fast verify: {self.model} ({self.variant}, {self.weights}) on {len(self.images)} "
+        lines = [f"yolov12-fast verify: {self.model} ({self.task}, {self.variant}, {self.weights}) on {len(self.images)} "
                  f"image(s) at {'x'.join(map(str, self.imgsz))}, {self.device}, {self.dtype}, backend {self.backend}"
                  f"{', fused' if self.fused else ''}"]
         hdr = (f"{'module':<20} {'kind':<6} {'shape':<14} {'max|ref|':>8}  {'max|err|':>8} {'rel err':>8}  "
@@ -160,8 +163,16 @@ class VerifyReport:
         lines += [fmt(r) for r in self.modules] + [rule] + [fmt(r) for r in self.outputs]
         lines.append(f"errors are max |diff| / max |reference|; yardstick: ultralytics' own {self.dtype} error; "
                      f"tol = FACTOR x yardstick + floor")
-        lines += ["", f"detections after NMS (match: same class, IoU >= {MATCH_IOU}):"]
-        for d in self.detections:
+        if self.task == "classify":
+            lines += ["", "top-1 class per image (borderline: another class within the score tolerance):"]
+            for d in self.detections:
+                what = "same class" if d.matched else ("near-tie" if d.borderline else d.problems[0])
+                lines.append(f"  {d.image:<14} ultralytics top-1 probability {d.conf:<9.3g} {what}  "
+                             f"{'ok' if d.passed else 'FAIL'}")
+        else:
+            iou_kind = "probabilistic IoU" if self.task == "obb" else "IoU"
+            lines += ["", f"detections after NMS (match: same class, {iou_kind} >= {MATCH_IOU}):"]
+        for d in self.detections if self.task != "classify" else []:
             extra = (f", min IoU {d.min_iou:.4f}, max |score diff| {d.max_score_diff:.2e}" if d.min_iou is not None
                      else "")
             lines.append(f"  {d.image:<14} conf {d.conf:<9.3g} ultralytics {d.ref:>4}  patched {d.patched:>4}  "
@@ -234,6 +245,34 @@ def _first_tensor(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
+TASK_EXTRA = {"segment": "mask coefs", "pose": "keypoints", "obb": "angle"}  # columns after the class scores
+
+
+def _final_parts(task: str, out, nc: int) -> list:
+    """[(name, tensor)] of a model's eval-mode output, one entry per part of its own scale. detect / segment / pose /
+    obb: the prediction (B, 4 + nc + extra, anchors) cut into boxes, scores and the task's extra columns, plus a
+    segmentation model's mask prototypes; classify: the probabilities and, where the head returns them, logits."""
+    if task == "classify":
+        probs, logits = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+        return [("probs", probs)] + ([("logits", logits)] if isinstance(logits, type(probs)) else [])
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    pred, proto = (first[0], first[1]) if isinstance(first, (tuple, list)) else (first, None)
+    parts = [("boxes", pred[:, :4]), ("scores", pred[:, 4:4 + nc])]
+    if pred.shape[1] > 4 + nc:
+        parts.append((TASK_EXTRA.get(task, "extra"), pred[:, 4 + nc:]))
+    if proto is not None:
+        parts.append(("proto", proto))
+    return parts
+
+
+def _prediction(task: str, out):
+    """The (B, 4 + nc + extra, anchors) tensor NMS runs on (None for a classifier)."""
+    if task == "classify":
+        return None
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    return first[0] if isinstance(first, (tuple, list)) else first
+
+
 def _run(model, x, names: Optional[list]):
     """One no-grad forward: (final output, {name: output}, {name: completion index})."""
     import torch
@@ -247,7 +286,7 @@ def _run(model, x, names: Optional[list]):
         hooks.append(mods[n].register_forward_hook(hook))
     try:
         with torch.no_grad():
-            out = _first_tensor(model(x))
+            out = model(x)
     finally:
         for h in hooks:
             h.remove()
@@ -293,10 +332,11 @@ def _compare(name, kind, fast, ref, oracle, order=-1) -> Row:
     return Row(name, kind, list(fast.shape), ref_max, abs_err, rel, e_fast, e_ref, tol, e_fast <= tol, order)
 
 
-def _output_rows(fast, ref, oracle) -> list:
-    """Boxes and class scores apart: with random weights their scales differ by five orders of magnitude."""
-    return [_compare(f"output[{part}]", "head", fast[:, sl], ref[:, sl], oracle[:, sl])
-            for part, sl in (("boxes", slice(0, 4)), ("scores", slice(4, None)))]
+def _output_rows(task: str, nc: int, fast, ref, oracle) -> list:
+    """Each part of the final output apart (_final_parts): with random weights boxes and class scores differ in scale
+    by five orders of magnitude."""
+    return [_compare(f"output[{name}]", "head", f, r, o) for (name, f), (_, r), (_, o) in
+            zip(_final_parts(task, fast, nc), _final_parts(task, ref, nc), _final_parts(task, oracle, nc))]
 
 
 def _auto_conf(scores) -> float:
@@ -310,24 +350,39 @@ def _auto_conf(scores) -> float:
     return math.sqrt(float(a[k]) * float(b[k]))
 
 
-def _nms(pred, conf: float, iou: float):
+def _nms(pred, conf: float, iou: float, nc: int = 0, rotated: bool = False):
+    """ultralytics' NMS on one image: rows (x1, y1, x2, y2, score, class, extra...); rotated (OBB): (x, y, w, h,
+    score, class, angle)."""
     try:
         from ultralytics.utils.nms import non_max_suppression
     except ImportError:  # older ultralytics
         from ultralytics.utils.ops import non_max_suppression
-    return non_max_suppression(pred.float(), conf_thres=conf, iou_thres=iou, max_det=300)[0].cpu().double()
+    return non_max_suppression(pred.float(), conf_thres=conf, iou_thres=iou, max_det=300, nc=nc,
+                               rotated=rotated)[0].cpu().double()
 
 
-def _match(ref, fast, conf: float, iou_nms: float, rtol: float, image: str) -> ImageDetections:
+def _iou_matrix(ref, fast, rotated: bool):
+    """Pairwise IoU of NMS rows: box IoU, or for rotated boxes ultralytics' probabilistic IoU of (x, y, w, h, angle)."""
+    import torch
+
+    if rotated:
+        from ultralytics.utils.metrics import batch_probiou
+
+        xywhr = lambda d: torch.cat([d[:, :4], d[:, -1:]], 1)
+        return batch_probiou(xywhr(ref), xywhr(fast))
+    from torchvision.ops import box_iou
+
+    return box_iou(ref[:, :4], fast[:, :4])
+
+
+def _match(ref, fast, conf: float, iou_nms: float, rtol: float, image: str, rotated: bool = False) -> ImageDetections:
     """Greedy matching in reference score order: same class and IoU >= MATCH_IOU. Unmatched detections are
     borderline when their score is within rtol (relative) of the threshold, or when an unmatched pair of the same
     class overlaps by >= the NMS IoU with scores within rtol (NMS kept the other of two near-equal boxes)."""
-    from torchvision.ops import box_iou
-
     d = ImageDetections(image, conf, len(ref), len(fast), 0, 0, None, None)
     free = [True] * len(fast)
     un_ref, ious, diffs = [], [], []
-    iou_mat = box_iou(ref[:, :4], fast[:, :4]) if len(ref) and len(fast) else None
+    iou_mat = _iou_matrix(ref, fast, rotated) if len(ref) and len(fast) else None
     for i in range(len(ref)):
         best, best_j = -1.0, -1
         for j in range(len(fast)):
@@ -362,6 +417,21 @@ def _match(ref, fast, conf: float, iou_nms: float, rtol: float, image: str) -> I
                                   f"{[round(v, 1) for v in dets[i, :4].tolist()]}) has no partner")
     if ious:
         d.min_iou, d.max_score_diff = min(ious), max(diffs)
+    return d
+
+
+def _match_top1(ref_probs, fast_probs, rtol: float, image: str) -> ImageDetections:
+    """A classifier's agreement on one image: the same top-1 class, or (borderline) a different one whose reference
+    probability is within rtol (relative) of the reference top-1's."""
+    r, f = int(ref_probs.argmax()), int(fast_probs.argmax())
+    pr, pf = float(ref_probs[r]), float(ref_probs[f])
+    d = ImageDetections(image, pr, 1, 1, int(r == f), 0, 1.0 if r == f else None,
+                        abs(pr - float(fast_probs[r])) if r == f else None)
+    if r != f:
+        if abs(pr - pf) <= rtol * pr:
+            d.borderline = 2
+        else:
+            d.problems.append(f"top-1 class {f} (reference probability {pf:.4g}) instead of {r} ({pr:.4g})")
     return d
 
 
@@ -431,6 +501,8 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
         hd = next((m.head_dim for m in fast.modules() if module_kind(m) == "aattn"), None)
         resolved = f"auto -> {resolve_backend('auto', dev, dt, hd)}"
 
+    task = getattr(base, "task", "detect")
+    nc = int(getattr(base.model[-1], "nc", 0) or 0) if task != "classify" else 0
     ref_out, ref_layers, order = _run(ref, x, names)
     _, fast_layers, _ = _run(fast, x, names)
     fast_out, _, _ = _run(fast, x, None)  # hook-free: A2C2f's buffer path, as in production
@@ -442,28 +514,35 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
     with _no_tf32():
         oracle_out, oracle_layers, _ = _run(copy.deepcopy(ref).to(dtype=o_dt), imgs.to(dev, o_dt), names)
     mod_rows = [_compare(n, kinds[n], fast_layers[n], ref_layers[n], oracle_layers[n], order[n]) for n in names]
-    out_rows = _output_rows(fast_out, ref_out, oracle_out)
+    out_rows = _output_rows(task, nc, fast_out, ref_out, oracle_out)
 
     notes = []
     worst = max(r.yardstick for r in mod_rows + out_rows)
     if worst > 0.1:
         notes.append(f"ultralytics' own {dt_name} error reaches {worst:.2g} of the output scale on this model: the "
                      f"tolerance is that loose too; verify in float32 for a tight check")
-    score_tol = next(r.tol for r in out_rows if r.name == "output[scores]")
+    score_tol = next(r.tol for r in out_rows if r.name in ("output[scores]", "output[probs]"))
     dets = []
+    ref_pred, fast_pred = _prediction(task, ref_out), _prediction(task, fast_out)
+    rotated = task == "obb"
     for i, p in enumerate(paths):
-        auto = _auto_conf(ref_out[i, 4:].amax(0))
+        if ref_pred is None:  # classifier: the top-1 class
+            probs = lambda out: _final_parts(task, out, nc)[0][1][i].double()
+            dets.append(_match_top1(probs(ref_out), probs(fast_out), score_tol, os.path.basename(p)))
+            continue
+        auto = _auto_conf(ref_pred[i, 4:4 + nc].amax(0))
         c = conf if conf is not None else (auto if random_weights else 0.25)
-        ref_dets = _nms(ref_out[i:i + 1], c, iou)
+        nms = lambda pred, c: _nms(pred[i:i + 1], c, iou, nc, rotated)
+        ref_dets = nms(ref_pred, c)
         if conf is None and not random_weights and len(ref_dets) == 0:
             notes.append(f"{os.path.basename(p)}: no detection at conf 0.25; compared at conf {auto:.3g} instead")
-            c, ref_dets = auto, _nms(ref_out[i:i + 1], auto, iou)
-        dets.append(_match(ref_dets, _nms(fast_out[i:i + 1], c, iou), c, iou, score_tol, os.path.basename(p)))
+            c, ref_dets = auto, nms(ref_pred, auto)
+        dets.append(_match(ref_dets, nms(fast_pred, c), c, iou, score_tol, os.path.basename(p), rotated))
 
     name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     return VerifyReport(name, layout, weights, paths, list(hw), str(dev) + (f" ({torch.cuda.get_device_name(dev)})"
                         if dev.type == "cuda" else ""), dt_name, resolved, fuse, mod_rows, out_rows, dets,
-                        str(o_dt).replace("torch.", ""), notes)
+                        str(o_dt).replace("torch.", ""), notes, task)
 
 
 # ----------------------------------------------------------------------------------------------------------------

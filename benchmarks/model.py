@@ -17,7 +17,8 @@ and 1280, with peak memory. `train-patched` runs the default recompute ("auto" =
 again in backward instead of keeping their activations); `train-patched-recompute-none` / `-block` show the other two modes,
 so the report gives the memory / time trade-off of each (issue #5: >= 1.15x faster, peak <= 0.7x at 1280).
 
-CPU: yolo12n batch 1 at 640, eager vs patched, fp32, at each pinned thread count (interleaved rounds).
+CPU: yolo12n batch 1 at 640, eager vs patched, and yolo11n eager (the YOLO11 comparison), fp32, at each pinned
+thread count (interleaved rounds).
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def _run_cpu(ctx: Context) -> list:
     imgsz = 128 if ctx.quick else 640
     eager = yolo.build("yolo12n", calibrate_imgsz=imgsz)
     patched = yolov12_fast.patch(copy.deepcopy(eager))
+    yolo11 = yolo.build("yolo11n", calibrate_imgsz=imgsz)  # is YOLOv12 still slower than YOLO11 here?
     x = torch.rand(1, 3, imgsz, imgsz)
     case, params = _case("yolo12n", imgsz, 1)
+    case11, params11 = _case("yolo11n", imgsz, 1)
     rows = []
     with torch.inference_mode():
         ref = eager(x)[0]
@@ -67,7 +70,8 @@ def _run_cpu(ctx: Context) -> list:
         for th in ctx.threads:
             prev = set_threads(th)
             try:
-                t = time_cpu_interleaved({"eager": lambda: eager(x), "patched": lambda: patched(x)},
+                t = time_cpu_interleaved({"eager": lambda: eager(x), "patched": lambda: patched(x),
+                                          "yolo11n": lambda: yolo11(x)},
                                          rounds=2 if ctx.quick else 11, min_round_s=0.0 if ctx.quick else 0.2)
                 r = [make_row(ctx, SUITE, case, params, "eager", timing=t["eager"], dtype=torch.float32,
                               images_per_s=1e3 / t["eager"].median_ms),
@@ -75,8 +79,12 @@ def _run_cpu(ctx: Context) -> list:
                               images_per_s=1e3 / t["patched"].median_ms, rel_err=rel, check=_model_check(rel),
                               backend_ran=_backend_ran(ctx))]
                 add_speedups(r, ("eager",))
-                ctx.emit(r)
-                rows += r
+                for row in r:
+                    row.setdefault("speedup_vs", {})["yolo11n-eager"] = t["yolo11n"].median_ms / row["median_ms"]
+                r11 = make_row(ctx, SUITE, case11, params11, "eager", timing=t["yolo11n"], dtype=torch.float32,
+                               images_per_s=1e3 / t["yolo11n"].median_ms)
+                ctx.emit(r + [r11])
+                rows += r + [r11]
             finally:
                 set_threads(prev)
     return rows

@@ -129,7 +129,8 @@ def _run_ddp(kind: str, backend: str, tmp_path, recompute: str = "auto", find_un
     assert moved > 0.5 * sum(p.requires_grad for p in init.parameters()), "the step changed almost nothing"
 
 
-@pytest.mark.parametrize("recompute,find_unused", [("auto", False), ("mlp", True), ("block", True)])
+@pytest.mark.parametrize("recompute,find_unused", [("auto", False), pytest.param("mlp", True, marks=pytest.mark.slow),
+                                                   ("block", True)])
 def test_ddp_step_matches_single_process_a2c2f(tmp_path, recompute, find_unused):
     _run_ddp("a2c2f", "auto", tmp_path, recompute, find_unused)
 

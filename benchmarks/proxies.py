@@ -239,17 +239,20 @@ def launch_proxies(imgsz: int = 640) -> dict:
 TRAIN_MEMORY_CASES = ((640, 16), (1280, 16))  # issue #5: yolo12n, AMP, batch 16; the peak at 1280 <= 0.7x
 
 
-def _train_step_peak(module, x_shape: tuple) -> dict:
+def _train_step_peak(module, x_shape: tuple, fake: bool = True) -> dict:
     """Peak memory (MB, by torch's MemTracker category) of forward + backward of `module` in training mode under
     bf16 autocast (AMP's element size: 2 bytes, as fp16 autocast on a GPU), with fake tensors: nothing is computed
-    or allocated, so batch 16 at 1280 costs seconds, not tens of GB. The loss is the sum of squares of the outputs."""
+    or allocated, so batch 16 at 1280 costs seconds, not tens of GB (fake=False: real CPU tensors, to check that
+    the fake run tracks the same tensors). The loss is the sum of squares of the outputs."""
+    import contextlib
+
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
     module.train()
     for p in module.parameters():
         p.requires_grad_(True)
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext():
         x = torch.rand(*x_shape, requires_grad=len(x_shape) == 4 and x_shape[1] != 3)
         mt = MemTracker()
         mt.track_external(module)

@@ -318,6 +318,25 @@ def test_train_memory_proxy():
             assert big["AAttn P4 1280 b16 amp: patched"]["peak_mb"] * 4 < big["AAttn P4 1280 b16 amp: ultralytics"]["peak_mb"]
 
 
+@pytest.mark.parametrize("recompute", ["none", "mlp", "block"])
+def test_train_memory_proxy_matches_a_real_run(recompute):
+    """The fake-tensor training-memory prediction is what a real run holds: a patched A2C2f (2 ABlocks, batch 2,
+    32x32) in each recompute mode, fake vs real CPU tensors under the same tracker, within 1%; and recomputation
+    keeps less (block < mlp < none, checked against the none run)."""
+    from ultralytics.nn.modules.block import A2C2f
+
+    import yolov12_fast
+
+    torch.manual_seed(0)
+    m = yolov12_fast.patch(A2C2f(64, 64, 1, True, 4), recompute=recompute)
+    shape = (2, 64, 32, 32)
+    fake, real = (proxies._train_step_peak(copy.deepcopy(m), shape, fake=f)["peak_mb"] for f in (True, False))
+    assert real > 0 and abs(fake - real) <= 0.01 * real, (fake, real)
+    if recompute != "none":
+        none = proxies._train_step_peak(yolov12_fast.patch(copy.deepcopy(m), recompute="none"), shape)["peak_mb"]
+        assert fake < none, (recompute, fake, none)
+
+
 def test_proxies_check_against_committed_file(launches):
     if not proxies.PROXIES_FILE.exists():
         pytest.skip(f"{proxies.PROXIES_FILE} not committed yet: run `python -m benchmarks proxies`")

@@ -450,6 +450,15 @@ def main(argv=None) -> int:
         elif key in new:
             print(f"{key}: skipped: {new[key]['skipped']}")
     if not a.check:
+        old = json.loads(a.file.read_text()) if a.file.exists() else {}
+        lost = [k for k in ("triton_aot", "cuda_ptxas") if isinstance(new.get(k), dict) and isinstance(old.get(k), list)]
+        if lost:  # e.g. a broken install: do not replace committed register tables with "skipped"
+            print(f"not writing {a.file}: {', '.join(lost)} could not be computed here but the file has them "
+                  "(fix the cause above, or pass --no-aot to keep the file's tables)")
+            return 1
+        for k in ("triton_aot", "cuda_ptxas"):  # --no-aot: the committed tables stay
+            if k not in new and k in old:
+                new[k] = old[k]
         a.file.parent.mkdir(parents=True, exist_ok=True)
         a.file.write_text(json.dumps(new, indent=1) + "\n")
         print(f"wrote {a.file}")

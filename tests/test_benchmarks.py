@@ -337,6 +337,23 @@ def test_train_memory_proxy_matches_a_real_run(recompute):
         assert fake < none, (recompute, fake, none)
 
 
+def test_proxies_never_drop_committed_register_tables(tmp_path, monkeypatch):
+    """`python -m benchmarks proxies` where the ahead-of-time compiles cannot run (a broken install) refuses to
+    overwrite the file's register tables with "skipped"; with --no-aot it keeps them."""
+    tables = [{"kernel": "k", "arch": "sm_90", "ok": True, "regs": 100, "spills": 0}]
+    f = tmp_path / "proxies.json"
+    f.write_text(json.dumps({"launches": {}, "train_memory": {}, "triton_aot": tables, "cuda_ptxas": tables}))
+    base = {"meta": {}, "launches": {}, "train_memory": {}}
+    monkeypatch.setattr(proxies, "compute", lambda aot: dict(base, triton_aot={"skipped": "ModuleNotFoundError"},
+                                                             cuda_ptxas=[]))
+    assert proxies.main(["--file", str(f)]) == 1
+    assert json.loads(f.read_text())["triton_aot"] == tables
+    monkeypatch.setattr(proxies, "compute", lambda aot: dict(base))
+    assert proxies.main(["--no-aot", "--file", str(f)]) == 0
+    written = json.loads(f.read_text())
+    assert written["triton_aot"] == written["cuda_ptxas"] == tables and "meta" in written
+
+
 def test_proxies_check_against_committed_file(launches):
     if not proxies.PROXIES_FILE.exists():
         pytest.skip(f"{proxies.PROXIES_FILE} not committed yet: run `python -m benchmarks proxies`")

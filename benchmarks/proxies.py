@@ -271,7 +271,7 @@ def _train_step_peak(module, x_shape: tuple, fake: bool = True) -> dict:
             "temp_mb": round(cats.get("temp", 0), 1)}
 
 
-def train_memory_proxies(cases=TRAIN_MEMORY_CASES) -> dict:
+def train_memory_proxies(cases=TRAIN_MEMORY_CASES, other_modes=("none", "block")) -> dict:
     """{entry: peak} for a yolo12n training step (ultralytics vs patched) at each (imgsz, batch), and one AAttn of
     yolo12n's P4 stage (64 channels, 2 heads, area 4) at the same input size. What a GPU measures with
     torch.cuda.max_memory_allocated, up to the caching allocator's rounding (the model suite's training rows)."""
@@ -289,7 +289,7 @@ def train_memory_proxies(cases=TRAIN_MEMORY_CASES) -> dict:
                     # what recompute="auto" does on CUDA (these fake tensors are CPU ones)
                     ("patched", lambda: yolov12_fast.patch(copy.deepcopy(model), recompute="mlp"))]
         variants += [(f"patched, recompute {r}", lambda r=r: yolov12_fast.patch(copy.deepcopy(model), recompute=r))
-                     for r in ("none", "block")]
+                     for r in other_modes]
         for which, make in variants:
             out[f"yolo12n train step {imgsz} b{batch} amp: {which}"] = _train_step_peak(make(), (batch, 3, imgsz, imgsz))
         attn = AAttn(64, 2, 4)

@@ -146,8 +146,8 @@ class VerifyReport:
         return d
 
     def format(self) -> str:
-        lines = [f"yolov12-fast verify: {self.model} ({self.task}, {self.variant}, {self.weights}) on {len(self.images)} "
-                 f"image(s) at {'x'.join(map(str, self.imgsz))}, {self.device}, {self.dtype}, backend {self.backend}"
+        lines = [f"yolov12-fast verify: {self.model} ({self.task}, {self.variant}, {self.weights}) on "
+                 f"{len(self.images)} image(s) at {'x'.join(map(str, self.imgsz))}, {self.device}, {self.dtype}, backend {self.backend}"
                  f"{', fused' if self.fused else ''}"]
         hdr = (f"{'module':<20} {'kind':<6} {'shape':<14} {'max|ref|':>8}  {'max|err|':>8} {'rel err':>8}  "
                f"{'rel err':>9} {'yardstick':>9} {'tol':>8}")

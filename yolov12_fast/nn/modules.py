@@ -151,7 +151,8 @@ def _block_setting(key: str, default: str, check, doc: str) -> property:
 
 
 class FastModule(nn.Module):
-    """Common base of the fast modules: the `backend` attribute, pickling as the plain class, deepcopy."""
+    """Common base of the fast modules: the `backend` and `recompute` settings, pickling as the plain class,
+    deepcopy."""
 
     # Set on the per-class subclasses that yolov12_fast.patch creates: the class the instance had before patching.
     _yf_plain_class: Optional[type] = None

@@ -106,7 +106,8 @@ quick_checks() {  # every kernel family once against the reference, then the cor
     local t=${QUICK_TEST_TIMEOUT_S:-150}
     say "core numerics tests, at most $t s"
     timeout "$t" $PY -m pytest tests/test_cuda_kernels.py tests/test_area_attention.py tests/test_conv.py \
-        tests/test_mlp.py tests/test_pe.py -q -p no:cacheprovider --no-header -rfE --maxfail=10 2>&1 \
+        tests/test_mlp.py tests/test_pe.py tests/test_modules.py::test_recompute_modes_on_cuda \
+        -q -p no:cacheprovider --no-header -rfE --maxfail=10 2>&1 \
         | tee "$LOGDIR/pytest-gpu-core-$STAMP.log" | tail -30
     say "core numerics tests exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-core-$STAMP.log)"
 }

@@ -141,6 +141,8 @@ def markdown(rows: list, source: str) -> str:
             lines += _auto_section(rows)
         else:
             lines += [f"## {suite}", ""] + _table(srows, _columns(suite, srows)) + [""]
+            if suite == "model":
+                lines += _recompute_section(srows)
     skipped = [r for r in rows if r.get("status") in ("skipped", "error")]
     if skipped:
         lines += ["## Skipped and failed", ""]
@@ -232,6 +234,64 @@ def _auto_section(rows: list) -> list:
         lines.append(f"| {c['what']} | {c['arch']} | {c['dtype']} | {c['compared']} | {c['cases']} | "
                      f"{c['geomean']:.3g}x | {c['wins']}/{c['cases']} | {c['suggestion']} | {c['today']} |")
     return lines + [""]
+
+
+# The training targets of issue #5 (yolo12n, AMP, batch 16): step time >= 1.15x ultralytics', peak memory at the
+# largest measured size <= 0.7x. RECOMPUTE_PROVIDERS: model-suite provider -> the recompute mode it ran on CUDA.
+TRAIN_SPEEDUP, TRAIN_PEAK = 1.15, 0.7
+RECOMPUTE_PROVIDERS = {"train-patched-recompute-none": "none", "train-patched": "mlp",
+                       "train-patched-recompute-block": "block"}
+
+
+def recompute_choice(rows: list) -> dict | None:
+    """From the model suite's CUDA training rows: per recompute mode, the step-time speed-up over `train-eager` and
+    the peak memory ratio at every measured size, and the suggested default for recompute="auto" on CUDA: the
+    fastest mode (at the largest size) whose peak at the largest size meets TRAIN_PEAK, else the lowest-memory
+    mode. None without such rows."""
+    ok = [r for r in rows if r.get("suite") == "model" and r.get("status") == "ok" and r.get("device_kind") == "cuda"
+          and (r.get("params") or {}).get("train") and r.get("median_ms")]
+    cases = defaultdict(dict)
+    for r in ok:
+        cases[(r["params"].get("imgsz"), r["case"])][r["provider"]] = r
+    table, largest = [], None
+    for (imgsz, case), by in sorted(cases.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1])):
+        eager = by.get("train-eager")
+        if eager is None:
+            continue
+        for prov, mode in RECOMPUTE_PROVIDERS.items():
+            r = by.get(prov)
+            if r is None:
+                continue
+            peak = (r["peak_mem_mb"] / eager["peak_mem_mb"] if r.get("peak_mem_mb") and eager.get("peak_mem_mb")
+                    else None)
+            table.append({"case": case, "imgsz": imgsz, "mode": mode, "speedup": eager["median_ms"] / r["median_ms"],
+                          "peak_ratio": peak})
+        largest = imgsz
+    at_largest = [t for t in table if t["imgsz"] == largest and t["peak_ratio"] is not None]
+    if not at_largest:
+        return None
+    meeting = [t for t in at_largest if t["peak_ratio"] <= TRAIN_PEAK]
+    best = (max(meeting, key=lambda t: t["speedup"]) if meeting else min(at_largest, key=lambda t: t["peak_ratio"]))
+    return {"table": table, "suggestion": best["mode"], "meets_peak": bool(meeting),
+            "meets_speed": best["speedup"] >= TRAIN_SPEEDUP, "today": "mlp"}
+
+
+def _recompute_section(rows: list) -> list:
+    choice = recompute_choice(rows)
+    if choice is None:
+        return []
+    lines = ["## Training: what recompute=\"auto\" should pick on CUDA (measured)", "",
+             f"Speed-up of the step over ultralytics (`train-eager`) and peak memory relative to it, per recompute mode. "
+             f"Suggested: the fastest mode whose peak at the largest size is <= {TRAIN_PEAK}x (issue #5), else the "
+             f"smallest. Set `ABlock._recompute`'s CUDA choice (yolov12_fast/nn/modules.py) if it differs from "
+             f"today's.", "", "| case | recompute | vs train-eager | peak vs train-eager |", "|---|---|---|---|"]
+    for t in choice["table"]:
+        peak = f"{t['peak_ratio']:.3f}x" if t["peak_ratio"] is not None else "–"
+        lines.append(f"| {t['case']} | {t['mode']} | {t['speedup']:.3g}x | {peak} |")
+    lines += ["", f"Suggestion: **{choice['suggestion']}** (today: {choice['today']}); peak target "
+              f"{'met' if choice['meets_peak'] else 'NOT met by any mode'}, speed target (>= {TRAIN_SPEEDUP}x) "
+              f"{'met' if choice['meets_speed'] else 'NOT met'} by it.", ""]
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------------------

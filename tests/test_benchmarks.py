@@ -254,6 +254,36 @@ def test_auto_choices_from_measurements():
     assert "## What `auto` should pick here (measured)" in md and "| mlp | sm_90 | float16 |" in md
 
 
+def test_recompute_choice_from_training_rows():
+    """The report's training section: per recompute mode the step speed-up and peak ratio against train-eager, and
+    the suggested CUDA default: the fastest mode meeting the 0.7x peak at the largest size, else the smallest."""
+    def row(imgsz, provider, ms, peak, status="ok"):
+        return {"suite": "model", "status": status, "device_kind": "cuda", "case": f"train yolo12n {imgsz} b16",
+                "params": {"imgsz": imgsz, "batch": 16, "train": True}, "provider": provider, "median_ms": ms,
+                "peak_mem_mb": peak}
+
+    def rows(none_peak):
+        return [row(640, "train-eager", 100, 2500), row(640, "train-patched", 80, 2100),
+                row(1280, "train-eager", 400, 12700), row(1280, "train-patched-recompute-none", 320, none_peak),
+                row(1280, "train-patched", 330, 8500), row(1280, "train-patched-recompute-block", 360, 7600),
+                dict(row(1280, "train-patched", 1, 1), device_kind="cpu")]
+
+    c = report.recompute_choice(rows(9000))  # none misses 0.7x (0.709): mlp is the fastest that meets it
+    assert c["suggestion"] == "mlp" and c["meets_peak"] and c["meets_speed"]  # 400 / 330 = 1.21x
+    assert {(t["imgsz"], t["mode"]) for t in c["table"]} == {(640, "mlp"), (1280, "none"), (1280, "mlp"),
+                                                             (1280, "block")}
+    assert report.recompute_choice(rows(8800))["suggestion"] == "none"  # 0.693x and the fastest
+    c = report.recompute_choice([r for r in rows(9000) if "block" not in r["provider"] and "none" not in r["provider"]]
+                                + [row(1280, "train-patched-recompute-block", 360, 9500)])
+    assert c["suggestion"] == "mlp" and c["meets_peak"]
+    c = report.recompute_choice([row(1280, "train-eager", 400, 10000), row(1280, "train-patched", 330, 9000),
+                                 row(1280, "train-patched-recompute-block", 360, 8000)])
+    assert c["suggestion"] == "block" and not c["meets_peak"]  # nothing meets 0.7x: the least memory
+    assert report.recompute_choice([row(640, "train-eager", 1, 1)]) is None
+    md = "\n".join(report._recompute_section(rows(9000)))
+    assert "recompute=\"auto\" should pick" in md and "| train yolo12n 1280 b16 | block | 1.11x | 0.598x |" in md
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # proxies
 

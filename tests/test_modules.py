@@ -536,6 +536,10 @@ def test_recompute_only_while_training_and_setting_checks():
             fast.recompute = bad
         with pytest.raises(ValueError, match="recompute"):
             yf.patch(ABlock(64, 2, 1.2, 1), recompute=bad or "x")
+        with pytest.raises(ValueError, match="recompute"):
+            yf.nn.A2C2f(64, 64, 1, True, 1, recompute=bad)
+    with pytest.raises(ValueError, match="recompute"):
+        yf.YOLO("yolo12n.yaml", recompute="MLP")  # refused before anything is built
     assert fast.recompute == "auto"
     with yf.patched(fast, recompute="block"):
         assert fast.recompute == "block" and fast.attn.recompute == "block"

@@ -95,6 +95,35 @@ def test_forward_matches_oracle_with_residual_and_custom_scale():
     assert_close_to_oracle(out, naive, o64, "residual+scale")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16-split", "fp32-masked-loop"])
+@pytest.mark.parametrize("scale", [0.3, -0.4, 0.0])
+@pytest.mark.parametrize("hw", [(4, 8), (5, 8)], ids=["n32-full-tiles-only", "n40-full-tiles-and-a-tail"])
+def test_scale_sign_and_tile_split(scale, hw, dtype):
+    """With SPLIT (tensor-core dots at head_dim <= 32: fp16 here; the interpreter's IEEE fp32 takes the one masked
+    loop) full key/query tiles run without masks and fold the scale into the exponent (the running max of the
+    scaled scores is max(raw) * scale, or min(raw) * scale for a negative scale); the partial last tile takes the
+    masks. Any scale sign, with and without a tail (interpreter tiles: 32 queries x 16 keys).
+    Forward with logits spread over about +-100 in base 2, where a max taken on the wrong side overflows exp2
+    (2^128); gradients at the usual spread (the backward has no running max; at +-100 its lse-based P carries
+    about 1e-5 relative error in fp32, as every FlashAttention-style backward does)."""
+    H, W = hw
+    q, k, v = make_qkv("interleaved", 2, 2, 32, H, W, dtype)
+    big = [t * m for t, m in ((q, 4.0), (k, 4.0), (v, 1.0))]
+    out = yolov12_fast.area_attention(*big, 1, scale=scale, backend="triton")
+    o64 = reference.area_attention(*(t.double() for t in big), 1, scale=scale)
+    assert_close_to_oracle(out, reference.area_attention(*big, 1, scale=scale), o64, f"out scale={scale}")
+
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = yolov12_fast.area_attention(q, k, v, 1, scale=scale, backend="triton")
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    l64 = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    g64 = torch.autograd.grad(reference.area_attention(*l64, 1, scale=scale), l64, dout.double())
+    naive_g = reference.area_attention_backward(dout, q.detach(), k.detach(), v.detach(), 1, scale=scale)
+    for name, g, gn, go in zip("qkv", grads, naive_g, g64):
+        assert_close_to_oracle(g, gn, go, f"d{name} scale={scale}")
+
+
 def test_fp16_large_logits_do_not_overflow():
     """Scores of ~1e4 overflow fp16 if exponentiated or accumulated in fp16; fp32 accumulation must not."""
     q, k, v = make_qkv("plain", 1, 1, 32, 4, 8, torch.float16)
@@ -145,3 +174,79 @@ def test_in_place_add_refuses_autograd():
     q, k, v = (t.detach().requires_grad_(True) for t in make_qkv("interleaved", 1, 1, 32, 4, 4, torch.float32))
     with pytest.raises(RuntimeError, match="no autograd; for training use area_attention"):
         yolov12_fast.area_attention_add_(torch.randn(1, 1, 32, 16, device=DEV), q, k, v, 1)
+
+
+def test_in_place_forward_survives_autotuning(monkeypatch):
+    """On a GPU the autotuner times several configs on the first call of each shape. The in-place form writes Out
+    over the residual it reads, so every timed run would add the attention again unless the tuner restores Out
+    (FWD_AUTOTUNE's restore_value). Here the real kernel runs under the interpreter behind a tuner with two configs
+    and a timing stub that runs each config three times, through the in-place op as AAttn calls it."""
+    import triton
+    from yolov12_fast.kernels import area_attention as aa
+
+    if DEV == "cuda":
+        pytest.skip("interpreter-only: on a GPU the real tuner runs (test_in_place_add_matches_the_out_of_place_op)")
+    timed = []
+
+    def bench(kernel_call, quantiles):
+        for _ in range(3):
+            kernel_call()
+        timed.append(len(timed))
+        return [1.0 + len(timed)] * len(quantiles)  # the first config "wins"
+
+    tuner = triton.autotune(configs=[aa._cfg(32, 16, 4, 1), aa._cfg(16, 16, 4, 1)],
+                            **{**aa.FWD_AUTOTUNE, "prune_configs_by": None}, do_bench=bench)(aa.area_attention_fwd_kernel.fn)
+    monkeypatch.setattr(aa, "area_attention_fwd_kernel", tuner)
+    q, k, v = make_qkv("interleaved", 2, 2, 32, 6, 10, torch.float32)
+    res = torch.randn(2, 2, 32, 60)
+    o64, _ = reference.area_attention_lse(q.double(), k.double(), v.double(), 4, residual=res.double())
+    naive = reference.area_attention(q, k, v, 4, residual=res)
+    r = res.clone()
+    with torch.no_grad():
+        yolov12_fast.area_attention_add_(r, q, k, v, 4, backend="triton")
+    assert len(timed) == 2, "the tuner did not time both configs: the test proved nothing"
+    assert_close_to_oracle(r, naive, o64, "in place, first call (tuned)")
+
+
+def test_fp32_tf32_opt_in_is_read_from_every_torch_setting():
+    """dot_precision's fp32 rule outside the interpreter: IEEE unless the user opted into TF32, whichever way (the
+    newer fp32_precision flag makes torch.get_float32_matmul_precision() raise, which must not reach a launch)."""
+    from yolov12_fast.kernels.area_attention import user_allows_tf32
+
+    matmul = torch.backends.cuda.matmul
+    saved_prec = torch.get_float32_matmul_precision() if not hasattr(matmul, "fp32_precision") else None
+    saved_new = getattr(matmul, "fp32_precision", None)
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert not user_allows_tf32()
+        torch.set_float32_matmul_precision("high")
+        assert user_allows_tf32()
+        torch.set_float32_matmul_precision("highest")
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = "tf32"
+            assert user_allows_tf32()
+            matmul.fp32_precision = "ieee"
+            assert not user_allows_tf32()
+    finally:
+        if saved_new is not None:
+            matmul.fp32_precision = saved_new
+        else:
+            torch.set_float32_matmul_precision(saved_prec)
+
+
+def test_deterministic_mode_pins_one_config():
+    """Tiles set the summation order, so under torch.use_deterministic_algorithms(True) the tuner gets one fixed
+    config per shape instead of the fastest measured one (which could differ between runs)."""
+    from yolov12_fast.kernels import area_attention as aa
+
+    configs = aa.FWD_CONFIGS + aa.FMA_CONFIGS
+    args = {"Q": torch.empty(1, dtype=torch.float16), "n": 400}
+    free = aa._prune(configs, args, DOT_PRECISION="tf32", DETERMINISTIC=False)
+    pinned = aa._prune(configs, args, DOT_PRECISION="tf32", DETERMINISTIC=True)
+    assert len(free) > 1 and pinned == free[:1]
+    prev = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert aa._launch_flags(torch.empty(1, 2, 32, 4), "ieee")["DETERMINISTIC"] is True
+    finally:
+        torch.use_deterministic_algorithms(prev)

@@ -265,6 +265,16 @@ def test_bad_inputs_area_attention():
         torch.ops.yolov12_fast.area_attention_bwd_cxx(q, q, k, v, q, None, torch.zeros(1, 2, 400, device="cuda"), 4, s)
 
 
+def test_empty_inputs_give_empty_outputs():
+    """No images or no tokens: empty out and lse from the kernel op itself, no launch and no 'does not fit' error
+    (the plan for 0 tokens per area is unsupported, so the emptiness check must come first)."""
+    op = torch.ops.yolov12_fast.area_attention_fwd_cxx
+    for B, N in ((0, 400), (2, 0)):
+        q, k, v = make_qkv("contiguous", B, 2, 32, N, F16)
+        out, lse = op(q, k, v, 4, 32 ** -0.5, None)
+        assert out.shape == (B, 2, 32, N) and lse.shape == (B, 2, N) and lse.dtype == F32
+
+
 def test_bad_inputs_pe_add():
     op = torch.ops.yolov12_fast.pe_add_cxx
     v = torch.randn(1, 2, 32, 400, device="cuda", dtype=F16)

@@ -34,7 +34,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
+#include <unordered_map>
 
 #include "kernels.h"
 
@@ -523,20 +525,35 @@ cudaError_t launch(const FwdParams& p, const AreaAttnFwdPlan& plan, int64_t seqs
   if (plan.smem_bytes > 48 * 1024) {
     // opt in to the arch's full shared memory, once per device
     static std::atomic<int> configured[64];
-    int device = 0;
-    if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
-    if (device >= 64 || configured[device].load() < plan.smem_bytes) {
+    int dev_id = 0;
+    if ((err = cudaGetDevice(&dev_id)) != cudaSuccess) return err;
+    if (dev_id >= 64 || configured[dev_id].load() < plan.smem_bytes) {
       err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_per_block_optin);
       if (err != cudaSuccess) return err;
-      if (device < 64) configured[device].store(dev.smem_per_block_optin);
+      if (dev_id < 64) configured[dev_id].store(dev.smem_per_block_optin);
     }
   }
-  // query split: enough CTAs for every SM to be busy, each CTA keeping >= one query group
+  // query split: enough CTAs for every SM to be busy, each CTA keeping >= one query group. The occupancy query
+  // costs microseconds, as much as a batch-1 launch: cached per (device, shared memory bytes)
+  static std::mutex occupancy_mutex;
+  static std::unordered_map<int64_t, int> occupancy;
+  int device = 0;
+  if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+  const int64_t key = ((int64_t)device << 32) | (int64_t)plan.smem_bytes;
   int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, plan.smem_bytes) != cudaSuccess ||
-      per_sm < 1) {
-    (void)cudaGetLastError();
-    per_sm = 1;
+  {
+    std::lock_guard<std::mutex> lock(occupancy_mutex);
+    auto it = occupancy.find(key);
+    if (it != occupancy.end()) per_sm = it->second;
+  }
+  if (per_sm == 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, plan.smem_bytes) != cudaSuccess ||
+        per_sm < 1) {
+      (void)cudaGetLastError();
+      per_sm = 1;
+    }
+    std::lock_guard<std::mutex> lock(occupancy_mutex);
+    occupancy[key] = per_sm;
   }
   const int64_t target = (int64_t)per_sm * std::max(dev.sm_count, 1);
   const int64_t groups = (round_up(p.n, 16) / 16 + Config<D>::kWarps - 1) / Config<D>::kWarps;

@@ -78,13 +78,13 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
   TORCH_CHECK(dtype != at::kBFloat16 || dev.cc_major >= 8, op,
               ": bfloat16 tensor-core MMA needs compute capability 8.0 (Ampere) or newer; this GPU is ", dev.cc_major,
               ".", dev.cc_minor, ": use float16 (or backend='triton')");
+  at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous (B, heads, D, N)
+  at::Tensor lse = at::empty({B, heads, N}, q.options().dtype(at::kFloat));
+  if (out.numel() == 0) return {out, lse};  // before the plan: no tokens is no launch, not "does not fit"
+
   const kc::AreaAttnFwdPlan plan = kc::area_attention_fwd_plan(N / area, D, dev);
   TORCH_CHECK(plan.supported, op, ": head_dim ", D, " does not fit this GPU's shared memory (",
               dev.smem_per_block_optin, " bytes per block); use backend='triton'");
-
-  at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous (B, heads, D, N)
-  at::Tensor lse = at::empty({B, heads, N}, q.options().dtype(at::kFloat));
-  if (out.numel() == 0) return {out, lse};
 
   kc::AreaAttnFwdArgs a{};
   a.q = q.data_ptr();

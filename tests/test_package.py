@@ -92,3 +92,25 @@ def test_demo_runs(tmp_path):
                         str(tmp_path / "demo.jpg")], capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "ultralytics (reference)" in p.stdout and (tmp_path / "demo.jpg").stat().st_size > 10_000
+
+
+def test_readme_op_examples_run_as_written():
+    """README's 'The op itself' / 'The other R-ELAN ops' lines, executed as they stand (CPU), each result checked
+    against the reference math."""
+    import pathlib
+
+    import torch
+
+    import yolov12_fast
+    from yolov12_fast import reference
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("# The op itself")
+    ns = {"yolov12_fast": yolov12_fast}
+    exec(text[start:text.index("```", start)], ns)
+    q, k, v = ns["q"], ns["k"], ns["v"]
+    torch.testing.assert_close(ns["out"], reference.area_attention(q, k, v, 4), rtol=1e-4, atol=1e-4)
+    B, C, H, W = ns["x1"].shape
+    want_y = ns["x1"] + torch.nn.functional.conv2d(torch.nn.functional.silu(
+        torch.nn.functional.conv2d(ns["x1"], ns["w1"], ns["b1"])), ns["w2"], ns["b2"])
+    torch.testing.assert_close(ns["y"], want_y, rtol=1e-4, atol=1e-4)

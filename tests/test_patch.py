@@ -137,8 +137,102 @@ def test_other_attention_blocks_are_left_alone():
     model = YOLO("yolo11n.yaml").model
     classes = [type(m) for m in model.modules()]
     assert any(c.__name__ == "PSABlock" for c in classes)
-    yf.patch(model, backend=BACKEND)
+    with pytest.warns(UserWarning, match="nothing patched"):
+        yf.patch(model, backend=BACKEND)
     assert [type(m) for m in model.modules()] == classes
+
+
+def test_repatching_keeps_settings_not_given():
+    """patch(m) on a patched model changes only what it is given: backend and recompute left out stay."""
+    model = yf.patch(_small_model(), backend="reference", recompute="block")
+    attn, blk = model.model[6].m[0][0].attn, model.model[6].m[0][0]
+    yf.patch(model)
+    assert attn.backend == "reference" and blk.recompute == "block"
+    yf.patch(model, backend="auto")
+    assert attn.backend == "auto" and blk.recompute == "block"
+    fresh = yf.patch(_small_model())  # swapped now without settings: the defaults
+    assert fresh.model[6].m[0][0].attn.backend == "auto" and fresh.model[6].m[0][0].recompute == "auto"
+
+
+def test_hooks_on_the_pe_branch_run():
+    """Folding the PE conv + BN would skip their forward calls: a module with hooks there (feature capture,
+    ablation) runs them, and its output is what ultralytics gives with the same hooks."""
+    ref = _small_model()
+    fast = yf.patch(copy.deepcopy(ref), backend=BACKEND)
+    x = U.images(IMGSZ)[:1]
+    calls = []
+    for m, tag in ((ref, "ref"), (fast, "fast")):
+        attn = m.model[6].m[0][0].attn
+        attn.pe.register_forward_hook(lambda mod, i, o, tag=tag: calls.append(tag) or o * 0)  # ablate P
+        attn.pe.bn.register_forward_hook(lambda mod, i, o, tag=tag: calls.append(tag + "-bn"))
+    out_ref, out_fast = _forward(ref, x), _forward(fast, x)
+    assert calls.count("fast") == calls.count("ref") >= 1 and calls.count("fast-bn") == calls.count("ref-bn")
+    rel = ((out_fast - out_ref).abs().max() / out_ref.abs().max()).item()
+    assert rel < MODEL_RTOL_FP32, rel
+
+
+def test_clear_caches_after_in_place_data_edits():
+    """Folded weights are cached for inference keyed on torch's version counters; `.data` edits bypass those, and
+    yolov12_fast.clear_caches(model) is the documented remedy (in-place ops on the parameters themselves are
+    detected). Compared with a model patched after the edit, which never cached the old weights."""
+    ref = _small_model()
+    fast = yf.patch(copy.deepcopy(ref), backend=BACKEND)
+    x = U.images(IMGSZ)[:1]
+    rel = lambda a, b: ((a - b).abs().max() / b.abs().max()).item()
+    with torch.inference_mode():
+        fast(x)  # fills the caches
+    for m in (ref, fast):
+        m.model[6].m[0][0].attn.pe.conv.weight.data.mul_(1.5)
+    with torch.inference_mode():
+        want = yf.patch(copy.deepcopy(ref), backend=BACKEND)(x)[0]
+        assert rel(fast(x)[0], want) > 1e-4, "the stale cache was not used: this test would not see a missing clear"
+        yf.clear_caches(fast)
+        assert rel(fast(x)[0], want) < 1e-6
+    with torch.no_grad():  # an in-place op on the parameter itself bumps its version: no clear needed
+        for m in (ref, fast):
+            m.model[6].m[0][0].attn.pe.conv.weight.mul_(0.5)
+    with torch.inference_mode():
+        assert rel(fast(x)[0], yf.patch(copy.deepcopy(ref), backend=BACKEND)(x)[0]) < 1e-6
+
+
+def test_patching_an_ultralytics_yolo_follows_it_into_training():
+    """patch(YOLO(...)) in place: its train() builds a new model in the trainer, so patch installs the same trainer
+    callback yolov12_fast.YOLO uses (with the patch settings); unpatch removes it, patched() restores the previous."""
+    from types import SimpleNamespace
+
+    from ultralytics import YOLO
+
+    y = YOLO("yolo12n.yaml")
+    cbs = y.callbacks["on_pretrain_routine_end"]
+    n0 = len(cbs)
+    yf.patch(y, recompute="block")
+    assert len(cbs) == n0 + 1 and cbs[-1].keywords == {"backend": "auto", "recompute": "block"}
+    yf.patch(y, backend="reference")  # one callback, settings merged
+    assert len(cbs) == n0 + 1 and cbs[-1].keywords == {"backend": "reference", "recompute": "block"}
+    trainer = SimpleNamespace(model=_small_model(), ema=None, save_model=lambda: None)
+    cbs[-1](trainer)  # what the trainer does after building its model
+    blk = trainer.model.model[6].m[0][0]
+    assert isinstance(blk, yf.nn.FastModule) and blk.recompute == "block" and blk.attn.backend == "reference"
+    with yf.patched(y, backend="auto"):
+        assert len(cbs) == n0 + 1 and cbs[-1].keywords["backend"] == "auto"
+    assert len(cbs) == n0 + 1 and cbs[-1].keywords["backend"] == "reference"
+    yf.unpatch(y)
+    assert len(cbs) == n0
+
+
+def test_verify_leaves_the_environment_alone(monkeypatch):
+    """The library function does not switch the caller's process (and its children) to ultralytics' offline
+    settings; only the CLI commands do, for themselves."""
+    from yolov12_fast import verify as V
+
+    monkeypatch.delenv("YOLO_OFFLINE", raising=False)
+    monkeypatch.delenv("YOLO_AUTOINSTALL", raising=False)
+    ours = lambda: {k: v for k, v in os.environ.items() if k.startswith("YOLO")}  # libraries set their own too
+    before = ours()
+    from yolov12_fast.utils import asset_paths
+
+    V.verify("yolo12n.yaml", images=[asset_paths()[0]], imgsz=64, backend=BACKEND, device="cpu")
+    assert ours() == before
 
 
 def test_deepcopy_keeps_fast_classes():

@@ -9,13 +9,23 @@ from . import reference  # noqa: F401
 from ._backends import can_use_cpp, can_use_cuda_ext, can_use_flash_attn, can_use_triton
 from .functional import area_attention, area_attention_add_, conv1x1_silu_residual, mlp_residual, pe_add
 from . import nn  # noqa: F401  (fast AAttn / ABlock / A2C2f; ultralytics is imported only to build them)
-from .patch import patch, patched, unpatch
+from .patch import clear_caches, is_patched, patch, patched, unpatch, unpatched
 
 __version__ = "0.1.0"
 
 __all__ = ["area_attention", "area_attention_add_", "pe_add", "mlp_residual", "conv1x1_silu_residual", "reference", "ops", "can_use_triton", "can_use_cpp", "can_use_cuda_ext",
            "can_use_flash_attn", "__version__"]
-__all__ += ["nn", "patch", "unpatch", "patched", "YOLO"]
+__all__ += ["nn", "patch", "unpatch", "patched", "unpatched", "is_patched", "clear_caches", "YOLO", "info"]
+
+
+def info() -> str:
+    """What can run here (the text of `yolov12-fast info`): versions, devices, and per backend whether it is usable
+    and why not. Printed and returned."""
+    from .cli import info_lines
+
+    text = "\n".join(info_lines())
+    print(text)
+    return text
 
 
 def __getattr__(name):

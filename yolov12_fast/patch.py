@@ -131,18 +131,53 @@ def _refresh_predictor(model) -> None:
     model.predictor = None
 
 
-def _options(backend: str, recompute: Optional[str]) -> dict:
-    """The per-instance settings patch writes into a module's __dict__ (None: leave as it is)."""
-    _check_backend(backend)
-    opts = {"_yf_backend": backend}
+def _options(backend: Optional[str], recompute: Optional[str]) -> dict:
+    """The per-instance settings patch writes into a module's __dict__ (None: leave as it is; a module swapped in
+    now then has the defaults, backend and recompute "auto")."""
+    opts = {}
+    if backend is not None:
+        opts["_yf_backend"] = _check_backend(backend)
     if recompute is not None:
         opts["_yf_recompute"] = _check_recompute(recompute)
     return opts
 
 
+def _is_dropin(model) -> bool:
+    """yolov12_fast.YOLO manages its own trainer callback (model.py)."""
+    return hasattr(type(model), "_yf_add_callbacks")
+
+
+def _follow_training(model, backend: Optional[str], recompute: Optional[str]) -> None:
+    """An ultralytics YOLO object patched in place: its train() builds a new model in the trainer (and DDP workers
+    build theirs); a trainer callback patches that one and its EMA with the same settings (model.py's
+    _patch_trainer, as yolov12_fast.YOLO does)."""
+    if not _is_ultralytics_model(model) or _is_dropin(model) or not hasattr(model, "callbacks"):
+        return
+    import functools
+
+    from .model import _patch_trainer
+
+    old = model.__dict__.get("_yf_trainer_callback")
+    prev = old.keywords if old is not None else {}
+    cb = functools.partial(_patch_trainer, backend=backend or prev.get("backend", "auto"),
+                           recompute=recompute or prev.get("recompute", "auto"))
+    _stop_following(model)
+    model.__dict__["_yf_trainer_callback"] = cb
+    model.callbacks["on_pretrain_routine_end"].append(cb)
+
+
+def _stop_following(model) -> None:
+    if not _is_ultralytics_model(model) or _is_dropin(model):
+        return
+    cb = model.__dict__.pop("_yf_trainer_callback", None)
+    cbs = getattr(model, "callbacks", {}).get("on_pretrain_routine_end", [])
+    if cb is not None and cb in cbs:
+        cbs.remove(cb)
+
+
 def _swap(m: nn.Module, kind: str, opts: dict) -> None:
     m.__class__ = fast_class(type(m), kind)
-    m.__dict__.update(opts)
+    m.__dict__.update(opts)  # settings not given stay unset: the class defaults ("auto")
 
 
 def _restore(m: nn.Module) -> bool:
@@ -170,12 +205,15 @@ def _patch_tree(root: nn.Module, opts: dict, filter: Optional[Filter]):
     return swapped, reset
 
 
-def patch(model, backend: str = "auto", filter: Optional[Filter] = None, recompute: Optional[str] = None):
+def patch(model, backend: Optional[str] = None, filter: Optional[Filter] = None, recompute: Optional[str] = None):
     """Swap the fast modules into this model instance (in place) and return it.
 
     Args:
-        model: an nn.Module (e.g. an ultralytics DetectionModel) or an ultralytics YOLO object.
+        model: an nn.Module (e.g. an ultralytics DetectionModel) or an ultralytics YOLO object. A YOLO object
+            also gets a trainer callback, so that its train() trains fast modules with these settings (after
+            training ultralytics reloads a plain model into it: patch again, or use yolov12_fast.YOLO, which does).
         backend: area-attention backend for the patched modules ("auto", "triton", "cuda", "cpp", "reference").
+            None: "auto" for modules swapped now, already-fast modules keep theirs.
         filter: optional `filter(name, module) -> bool`; only modules for which it returns True are patched. Names
             are those of `named_modules()` of the torch model (for a YOLO object: of `yolo.model`).
         recompute: what ABlocks recompute in backward while training instead of keeping it in memory
@@ -183,10 +221,31 @@ def patch(model, backend: str = "auto", filter: Optional[Filter] = None, recompu
             yolov12_fast.nn.FastModule.recompute).
             None leaves each module's setting as it is.
 
-    Idempotent: patching again only updates the settings of the modules the filter selects.
+    Idempotent: patching again only updates the settings of the modules the filter selects. Warns when the model
+    holds no module to patch (e.g. a YOLO11 model).
     """
-    _patch_tree(_torch_root(model), _options(backend, recompute), filter)
+    swapped, reset = _patch_tree(_torch_root(model), _options(backend, recompute), filter)
+    if not swapped and not reset:
+        import warnings
+
+        warnings.warn("yolov12_fast.patch: no YOLOv12 attention module (AAttn / ABlock / A2C2f)"
+                      f"{' selected by the filter' if filter is not None else ''} in this model: nothing patched",
+                      stacklevel=2)
+    _follow_training(model, backend, recompute)
     _refresh_predictor(model)
+    return model
+
+
+def clear_caches(model):
+    """Drop the folded (BatchNorm-into-conv) weights the fast modules cache for inference; return the model. Needed
+    only after editing parameters in place through `.data` (`p.data.mul_(...)`), which torch's version counters do
+    not see; optimizer steps, load_state_dict, ultralytics' EMA and `.to()` are detected on their own."""
+    from .nn.modules import _CACHE_KEYS
+
+    for m in _torch_root(model).modules():
+        if isinstance(m, FastModule):
+            for k in _CACHE_KEYS:
+                m.__dict__.pop(k, None)
     return model
 
 
@@ -195,20 +254,27 @@ def unpatch(model):
     for m in _torch_root(model).modules():
         if isinstance(m, FastModule):
             _restore(m)
+    _stop_following(model)
     _refresh_predictor(model)
     return model
 
 
 @contextlib.contextmanager
-def patched(model, backend: str = "auto", filter: Optional[Filter] = None,
+def patched(model, backend: Optional[str] = None, filter: Optional[Filter] = None,
             recompute: Optional[str] = None) -> Iterator:
     """`with yolov12_fast.patched(model): ...` patches on entry and, on exit, restores exactly what it changed
     (modules patched before the block stay patched, with their previous settings)."""
     swapped, reset = _patch_tree(_torch_root(model), _options(backend, recompute), filter)
+    following = model.__dict__.get("_yf_trainer_callback") if isinstance(getattr(model, "__dict__", None), dict) else None
+    _follow_training(model, backend, recompute)
     _refresh_predictor(model)
     try:
         yield model
     finally:
+        _stop_following(model)
+        if following is not None:  # the callback of an earlier patch() comes back
+            model.__dict__["_yf_trainer_callback"] = following
+            model.callbacks["on_pretrain_routine_end"].append(following)
         for m in swapped:
             _restore(m)
         for m, old in reset:

@@ -17,8 +17,12 @@ import torch.nn as nn
 
 def ultralytics_offline() -> None:
     """Run ultralytics without network: no downloads, no auto-install, a private config dir holding a font
-    (training and plotting would otherwise try to download Arial.ttf). Only sets what the user has not set."""
-    cfg = os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolov12_fast_ultra_"))
+    (training and plotting would otherwise try to download Arial.ttf). Only sets what the user has not set. For
+    this process and its children: the CLI commands (demo, verify) and the benchmarks call it, the library
+    functions do not. The config dir is one per user, reused across runs."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    cfg = os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), f"yolov12_fast_ultralytics_{uid}"))
+    os.makedirs(cfg, exist_ok=True)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     font = os.path.join(cfg, "Arial.ttf")

@@ -463,9 +463,8 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
     from .nn.modules import FastModule, _check_backend
     from .ops.area_attention import resolve_backend
     from .patch import module_kind
-    from .utils import asset_paths, load_images, turbo_reference, ultralytics_offline
+    from .utils import asset_paths, load_images, turbo_reference
 
-    ultralytics_offline()
     _check_backend(backend)
     if variant not in (None, "ultralytics", "turbo"):
         raise ValueError(f"variant must be 'ultralytics' or 'turbo', got {variant!r}")
@@ -577,7 +576,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    """`yolov12-fast verify`: runs verify() offline (the command sets ultralytics' offline settings for its own
+    process; the library function leaves the caller's environment alone), prints the report; exit 0 pass, 1 a
+    tolerance exceeded, 2 bad arguments."""
+    from .utils import ultralytics_offline
+
     os.environ.setdefault("YOLO_VERBOSE", "False")  # no ultralytics banners around the report
+    ultralytics_offline()
+    if args.json_out and not os.path.isdir(os.path.dirname(os.path.abspath(args.json_out))):
+        print(f"yolov12-fast verify: error: --json-out {args.json_out}: no such directory", file=sys.stderr)
+        return 2
     try:
         report = verify(args.model, args.images, args.imgsz, variant=args.variant, dtype=args.dtype,
                         backend=args.backend, device=args.device, fuse=args.fuse, conf=args.conf, iou=args.iou,

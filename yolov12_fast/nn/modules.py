@@ -219,8 +219,10 @@ class FastModule(nn.Module):
 
     def _folded(self, cache_key: str, tensors: list, fold, dtype: torch.dtype):
         """fold(dtype) (BatchNorm folded into conv weights), cached in __dict__[cache_key] keyed on the tensors'
-        storage and version counters (an optimizer step or load_state_dict invalidates it). When gradients are
-        needed, or under torch.compile, it folds inside the graph every call."""
+        storage and version counters (an optimizer step, load_state_dict, ultralytics' EMA update or any in-place
+        op on a parameter invalidates it). In-place edits through `.data` bypass the version counter: call
+        yolov12_fast.clear_caches(model) after those. When gradients are needed, or under torch.compile, it folds
+        inside the graph every call."""
         tensors = [t for t in tensors if t is not None]
         if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or _compiling():
             return fold(dtype)  # in the graph: gradients reach the conv and BN parameters
@@ -277,9 +279,12 @@ def _is_attr_proxy_class(c: type) -> bool:
 def _foldable_conv(m: nn.Module, act: type) -> bool:
     """m is an ultralytics Conv whose BatchNorm can be folded: an nn.Conv2d with square kernel, stride 1, no
     dilation, 'same' zero padding, activation of exactly type `act` (nn.Identity also when absent), and either no
-    bn (fused) or an eval-mode BatchNorm2d with running statistics."""
+    bn (fused) or an eval-mode BatchNorm2d with running statistics. No hooks on m, its conv or its bn: folding
+    skips their forward calls, so a hooked Conv (feature capture, pruning, ablation) runs as a module."""
     conv = getattr(m, "conv", None)
     if _cls(conv) is not nn.Conv2d:
+        return False
+    if not (_hookless(m) and _hookless(conv) and (m._modules.get("bn") is None or _hookless(m._modules["bn"]))):
         return False
     k = conv.kernel_size[0]
     if (conv.kernel_size != (k, k) or conv.stride != (1, 1) or conv.dilation != (1, 1)

@@ -8,7 +8,8 @@ Timing (BENCHMARKS.md):
   with torch.set_num_threads and recorded in the row.
 
 Roofline (per row with FLOPs and bytes): t_roof = max(FLOPs / matmul peak, bytes / copy bandwidth), both ceilings
-measured in the same run (ceilings.py); % roofline = t_roof / measured time.
+measured in the same run (ceilings.py); % roofline = t_roof / measured time. Attention rows on GPU also get the
+exp floor: exponentials needed / the measured exp2 rate (% exp floor = that / measured time).
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def cpu_name() -> str:
 
 
 def git_commit() -> Optional[str]:
-    """Short commit of the working tree (with '+dirty' when it has uncommitted changes); None outside a clone."""
+    """Short commit of the working tree (with '+dirty' when it has uncommitted changes); YOLOV12_FAST_COMMIT where
+    no .git came along (the GPU machine gets a copy of the tree: run_gpu.sh's header); None otherwise."""
+    if os.environ.get("YOLOV12_FAST_COMMIT"):
+        return os.environ["YOLOV12_FAST_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              timeout=20).stdout.strip()
@@ -195,9 +199,11 @@ def is_oom(e: BaseException) -> bool:
 def make_row(ctx: "Context", suite: str, case: str, params: dict, provider: str, *, timing: Optional[Timing] = None,
              status: str = "ok", reason: Optional[str] = None, flops: Optional[float] = None,
              nbytes: Optional[float] = None, dtype: Optional[torch.dtype] = None, peak: Optional[tuple] = None,
-             **extra) -> dict:
+             exp2: Optional[float] = None, **extra) -> dict:
     """One result row. FLOPs and bytes are the case's (the same for every provider: the work the task needs, not
-    what a provider happens to do); TFLOP/s, GB/s and % roofline follow from the median time and the ceilings."""
+    what a provider happens to do); TFLOP/s, GB/s and % roofline follow from the median time and the ceilings.
+    `exp2` (attention rows): the exponentials the task needs; with a measured exp2 rate (GPU ceilings) the row gets
+    `exp_floor_ms` and `pct_exp_floor`, the softmax's own floor next to the roofline's."""
     row = {"schema": SCHEMA, "suite": suite, "case": case, "params": params, "provider": provider, "status": status,
            "reason": reason, **ctx.meta, "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
            "threads": torch.get_num_threads(), "quick": ctx.quick}
@@ -217,6 +223,10 @@ def make_row(ctx: "Context", suite: str, case: str, params: dict, provider: str,
             row["roofline_ms"] = max(t_flop, t_byte) * 1e3
             row["roofline_bound"] = "compute" if t_flop >= t_byte else "memory"
             row["pct_roofline"] = 100.0 * row["roofline_ms"] / timing.median_ms
+        if ceil and exp2 and ceil.get("exp2_gps"):
+            row["exp2"] = exp2
+            row["exp_floor_ms"] = exp2 / (ceil["exp2_gps"] * 1e9) * 1e3
+            row["pct_exp_floor"] = 100.0 * row["exp_floor_ms"] / timing.median_ms
     if peak is not None:
         row["peak_mem_mb"] = peak[0] / 2**20
         row["extra_mem_mb"] = peak[1] / 2**20

@@ -12,7 +12,7 @@ cut rows). Batches 1, 8, 32 at 640; 1 and 8 elsewhere. fp16 on GPU, fp32 on CPU.
 Conventions (stated in every row through flops / bytes):
 - FLOPs: forward 4 * sequences * heads * n^2 * head_dim (two matmuls; softmax and PE not counted); forward+backward
   = 3.5x that (backward = 2.5x forward: five matmuls against two; FlashAttention's convention; recomputation not
-  counted).
+  counted). Exponentials (`exp2`, GPU `% exp floor`): one per score forward, two forward+backward.
 - Bytes (each input read once, each output written once): forward = qkv (3*B*C*N) + pe weights + out (B*C*N);
   forward+backward adds dout (B*C*N) read, qkv read again and dqkv (3*B*C*N) written: 7*B*C*N more.
 - Timer: do_bench_cudagraph for batch-1 forwards (microsecond work: kernel time without launch gaps), do_bench (L2
@@ -83,6 +83,12 @@ class Case:
     def flops(self) -> float:
         f = 4.0 * self.batch * self.area * self.heads * self.n ** 2 * self.head_dim
         return 3.5 * f if self.pass_ == "fwdbwd" else f
+
+    def exp2(self) -> float:
+        """Exponentials the task needs: one per score forward; forward+backward recomputes P once more (a backward
+        that recomputes it in two kernels, dK/dV and dQ, does 3 per score: the deterministic price)."""
+        e = float(self.batch * self.area * self.heads * self.n ** 2)
+        return 2.0 * e if self.pass_ == "fwdbwd" else e
 
     def nbytes(self, elt: int) -> float:
         bcn = self.batch * self.C * self.H * self.W
@@ -283,7 +289,7 @@ def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) ->
                     peak = gpu_peak_memory(call)
                     timing = time_gpu(call, cudagraph=case.batch == 1 and not backward)
                     rows.append(make_row(ctx, SUITE, case.name, case.params, name, timing=timing, flops=case.flops(),
-                                         nbytes=case.nbytes(elt), dtype=dtype, peak=peak, **extra))
+                                         nbytes=case.nbytes(elt), exp2=case.exp2(), dtype=dtype, peak=peak, **extra))
                 else:
                     fns[name] = call
                     meta[name] = extra
@@ -300,7 +306,7 @@ def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) ->
             timings = time_cpu_interleaved(fns, rounds=rounds, min_round_s=0.0 if ctx.quick else 0.05)
             for name, t in timings.items():
                 rows.append(make_row(ctx, SUITE, case.name, case.params, name, timing=t, flops=case.flops(),
-                                     nbytes=case.nbytes(elt), dtype=dtype, **meta[name]))
+                                     nbytes=case.nbytes(elt), exp2=case.exp2(), dtype=dtype, **meta[name]))
         add_speedups(rows, bl.ATTENTION_BASELINES)
         order = list(bl.ATTENTION_PROVIDERS)
         rows.sort(key=lambda r: order.index(r["provider"]))

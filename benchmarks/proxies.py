@@ -312,8 +312,15 @@ def triton_aot(head_dims=(32,)) -> list:
     lines = p.stdout.strip().splitlines()
     if not lines:
         raise RuntimeError(f"yolov12_fast._aot printed nothing (rc {p.returncode}):\n{p.stderr[-3000:]}")
-    keep = ("kernel", "arch", "dtype", "ok", "error", "regs", "spills", "smem", "mma", "wgmma", "spill_instr")
-    return [{k: r[k] for k in keep if k in r} for r in json.loads(lines[-1])]
+    keep = ("kernel", "arch", "dtype", "ok", "error", "regs", "spills", "smem", "mma", "wgmma", "spill_instr",
+            "loop_bound", "loop_tensor_pct")
+    rows = []
+    for r in json.loads(lines[-1]):
+        row = {k: r[k] for k in keep if k in r}
+        if r.get("loop"):  # the static hot-loop model (yolov12_fast/_aot.py): instructions per warp per iteration
+            row["loop_instr"] = r["loop"]["instr"]
+        rows.append(row)
+    return rows
 
 
 def _load_cuda_compile():

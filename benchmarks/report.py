@@ -73,13 +73,16 @@ def _columns(suite: str, rows: list, fused: str | None = None) -> list:
     `<prefix>-torch`."""
     base = [("case", lambda r: r["case"])] + _threads_col(rows) + [("provider", lambda r: r["provider"])]
     if suite == "ceilings":
-        return base + [("ms", _ms), ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}"))]
+        return base + [("ms", _ms), ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}")),
+                       ("exp2 G/s", lambda r: _f(r.get("exp2_gps"), "{:.4g}"))]
     if suite == "ops":
         bl = [f"{fused}-torch"] if fused else ["ultralytics", "flash", "sdpa", "compile"]
         return base + [("ran", lambda r: r.get("backend_ran") or ""), ("ms (p20–p80)", _ms),
                        ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}")),
-                       ("% roofline", lambda r: _f(r.get("pct_roofline"), "{:.1f}")),
-                       ("peak MB", lambda r: _f(r.get("peak_mem_mb"), "{:.0f}"))] + \
+                       ("% roofline", lambda r: _f(r.get("pct_roofline"), "{:.1f}"))] + \
+            ([] if fused or not any(r.get("pct_exp_floor") for r in rows) else
+             [("% exp floor", lambda r: _f(r.get("pct_exp_floor"), "{:.1f}"))]) + \
+            [("peak MB", lambda r: _f(r.get("peak_mem_mb"), "{:.0f}"))] + \
             [(f"vs {b}", (lambda b_: lambda r: _speed(r, b_))(b)) for b in bl] + [("check", _check)]
     if suite == "blocks":
         return base + [("ms (p20–p80)", _ms), ("peak MB", lambda r: _f(r.get("peak_mem_mb"), "{:.0f}")),
@@ -99,7 +102,9 @@ Conventions: median of the timed runs with the 20th–80th percentiles; GPU time
 (L2 flushed per rep) or do_bench_cudagraph for batch-1 attention forwards (kernel time, no launch gaps), CPU with
 interleaved rounds at the pinned thread count (`thr`). Attention FLOPs = 4·sequences·heads·n²·head_dim forward,
 3.5x that for forward+backward; bytes = each input read once + each output written once; % roofline =
-max(FLOPs / matmul peak, bytes / copy bandwidth) / time, with both ceilings measured in the same run. `vs X` =
+max(FLOPs / matmul peak, bytes / copy bandwidth) / time, with both ceilings measured in the same run; % exp floor
+(GPU attention) = (exponentials needed, one per score forward and two forward+backward, / the measured exp2 rate) /
+time: the softmax's floor, which at head_dim 32 can sit above the matmuls' (benchmarks/README.md). `vs X` =
 time(X) / time(row): > 1 means this row is faster. `check` compares each output with the float32/float64 result
 of the ultralytics math (ops) or with the ultralytics module (blocks, model)."""
 

@@ -42,6 +42,9 @@ def _attention_cases(device, dtype):
     return out
 
 
+CHECKS: list = []  # one entry per comparison made: a run that compared nothing proved nothing
+
+
 def _close(name: str, got: torch.Tensor, naive: torch.Tensor, want: torch.Tensor) -> bool:
     """The tolerance table's rule (yolov12_fast/_tolerances.py): |got - want| <= FACTOR x |naive - want| + floor,
     with `naive` the same math in got's dtype and `want` in float32 (float64 on CPU)."""
@@ -50,6 +53,7 @@ def _close(name: str, got: torch.Tensor, naive: torch.Tensor, want: torch.Tensor
     naive_err = (naive.double() - want.double()).abs().max().item() if got.numel() else 0.0
     bound = FACTOR[dt] * naive_err + ATOL_FLOOR[dt]
     ok = err <= bound
+    CHECKS.append(ok)
     print(f"{'ok  ' if ok else 'FAIL'} {name}: max |err| {err:.3g} (bound {bound:.3g})")
     return ok
 
@@ -136,10 +140,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if args.device == "cuda" else torch.float32)
     backends = ["triton", "cuda"] if args.device == "cuda" else ["cpp", "triton"]
+    for b in backends:
+        usable_b, why = _usable(b, torch.device(args.device))
+        print(f"backend {b}: {'usable' if usable_b else 'NOT usable: ' + str(why)}", flush=True)
     ok = run(args.device, backends, dtype)
     if args.device == "cuda":
         torch.cuda.synchronize()
-    print("all launches correct" if ok else "WRONG ANSWERS (see FAIL lines)")
+    if not CHECKS:
+        print(f"NOTHING RAN: none of {backends} is usable on {args.device}")
+        return 2
+    print(f"all {len(CHECKS)} launches correct" if ok else f"WRONG ANSWERS ({CHECKS.count(False)} of {len(CHECKS)}; "
+          "see FAIL lines)")
     return 0 if ok else 1
 
 

@@ -541,8 +541,10 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
     Triton specialises the tokens per area `n` on divisibility by 16. The YOLO shapes that matter (400, 1600, 240
     tokens) are multiples of 16: their kernels load K/V tiles with 16-byte cp.async; the others (300 at 480x640, 49)
     get scalar loads, more address registers. Both are compiled: every variant with `n % 16 == 0` (name tag `n16`),
-    and with odd n (`n1`) every 16-bit variant on sm_80/sm_90 (those must not spill either); odd_n=True compiles all
-    of them both ways (the slow AOT run), odd_n=False none."""
+    and with odd n (`n1`) the 16-bit head_dim-32 variants on sm_80/sm_90 (those must not spill either). Inputs are
+    NCHW conv outputs (token stride 1) or, from channels_last models, token stride 3C and channel stride 1 (`cl`):
+    compiled for fp16 head_dim 32 on sm_80/sm_90. odd_n=True compiles every variant every way (the slow AOT run),
+    odd_n=False only the n16 NCHW ones."""
     kernels = [
         (area_attention_fwd_kernel, FWD_CONFIGS, {"HAS_RESIDUAL": True, "NEG_SCALE": False}),
         (area_attention_bwd_dkdv_kernel, BWD_CONFIGS, {}),
@@ -556,28 +558,33 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
             precisions = ["ieee", "tf32"] if dtype == torch.float32 else ["tf32"]
             if "DOT_PRECISION" not in fn.arg_names:
                 precisions = [None]
-            specs = [True]  # n divisible by 16
-            if "n" in fn.arg_names and (odd_n or (odd_n is None and dtype != torch.float32 and arch >= 80)):
-                specs.append(False)
             for prec in precisions:
                 for d in head_dims:
+                    hot = odd_n is None and dtype != torch.float32 and arch >= 80 and d == 32
+                    specs = [(True, "nchw")]  # (n divisible by 16, layout)
+                    if "n" in fn.arg_names and (odd_n or hot):
+                        specs.append((False, "nchw"))
+                    if "n" in fn.arg_names and (odd_n or (hot and dtype == torch.float16)):
+                        specs.append((True, "cl"))
                     fma = uses_fma(arch, prec, dtype == torch.float32)
                     tf32 = dtype == torch.float32 and prec == "tf32"
                     for cfg in configs_for(configs, arch, fma, tf32) if configs is not None else [pre_cfg]:
-                        for n16 in specs:
+                        for n16, layout in specs:
                             const = {"HEAD_DIM": d, **extra, **cfg.kwargs}
                             if prec is not None:
                                 const["DOT_PRECISION"] = prec
                             if "SPLIT" in fn.arg_names:
                                 const["SPLIT"] = split_tiles(arch, prec, dtype == torch.float32, d)
                                 const["DETERMINISTIC"] = False
-                            # token stride 1: specialised like a launch
-                            const.update({a: 1 for a in fn.arg_names if a.startswith("s_") and a.endswith("n")})
+                            # the unit stride specialised like a launch: tokens (NCHW) or channels (channels_last)
+                            unit = "n" if layout == "nchw" else "d"
+                            const.update({a: 1 for a in fn.arg_names if a.startswith("s_") and a.endswith(unit)})
                             sig, attrs = aot_signature(fn, const, dtype, ints=("N",), fp32_ptrs=("Lse", "Delta"),
                                                        fp32_scalars=("qk_scale", "sm_scale"),
                                                        divisible=("n",) if n16 else ())
                             tag = "/".join(f"{k}={v}" for k, v in cfg.kwargs.items())
                             ntag = "" if "n" not in fn.arg_names else (",n16" if n16 else ",n1")
+                            ntag += ",cl" if layout == "cl" else ""
                             yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=cfg.num_warps,
                                        num_stages=cfg.num_stages, dtype=str(dtype).replace("torch.", ""),
                                        name=f"{fn.__name__}[{TRITON_DTYPE[dtype]}{'' if prec in (None, 'tf32') or dtype != torch.float32 else '-ieee'}"

@@ -171,14 +171,14 @@ def _synthetic_rows(tmp_path) -> Path:
     ctx = harness.Context(torch.device("cpu"), out_dir=tmp_path, progress=False, echo=False,
                           meta={"device": "Test GPU", "device_kind": "cuda", "torch": "2.x", "triton": "3.x",
                                 "cuda": "13.0", "commit": "abc", "date": "2025-01-02T03:04:05+00:00"})
-    ctx._ceilings[0] = {"matmul_tflops": 800.0, "copy_gbps": 3000.0}
+    ctx._ceilings[ctx._ceiling_key()] = {"matmul_tflops": 800.0, "copy_gbps": 3000.0, "exp2_gps": 4000.0}
     T = lambda ms: harness.Timing(ms, ms * 0.9, ms * 1.1, "do_bench")
     rows = [harness.make_row(ctx, "ceilings", "matmul 8192^3", {}, "torch.mm", timing=T(1.4), flops=1.1e12)]
     for pass_ in ("fwd", "fwdbwd"):
         case = {"pass": pass_, "imgsz": "640x640", "level": "P4", "heads": 2, "batch": 1}
         name = f"{pass_} P4 640x640 h2 b1 (n=400)"
-        rs = [harness.make_row(ctx, "ops", name, case, p, timing=T(ms), flops=1e9, nbytes=1e7, check="pass",
-                               peak=(2**30, 2**20), backend_ran="x")
+        rs = [harness.make_row(ctx, "ops", name, case, p, timing=T(ms), flops=1e9, nbytes=1e7, exp2=4e6,
+                               check="pass", peak=(2**30, 2**20), backend_ran="x")
               for p, ms in (("ultralytics", 0.1), ("flash", 0.05), ("triton", 0.01), ("auto", 0.011))]
         rs.append(harness.make_row(ctx, "ops", name, case, "cuda", status="skipped", reason="no backward kernel"))
         rows += harness.add_speedups(rs, bl.ATTENTION_BASELINES)
@@ -210,6 +210,8 @@ def test_report_renders_synthetic_rows(tmp_path):
     assert "## ops: area attention" in md and "## ops: PE branch" in md and "## blocks" in md and "## model" in md
     assert "| vs ultralytics | vs flash | vs sdpa | vs compile |" in md
     assert "10.00x" in md  # triton vs ultralytics, 0.1 / 0.01
+    # exp floor: 4e6 exp2 at 4000 G/s = 0.001 ms; triton's 0.01 ms is 10% of it
+    assert "| % exp floor |" in md and "| 10.0 |" in md
     assert "vs yolo11n-eager" in md and "3.33x" in md
     assert "skipped: ops / cuda — no backward kernel" in md
     assert "error: model / train-eager — out of memory: x" in md
@@ -451,6 +453,50 @@ def test_sanitizer_harness_runs_every_kernel_and_checks_answers(capsys):
     assert "FAIL" not in out
     want = torch.randn(3, 4, dtype=torch.float64)
     assert not sanitize._close("wrong", (want * 1.001).float(), want.float(), want)  # a 0.1% error fails
+
+
+def test_sanitizer_fails_when_nothing_ran(monkeypatch, capsys):
+    """A sanitizer run in which no backend could launch (a failed build, no triton) proved nothing: exit 2, not
+    'all launches correct'."""
+    from benchmarks import sanitize
+
+    monkeypatch.setattr(sanitize, "_usable", lambda backend, device: (False, "not built"))
+    monkeypatch.setattr(sanitize, "CHECKS", [])
+    assert sanitize.main(["--device", "cpu"]) == 2
+    assert "NOTHING RAN" in capsys.readouterr().out
+
+
+def test_exp2_ceiling_kernel_counts_and_computes(tmp_path):
+    """The exp2-rate kernel of the ceilings suite (GPU only; here under the interpreter): each element runs 4
+    chains of `iters` exp2(a) - 1 steps, so it computes 4 * iters * numel exponentials, and what it stores is that
+    recurrence (it cannot be optimised away on a GPU: the SASS check in test_triton_aot.py)."""
+    from benchmarks import ceilings
+
+    x = -torch.rand(ceilings.EXP2_BLOCK)
+    out = torch.empty_like(x)
+    assert ceilings.exp2_rate(x, out, 3) == 4 * 3 * x.numel()
+    chains = [x.double(), x.double() * 0.5, x.double() * 0.25, x.double() * 0.75]
+    for _ in range(3):
+        chains = [torch.exp2(a) - 1 for a in chains]
+    torch.testing.assert_close(out.double(), (chains[0] + chains[1]) + (chains[2] + chains[3]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of"):
+        ceilings.exp2_rate(x[:10], out[:10], 1)
+
+
+def test_attention_rows_get_the_exp_floor(tmp_path):
+    """With a measured exp2 rate, an attention row's exp floor = exponentials / rate, and % exp floor = that over
+    its time; without one (CPU), no such fields."""
+    ctx = harness.Context(torch.device("cpu"), out_dir=tmp_path, progress=False, echo=False,
+                          meta={"device": "Test GPU", "device_kind": "cuda", "date": "2025-01-02T03:04:05+00:00"})
+    T = harness.Timing(2.0, 1.9, 2.1, "t")
+    assert "pct_exp_floor" not in harness.make_row(ctx, "ops", "c", {}, "p", timing=T, flops=1e9, exp2=1e9)
+    ctx._ceilings[ctx._ceiling_key()] = {"matmul_tflops": 1.0, "copy_gbps": 1.0, "exp2_gps": 1000.0}
+    row = harness.make_row(ctx, "ops", "c", {}, "p", timing=T, flops=1e9, exp2=1e9)
+    assert row["exp_floor_ms"] == pytest.approx(1.0) and row["pct_exp_floor"] == pytest.approx(50.0)
+    from benchmarks.ops import Case
+
+    fwd, fb = Case("fwd", "640x640", "P4", 40, 40, 4, 2, 3), Case("fwdbwd", "640x640", "P4", 40, 40, 4, 2, 3)
+    assert fwd.exp2() == 3 * 4 * 2 * 400 ** 2 and fb.exp2() == 2 * fwd.exp2()
 
 
 def test_pytest_benchmark_cpu_suite_smoke():

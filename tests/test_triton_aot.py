@@ -59,3 +59,87 @@ def test_tensor_cores_on_sm80_sm90(aot_rows):
 def test_shared_memory_within_limits(aot_rows):
     over = [(r["kernel"], r["arch"], r["smem"], r["smem_limit"]) for r in aot_rows if r["smem"] > r["smem_limit"]]
     assert not over, f"shared memory over the arch limit: {over[:5]}"
+
+
+SASS_LOOP = """
+        /*0100*/                   MOV R1, c[0x0][0x28] ;
+        /*0110*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+        /*0120*/                   HMMA.16816.F32 R16, R8, R14, R16 ;
+        /*0130*/                   MUFU.EX2 R20, R21 ;
+        /*0140*/                   MUFU.EX2 R22, R23 ;
+        /*0150*/                   FFMA R24, R25, R26, R27 ;
+        /*0160*/                   FSEL R28, R29, -INF , P0 ;
+        /*0170*/                   LDG.E.U16 R30, desc[UR4][R2.64] ;
+        /*0180*/              @!P0 BRA 0x110 ;
+        /*0190*/                   EXIT ;
+"""
+
+
+def test_hot_loop_model_on_known_sass():
+    """The static model's parsing and arithmetic on a hand-written loop: 8 instructions, 2 HMMA.16816 (2 x 4096
+    FLOPs), 2 MUFU, one FMA, one select, one scalar load. On sm_80 the MUFU pipe (0.5 / clock: 4 cycles) beats
+    issue (8 / 4 = 2), FMA (0.5), ALU (0.5) and the tensor cores (8192 / 2048 = 4 cycles, a tie broken by order)."""
+    from yolov12_fast._aot import hot_loop, loop_model
+
+    mix = hot_loop(SASS_LOOP)
+    assert mix["instr"] == 8 and mix["mma"] == 2 and mix["mufu"] == 2 and mix["fma"] == 1 and mix["fsel"] == 1
+    assert mix["tensor_sync_flops"] == 2 * 4096 and mix["scalar_ldg"] == 1
+    m = loop_model(80, mix)
+    assert m["cycles"]["mufu"] == 4 and m["cycles"]["tensor"] == 4 and m["cycles"]["issue"] == 2
+    assert m["tensor_pct"] == 100.0
+    m90 = loop_model(90, mix)  # mma.sync on sm_90 at 2/3 of 4096 FLOPs / clock: 3 cycles; MUFU bounds at 4
+    assert m90["bound"] == "mufu" and abs(m90["tensor_pct"] - 75.0) < 1e-6
+    assert hot_loop(SASS_LOOP.replace("HMMA", "HADD2")) is None  # no tensor-core loop: no model
+
+
+def test_attention_hot_loops_take_no_masks_and_vector_loads(aot_rows):
+    """The YOLO shape class (fp16/bf16, head_dim 32, tokens per area a multiple of 16: 400, 1600, 240) on sm_80 and
+    sm_90: the hot loop applies no per-score masks (SPLIT: full tiles unmasked, the partial tile after the loop)
+    and loads its K/V (Q/dO) tiles without 2-byte scalar loads or shared stores (16-byte cp.async). The static
+    model of each hot loop is printed (bounding pipe and the tensor-core share it allows)."""
+    rows = [r for r in aot_rows if r.get("ok") and r["arch"] in ("sm_80", "sm_90") and ",d32,n16," in r["kernel"]
+            and r["dtype"] in ("float16", "bfloat16") and "preprocess" not in r["kernel"]]
+    assert len(rows) >= 2 * 2 * 7, f"expected every fp16/bf16 d32 attention variant on sm_80/sm_90, got {len(rows)}"
+    for r in rows:
+        print(f"{r['kernel']:<72} {r['arch']}: loop {r['loop']['instr']} instr, {r['loop_bound']}-bound, "
+              f"tensor cores at most {r['loop_tensor_pct']:.0f}%")
+    bad = [(r["kernel"], r["arch"], {k: r["loop"][k] for k in ("fsel", "scalar_ldg", "scalar_sts")}) for r in rows
+           if r["loop"]["fsel"] or r["loop"]["scalar_ldg"] or r["loop"]["scalar_sts"]]
+    assert not bad, f"masked or scalar hot loops: {bad[:4]}"
+
+
+EXP2_SASS_SCRIPT = r"""
+import os, re, subprocess, sys, tempfile
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+sys.path.insert(0, sys.argv[1])
+from benchmarks import ceilings
+from yolov12_fast._aot import _bin, hot_loop
+fn = ceilings._exp2_kernel()
+k = triton.compile(ASTSource(fn=fn, signature={"x_ptr": "*fp32", "out_ptr": "*fp32", "ITERS": "constexpr",
+                                               "BLOCK": "constexpr"}, constexprs={"ITERS": 64, "BLOCK": 1024}),
+                   target=GPUTarget("cuda", int(sys.argv[2]), 32), options={"num_warps": 4, "num_stages": 1})
+with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+    f.write(k.asm["cubin"]); f.flush()
+    sass = subprocess.run([_bin("cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+loops = [m for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", sass)
+         if int(m.group(2), 16) < int(m.group(1), 16)]
+body = sass[sass.index("/*%04x*/" % int(loops[0].group(2), 16)):loops[0].end()] if loops else ""
+print(len(loops), body.count("MUFU.EX2"), sass.count("MUFU.EX2"))
+"""
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_exp2_ceiling_kernel_measures_the_special_function_unit(arch):
+    """benchmarks/ceilings.py's exp2-rate kernel, compiled for the GPU: a loop whose body holds MUFU.EX2 (the
+    exponentials are not folded away or moved out of the loop), so its timing is the exp2 rate of the unit the
+    attention softmax runs on."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", EXP2_SASS_SCRIPT, root, str(arch)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    loops, in_loop, total = map(int, p.stdout.split())
+    assert loops >= 1 and in_loop >= 4, f"sm_{arch}: {loops} loops, {in_loop} MUFU.EX2 in the loop ({total} in all)"

@@ -44,7 +44,86 @@ def _sass_counts(cubin_path: str) -> dict:
     sass = subprocess.run([_bin("cuobjdump"), "-sass", cubin_path], capture_output=True, text=True, check=True).stdout
     ops = re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)", sass)
     count = lambda *names: sum(1 for o in ops if o in names)
-    return {"mma": count("HMMA", "HGMMA", "IMMA"), "wgmma": count("HGMMA"), "spill_instr": count("STL", "LDL")}
+    return {"mma": count("HMMA", "HGMMA", "IMMA"), "wgmma": count("HGMMA"), "spill_instr": count("STL", "LDL"),
+            "loop": hot_loop(sass)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A static model of the hot loop (GPU-free prediction, checked against the measured % roofline on a GPU)
+#
+# The hot loop is the loop of the SASS with the most tensor-core instructions (a backward branch to an earlier
+# address delimits it). Each instruction class goes to its pipe; per SM and clock a pipe takes `rate` warp
+# instructions (data-sheet figures: 4 schedulers issue 1 instruction each; FP32 FMA lanes 64 per SM on sm_75/sm_80
+# and 128 on sm_90; the ALU pipe (compares, selects, min/max, integer logic) 64 lanes; 16 special-function lanes
+# (MUFU: exp2, rcp) everywhere; dense fp16/bf16 tensor-core FLOPs per SM and clock: 1024 T4, 2048 A100, 4096 H100
+# (wgmma; mma.sync on sm_90 taken at 2/3 of that, as published microbenchmarks find; TF32 at half rate).
+# Assuming enough warps to hide latency, the loop's time is set by its busiest pipe; `tensor_pct` = tensor-core
+# time / that time is an upper bound on the fraction of the tensor-core peak the loop can reach.
+
+PIPE_RATES = {  # warp instructions per SM per clock; tensor: FLOPs per SM per clock
+    75: {"issue": 4, "fma": 2, "alu": 2, "mufu": 0.5, "tensor": 1024, "tensor_sync": 1024},
+    80: {"issue": 4, "fma": 2, "alu": 2, "mufu": 0.5, "tensor": 2048, "tensor_sync": 2048},
+    90: {"issue": 4, "fma": 4, "alu": 2, "mufu": 0.5, "tensor": 4096, "tensor_sync": 4096 * 2 / 3},
+}
+_FMA_OPS = ("FADD", "FMUL", "FFMA", "HADD2", "HMUL2", "HFMA2", "IMAD", "FMUL2", "FADD2", "FFMA2")
+_ALU_OPS = ("FMNMX", "FSEL", "FSETP", "FSET", "ISETP", "LOP3", "SEL", "IADD3", "SHF", "PRMT", "LEA", "VIADD", "IMNMX",
+            "PLOP3", "F2FP", "IABS", "LOP")
+
+
+def hot_loop(sass: str) -> dict | None:
+    """Instruction mix of the hot loop (see above): counts per pipe, tensor-core FLOPs per warp per iteration, and
+    the loop's scalar (2-byte) global loads and shared stores, which a vectorised tile load does not have."""
+    ins = [(int(a, 16), op, mods, args) for a, op, mods, args in re.findall(
+        r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s*([^;]*);", sass)]
+    best = None
+    for addr, op, _, args in ins:
+        target = re.search(r"0x([0-9a-f]+)", args) if op == "BRA" else None
+        if target is None or int(target.group(1), 16) >= addr:
+            continue
+        body = [i for i in ins if int(target.group(1), 16) <= i[0] <= addr]
+        mma = sum(1 for i in body if i[1] in ("HMMA", "HGMMA"))
+        if best is None or mma > best[0]:
+            best = (mma, body)
+    if best is None or best[0] == 0:
+        return None
+    body = best[1]
+    mix = {"instr": len(body), "fma": 0, "alu": 0, "mufu": 0, "mma": 0, "tensor_flops": 0.0, "tensor_sync_flops": 0.0,
+           "fsel": 0, "scalar_ldg": 0, "scalar_sts": 0}
+    for _, op, mods, _ in body:
+        mix["fsel"] += op == "FSEL"  # masks applied per score
+        if op in _FMA_OPS:
+            mix["fma"] += 1
+        elif op in _ALU_OPS:
+            mix["alu"] += 1
+        elif op == "MUFU":
+            mix["mufu"] += 1
+        elif op in ("HMMA", "HGMMA"):
+            mix["mma"] += 1
+            tf32 = ".TF32" in mods
+            if op == "HGMMA":  # HGMMA.64xNxK: one warpgroup (4 warps) computes 64 x N x K
+                m = re.match(r"\.64x(\d+)x(\d+)", mods)
+                flops = 2 * 64 * int(m.group(1)) * int(m.group(2)) / 4 if m else 0
+                mix["tensor_flops"] += flops * (2 if tf32 else 1)
+            else:  # HMMA.16816 / HMMA.1688: m16 n8 k16 / k8 per warp
+                m = re.match(r"\.(16)(8)(16|8)", mods)
+                flops = 2 * 16 * 8 * int(m.group(3)) if m else 0
+                mix["tensor_sync_flops"] += flops * (2 if tf32 else 1)
+        elif op in ("LDG", "STS") and (".U16" in mods or ".16" in mods):
+            mix["scalar_ldg" if op == "LDG" else "scalar_sts"] += 1
+    return mix
+
+
+def loop_model(arch: int, mix: dict | None) -> dict | None:
+    """Per-pipe cycles of one hot-loop iteration per warp (any common factor cancels), the bounding pipe and the
+    tensor-core share of the loop's time (see PIPE_RATES)."""
+    if not mix or arch not in PIPE_RATES:
+        return None
+    r = PIPE_RATES[arch]
+    t = {"issue": mix["instr"] / r["issue"], "fma": mix["fma"] / r["fma"], "alu": mix["alu"] / r["alu"],
+         "mufu": mix["mufu"] / r["mufu"],
+         "tensor": mix["tensor_flops"] / r["tensor"] + mix["tensor_sync_flops"] / r["tensor_sync"]}
+    bound = max(t, key=t.get)
+    return {"cycles": t, "bound": bound, "tensor_pct": 100.0 * t["tensor"] / t[bound]}
 
 
 KERNEL_MODULES = ("yolov12_fast.kernels.area_attention", "yolov12_fast.kernels.pe", "yolov12_fast.kernels.mlp",
@@ -83,6 +162,9 @@ def compile_variant(args) -> dict:
     row["smem"] = int(k.metadata.shared) + row["static_smem"]
     row["smem_limit"] = SMEM_LIMIT[arch]
     row["spills"] = row["stack"] + row["local"]
+    model = loop_model(arch, row.get("loop"))
+    if model:
+        row["loop_bound"], row["loop_tensor_pct"] = model["bound"], round(model["tensor_pct"], 1)
     row["tensor_cores_expected"] = bool(v["tensor_cores_expected"])
     if "must_not_spill" in v:  # kernels without a head_dim say themselves whether spills are acceptable
         row["must_not_spill"] = bool(v["must_not_spill"])
@@ -105,13 +187,16 @@ def compile_all(archs=ARCHS, head_dims=None, jobs: int | None = None) -> list[di
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'kernel':<88} {'arch':<6} {'regs':>4} {'spill B':>7} {'smem KB':>7} {'mma':>5}"]
+    lines = [f"{'kernel':<88} {'arch':<6} {'regs':>4} {'spill B':>7} {'smem KB':>7} {'mma':>5} {'loop':>5} "
+             f"{'bound (tensor %)':>16}"]
     for r in rows:
         if not r.get("ok"):
             lines.append(f"{r['kernel']:<88} {r['arch']:<6} FAILED: {r.get('error')}")
             continue
+        loop = (r.get("loop") or {}).get("instr", "")
+        bound = f"{r['loop_bound']} ({r['loop_tensor_pct']:.0f}%)" if r.get("loop_bound") else ""
         lines.append(f"{r['kernel']:<88} {r['arch']:<6} {r['regs']:>4} {r['spills']:>7} {r['smem'] / 1024:>7.1f} "
-                     f"{r['mma']:>5}")
+                     f"{r['mma']:>5} {loop:>5} {bound:>16}")
     return "\n".join(lines)
 
 

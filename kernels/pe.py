@@ -55,6 +55,12 @@ def pe_add_kernel(
              acc.to(Out.dtype.element_ty), mask=mask_t[None, :])
 
 
+def num_warps(ksize: int) -> int:
+    """8 warps for the 7x7 kernel: with 4, its 49 taps x tile take 255 registers and spill (16-248 bytes on sm_80 /
+    sm_90) under triton 3.6, the GPU machines' version (3.8: 128 registers either way)."""
+    return 8 if ksize >= 7 else 4
+
+
 def pe_add(v, weight, bias, x, H: int, W: int):
     """Launcher (inputs validated by the yolov12_fast::pe_add op). head_dim must be a power of two."""
     B, heads, D, N = v.shape
@@ -67,7 +73,7 @@ def pe_add(v, weight, bias, x, H: int, W: int):
         pe_add_kernel[(B * heads, triton.cdiv(N, block_t))](
             v, w, bias if bias is not None else w, xx, out, *v.stride(), *xx.stride(), heads, H, W, N,
             HEAD_DIM=D, KSIZE=weight.shape[-1], HAS_BIAS=bias is not None, HAS_X=x is not None, BLOCK_T=block_t,
-            num_warps=4)
+            num_warps=num_warps(weight.shape[-1]))
     return out
 
 
@@ -84,6 +90,7 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
                 const = {"HEAD_DIM": d, "KSIZE": k, "HAS_BIAS": True, "HAS_X": True, "BLOCK_T": block_t,
                          "s_vn": 1, "s_xn": 1}
                 sig, attrs = aot_signature(fn, const, dtype, ints=("H", "W", "N"))
-                yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=4, num_stages=1,
+                w = num_warps(k)
+                yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=w, num_stages=1,
                            dtype=str(dtype).replace("torch.", ""), tensor_cores_expected=False,
-                           name=f"pe_add_kernel[{TRITON_DTYPE[dtype]},d{d},k{k},BLOCK_T={block_t},w4s1]")
+                           name=f"pe_add_kernel[{TRITON_DTYPE[dtype]},d{d},k{k},BLOCK_T={block_t},w{w}s1]")

@@ -94,6 +94,15 @@ def test_demo_runs(tmp_path):
     assert "ultralytics (reference)" in p.stdout and (tmp_path / "demo.jpg").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("args, says", [(["--imgsz", "500"], "multiple of 32"), (["--model", "nonexistent.pt"], "no such checkpoint"),
+                                        (["--image", "nonexistent.jpg"], "no such file")])
+def test_demo_refuses_bad_arguments(tmp_path, args, says):
+    """A clear message and exit 2, before any model is built (not a traceback from deep inside ultralytics)."""
+    p = subprocess.run([sys.executable, "-m", "yolov12_fast", "demo", *args], capture_output=True, text=True,
+                       timeout=300, cwd=str(tmp_path))
+    assert p.returncode == 2 and says in p.stdout, (p.stdout[-2000:], p.stderr[-2000:])
+
+
 def test_readme_op_examples_run_as_written():
     """README's 'The op itself' / 'The other R-ELAN ops' lines, executed as they stand (CPU), each result checked
     against the reference math."""

@@ -42,7 +42,9 @@ def info_lines() -> list[str]:
     from .ops import resolved_backends
 
     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        picks = ", ".join(f"{name} {b}" for name, b in resolved_backends("auto", d).items())
+        # for the pe / mlp / cv2 convs "reference" is torch's own conv (cuDNN / oneDNN), not a slow fallback
+        label = lambda name, b: "torch conv" if b == "reference" and name in ("pe", "mlp", "cv2") else b
+        picks = ", ".join(f"{name} {label(name, b)}" for name, b in resolved_backends("auto", d).items())
         lines.append(f"  auto on {d:<8} -> {picks}")
     return lines
 

@@ -2,7 +2,8 @@
 
 Builds the model from its config (random weights, BatchNorm calibrated on the image so the comparison means
 something) or loads a checkpoint, runs the bundled bus.jpg through ultralytics' own modules and through each
-usable backend of the patched model, prints max error and time per path, and saves an annotated image.
+usable backend of the patched model, prints the error relative to the output's scale and the time per path (under
+torch.inference_mode, as ultralytics' predictor runs), and saves an annotated image.
 """
 
 from __future__ import annotations
@@ -44,9 +45,20 @@ def run(args) -> int:
     ultralytics_offline()
     from ultralytics import YOLO
 
+    import os
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     image = args.image or str(asset_paths()[0])
+    if args.imgsz < 32 or args.imgsz % 32:
+        print(f"yolov12-fast demo: error: --imgsz must be a positive multiple of 32 (the model's stride), got {args.imgsz}")
+        return 2
+    if not os.path.exists(image):
+        print(f"yolov12-fast demo: error: --image {image}: no such file")
+        return 2
+    if not str(args.model).endswith((".yaml", ".yml")) and not os.path.exists(args.model):
+        print(f"yolov12-fast demo: error: --model {args.model}: no such checkpoint (or pass a config such as yolo12n.yaml)")
+        return 2
     yolo = YOLO(args.model)
     model = yolo.model.float()
     x = load_images([image], args.imgsz)
@@ -68,7 +80,7 @@ def run(args) -> int:
         paths.append(("yolov12_fast reference backend", "reference"))
 
     rows = []
-    with torch.no_grad():
+    with torch.inference_mode():
         ref = model(x)[0]
         for name, backend in tqdm(paths, desc="demo", unit="path"):
             if backend == "skip":
@@ -76,12 +88,12 @@ def run(args) -> int:
                 continue
             m = model if backend is None else yolov12_fast.patch(copy.deepcopy(model), backend=backend)
             out = m(x)[0]
-            err = (out.float() - ref.float()).abs().max().item()
+            err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
             rows.append((name, err, _time(lambda: m(x), args.repeat, sync)))
 
     print(f"\nYOLO {args.model} on {image} at {args.imgsz}, {device.type}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
-    print(f"{'path':<48} {'max |err| vs ultralytics':>24} {'ms / image':>11}")
+    print(f"{'path':<48} {'max |err| / max |out|':>24} {'ms / image':>11}")
     base = rows[0][2]
     for name, err, t in rows:
         if t is None:

@@ -39,7 +39,7 @@ LOGDIR=${OUT:-/tmp}
 mkdir -p "$RESULTS" "$LOGDIR"
 START=$(date +%s)
 STAMP=$(date +%Y%m%d-%H%M%S)
-touch "$LOGDIR/.start-$STAMP"
+touch "/tmp/.yolov12_fast_start-$STAMP"  # rows newer than this were written by this run
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore YOLO_OFFLINE=true YOLO_AUTOINSTALL=0 YOLO_VERBOSE=False
 export PYTHONUNBUFFERED=1  # a step killed by its timeout still leaves its lines in the logs
 unset TRITON_INTERPRET
@@ -160,7 +160,7 @@ copy_rows() {  # after every suite: the rows measured so far reach $OUT even if 
     [ -n "${OUT:-}" ] || return 0
     local f
     for f in "$RESULTS"/nvidia-*.jsonl; do
-        [ -f "$f" ] && [ "$f" -nt "$LOGDIR/.start-$STAMP" ] && cp "$f" "$OUT/" 2>/dev/null
+        [ -f "$f" ] && [ "$f" -nt "/tmp/.yolov12_fast_start-$STAMP" ] && cp "$f" "$OUT/" 2>/dev/null
     done
     return 0
 }

@@ -515,3 +515,18 @@ def test_pytest_benchmark_cpu_suite_smoke():
     tail = p.stdout.strip().splitlines()[-1]
     n = int(tail.split()[0])
     assert "passed" in tail and n >= 7 * 3 * 2 + 4, tail  # 7 layers x (ultralytics, sdpa, auto at least) x 2 + model
+
+
+def test_run_gpu_script_parses_and_refuses_unknown_parts():
+    """benchmarks/run_gpu.sh is what a short GPU lease runs: it must at least parse, and a mistyped part must stop
+    with the usage line before anything is built (no device minutes spent on a typo)."""
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash on this machine")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_gpu.sh"
+    assert subprocess.run([bash, "-n", str(script)], capture_output=True).returncode == 0
+    p = subprocess.run([bash, str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "usage: bash benchmarks/run_gpu.sh" in p.stdout and "building" not in p.stdout

@@ -10,10 +10,13 @@ Environment:
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# setuptools commands that compile (pip and `python -m build` call bdist_wheel / editable_wheel)
+BUILD_COMMANDS = ("bdist_wheel", "build_ext", "build", "install", "develop", "editable_wheel")
 
 
 def _flag(name):
@@ -29,9 +32,14 @@ def _ext_modules():
         import torch
         from torch.utils import cpp_extension as ce
     except ImportError:
-        print("yolov12_fast: torch is not importable at build time (build isolation?); installing pure Python. "
-              "Install torch first, then `pip install --no-build-isolation .` to build the C++/CUDA kernels.")
-        return [], {}
+        if not any(cmd in sys.argv for cmd in BUILD_COMMANDS):
+            return [], {}  # sdist, egg_info, dist_info: no compiler run (MANIFEST.in ships the sources)
+        # A plain `pip install .` builds in an isolated environment without torch: say so, instead of installing
+        # pure Python without a word (pip shows this only with -v) and leaving the user with the reference math.
+        sys.exit("yolov12_fast: torch is not importable at build time: pip's build isolation hides the torch you "
+                 "installed. Install torch first, then `pip install --no-build-isolation .` (or `-e .`) to build "
+                 "the C++/CUDA kernels against it, or set YOLOV12_FAST_NO_EXT=1 for a pure-Python install (Triton "
+                 "and reference backends only).")
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")

@@ -39,6 +39,16 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers (tolerances, op_
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    # A clone's root on sys.path with no editable install: the tests would import the bare source tree and skip or
+    # fall back past every kernel. Refuse, saying how to install.
+    from yolov12_fast import _backends
+
+    problem = _backends.source_tree_problem()
+    if problem:
+        raise pytest.UsageError(problem)
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 

@@ -41,10 +41,78 @@ try:
     yolov12_fast.area_attention(q, k, v, 4, backend="cpp")
 except RuntimeError as e:
     print("cpp error:", e)
+try:
+    yolov12_fast.YOLO
+except ImportError as e:
+    print("YOLO error:", e)
 """, cwd="/", env={"PYTHONPATH": str(tmp_path)})
     assert "triton: False" in p.stdout and "cpp: False" in p.stdout
     assert "cpp error: yolov12_fast: backend 'cpp' cannot run on cpu: the compiled extension" in p.stdout
     assert "pip install --no-build-isolation" in p.stdout
+    assert "extension    not built: " in p.stdout
+    assert "YOLO error: yolov12_fast.YOLO is ultralytics' YOLO with the fast modules: install ultralytics" in p.stdout
+    # the commands that run ultralytics say what to install, with exit 2, not a traceback
+    for cmd in ("verify", "demo"):
+        e = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        r = subprocess.run([sys.executable, "-m", "yolov12_fast", cmd], capture_output=True, text=True, timeout=300,
+                           cwd="/", env=dict(e, PYTHONPATH=str(tmp_path)))
+        assert r.returncode == 2 and "needs ultralytics" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_bare_source_tree_is_refused_by_tests_and_benchmarks(tmp_path, monkeypatch):
+    """A clone's root first on sys.path without an editable install (a plain `pip install .`, then running from the
+    clone) imports the source tree, which has no yolov12_fast.kernels and no compiled extension: tests and
+    benchmarks would quietly exercise the reference math. source_tree_problem() says so, and they refuse."""
+    import shutil
+
+    shutil.copytree(os.path.join(ROOT, "yolov12_fast"), tmp_path / "yolov12_fast",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    p = run_py("""
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in str(getattr(f, "__module__", ""))]  # no install
+sys.path.insert(0, %r)
+import yolov12_fast
+from yolov12_fast import _backends
+assert yolov12_fast.__file__.startswith(%r), yolov12_fast.__file__
+print("problem:", _backends.source_tree_problem())
+""" % (str(tmp_path), str(tmp_path)), cwd=str(tmp_path))
+    assert "without its install" in p.stdout and "pip install --no-build-isolation -e ." in p.stdout, p.stdout
+    from yolov12_fast import _backends
+
+    assert _backends.source_tree_problem() is None  # this test session's install is a real one
+    import benchmarks.__main__ as bench_main
+
+    monkeypatch.setattr(_backends, "source_tree_problem", lambda: "a bare source tree (test)")
+    assert bench_main.run(["ops", "--quick"]) == 2
+
+
+def test_sdist_ships_every_csrc_file_and_the_license(tmp_path):
+    """setuptools ships only an extension's listed sources (no headers), and none at all when torch is not
+    importable at sdist time; MANIFEST.in grafts csrc/ whatever the environment. (Found: the sdist lacked
+    common.h and kernels.h, so a wheel built from it failed to compile.)"""
+    import tarfile
+
+    env = dict(os.environ, YOLOV12_FAST_NO_EXT="1")  # as an sdist built without torch would be
+    p = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (sdist,) = tmp_path.glob("yolov12_fast-*.tar.gz")
+    names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    csrc = {os.path.relpath(os.path.join(d, f), ROOT) for d, _, fs in os.walk(os.path.join(ROOT, "csrc")) for f in fs
+            if f.endswith((".h", ".cpp", ".cu"))}
+    assert csrc and csrc <= names, f"missing from the sdist: {sorted(csrc - names)}"
+    assert {"LICENSE", "README.md", "setup.py", "pyproject.toml", "kernels/area_attention.py"} <= names
+    assert not any(n.endswith((".so", ".o")) or n.startswith(("tests/", "benchmarks/", "build/")) for n in names)
+
+
+def test_isolated_pip_install_stops_with_a_clear_message(tmp_path):
+    """A plain `pip wheel .` / `pip install .` builds in isolation, where torch is not importable: it must stop
+    and say to use --no-build-isolation (or YOLOV12_FAST_NO_EXT=1), not install pure Python without a word."""
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "-q", "-w", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and not list(tmp_path.glob("*.whl")), out[-3000:]
+    assert "pip install --no-build-isolation" in out and "YOLOV12_FAST_NO_EXT=1" in out, out[-3000:]
 
 
 def test_top_level_kernels_is_refused_from_the_repo_root():
@@ -70,6 +138,12 @@ def test_wheel_layout_and_installed_smoke(tmp_path):
     assert "yolov12_fast/kernels/area_attention.py" in names and "yolov12_fast/kernels/__init__.py" in names
     assert not any(n.startswith("kernels/") for n in names), "kernels/ must not ship as a top-level package"
     assert any(n.startswith("yolov12_fast/ops/") for n in names) and any(n.startswith("yolov12_fast/nn/") for n in names)
+    import yolov12_fast
+
+    (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    meta = zipfile.ZipFile(wheel).read(meta).decode()
+    assert f"\nVersion: {yolov12_fast.__version__}\n" in meta  # one version, written in yolov12_fast/__init__.py
+    assert "License-Expression: AGPL-3.0-only" in meta and any(n.endswith("licenses/LICENSE") for n in names)
     target = tmp_path / "site"
     p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                        capture_output=True, text=True, timeout=600)

@@ -56,10 +56,27 @@ def _extension() -> tuple[object | None, str]:
     try:
         mod = importlib.import_module("yolov12_fast._C")
     except ImportError as e:
-        return None, (f"the compiled extension yolov12_fast._C is not available ({e}); reinstall with "
-                      "`pip install --no-build-isolation .` in an environment that has torch and a C++ compiler")
+        if isinstance(e, ModuleNotFoundError) and e.name == "yolov12_fast._C":
+            return None, (f"the compiled extension yolov12_fast._C is not available ({e}); reinstall with "
+                          "`pip install --no-build-isolation .` in an environment that has torch and a C++ compiler")
+        return None, (f"the compiled extension yolov12_fast._C is built but does not load ({e}): it was probably "
+                      f"built against another torch than this {torch.__version__}; rebuild it with "
+                      "`pip install --no-build-isolation .` in this environment")
     importlib.import_module("yolov12_fast.ops.cxx").register_fakes()  # fake kernels of the *_cxx ops
     return mod, ""
+
+
+def source_tree_problem() -> str | None:
+    """Why this yolov12_fast is not a usable install, or None: imported from a bare source tree (a clone's root
+    first on sys.path, while nothing or a non-editable copy is installed), the Triton kernels (kernels/, installed
+    as yolov12_fast.kernels) and the compiled extension are missing there, so tests and benchmarks would silently
+    exercise the reference math instead."""
+    if importlib.util.find_spec("yolov12_fast.kernels") is not None:
+        return None
+    where = os.path.dirname(os.path.abspath(__file__))
+    return (f"yolov12_fast is imported from the source tree {where} without its install: yolov12_fast.kernels (the "
+            "Triton kernels, kernels/ in the clone) and the compiled extension are missing there. Install the clone "
+            "editable, `pip install --no-build-isolation -e .`, then run again")
 
 
 def extension():

@@ -30,8 +30,14 @@ def info_lines() -> list[str]:
             lines.append(f"GPU {i}        {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
     else:
         lines.append("GPU          none visible (CPU only)")
-    mod = _backends.extension()
-    lines.append(f"extension    {'yolov12_fast._C built ' + ('with' if getattr(mod, 'WITH_CUDA', 0) else 'without') + ' CUDA' if mod else 'not built'}")
+    mod, why = _backends._extension()
+    if mod is not None:
+        lines.append(f"extension    yolov12_fast._C built {'with' if getattr(mod, 'WITH_CUDA', 0) else 'without'} CUDA")
+    else:
+        lines.append(f"extension    {'not loadable' if 'does not load' in why else 'not built'}: {why}")
+    problem = _backends.source_tree_problem()
+    if problem:
+        lines.append(f"install      {problem}")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     checks = [("reference", (True, "")), ("triton", _backends.can_use_triton(dev)), ("cpp (C++ CPU)", _backends.can_use_cpp()),
               ("cuda (CUDA C++)", _backends.can_use_cuda_ext(dev if dev == "cuda" else None)),
@@ -84,6 +90,14 @@ def main(argv=None) -> int:
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
     args = parser.parse_args(argv)
+    if args.cmd in ("demo", "verify"):
+        try:
+            import ultralytics  # noqa: F401
+        except ImportError as e:
+            print(f"yolov12-fast {args.cmd}: needs ultralytics (it runs ultralytics' YOLO12 as the reference): "
+                  "`pip install 'ultralytics>=8.3.78'` (or `pip install 'yolov12_fast[ultralytics]'`); "
+                  f"importing it failed: {e}", file=sys.stderr)
+            return 2
     return args.fn(args)
 
 

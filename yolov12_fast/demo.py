@@ -36,7 +36,12 @@ def _time(fn, repeat: int, sync) -> float:
 
 def run(args) -> int:
     import torch
-    from tqdm import tqdm
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm comes with the `bench` extra, not with the package: no progress bar then
+        def tqdm(it, **_):
+            return it
 
     import yolov12_fast
     from yolov12_fast import _backends

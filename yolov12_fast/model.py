@@ -25,8 +25,13 @@ from __future__ import annotations
 
 import functools
 
-from ultralytics import YOLO as _UltralyticsYOLO
-from ultralytics.utils.torch_utils import unwrap_model
+try:
+    from ultralytics import YOLO as _UltralyticsYOLO
+    from ultralytics.utils.torch_utils import unwrap_model
+except ImportError as e:
+    raise ImportError("yolov12_fast.YOLO is ultralytics' YOLO with the fast modules: install ultralytics, "
+                      "`pip install 'ultralytics>=8.3.78'` (or `pip install 'yolov12_fast[ultralytics]'`), "
+                      f"then try again ({e})") from e
 
 from .nn.modules import _check_backend, _check_recompute
 from .patch import _torch_root, patch, unpatched

@@ -170,6 +170,34 @@ def test_in_place_add_matches_the_out_of_place_op(backend, layout):
         assert torch.equal(r, want), (r - want).abs().max()
 
 
+def test_in_place_add_over_its_own_input_is_computed_out_of_place(monkeypatch):
+    """A residual that is one of the inputs (v made contiguous and passed as both): every program reads all of an
+    area's v, so writing the output over it while others still read would race on a GPU (the interpreter runs
+    programs one after another and would not show it). The Triton launcher must then get a fresh `out`, and the
+    result is r + attention of the original values."""
+    from yolov12_fast.kernels import area_attention as tk
+
+    outs = []
+    real = tk.area_attention_fwd
+    monkeypatch.setattr(tk, "area_attention_fwd", lambda *a, out=None, **kw: (outs.append(out), real(*a, out=out, **kw))[1])
+    q, k, v = make_qkv("interleaved", 2, 2, 32, 4, 10, torch.float32)
+    for which in range(3):
+        qkv = [q, k, v]
+        qkv[which] = qkv[which].contiguous()
+        r = qkv[which]
+        naive = reference.area_attention(*qkv, 4, residual=r)
+        want = reference.area_attention(*(t.double() for t in qkv), 4, residual=r.double())
+        outs.clear()
+        with torch.no_grad():
+            yolov12_fast.area_attention_add_(r, *qkv, 4, backend="triton")
+        assert outs and all(o is None or o.data_ptr() != r.data_ptr() for o in outs), "wrote over its own input"
+        assert_close_to_oracle(r, naive, want, f"residual is {'qkv'[which]}")
+    outs.clear()
+    r = torch.randn(2, 2, 32, 40, device=DEV)  # a separate residual still takes the in-place path
+    yolov12_fast.area_attention_add_(r, q, k, v, 4, backend="triton")
+    assert outs and outs[0] is r
+
+
 def test_in_place_add_refuses_autograd():
     q, k, v = (t.detach().requires_grad_(True) for t in make_qkv("interleaved", 1, 1, 32, 4, 4, torch.float32))
     with pytest.raises(RuntimeError, match="no autograd; for training use area_attention"):

@@ -88,6 +88,22 @@ def test_bad_input_gets_a_clear_error(desc, build, msg, backend):
         yolov12_fast.area_attention(q, k, v, area, **kw)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton", "cpp"])
+@pytest.mark.parametrize("residual,msg", [(torch.randn(1, 2, 32, 8), "residual must have the shape"),
+                                          (torch.randn(1, 1, 1, 16), "residual must have the shape"),
+                                          (torch.randn(1, 2, 32, 16, dtype=torch.float64), "residual dtype")],
+                         ids=["short", "broadcastable", "float64"])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_bad_residual_is_refused_with_and_without_autograd(backend, residual, msg, grad):
+    """With autograd the residual is added outside the kernel: it gets the kernel's checks all the same, instead of
+    being broadcast or promoted (found by fuzzing: a float32 residual turned a float16 output into float32)."""
+    if backend == "cpp" and not _backends.can_use_cpp()[0]:
+        pytest.skip("the C++ extension is not built here")
+    q, k, v = (torch.randn(1, 2, 32, 16, requires_grad=grad) for _ in range(3))
+    with pytest.raises(RuntimeError, match=msg):
+        yolov12_fast.area_attention(q, k, v, 1, residual=residual, backend=backend)
+
+
 def test_explicit_backend_that_cannot_run_says_why():
     q, k, v = (torch.randn(1, 2, 32, 16) for _ in range(3))
     with pytest.raises(RuntimeError, match="cannot run on cpu: the CUDA C.. kernels take CUDA tensors"):

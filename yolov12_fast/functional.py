@@ -31,7 +31,9 @@ def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[f
     scale = _aa.default_scale(q.shape[2]) if scale is None else float(scale)
     if residual is not None and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         # Training: the backward needs the attention output itself; recovering it as (out - residual) from a
-        # rounded fp16/bf16 `out` costs up to an ulp of `out` in the softmax gradient. Add outside the kernel.
+        # rounded fp16/bf16 `out` costs up to an ulp of `out` in the softmax gradient. Add outside the kernel,
+        # with the kernel's checks (no broadcasting or dtype promotion that the inference path would refuse).
+        _aa.check_residual(q, residual)
         return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, None, backend)[0] + residual
     return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, residual, backend)[0]
 
@@ -63,7 +65,9 @@ def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], H: int, W: int, x:
     Returns:
         (B, heads, head_dim, N), contiguous.
     """
-    return torch.ops.yolov12_fast.pe_add(v, weight, bias, x, int(H), int(W), backend)
+    # H, W stay symbolic under torch.export (int() of a SymInt would pin the exported program to the example size)
+    H, W = (d if isinstance(d, torch.SymInt) else int(d) for d in (H, W))
+    return torch.ops.yolov12_fast.pe_add(v, weight, bias, x, H, W, backend)
 
 
 def mlp_residual(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, out: Optional[Tensor] = None,

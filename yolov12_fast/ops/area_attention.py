@@ -24,6 +24,18 @@ HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def check_residual(q: Tensor, residual: Tensor) -> None:
+    """The residual added to the attention output: q's shape, dtype and device (no broadcasting, no promotion).
+    Plain raises, not torch._check: functional.area_attention calls this outside the op, where dynamo traces it
+    and cannot convert a torch._check message closure that holds tensors."""
+    if residual.shape != q.shape:
+        raise RuntimeError(f"area_attention: residual must have the shape of q {tuple(q.shape)}, got {tuple(residual.shape)}")
+    if residual.dtype != q.dtype:
+        raise RuntimeError(f"area_attention: residual dtype {residual.dtype} differs from q's {q.dtype}")
+    if residual.device != q.device:
+        raise RuntimeError(f"area_attention: residual is on {residual.device}, q on {q.device}")
+
+
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[Tensor], backend: str) -> None:
     """Raise a clear error for anything the kernels do not support (shared by the real and fake kernels)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -37,9 +49,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[
     torch._check(area >= 1, lambda: f"area_attention: area must be >= 1, got {area}")
     torch._check(N % area == 0, lambda: f"area_attention: N = H*W = {N} tokens is not divisible by area = {area}; pad the feature map (ultralytics pads inputs to multiples of 32)")
     if residual is not None:
-        torch._check(residual.shape == q.shape, lambda: f"area_attention: residual must have the shape of q {tuple(q.shape)}, got {tuple(residual.shape)}")
-        torch._check(residual.dtype == q.dtype, lambda: f"area_attention: residual dtype {residual.dtype} differs from q's {q.dtype}")
-        torch._check(residual.device == q.device, lambda: f"area_attention: residual is on {residual.device}, q on {q.device}")
+        check_residual(q, residual)
     torch._check(backend in _backends.BACKENDS, lambda: f"area_attention: unknown backend {backend!r}; choose one of {_backends.BACKENDS}")
 
 
@@ -153,6 +163,11 @@ def _(q, k, v, area, scale, residual, backend):
     return q.new_empty(B, H, D, N), q.new_empty(B, H, N, dtype=torch.float32)
 
 
+def _shares_storage(t: Tensor, others) -> bool:
+    ptr = t.untyped_storage().data_ptr()
+    return any(o.untyped_storage().data_ptr() == ptr for o in others)
+
+
 @torch.library.custom_op("yolov12_fast::area_attention_add_", mutates_args=("residual",))
 def area_attention_add_(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, residual: Tensor,
                         backend: str) -> None:
@@ -164,7 +179,9 @@ def area_attention_add_(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float
     if q.numel() == 0:
         return
     b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
-    if b == "triton" and residual.is_contiguous():
+    # The kernel may write over the residual only when no program still reads it as q, k or v: a residual sharing
+    # memory with them (say, v made contiguous and passed as both) would race on a GPU. Same storage: out of place.
+    if b == "triton" and residual.is_contiguous() and not _shares_storage(residual, (q, k, v)):
         from ..kernels import area_attention as tk
         tk.area_attention_fwd(q, k, v, area, scale, residual, out=residual)
         return
@@ -236,5 +253,5 @@ def flops(B: int, heads: int, head_dim: int, N: int, area: int, backward: bool =
     return f * 2.5 if backward else f
 
 
-__all__ = ["area_attention_fwd", "area_attention_add_", "area_attention_bwd", "check_inputs", "resolve_backend", "flops", "default_scale",
-           "HEAD_DIMS", "DTYPES", "math"]
+__all__ = ["area_attention_fwd", "area_attention_add_", "area_attention_bwd", "check_inputs", "check_residual",
+           "resolve_backend", "flops", "default_scale", "HEAD_DIMS", "DTYPES"]

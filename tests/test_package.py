@@ -197,3 +197,17 @@ def test_readme_op_examples_run_as_written():
     want_y = ns["x1"] + torch.nn.functional.conv2d(torch.nn.functional.silu(
         torch.nn.functional.conv2d(ns["x1"], ns["w1"], ns["b1"])), ns["w2"], ns["b2"])
     torch.testing.assert_close(ns["y"], want_y, rtol=1e-4, atol=1e-4)
+
+
+def test_every_public_name_exists():
+    """Every name in each module's __all__ is defined there (`from module import *` works). (Found: ops.area_attention
+    listed `math`, which it never defined.)"""
+    import importlib
+    import pkgutil
+
+    import yolov12_fast
+
+    mods = [yolov12_fast] + [importlib.import_module(m.name) for m in pkgutil.walk_packages(yolov12_fast.__path__, "yolov12_fast.")
+                             if not m.name.endswith(("__main__", "._C")) and ".kernels" not in m.name]
+    missing = [(m.__name__, n) for m in mods for n in getattr(m, "__all__", ()) if not hasattr(m, n)]
+    assert len(mods) > 10 and not missing, missing

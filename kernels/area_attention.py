@@ -157,7 +157,6 @@ def _fwd_key_tile(q, k_base, v_base, start_n, n, s_kn, s_kd, s_vn, s_vd, qk_scal
         v = _load_tokens_by_d(v_base, offs_n, offs_d, s_vn, s_vd, mask_n)  # [BLOCK_N, HEAD_DIM]
         s = tl.where(mask_n[None, :], tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
     else:
         kt = tl.load(k_base + (offs_d[:, None] * s_kd + offs_n[None, :] * s_kn))
         v = tl.load(v_base + (offs_n[:, None] * s_vn + offs_d[None, :] * s_vd))
@@ -166,8 +165,15 @@ def _fwd_key_tile(q, k_base, v_base, start_n, n, s_kn, s_kd, s_vn, s_vd, qk_scal
             m_new = tl.maximum(m_i, tl.min(s, 1) * qk_scale)
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])  # one FMA and one exp2 per score
-    alpha = tl.math.exp2(m_i - m_new)
+    # A row whose scores so far are all -inf (fp32 overflow of finite inputs, -inf inputs) keeps m = -inf; it
+    # subtracts the lowest finite float instead, or exp2(-inf - -inf) would make NaN of keys that have probability
+    # 0 (-inf - m_use is still -inf). One max a row: 3 instructions an iteration on sm_80, a select costs 6.
+    m_use = tl.maximum(m_new, -3.4028234663852886e38)
+    if MASKED:
+        p = tl.math.exp2(s - m_use[:, None])
+    else:
+        p = tl.math.exp2(s * qk_scale - m_use[:, None])  # one FMA and one exp2 per score
+    alpha = tl.math.exp2(m_i - m_use)  # 0 while m_i = -inf
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)

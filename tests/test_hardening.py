@@ -501,6 +501,56 @@ def test_export_patched_a2c2f_dynamic_batch(backend, tmp_path):
             torch.testing.assert_close(progs["decomposed"].module()(xb), exported)
 
 
+def test_export_patched_a2c2f_dynamic_height_and_width():
+    """torch.export with dynamic batch, H and W (even, so that area 4 divides H*W): the exported program runs other
+    image sizes (areas that cut rows at 6x10) and matches the float64 oracle. (Found: pe_add passed int(H),
+    int(W) to the op, which pinned the exported program to the example size.)"""
+    import copy
+
+    plain = _unit_scale_a2c2f()
+    m = yolov12_fast.patch(copy.deepcopy(plain), backend="auto").to(DEV)
+    plain = plain.to(DEV)
+    b, h, w = torch.export.Dim("b", min=1, max=64), torch.export.Dim("h", min=1, max=64), torch.export.Dim("w", min=1, max=64)
+    ep = torch.export.export(m, (torch.randn(2, 64, 8, 8, device=DEV),), dynamic_shapes=({0: b, 2: 2 * h, 3: 2 * w},))
+    assert "yolov12_fast.pe_add.default" in _graph_ops(ep)
+    for H, W in ((6, 10), (12, 4)):
+        x = torch.randn(3, 64, H, W, device=DEV)
+        out = ep.module()(x)
+        assert out.shape == (3, 64, H, W)
+        _check_block(out, plain, x, f"exported at {H}x{W}")
+
+
+def test_compile_fullgraph_of_patched_a2c2f_in_training():
+    """torch.compile(fullgraph=True) with autograd on (training mode: the attention's residual is added outside
+    the kernel, behind the residual checks): one graph, no break, and the same output and gradients as eager.
+    (Found: the residual checks used torch._check message closures holding tensors, which dynamo refuses.)"""
+    import copy
+
+    import torch._dynamo
+
+    plain = _unit_scale_a2c2f().train()
+    eager = yolov12_fast.patch(copy.deepcopy(plain), backend="auto").train()
+    comp = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.randn(2, 64, 8, 8)
+    outs, grads = [], []
+    for m in (eager, torch.compile(comp, backend=count, fullgraph=True)):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append(xi.grad)
+    assert len(graphs) == 1
+    torch.testing.assert_close(outs[1], outs[0])
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def test_export_keeps_the_fused_pe_add():
     """Non-strict torch.export hands modules to forward() as AttrProxy subclasses; the fast modules' exact-type
     checks see through them, so the exported graph keeps the fused ops (not the pe Conv + BatchNorm fallback)."""
@@ -1127,6 +1177,45 @@ def _nonfinite_pointwise(backend, op, val):
     dev = lambda dt: [a.to(DEV, dt) if isinstance(a, torch.Tensor) else a for a in args]
     _assert_same_nonfinite(ours(dev(FIXED_DTYPE.get(backend, torch.float32))), ref(dev(torch.float64)),
                            f"{op} out, value {val}, {backend}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy: 0 * -inf
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")
+@pytest.mark.parametrize("overflow", [False, True], ids=["-inf-in-k", "fp32-overflow"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keys_scored_minus_inf_ahead_of_finite_ones(backend, overflow):
+    """The leading keys of an area score -Inf for every query: 520 of 600 for the C++ kernel (more than its first
+    512-key chunk), 160 of 200 elsewhere (more than any Triton or CUDA key tile), so the online softmax's running
+    max is still -Inf when the finite keys arrive. They have probability 0 and the output is the softmax over the
+    other keys, as in the float64 reference; gradients likewise. Either by a -Inf in k, or from finite fp32
+    inputs whose scores overflow (q = 1e20, k = -1e20: -1e40 in float64, -Inf in fp32). (Found by fuzzing: every
+    backend but the reference returned NaN for the whole area, from 2^(-inf - -inf) in the first tile.)"""
+    dtype = FIXED_DTYPE.get(backend, torch.float32)
+    if overflow and dtype != torch.float32:
+        pytest.skip(f"the {backend} backend computes {dtype} only; 1e20 does not fit it (the -Inf case covers it)")
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    B, heads, D = 1, 2, 32
+    n, lead = (600, 520) if backend == "cpp" else (200, 160)
+    q, k, v = (torch.randn(B, heads, D, n, generator=gen) for _ in range(3))
+    q[:, :, 0] = 1e20 if overflow else q[:, :, 0].abs() + 0.5  # > 0: q . k = -Inf for the leading keys
+    k[:, :, 0, :lead] = -1e20 if overflow else float("-inf")
+    if overflow:
+        k[:, :, 0, lead:] = 0.0  # the other keys' scores stay finite (1e20 * 0)
+
+    def run(dt, be):
+        qq, kk, vv = (t.to(DEV, dt).requires_grad_(True) for t in (q, k, v))
+        out = (reference.area_attention(qq, kk, vv, 1) if be is None
+               else yolov12_fast.area_attention(qq, kk, vv, 1, backend=be))
+        return (out, *torch.autograd.grad(out, (qq, kk, vv), torch.ones_like(out)))
+
+    got, want, naive = run(dtype, backend), run(torch.float64, None), run(dtype, None)
+    assert torch.isfinite(got[0]).all(), f"{backend}: {int((~torch.isfinite(got[0])).sum())} non-finite outputs"
+    for name, a, w, nv in zip(("out", "dq", "dk", "dv"), got, want, naive):
+        if torch.isfinite(w).all():
+            assert_close_to_oracle(a, nv, w, f"{name}, {backend}")
+        else:  # dq with a -Inf in k: 0 * -Inf in dS K, NaN in the reference too
+            _assert_same_nonfinite(a, w, f"{name}, {backend}")
 
 
 NONFINITE = [float("nan"), float("inf"), float("-inf")]

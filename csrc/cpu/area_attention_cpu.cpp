@@ -267,14 +267,19 @@ Y12_INLINE void fwd_block(const Geometry& G, const float* Kp, const float* Vp, c
     V cm[3] = {vset<V>(-INFINITY), vset<V>(-INFINITY), vset<V>(-INFINITY)};
     for (int64_t s = 0; s < ns; s += MR)
       tile_panel_x_block<D, V>(Qp, Kp + (c0 + s) * D, St + s * BQ, cm, static_cast<int>(std::min<int64_t>(MR, ns - s)));
-    // rescale what earlier chunks accumulated
+    // rescale what earlier chunks accumulated. A query whose scores so far are all -inf (fp32 overflow of finite
+    // inputs, -inf inputs) keeps m = -inf: its exponents subtract 0 instead (mu), or 2^(-inf - -inf) would make
+    // NaN of keys that have probability 0; alpha is then 2^-inf = 0 on a sum and an O that are still 0.
+    const V ninf = vset<V>(-INFINITY);
+    V mu[3];
     if (c0 == 0) {
-      for (int j = 0; j < 3; ++j) m[j] = cm[j], l[j] = V{};
+      for (int j = 0; j < 3; ++j) m[j] = cm[j], l[j] = V{}, mu[j] = m[j] == ninf ? V{} : m[j];
     } else {
       V alpha[3];
       for (int j = 0; j < 3; ++j) {
         const V mn = vmax(m[j], cm[j]);
-        alpha[j] = vexp2(m[j] - mn);
+        mu[j] = mn == ninf ? V{} : mn;
+        alpha[j] = vexp2(m[j] - mu[j]);
         l[j] *= alpha[j];
         m[j] = mn;
       }
@@ -286,7 +291,7 @@ Y12_INLINE void fwd_block(const Geometry& G, const float* Kp, const float* Vp, c
       V part[3] = {};
       for (int64_t s = sb; s < std::min<int64_t>(sb + SB, ns); ++s)
         for (int j = 0; j < 3; ++j) {
-          const V p = vexp2(vload<V>(St + s * BQ + j * W) - m[j]);
+          const V p = vexp2(vload<V>(St + s * BQ + j * W) - mu[j]);
           part[j] += p;
           vstore(St + s * BQ + j * W, p);
         }

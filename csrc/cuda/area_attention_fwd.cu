@@ -33,6 +33,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cstdint>
 #include <mutex>
 #include <type_traits>
@@ -326,13 +327,17 @@ __device__ __forceinline__ void attend_block(WarpState<D>& st, uint32_t ks_base,
       mx[e >> 1] = fmaxf(mx[e >> 1], x);
     }
   }
-  float alpha[2];
+  // A row whose scores so far are all -inf (fp32 overflow of finite inputs, -inf inputs) keeps m = -inf: its
+  // exponents subtract the lowest finite float instead (mu), or 2^(-inf - -inf) would make NaN of keys that have
+  // probability 0 (-inf - mu is still -inf).
+  float alpha[2], mu[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    const float m_new = fmaxf(st.m[r], mx[r]);  // finite: the first block of an area always holds key 0
-    alpha[r] = fast_exp2(st.m[r] - m_new);         // 0 on the first block (m = -inf)
+    const float m_new = fmaxf(st.m[r], mx[r]);
+    mu[r] = fmaxf(m_new, -FLT_MAX);
+    alpha[r] = fast_exp2(st.m[r] - mu[r]);  // 0 while m = -inf (the first block, or all -inf so far)
     st.m[r] = m_new;
   }
   float sum[2] = {0.f, 0.f};
@@ -340,7 +345,7 @@ __device__ __forceinline__ void attend_block(WarpState<D>& st, uint32_t ks_base,
   for (int j = 0; j < NT8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float p = fast_exp2(s[j][e] - st.m[e >> 1]);
+      const float p = fast_exp2(s[j][e] - mu[e >> 1]);
       s[j][e] = p;
       sum[e >> 1] += p;
     }

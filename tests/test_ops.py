@@ -2,6 +2,8 @@
 each backend that runs here, clear errors on bad input, the auto-backend table, and torch.compile."""
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import torch
 
 import yolov12_fast
@@ -152,3 +154,49 @@ def test_compile_fullgraph_no_recompile_across_batch_sizes():
         q, k, v = x.view(B, 2, 96, 24).split(32, dim=2)
         torch.testing.assert_close(out, yolov12_fast.reference.area_attention(q, k, v, 4).view(B, 64, 4, 6))
     assert counts["n"] == 1, f"compiled {counts['n']} times for 3 batch sizes"
+
+
+def _slow_check_raises(mod, args, monkeypatch) -> bool:
+    """Whether mod.check_inputs(*args) raises with its fast path switched off (the torch._check sequence alone)."""
+    with monkeypatch.context() as m:
+        m.setattr(mod, "_inputs_ok", lambda *a: False)
+        try:
+            mod.check_inputs(*args)
+        except (RuntimeError, ValueError):
+            return True
+    return False
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fast_input_checks_are_never_looser_than_the_full_ones(monkeypatch, data):
+    """check_inputs first evaluates everything as one plain expression (2-4 us instead of 25 for a dozen
+    torch._check calls); where that says yes, the full checks must pass too, on random inputs that break zero or
+    two rules at once (rank, shape, dtype, head_dim, area, residual, weight, bias, H/W, backend). Some "bad"
+    picks are valid after all (heads 3, N 25 with area 1): the fast path may then accept them."""
+    from yolov12_fast.ops import pe
+
+    fields = ["heads", "D", "N", "dtype", "k", "v", "area", "residual", "backend", "HW", "k_pe", "weight", "bias", "x"]
+    broken = data.draw(st.sets(st.sampled_from(fields), max_size=2), label="broken")  # 0-2 rules broken at a time
+    pick = lambda name, good, *bad: data.draw(st.sampled_from(bad), label=name) if name in broken else good
+    B, heads, D, N = 2, pick("heads", 2, 3), pick("D", 32, 16, 48), pick("N", 24, 25)
+    dt = pick("dtype", torch.float32, torch.float16, torch.float64, torch.int32)
+    mk = lambda *shape, dtype=dt: (torch.ones(shape, dtype=dtype) if not dtype.is_floating_point else torch.randn(shape, dtype=dtype))
+    q = mk(B, heads, D, N)
+    k = pick("k", mk(B, heads, D, N), mk(B, heads, D, N + 1), mk(B, heads, D, N, dtype=torch.float16), mk(heads, D, N))
+    v = pick("v", mk(B, heads, D, N), mk(B, heads, D, N - 1), mk(B, heads, D, N, dtype=torch.bfloat16))
+    area = pick("area", 4, 1, 0, 5, -2)
+    res = pick("residual", None, mk(B, heads, D, N), mk(B, heads, D, 1), mk(B, heads, D, N, dtype=torch.float64))
+    backend = pick("backend", "auto", "cpp", "fast")
+    args = (q, k, v, area, res, backend)
+    if aa._inputs_ok(*args):
+        assert not _slow_check_raises(aa, args, monkeypatch), f"fast path accepted what the checks refuse: {args[3:]}"
+    H, W = pick("HW", (4, 6), (5, 5), (24, 1))
+    kk = pick("k_pe", 7, 5, 4)
+    w = pick("weight", mk(heads * D, 1, kk, kk), mk(heads * D + 1, 1, kk, kk), mk(heads * D, 2, kk, kk),
+             mk(heads * D, 1, kk, kk, dtype=torch.float64))
+    bias = pick("bias", None, mk(heads * D), mk(heads * D + 1), mk(heads * D, dtype=torch.float16))
+    x = pick("x", None, mk(B, heads, D, N), mk(B, heads, D, N + 2))
+    args = (v, w, bias, x, H, W, backend)
+    if pe._inputs_ok(*args):
+        assert not _slow_check_raises(pe, args, monkeypatch), f"fast path accepted what the checks refuse: {args[4:]}"

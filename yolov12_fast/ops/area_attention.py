@@ -36,8 +36,26 @@ def check_residual(q: Tensor, residual: Tensor) -> None:
         raise RuntimeError(f"area_attention: residual is on {residual.device}, q on {q.device}")
 
 
+def _inputs_ok(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[Tensor], backend: str) -> bool:
+    """Everything check_inputs checks, as one plain expression over concrete sizes: the common case costs about
+    2 us instead of the 13 torch._check calls' 25 (a batch-1 forward on a GPU is host-bound). False for symbolic
+    sizes (fake tensors with dynamic shapes), where only torch._check may test them, and for anything wrong."""
+    s = q.shape
+    if len(s) != 4 or not (type(s[0]) is int and type(s[3]) is int and type(k.shape[0]) is int
+                           and type(v.shape[0]) is int):
+        return False
+    dt, dev = q.dtype, q.device
+    return (k.shape == s and v.shape == s and dt in DTYPES and k.dtype == dt and v.dtype == dt and k.device == dev
+            and v.device == dev and s[2] in HEAD_DIMS and area >= 1 and s[3] % area == 0
+            and backend in _backends.BACKENDS
+            and (residual is None or (type(residual.shape[0]) is int and residual.shape == s
+                                      and residual.dtype == dt and residual.device == dev)))
+
+
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[Tensor], backend: str) -> None:
     """Raise a clear error for anything the kernels do not support (shared by the real and fake kernels)."""
+    if _inputs_ok(q, k, v, area, residual, backend):
+        return
     for name, t in (("q", q), ("k", k), ("v", v)):
         torch._check(t.dim() == 4, lambda: f"area_attention: {name} must be 4-D (B, heads, head_dim, N), got shape {tuple(t.shape)}")
         torch._check(t.dtype in DTYPES, lambda: f"area_attention: {name} has dtype {t.dtype}; use float16, bfloat16 or float32 (use yolov12_fast.reference for float64)")

@@ -22,8 +22,27 @@ from .. import _backends
 from .area_attention import DTYPES, _usable
 
 
+def _inputs_ok(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int,
+               backend: str) -> bool:
+    """check_inputs as one plain expression over concrete sizes (see area_attention._inputs_ok): True only when
+    every check below passes; False for symbolic sizes and for anything wrong (the checks then say what)."""
+    s, ws = v.shape, weight.shape
+    if (len(s) != 4 or len(ws) != 4 or type(H) is not int or type(W) is not int
+            or not all(type(d) is int for d in (*s, *ws))):
+        return False
+    C, dt, dev = s[1] * s[2], v.dtype, v.device
+    return (dt in DTYPES and H * W == s[3] and ws[0] == C and ws[1] == 1 and ws[2] == ws[3] and ws[2] % 2 == 1
+            and weight.dtype == dt and weight.device == dev
+            and (bias is None or (type(bias.shape[0]) is int and tuple(bias.shape) == (C,) and bias.dtype == dt
+                                  and bias.device == dev))
+            and (x is None or (type(x.shape[0]) is int and x.shape == s and x.dtype == dt and x.device == dev))
+            and backend in _backends.BACKENDS)
+
+
 def check_inputs(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int,
                  backend: str) -> None:
+    if _inputs_ok(v, weight, bias, x, H, W, backend):
+        return
     torch._check(v.dim() == 4, lambda: f"pe_add: v must be 4-D (B, heads, head_dim, N), got shape {tuple(v.shape)}")
     torch._check(v.dtype in DTYPES, lambda: f"pe_add: v has dtype {v.dtype}; use float16, bfloat16 or float32")
     B, nh, D, N = v.shape

@@ -51,7 +51,9 @@ def exp2_rate(x: torch.Tensor, out: torch.Tensor, iters: int) -> float:
     """Run the exp2 kernel over x (numel a multiple of EXP2_BLOCK); returns the number of exp2 it computes."""
     if x.numel() % EXP2_BLOCK or out.shape != x.shape:
         raise ValueError(f"exp2_rate needs numel a multiple of {EXP2_BLOCK} and out shaped like x")
-    _exp2_kernel()[(x.numel() // EXP2_BLOCK,)](x, out, ITERS=iters, BLOCK=EXP2_BLOCK, num_warps=4)
+    # FMA contraction on, as the attention kernels pin it (kernels/area_attention.py, COMPILE_OPTIONS)
+    _exp2_kernel()[(x.numel() // EXP2_BLOCK,)](x, out, ITERS=iters, BLOCK=EXP2_BLOCK, num_warps=4,
+                                               enable_fp_fusion=True)
     return float(EXP2_CHAINS * iters * x.numel())
 
 

@@ -48,7 +48,7 @@ from torch.utils._pytree import tree_flatten
 from .harness import RESULTS_DIR, ROOT, machine_meta
 
 PROXIES_FILE = RESULTS_DIR / "proxies.json"
-SLACK = {"launches": 0, "bytes_rel": 0.01, "regs": 8, "spills": 0}
+SLACK = {"launches": 0, "bytes_rel": 0.01, "regs": 8, "spills": 0, "loop_instr": 2}
 ALLOC_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted"}
 
 
@@ -422,6 +422,9 @@ def compare(old: dict, new: dict) -> tuple[list, list]:
                 bad.append(f"{key}: {k} uses {n['regs']} registers > {o['regs']} committed + {SLACK['regs']}")
             if n["spills"] > o["spills"] + SLACK["spills"]:
                 bad.append(f"{key}: {k} spills {n['spills']} B > {o['spills']} B committed")
+            if "loop_instr" in o and n.get("loop_instr", 0) > o["loop_instr"] + SLACK["loop_instr"]:
+                bad.append(f"{key}: {k} hot loop {n['loop_instr']} instructions a warp and iteration > "
+                           f"{o['loop_instr']} committed + {SLACK['loop_instr']}")
         for k in o_map.keys() - n_map.keys():
             notes.append(f"{key}: kernel {k} vanished")
     return bad, notes

@@ -28,6 +28,12 @@ LN2 = 0.6931471805599453
 
 HEAD_DIMS = (16, 32, 64, 128)
 
+# Compile options of every launch in kernels/ (and of the AOT compiles in yolov12_fast/_aot.py). FMA contraction is
+# pinned on: the hot loops rely on it (the scaled score minus the running max before exp2 is one FFMA a score; the
+# epilogues' multiply-adds), and triton 3.9 warns that its default turns to off in 3.10, which would add an
+# instruction a score and change rounding. The interpreter ignores it.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
+
 
 def _interpret() -> bool:
     from yolov12_fast._backends import triton_interpret
@@ -477,7 +483,7 @@ def area_attention_fwd(q, k, v, area: int, scale: float, residual=None, out=None
             *q.stride(), *k.stride(), *v.stride(), *r.stride(),
             heads, N, n, scale * LOG2E,
             HEAD_DIM=D, HAS_RESIDUAL=residual is not None, DOT_PRECISION=prec, NEG_SCALE=scale < 0,
-            **_launch_flags(q, prec),
+            **_launch_flags(q, prec), **COMPILE_OPTIONS,
         )
     return out, lse
 
@@ -499,12 +505,12 @@ def area_attention_bwd(dout, q, k, v, out, residual, lse, area: int, scale: floa
         block = 64
         area_attention_bwd_preprocess_kernel[(B * heads, triton.cdiv(N, block))](
             dout, out, r, delta, *dout.stride(), *r.stride(), heads, N,
-            HEAD_DIM=D, HAS_RESIDUAL=residual is not None, BLOCK=block)
+            HEAD_DIM=D, HAS_RESIDUAL=residual is not None, BLOCK=block, **COMPILE_OPTIONS)
         common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), heads, N, n, scale * LOG2E, scale)
         area_attention_bwd_dkdv_kernel[lambda meta: (B * heads, area * triton.cdiv(n, meta["BLOCK_N"]))](
-            q, k, v, dout, lse, delta, dk, dv, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags)
+            q, k, v, dout, lse, delta, dk, dv, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags, **COMPILE_OPTIONS)
         area_attention_bwd_dq_kernel[_grid(B, heads, area, n)](
-            q, k, v, dout, lse, delta, dq, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags)
+            q, k, v, dout, lse, delta, dq, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags, **COMPILE_OPTIONS)
     return dq, dk, dv
 
 

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .area_attention import TRITON_DTYPE, aot_signature
+from .area_attention import COMPILE_OPTIONS, TRITON_DTYPE, aot_signature
 
 
 @triton.jit
@@ -73,7 +73,7 @@ def pe_add(v, weight, bias, x, H: int, W: int):
         pe_add_kernel[(B * heads, triton.cdiv(N, block_t))](
             v, w, bias if bias is not None else w, xx, out, *v.stride(), *xx.stride(), heads, H, W, N,
             HEAD_DIM=D, KSIZE=weight.shape[-1], HAS_BIAS=bias is not None, HAS_X=x is not None, BLOCK_T=block_t,
-            num_warps=num_warps(weight.shape[-1]))
+            num_warps=num_warps(weight.shape[-1]), **COMPILE_OPTIONS)
     return out
 
 

@@ -396,19 +396,20 @@ def test_proxies_check_against_committed_file(launches):
 
 
 def test_proxies_compare_flags_regressions(launches):
-    old = {"launches": launches, "triton_aot": [{"kernel": "k", "arch": "sm_90", "ok": True, "regs": 100, "spills": 0}]}
+    old = {"launches": launches,
+           "triton_aot": [{"kernel": "k", "arch": "sm_90", "ok": True, "regs": 100, "spills": 0, "loop_instr": 275}]}
     new = copy.deepcopy(old)
     entry = new["launches"]["op P4 640 h2 b1: ours"]
     entry["launches"] += 1
     entry["by_op"]["aten::clone"] = entry["by_op"].get("aten::clone", 0) + 1
     new["launches"]["yolo12n 640 b1: patched"]["bytes"] *= 1.05
-    new["triton_aot"][0].update(regs=109, spills=8)
+    new["triton_aot"][0].update(regs=109, spills=8, loop_instr=306)
     bad, _ = proxies.compare(old, new)
     text = "\n".join(bad)
     assert "op P4 640 h2 b1: ours" in text and "aten::clone" in text
     assert "yolo12n 640 b1: patched: modeled bytes" in text
-    assert "109 registers" in text and "spills 8 B" in text
-    new["triton_aot"][0].update(regs=108, spills=0)  # within the register slack
+    assert "109 registers" in text and "spills 8 B" in text and "hot loop 306 instructions" in text
+    new["triton_aot"][0].update(regs=108, spills=0, loop_instr=277)  # within the register and loop slacks
     new["launches"] = launches
     assert proxies.compare(old, new)[0] == []
 

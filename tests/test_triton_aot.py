@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("triton")
 
@@ -16,6 +18,9 @@ pytest.importorskip("triton")
 @pytest.fixture(scope="module")
 def aot_rows():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # FMA contraction off by default, as triton 3.10 announces: the kernels pin it on (COMPILE_OPTIONS), and
+    # test_hot_loops_as_committed_with_triton_fp_fusion_default_off checks that the pin reaches these compiles.
+    env["TRITON_DEFAULT_FP_FUSION"] = "0"
     # The default run covers head_dim 32 (every released config) and 64; the slow run adds 16 and 128.
     dims = [] if os.environ.get("YOLOV12_FAST_SLOW") == "1" else ["--head-dim", "32", "--head-dim", "64"]
     p = subprocess.run([sys.executable, "-m", "yolov12_fast._aot", "--json", *dims], capture_output=True, text=True,
@@ -73,6 +78,61 @@ SASS_LOOP = """
         /*0180*/              @!P0 BRA 0x110 ;
         /*0190*/                   EXIT ;
 """
+
+
+def test_hot_loops_as_committed_with_triton_fp_fusion_default_off(aot_rows):
+    """The rows were compiled with triton's FMA-contraction default turned off (the fixture); proxies.json was
+    written with it on (triton <= 3.9's default). With the pin every hot loop is the same; without it the sm_80
+    fp16 attention forward's loop grows from 275 to 306 instructions (FMUL + FADD where one FFMA was)."""
+    import triton
+
+    committed = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "proxies.json").read_text())
+    if committed["meta"].get("triton") != triton.__version__:
+        pytest.skip(f"proxies.json was written with triton {committed['meta'].get('triton')}, this is "
+                    f"{triton.__version__}: other SASS (python -m benchmarks proxies rewrites it)")
+    old = {(r["kernel"], r["arch"]): r["loop_instr"] for r in committed["triton_aot"] if "loop_instr" in r}
+    new = {(r["kernel"], r["arch"]): r["loop"]["instr"] for r in aot_rows if r.get("ok") and r.get("loop")}
+    both = old.keys() & new.keys()
+    assert len(both) >= 20, f"only {len(both)} hot loops in common with proxies.json"
+    changed = {k: (old[k], new[k]) for k in both if old[k] != new[k]}
+    assert not changed, f"hot loops (committed, now) differ with TRITON_DEFAULT_FP_FUSION=0: {changed}"
+
+
+def test_every_launch_pins_fma_contraction(monkeypatch):
+    """Every kernel the ops launch gets COMPILE_OPTIONS (enable_fp_fusion=True), so a triton whose default is off
+    compiles the same code: each launch's keyword arguments are recorded while the ops run (interpreter on CPU,
+    compiled on a GPU), and every launchable kernel (the AOT variants) must have been launched."""
+    import triton
+
+    import yolov12_fast
+    from yolov12_fast._aot import KERNEL_MODULES, _variants
+    import importlib
+
+    launchable = {id(v["fn"]): v["fn"] for m in KERNEL_MODULES for v in _variants(m, 90, (32,))}
+    seen = {}
+    for fn in launchable.values():
+        def run(*args, _fn=fn, _run=fn.run, **kwargs):
+            seen.setdefault(_fn.__name__, []).append(kwargs.get("enable_fp_fusion"))
+            return _run(*args, **kwargs)
+        monkeypatch.setattr(fn, "run", run)
+    for m in KERNEL_MODULES:
+        importlib.import_module(m)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    B, heads, D, H, W = 1, 2, 32, 3, 5
+    qkv = torch.randn(B, 3 * heads * D, H * W, device=dev).view(B, heads, 3 * D, H * W).requires_grad_()
+    q, k, v = qkv.split(D, dim=2)
+    pe_w, pe_b = torch.randn(heads * D, 1, 5, 5, device=dev), torch.randn(heads * D, device=dev)
+    p = yolov12_fast.pe_add(v.detach(), pe_w, pe_b, H, W, backend="triton")
+    yolov12_fast.area_attention(q, k, v, 1, residual=p, backend="triton").sum().backward()
+    x = torch.randn(B, 16, H, W, device=dev)
+    w1, b1 = torch.randn(32, 16, 1, 1, device=dev), torch.randn(32, device=dev)
+    w2, b2 = torch.randn(16, 32, 1, 1, device=dev), torch.randn(16, device=dev)
+    yolov12_fast.mlp_residual(x, w1, b1, w2, b2, backend="triton")
+    yolov12_fast.conv1x1_silu_residual(x, w2.transpose(0, 1).contiguous(), b1, backend="triton")
+    names = {fn.__name__ for fn in launchable.values()}
+    assert set(seen) == names, f"not launched: {names - set(seen)}"
+    unpinned = {name: flags for name, flags in seen.items() if not all(f is True for f in flags)}
+    assert not unpinned, f"launches without enable_fp_fusion=True: {unpinned}"
 
 
 def test_hot_loop_model_on_known_sass():

@@ -145,12 +145,14 @@ def compile_variant(args) -> dict:
     from triton.compiler import ASTSource
 
     v = _variants(module, arch, head_dims)[index]
+    from yolov12_fast.kernels.area_attention import COMPILE_OPTIONS  # as every launch passes them
     row = {"kernel": v["name"], "arch": f"sm_{arch}", "dtype": v["dtype"]}
     t0 = time.perf_counter()
     try:
         k = triton.compile(ASTSource(fn=v["fn"], signature=v["signature"], constexprs=v["constexprs"], attrs=v["attrs"]),
                            target=GPUTarget("cuda", arch, 32),
-                           options={"num_warps": v["num_warps"], "num_stages": v["num_stages"]})
+                           options={"num_warps": v["num_warps"], "num_stages": v["num_stages"],
+                                    **COMPILE_OPTIONS})
     except Exception as e:  # a variant that does not compile is a finding, reported in the table
         row.update(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
         return row

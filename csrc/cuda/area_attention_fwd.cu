@@ -465,9 +465,9 @@ __global__ void __launch_bounds__(Config<D>::kThreads, Config<D>::kMinBlocks)
     float* lg = p.lse + (int64_t)bh * p.N + t0;
 
     const int n = p.n;
-    const int q_tiles = (n + 15) / 16;
+    const int q_tiles = (int)(((int64_t)n + 15) / 16);  // 64-bit: n may come within 15 of INT_MAX
     const int groups = (q_tiles + NW - 1) / NW;  // NW query tiles (one per warp) per group
-    const int chunks = p.resident ? 1 : (n + p.chunk_keys - 1) / p.chunk_keys;
+    const int chunks = p.resident ? 1 : (int)(((int64_t)n + p.chunk_keys - 1) / p.chunk_keys);
 
     // Resident: K/V are staged once (first pass below) and the warps then run with no further barrier.
     // Streaming: for each query group the CTA moves through the K/V chunks together.
@@ -521,12 +521,39 @@ int staging_mode(const void* ptr, const Strides4& s, int64_t batch, int64_t head
   return (s.n <= s.d) ? 1 : 0;
 }
 
+// ptxVersion of the code the current device runs for area_attention_fwd_kernel<T, D>, cached per device (the
+// attribute query loads the module: microseconds, as much as a batch-1 launch); -1 where the runtime cannot say
+// (0, "undefined" for very old cubins, is taken as unknown too). The value is the virtual arch x10 (compute_80:
+// 80), as CUB's PtxVersion reads it.
+template <typename T, int D>
+int code_arch() {
+  static std::atomic<int> cached[64];  // 0: not asked yet; else the answer + 2
+  int dev_id = 0;
+  if (cudaGetDevice(&dev_id) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return -1;
+  }
+  if (dev_id < 64 && cached[dev_id].load() != 0) return cached[dev_id].load() - 2;
+  cudaFuncAttributes fa{};
+  int arch = -1;
+  if (cudaFuncGetAttributes(&fa, area_attention_fwd_kernel<T, D>) == cudaSuccess)
+    arch = fa.ptxVersion;
+  else
+    (void)cudaGetLastError();
+  if (dev_id < 64) cached[dev_id].store(arch + 2);
+  return arch;
+}
+
 template <typename T, int D>
 cudaError_t launch(const FwdParams& p, const AreaAttnFwdPlan& plan, int64_t seqs, const DeviceInfo& dev,
                    cudaStream_t stream) {
   auto kernel = area_attention_fwd_kernel<T, D>;
   constexpr int threads = Config<D>::kThreads;
   cudaError_t err;
+  // never launch a trap (compiled for an arch without the kernel's mma): it would kill the CUDA context
+  const int arch = code_arch<T, D>();
+  const DType dt = std::is_same<T, __nv_bfloat16>::value ? DType::kBFloat16 : DType::kFloat16;
+  if (arch > 0 && arch < area_attention_fwd_required_arch(dt)) return cudaErrorNotSupported;
   if (plan.smem_bytes > 48 * 1024) {
     // opt in to the arch's full shared memory, once per device
     static std::atomic<int> configured[64];
@@ -572,6 +599,13 @@ cudaError_t launch(const FwdParams& p, const AreaAttnFwdPlan& plan, int64_t seqs
 }  // namespace
 
 bool area_attention_fwd_supports_head_dim(int64_t head_dim) { return head_dim == 32 || head_dim == 64; }
+
+int area_attention_fwd_code_arch(DType dtype, int64_t head_dim) {
+  if (dtype == DType::kFloat16) return head_dim == 32 ? code_arch<__half, 32>() : code_arch<__half, 64>();
+  if (dtype == DType::kBFloat16)
+    return head_dim == 32 ? code_arch<__nv_bfloat16, 32>() : code_arch<__nv_bfloat16, 64>();
+  return -1;
+}
 
 AreaAttnFwdPlan area_attention_fwd_plan(int64_t n, int64_t head_dim, const DeviceInfo& dev) {
   AreaAttnFwdPlan plan{};

@@ -59,6 +59,13 @@ struct AreaAttnFwdPlan {
 bool area_attention_fwd_supports_head_dim(int64_t head_dim);
 AreaAttnFwdPlan area_attention_fwd_plan(int64_t tokens_per_area, int64_t head_dim, const DeviceInfo& dev);
 cudaError_t area_attention_fwd(const AreaAttnFwdArgs& args, const DeviceInfo& dev, cudaStream_t stream);
+// The arch (x10) whose code the current device runs for the kernel of (dtype, head_dim): the virtual arch of the
+// PTX it came from (cudaFuncAttributes::ptxVersion), or <= 0 where the runtime cannot say. Below 80 for bf16 (75 for
+// float16) the kernel was compiled without its tensor-core instructions and is a trap: a build whose arch list
+// lacks 8.0 (TORCH_CUDA_ARCH_LIST="7.5+PTX") running on an Ampere or newer GPU. area_attention_fwd refuses it.
+int area_attention_fwd_code_arch(DType dtype, int64_t head_dim);
+// The arch (x10) that code must come from: 80 for bfloat16, 75 for float16.
+inline int area_attention_fwd_required_arch(DType dtype) { return dtype == DType::kBFloat16 ? 80 : 75; }
 
 // ---------------------------------------------------------------------------------------------------------
 // PE: out = x + depthwise_conv2d(v, weight, bias, padding=k//2) (csrc/cuda/pe_add.cu)

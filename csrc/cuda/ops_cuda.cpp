@@ -81,6 +81,13 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
   at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous (B, heads, D, N)
   at::Tensor lse = at::empty({B, heads, N}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};  // before the plan: no tokens is no launch, not "does not fit"
+  const int code_arch = kc::area_attention_fwd_code_arch(kernel_dtype(dtype), D);
+  const int needed = kc::area_attention_fwd_required_arch(kernel_dtype(dtype));
+  TORCH_CHECK(code_arch <= 0 || code_arch >= needed, op, ": this build of yolov12_fast._C has no ", dtype,
+              " kernel for this GPU (", dev.cc_major, ".", dev.cc_minor, "): it runs code compiled for compute_",
+              code_arch, ", which lacks the tensor-core instructions (", dtype, " needs compute_", needed,
+              "). Rebuild with 8.0 in TORCH_CUDA_ARCH_LIST (the default \"7.5;8.0+PTX;9.0a\" has it), or use ",
+              "backend='triton'");
 
   const kc::AreaAttnFwdPlan plan = kc::area_attention_fwd_plan(N / area, D, dev);
   TORCH_CHECK(plan.supported, op, ": head_dim ", D, " does not fit this GPU's shared memory (",

@@ -127,6 +127,50 @@ def test_cli_info():
         assert word in p.stdout
 
 
+@pytest.mark.parametrize("cc,sass,ptx,runs", [
+    # the default build, "7.5;8.0+PTX;9.0a", on T4, A100, A10 / RTX 3090, L4, H100, B200, RTX 5090, V100
+    ((7, 5), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), ("sm", 75)),
+    ((8, 0), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), ("sm", 80)),
+    ((8, 6), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), ("sm", 80)),
+    ((8, 9), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), ("sm", 80)),
+    ((9, 0), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), ("sm", 90)),
+    ((10, 0), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), ("ptx", 80)),
+    ((12, 0), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), ("ptx", 80)),
+    ((7, 0), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), None),
+    # "7.5+PTX" on an A100: the compute_75 PTX, JIT-compiled (no bf16 tensor-core code: the glue refuses bf16)
+    ((8, 0), ("sm_75",), ("sm_75",), ("ptx", 75)),
+    # arch-specific code runs on its own arch only
+    ((10, 0), ("sm_90a",), (), None),
+    ((12, 0), ("sm_100a", "sm_120"), (), ("sm", 120)),
+])
+def test_code_for_gpu_follows_the_cuda_runtime_rules(cc, sass, ptx, runs):
+    from yolov12_fast._backends import code_for_gpu
+
+    assert code_for_gpu(cc, sass, ptx) == runs
+
+
+def test_cuda_code_of_this_build_is_its_arch_list():
+    """The extension holds machine code for each arch of TORCH_CUDA_ARCH_LIST (setup.py's default without it) and
+    PTX for those marked +PTX; `info` prints them."""
+    from yolov12_fast import _backends
+
+    mod = _backends.extension()
+    if mod is None or not getattr(mod, "WITH_CUDA", 0):
+        pytest.skip("yolov12_fast._C was built without CUDA (or not at all): no CUDA code to list")
+    if _backends._cuobjdump() is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or triton's bundled copy) to read the extension with")
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "7.5;8.0+PTX;9.0a")
+    sass = {"sm_" + a.replace("+PTX", "").replace(".", "") for a in arch_list.replace(" ", ";").split(";") if a}
+    ptx = {"sm_" + a.replace("+PTX", "").replace(".", "") for a in arch_list.replace(" ", ";").split(";")
+           if a.endswith("+PTX")}
+    code = _backends.cuda_code()
+    assert code is not None and (set(code[0]), set(code[1])) == (sass, ptx), code
+    from yolov12_fast.cli import info_lines
+
+    line = next(line for line in info_lines() if line.startswith("CUDA code"))
+    assert all(a in line for a in sass) and all(a.replace("sm_", "compute_") in line for a in ptx), line
+
+
 def test_wheel_layout_and_installed_smoke(tmp_path):
     """Build the wheel (pure Python, to keep it quick), install it into a directory and use it from elsewhere."""
     env = dict(os.environ, YOLOV12_FAST_NO_EXT="1")

@@ -109,6 +109,62 @@ def can_use_cuda_ext(device: torch.device | str | None = None) -> tuple[bool, st
     return True, ""
 
 
+def _cuobjdump() -> str | None:
+    """cuobjdump from the CUDA toolkit (CUDA_HOME, PATH) or the copy bundled with triton; None if none is found."""
+    import shutil
+
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.path.isfile(os.path.join(home, "bin", "cuobjdump")):
+            return os.path.join(home, "bin", "cuobjdump")
+    if shutil.which("cuobjdump"):
+        return shutil.which("cuobjdump")
+    spec = importlib.util.find_spec("triton")
+    if spec and spec.origin:
+        bundled = os.path.join(os.path.dirname(spec.origin), "backends", "nvidia", "bin", "cuobjdump")
+        if os.path.isfile(bundled):
+            return bundled
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_code() -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The CUDA code in yolov12_fast._C: (machine-code archs, PTX archs), e.g. (("sm_75", "sm_80", "sm_90a"),
+    ("sm_80",)) for the default TORCH_CUDA_ARCH_LIST "7.5;8.0+PTX;9.0a"; None where the extension has no CUDA or
+    no cuobjdump can read it. For `info` (diagnostics only: the dispatcher never runs a subprocess)."""
+    import re
+    import subprocess
+
+    mod, _ = _extension()
+    tool = _cuobjdump()
+    if mod is None or not getattr(mod, "WITH_CUDA", 0) or tool is None:
+        return None
+    try:
+        out = subprocess.run([tool, "--list-elf", "--list-ptx", mod.__file__], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    archs = lambda kind: tuple(sorted(set(re.findall(rf"^{kind} file\s+\d+: \S+?\.(sm_\d+[af]?)\.", out, re.M)),
+                                     key=lambda a: (int(re.sub(r"\D", "", a)), a)))
+    sass, ptx = archs("ELF"), archs("PTX")
+    return (sass, ptx) if sass or ptx else None
+
+
+def code_for_gpu(cc: tuple[int, int], sass, ptx) -> tuple[str, int] | None:
+    """What a GPU of compute capability `cc` runs from the code of `cuda_code()`: ("sm", arch) for machine code
+    (a cubin of the same major version and a minor <= cc's; an arch-specific sm_XYa / sm_XYf only on XY itself),
+    else ("ptx", arch) JIT-compiled from the newest PTX <= cc, as the CUDA runtime chooses; None: no code runs."""
+    import re
+
+    major, minor = cc
+    num = lambda a: int(re.sub(r"\D", "", a))
+    fits = [num(a) for a in sass
+            if num(a) // 10 == major and (num(a) == 10 * major + minor if a[-1] in "af" else num(a) % 10 <= minor)]
+    if fits:
+        return "sm", max(fits)
+    jit = [num(a) for a in ptx if num(a) <= 10 * major + minor]
+    return ("ptx", max(jit)) if jit else None
+
+
 def can_use_flash_attn() -> tuple[bool, str]:
     """flash-attn, only ever an optional benchmark baseline."""
     if importlib.util.find_spec("flash_attn") is None:

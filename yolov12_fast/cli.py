@@ -33,6 +33,20 @@ def info_lines() -> list[str]:
     mod, why = _backends._extension()
     if mod is not None:
         lines.append(f"extension    yolov12_fast._C built {'with' if getattr(mod, 'WITH_CUDA', 0) else 'without'} CUDA")
+        code = _backends.cuda_code()
+        if code:
+            sass, ptx = code
+            lines.append(f"CUDA code    machine code for {', '.join(sass) or 'no arch'}; PTX for "
+                         f"{', '.join(a.replace('sm_', 'compute_') for a in ptx) or 'no arch'} (JIT-compiled on "
+                         "newer GPUs)")
+            for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+                cc = torch.cuda.get_device_capability(i)
+                runs = _backends.code_for_gpu(cc, sass, ptx)
+                what = (f"runs {'machine code for sm_' if runs[0] == 'sm' else 'PTX JIT-compiled from compute_'}"
+                        f"{runs[1]}" if runs else "has no code here: rebuild with its arch in TORCH_CUDA_ARCH_LIST")
+                if runs and runs[1] < 80:
+                    what += " (no bfloat16 attention: that needs code for compute_80 or newer)"
+                lines.append(f"  GPU {i} (sm_{cc[0]}{cc[1]}) {what}")
     else:
         lines.append(f"extension    {'not loadable' if 'does not load' in why else 'not built'}: {why}")
     problem = _backends.source_tree_problem()

@@ -128,6 +128,44 @@ def test_large_scores_are_stable():
     assert_close_to_oracle(lse, lse32, lse64, "lse")
 
 
+@pytest.mark.parametrize("H,W,area", [(4, 9, 4), (7, 7, 1)], ids=["n9", "n49"])
+def test_very_negative_scores_with_a_partial_key_panel(H, W, area):
+    """Every score about -120 (below exp2's range once in log2 units), with tokens per area not a multiple of the
+    4-key panel: the panel's padding keys (score 0) must not enter the running max, or every exp underflows to 0
+    and the output is 0/0."""
+    B, heads, D = 1, 2, 16
+    q = torch.rand(B, heads, D, H * W) + 5
+    k = -(torch.rand(B, heads, D, H * W) + 5)
+    v = torch.randn(B, heads, D, H * W)
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, area, 0.25, None)
+    o64, lse64 = reference.area_attention_lse(f64(q), f64(k), f64(v), area, 0.25)
+    naive, lse32 = reference.area_attention_lse(q, k, v, area, 0.25)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    assert_close_to_oracle(out, naive, o64, "out")
+    assert_close_to_oracle(lse, lse32, lse64, "lse")
+
+
+@pytest.mark.parametrize("strided", ["dout", "out", "lse"])
+def test_backward_reads_strided_dout_out_and_lse(strided):
+    """The backward takes dout, out and lse with any strides (e.g. an lse or out view the caller keeps): the
+    gradients equal those from the contiguous tensors bit for bit."""
+    q, k, v = make_qkv("interleaved", 2, 2, 32, 5, 8, torch.float32)
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, 4, 0.2, None)
+    dout = torch.randn(out.shape)
+    want = ops.area_attention_bwd_cxx(dout, q, k, v, out, None, lse, 4, 0.2)
+    args = dict(dout=dout, out=out, lse=lse)
+    t = args[strided]
+    if strided == "lse":  # every third float of a wider buffer
+        view = torch.empty(*t.shape, 3)[..., 1]
+    else:  # (B, heads, N, D) storage transposed to (B, heads, D, N): token stride D
+        view = torch.empty(t.shape[0], t.shape[1], t.shape[3], t.shape[2]).transpose(2, 3)
+    args[strided] = view.copy_(t)
+    assert not args[strided].is_contiguous()
+    got = ops.area_attention_bwd_cxx(args["dout"], q, k, v, args["out"], None, args["lse"], 4, 0.2)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert torch.equal(g, w), f"{name} differs with a strided {strided}: {(g - w).abs().max().item()}"
+
+
 def test_nan_propagates_like_the_reference():
     """A NaN in q poisons that query's output column and lse; one in k the whole area; nothing else (the exp's
     clamps must not turn NaN into a finite number)."""
@@ -216,6 +254,20 @@ def test_pe_add(case, dtype):
 
     naive = pe(dtype) if dtype == torch.float32 else pe(torch.float32).to(dtype)  # CPU half conv: via fp32
     assert_close_to_oracle(out, naive, pe(torch.float64), f"pe {case} {dtype}")
+
+
+def test_pe_add_strided_weight_and_bias():
+    """A transposed (non-contiguous) depthwise weight and a strided bias are read through their strides."""
+    B, heads, D, H, W, ks = 1, 2, 16, 9, 11, 7
+    C = heads * D
+    _, _, v = make_qkv("interleaved", B, heads, D, H, W, torch.float32)
+    weight = (torch.randn(C, 1, ks, ks) / ks).transpose(2, 3)
+    bias = torch.randn(2 * C)[::2]
+    assert not weight.is_contiguous() and not bias.is_contiguous()
+    out = ops.pe_add_cxx(v, weight, bias, None, H, W)
+    conv = lambda dt: F.conv2d(v.to(dt).reshape(B, C, H, W), weight.to(dt), bias.to(dt), padding=ks // 2,
+                               groups=C).reshape(v.shape)
+    assert_close_to_oracle(out, conv(torch.float32), conv(torch.float64), "pe strided weight/bias")
 
 
 def test_pe_add_fp32_weights_with_half_activations():
@@ -372,6 +424,10 @@ def test_backward_rejects_bad_input():
         ops.area_attention_bwd_cxx(out.half(), q, k, v, out, None, lse, 4, 0.2)
     with pytest.raises(RuntimeError, match="dout and out must have q's shape"):
         ops.area_attention_bwd_cxx(out[:, :1], q, k, v, out, None, lse, 4, 0.2)
+    with pytest.raises(RuntimeError, match="dout and out must have q's shape"):
+        ops.area_attention_bwd_cxx(out, q, k, v, out[:, :1], None, lse, 4, 0.2)
+    with pytest.raises(RuntimeError, match="dout and out must have q's dtype"):
+        ops.area_attention_bwd_cxx(out, q, k, v, out.half(), None, lse, 4, 0.2)
 
 
 def test_pe_add_rejects_bad_input():
@@ -387,3 +443,12 @@ def test_pe_add_rejects_bad_input():
         ops.pe_add_cxx(v, w, None, torch.randn(1, 2, 32, 12), 4, 6)
     with pytest.raises(RuntimeError, match="use float32, float16 or bfloat16"):
         ops.pe_add_cxx(v.double(), w, None, None, 4, 6)
+    with pytest.raises(RuntimeError, match="must equal the token count N = 24"):
+        ops.pe_add_cxx(v, w, None, None, -4, -6)  # (-4) * (-6) = 24
+    for bad_w in (torch.randn(32, 1, 7, 7), torch.randn(64, 1, 7, 5), torch.randn(64, 2, 7, 7)):
+        with pytest.raises(RuntimeError, match=r"depthwise kernel \(heads\*head_dim, 1, k, k\)"):
+            ops.pe_add_cxx(v, bad_w, None, None, 4, 6)
+    with pytest.raises(RuntimeError, match="bias dtype"):
+        ops.pe_add_cxx(v, w, torch.randn(64, dtype=torch.float64), None, 4, 6)
+    with pytest.raises(RuntimeError, match="x dtype"):
+        ops.pe_add_cxx(v, w, None, torch.randn(v.shape, dtype=torch.float16), 4, 6)

@@ -84,7 +84,8 @@ def conv1x1_silu_residual(x, w, b, residual=None, gamma=None, out=None):
     cfg = config_for(C, uses_fma(arch, prec, x.dtype == torch.float32), arch)
     wm = w.reshape(C, K).contiguous()  # C x K weights, a few hundred KB at most
     res = residual if residual is not None else out  # never read without HAS_RESIDUAL
-    g = gamma if gamma is not None else b
+    b = b.contiguous()  # the kernel reads b and gamma as contiguous vectors (a strided view is copied)
+    g = gamma.contiguous() if gamma is not None else b
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         conv1x1_silu_residual_kernel[grid](x, wm, b, res, g, out, *strides[0], *sr, *strides[1], C, K, N,

@@ -132,6 +132,7 @@ def mlp_residual(x, w1, b1, w2, b2, out=None):
     prec = dot_precision(x.dtype)
     cfg = config_for(C, uses_fma(_arch(x.device), prec, x.dtype == torch.float32))
     w1m, w2m = w1.reshape(HID, C).contiguous(), w2.reshape(C, HID).contiguous()  # a few KB each
+    b1, b2 = b1.contiguous(), b2.contiguous()  # the kernel reads them as contiguous vectors
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         mlp_residual_kernel[grid](x, w1m, b1, w2m, b2, out, *sx, *so, C, HID, N,

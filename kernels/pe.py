@@ -66,12 +66,13 @@ def pe_add(v, weight, bias, x, H: int, W: int):
     B, heads, D, N = v.shape
     torch._check(D & (D - 1) == 0, lambda: f"pe_add (triton): head_dim {D} must be a power of two; use backend='reference'")
     out = torch.empty((B, heads, D, N), device=v.device, dtype=v.dtype)
-    w = weight.contiguous()  # (C, 1, k, k): a few KB, folded from BN by the module
+    w = weight.contiguous()  # (C, 1, k, k): a few KB, folded from BN by the module (the kernel reads
+    # weight and bias as contiguous: a strided view is copied, a few KB)
     xx = x if x is not None else v
     block_t = 64 if D <= 32 else 32
     with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():
         pe_add_kernel[(B * heads, triton.cdiv(N, block_t))](
-            v, w, bias if bias is not None else w, xx, out, *v.stride(), *xx.stride(), heads, H, W, N,
+            v, w, bias.contiguous() if bias is not None else w, xx, out, *v.stride(), *xx.stride(), heads, H, W, N,
             HEAD_DIM=D, KSIZE=weight.shape[-1], HAS_BIAS=bias is not None, HAS_X=x is not None, BLOCK_T=block_t,
             num_warps=num_warps(weight.shape[-1]), **COMPILE_OPTIONS)
     return out

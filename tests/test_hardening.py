@@ -402,6 +402,43 @@ def test_fused_pointwise_conv_property(backend, profile):
     fuzz(check_pointwise_case, pointwise_cases, POINTWISE_EXAMPLES, backend, profile)
 
 
+STRIDED_PARAM_CASES = [pytest.param(b, op, id=f"{b}-{op}") for op in ("pe", "mlp", "cv2")
+                       for b in (BACKENDS if op == "pe" else POINTWISE_BACKENDS)]
+
+
+@pytest.mark.parametrize("backend,op", STRIDED_PARAM_CASES)
+def test_strided_weights_biases_and_gamma(backend, op):
+    """Weights, biases and gamma given as non-contiguous views (a transposed weight, every other element of a
+    buffer) are read through their strides (or copied), on every backend: the same result as contiguous copies."""
+    dtype = FIXED_DTYPE.get(backend, torch.float32)
+    gen = torch.Generator().manual_seed(7)
+    r = lambda *shape: torch.randn(*shape, generator=gen).to(device=DEV, dtype=dtype)
+    every_other = lambda n: r(2 * n)[::2]
+    B, H, W = 2, 5, 7
+    if op == "pe":
+        heads, D, k = 2, 16, 7
+        C = heads * D
+        v = r(B, heads, D, H * W)
+        params = [r(C, 1, k, k).transpose(2, 3) * 0.2, every_other(C)]
+        run = lambda w, b: yolov12_fast.pe_add(v, w, b, H, W, backend=backend)
+    elif op == "mlp":
+        C, HID = 24, 40
+        x = r(B, C, H, W)
+        params = [r(C, HID, 1, 1).transpose(0, 1) / C ** 0.5, every_other(HID), r(HID, C, 1, 1).transpose(0, 1)
+                  / HID ** 0.5, every_other(C)]
+        run = lambda w1, b1, w2, b2: yolov12_fast.mlp_residual(x, w1, b1, w2, b2, backend=backend)
+    else:
+        K, C = 40, 24
+        x, res = r(B, K, H, W), r(B, C, H, W)
+        params = [r(K, C, 1, 1).transpose(0, 1) / K ** 0.5, every_other(C), every_other(C)]
+        run = lambda w, b, g: yolov12_fast.conv1x1_silu_residual(x, w, b, res, g, backend=backend)
+    assert not any(t.is_contiguous() for t in params)
+    with torch.no_grad():
+        got = run(*params)
+        want = run(*(t.contiguous() for t in params))
+    assert torch.equal(got, want), f"{op} {backend}: max |diff| {(got.float() - want.float()).abs().max().item()}"
+
+
 def test_the_property_check_catches_a_wrong_kernel(monkeypatch):
     """Check the check: a forward whose scale is off by 0.1%, or a backward whose dq is off by 0.1%, fails the
     property check on an ordinary example."""

@@ -48,6 +48,7 @@ SHAPES = [  # (B, K, C, H, W, x layout, residual layout or None)
     (1, 307, 100, 3, 5, "channels_last", "channels_last"),  # K not a multiple of the K slice, C of the tile
     (2, 320, 128, 4, 9, "slice", "channels_last"),          # n = 4 (yolo12x): a slice of a bigger buffer
     (1, 640, 256, 2, 3, "nchw", None),                       # no residual (n/s/m blocks), 2 channel tiles
+    (2, 96, 64, 5, 7, "nchw", "slice"),                      # residual strides unlike the output's
 ]
 
 

@@ -1113,6 +1113,22 @@ def test_batch_offsets_beyond_2_31_are_64_bit():
                                        rtol=1e-3, atol=ATOL_FLOOR[torch.float16])
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="a sparse CPU storage through the interpreter (the launcher check "
+                    "itself runs on a GPU in test_triton_launchers_refuse_32_bit_overflow_with_a_clear_error)")
+def test_triton_pe_add_refuses_an_x_past_32_bit_offsets():
+    """Through the op: v is small but the x added to it spans 2**31 elements in one image (a sparse storage):
+    the Triton path refuses it instead of wrapping x's 32-bit offsets (a silent out-of-bounds read)."""
+    D, H, W = 16, 2, 4
+    N = H * W
+    stride = (BIG - 1) // (N - 1) + 1
+    with _sparse_storage(stride * (N - 1) + D, torch.float16) as store:
+        x = store.as_strided((1, 1, D, N), (0, 0, 1, stride))
+        v = torch.randn(1, 1, D, N, dtype=torch.float16, device=DEV)
+        w = torch.randn(D, 1, 5, 5, dtype=torch.float16, device=DEV)
+        with pytest.raises(RuntimeError, match="spans more than 2..31 elements"):
+            yolov12_fast.pe_add(v, w, None, H, W, x=x, backend="triton")
+
+
 @pytest.mark.skipif(not INTERPRETED, reason="checks the Triton interpreter's integer semantics")
 def test_the_interpreter_wraps_32_bit_products():
     """Check the check above: in the interpreter, as on the GPU, an int32 product wraps; only the int64 one that

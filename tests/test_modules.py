@@ -724,6 +724,30 @@ def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend):
     assert any("yolov12_fast" in o for o in ops), f"no yolov12_fast op in the graph: {sorted(ops)[:20]}"
 
 
+def test_backend_reference_runs_the_reference_math_in_inference_mode():
+    """backend="reference" is the numerics baseline (verify compares against it): the CPU inference fast path must
+    not swap the C++ kernels in for it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    m = yf.nn.AAttn(64, 2, 4, backend="reference").eval()
+    x = torch.randn(1, 64, 8, 8)
+    with torch.inference_mode():
+        ops = Ops()
+        with ops:
+            m(x)
+    ours = sorted(o for o in ops.seen if "yolov12_fast" in o)
+    assert not any("_cxx" in o for o in ours), ours
+
+
 def test_cpu_inference_mode_fast_path():
     """Under torch.inference_mode (ultralytics' predictor) a batch-1 CPU forward of a fused model takes the direct
     path: the compiled kernels without the custom-op layer, and the 1x1 qkv / proj convs as addmm. Same

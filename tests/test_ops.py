@@ -78,6 +78,11 @@ BAD = [  # (description, builder of (q, k, v, area, kwargs), expected message)
     ("shape mismatch", lambda: (torch.randn(1, 2, 32, 16), torch.randn(1, 2, 32, 8), torch.randn(1, 2, 32, 16), 1, {}), "same shape"),
     ("residual shape", lambda: tuple(torch.randn(1, 2, 32, 16) for _ in range(3)) + (1, {"residual": torch.randn(1, 2, 32, 8)}), "residual must have the shape"),
     ("unknown backend", lambda: tuple(torch.randn(1, 2, 32, 16) for _ in range(3)) + (1, {"backend": "fast"}), "unknown backend"),
+    # a second device without a GPU: "meta"
+    ("k on another device", lambda: (torch.randn(1, 2, 32, 16), torch.randn(1, 2, 32, 16, device="meta"),
+                                     torch.randn(1, 2, 32, 16), 1, {}), "must be on one device"),
+    ("v on another device", lambda: (torch.randn(1, 2, 32, 16), torch.randn(1, 2, 32, 16),
+                                     torch.randn(1, 2, 32, 16, device="meta"), 1, {}), "must be on one device"),
 ]
 
 

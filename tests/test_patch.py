@@ -142,6 +142,36 @@ def test_other_attention_blocks_are_left_alone():
     assert [type(m) for m in model.modules()] == classes
 
 
+def test_look_alike_a2c2f_without_gamma_is_left_alone():
+    """A class named A2C2f with cv1 / cv2 / m but no gamma (a C2f-style block of another codebase) is not
+    ultralytics' A2C2f: patch leaves it, and says nothing was patched."""
+    from yolov12_fast.patch import module_kind
+
+    class A2C2f(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cv1, self.cv2 = nn.Conv2d(8, 8, 1), nn.Conv2d(16, 8, 1)
+            self.m = nn.ModuleList([nn.Identity()])
+
+    model = nn.Sequential(A2C2f())
+    assert module_kind(model[0]) is None
+    with pytest.warns(UserWarning, match="nothing patched"):
+        yf.patch(model, backend=BACKEND)
+    assert type(model[0]) is A2C2f
+
+
+def test_unpatched_puts_every_setting_back():
+    """yolov12_fast.unpatched (around checkpoint saving) restores the fast classes with their backend and
+    recompute settings, not the defaults."""
+    model = yf.patch(_small_model(), backend="reference", recompute="block")
+    with yf.unpatched(model):
+        assert not any(isinstance(m, yf.nn.FastModule) for m in model.modules())
+    fast = [m for m in model.modules() if isinstance(m, yf.nn.FastModule)]
+    with_backend, with_recompute = ([m for m in fast if hasattr(m, a)] for a in ("backend", "recompute"))
+    assert with_backend and all(m.backend == "reference" for m in with_backend)
+    assert with_recompute and all(m.recompute == "block" for m in with_recompute)
+
+
 def test_repatching_keeps_settings_not_given():
     """patch(m) on a patched model changes only what it is given: backend and recompute left out stay."""
     model = yf.patch(_small_model(), backend="reference", recompute="block")

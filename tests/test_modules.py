@@ -24,6 +24,7 @@ import os
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ultra_utils as U
 import yolov12_fast as yf
@@ -724,24 +725,25 @@ def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend):
     assert any("yolov12_fast" in o for o in ops), f"no yolov12_fast op in the graph: {sorted(ops)[:20]}"
 
 
+class _OpRecorder(TorchDispatchMode):
+    """The names of the ops dispatched while active (aten and yolov12_fast)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 def test_backend_reference_runs_the_reference_math_in_inference_mode():
     """backend="reference" is the numerics baseline (verify compares against it): the CPU inference fast path must
     not swap the C++ kernels in for it."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.add(str(func))
-            return func(*args, **(kwargs or {}))
-
     m = yf.nn.AAttn(64, 2, 4, backend="reference").eval()
     x = torch.randn(1, 64, 8, 8)
     with torch.inference_mode():
-        ops = Ops()
+        ops = _OpRecorder()
         with ops:
             m(x)
     ours = sorted(o for o in ops.seen if "yolov12_fast" in o)
@@ -754,24 +756,13 @@ def test_cpu_inference_mode_fast_path():
     numerics as ultralytics (layer outputs and final output)."""
     if not yf.can_use_cpp()[0] or BACKEND not in ("auto", "cpp"):
         pytest.skip("the direct path is the C++ CPU backend's")
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.add(str(func))
-            return func(*args, **(kwargs or {}))
-
     plain = U.build_model("n", "ultralytics", 640, True)
     fast = yf.patch(copy.deepcopy(plain), backend=BACKEND)
     imgs = U.images(640)[:1]
     names = _checked_modules(plain)
     with torch.inference_mode():
         expected, io = run_with_io(plain, imgs, names)
-        ops = Ops()
+        ops = _OpRecorder()
         with ops:
             actual = fast(imgs)[0]
     assert "yolov12_fast.area_attention_fwd_cxx.default" in ops.seen and "aten.addmm.default" in ops.seen

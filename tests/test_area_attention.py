@@ -110,6 +110,35 @@ def test_op_with_residual_in_the_kernel_under_autograd(backend):
 
 
 @pytest.mark.parametrize("backend", GRAD_BACKENDS)
+@pytest.mark.parametrize("layout", ["interleaved", "channels_last", "turbo"])
+def test_gradients_through_strided_views_and_a_strided_dout(backend, layout):
+    """Autograd into the conv outputs themselves: q, k, v stay strided views of them in the backward (the tests
+    above differentiate contiguous copies; turbo's k and v have different strides), and dout arrives
+    non-contiguous (token-major storage)."""
+    B, heads, D, H, W, area = 2, 2, 32, 5, 6, 2
+    C, N = heads * D, H * W
+    if layout == "turbo":  # a qk conv output (all q, then all k) and a separate v conv output
+        srcs = [torch.randn(B, 2 * C, H, W, device=DEV), torch.randn(B, C, H, W, device=DEV)]
+        views = lambda s: (*s[0].view(B, 2, heads, D, N).unbind(1), s[1].view(B, heads, D, N))
+    else:
+        srcs = [torch.randn(B, 3 * C, H, W, device=DEV)]
+        if layout == "channels_last":
+            srcs = [srcs[0].to(memory_format=torch.channels_last)]
+        views = lambda s: s[0].view(B, heads, 3 * D, N).split(D, dim=2)
+
+    leaves = [t.clone().requires_grad_(True) for t in srcs]
+    out = yolov12_fast.area_attention(*views(leaves), area, backend=backend)
+    dout = torch.randn(B, heads, N, D, device=DEV).transpose(2, 3)
+    assert not dout.is_contiguous()
+    grads = torch.autograd.grad(out, leaves, dout)
+    l64, ln = [t.double().requires_grad_(True) for t in srcs], [t.clone().requires_grad_(True) for t in srcs]
+    g64 = torch.autograd.grad(reference.area_attention(*views(l64), area), l64, dout.double())
+    gn = torch.autograd.grad(reference.area_attention(*views(ln), area), ln, dout)
+    for i, (g, n_, o) in enumerate(zip(grads, gn, g64)):
+        assert_close_to_oracle(g, n_, o, f"d(source {i}) {backend} {layout}")
+
+
+@pytest.mark.parametrize("backend", GRAD_BACKENDS)
 def test_backward_with_every_score_far_below_zero(backend):
     """Every score about -280 (lse about -280): the backward's P = exp2(s - lse) of padding keys in a partial tile
     is exp2(+280) = inf, and inf * 0 is NaN unless those keys are masked. 20 keys: a full tile and a partial one."""

@@ -43,6 +43,7 @@ SHAPES = [  # (B, C, HID, H, W, layout)
     (1, 96, 307, 3, 5, "channels_last"),  # odd hidden (yolo12l), C not a power of two
     (2, 128, 256, 4, 9, "slice"),         # a channel slice of a bigger NCHW buffer (A2C2f's concat)
     (1, 384, 460, 2, 3, "nchw"),          # yolo12x: 3 output-channel tiles of 128 or 2 of 256, odd hidden
+    (2, 40, 72, 3, 4, "nchw"),            # C not a multiple of the 32-channel K slice: the K tail is masked
 ]
 
 

@@ -138,6 +138,10 @@ def test_gradients_through_strided_views_and_a_strided_dout(backend, layout):
         assert_close_to_oracle(g, n_, o, f"d(source {i}) {backend} {layout}")
 
 
+# The Triton dk/dv program's rows of padding keys (past the area's end) hold inf and NaN here, by design: they are
+# never stored (kernels/area_attention.py, dk/dv stage 2). The interpreter's numpy reports them.
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered in matmul:RuntimeWarning")
 @pytest.mark.parametrize("backend", GRAD_BACKENDS)
 def test_backward_with_every_score_far_below_zero(backend):
     """Every score about -280 (lse about -280): the backward's P = exp2(s - lse) of padding keys in a partial tile

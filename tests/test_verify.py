@@ -198,3 +198,59 @@ def test_parse_imgsz():
     assert V._parse_imgsz("480x640") == (480, 640) == V._parse_imgsz("480,640") == V._parse_imgsz((480, 640))
     with pytest.raises(ValueError, match="multiples of 32"):
         V._parse_imgsz("500")
+
+
+def _dets(*rows):
+    """NMS rows (x1, y1, x2, y2, score, class) as verify's matcher takes them."""
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 6)
+
+
+def test_detection_matching_rules():
+    """The agreement check after NMS on hand-made detections: identical sets match; a class change, a moved box
+    or a missing detection is a problem; a detection whose score sits within rtol of the threshold, or an NMS
+    near-tie (two overlapping boxes of near-equal score, each model keeping the other), is borderline only."""
+    conf, iou_nms, rtol = 0.25, 0.7, 1e-3
+    ref = _dets([10, 10, 50, 50, 0.9, 1], [100, 100, 150, 160, 0.6, 2])
+
+    d = V._match(ref, ref.clone(), conf, iou_nms, rtol, "same")
+    assert d.passed and d.matched == 2 and d.borderline == 0 and d.min_iou == 1.0 and d.max_score_diff == 0.0
+
+    other_class = ref.clone()
+    other_class[1, 5] = 3
+    d = V._match(ref, other_class, conf, iou_nms, rtol, "class")
+    assert not d.passed and d.matched == 1 and len(d.problems) == 2  # each side's detection lacks a partner
+
+    moved = ref.clone()
+    moved[0, :4] += 2.0  # IoU about 0.82: below the match IoU, above the NMS IoU, but scores equal -> near-tie
+    moved[0, 4] = 0.5    # scores far apart: no near-tie either
+    d = V._match(ref, moved, conf, iou_nms, rtol, "moved")
+    assert not d.passed and d.matched == 1 and any("score 0.9" in p for p in d.problems)
+
+    tie = ref.clone()
+    tie[0, :4] += 2.0
+    tie[0, 4] = 0.9 * (1 + rtol / 2)
+    d = V._match(ref, tie, conf, iou_nms, rtol, "near-tie")
+    assert d.passed and d.matched == 1 and d.borderline == 2
+
+    at_threshold = _dets([10, 10, 50, 50, 0.9, 1], [100, 100, 150, 160, conf * (1 + rtol / 2), 2])
+    d = V._match(at_threshold, ref[:1], conf, iou_nms, rtol, "threshold")
+    assert d.passed and d.matched == 1 and d.borderline == 1
+
+    d = V._match(ref, ref[:1], conf, iou_nms, rtol, "missing")
+    assert not d.passed and any("ultralytics detection (class 2" in p for p in d.problems)
+
+
+def test_classification_top1_rules():
+    rtol = 1e-3
+    probs = torch.tensor([0.1, 0.6, 0.3], dtype=torch.float64)
+    d = V._match_top1(probs, probs.clone(), rtol, "same")
+    assert d.passed and d.matched == 1
+    near = torch.tensor([0.1, 0.6, 0.6 * (1 - rtol / 2)], dtype=torch.float64)
+    d = V._match_top1(near, torch.tensor([0.1, 0.2, 0.7], dtype=torch.float64), rtol, "near")
+    assert d.passed and d.borderline == 2
+    d = V._match_top1(probs, torch.tensor([0.1, 0.2, 0.7], dtype=torch.float64), rtol, "wrong")
+    assert not d.passed and "top-1 class 2" in d.problems[0]
+    # rtol is relative: small probabilities 2e-4 apart (4e-3 relative) are a real disagreement
+    small = torch.tensor([0.9, 0.05, 0.0498], dtype=torch.float64)
+    d = V._match_top1(small[1:], torch.tensor([0.01, 0.02], dtype=torch.float64), rtol, "relative")
+    assert not d.passed

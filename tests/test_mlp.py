@@ -159,6 +159,14 @@ def test_out_overlapping_x_is_refused():
     buf = torch.randn(1, 128, 3, 3, device=DEV)
     with pytest.raises(RuntimeError, match="out must not overlap x"):
         yolov12_fast.mlp_residual(buf[:, :64], *params(64, 128), out=buf[:, 32:96], backend="reference")
+    # one shared element is an overlap too (the last of x is the first of out); adjacent buffers are not
+    flat = torch.randn(2 * 64 * 9, device=DEV)
+    x, touching = flat[:64 * 9].view(1, 64, 3, 3), flat[64 * 9 - 1:2 * 64 * 9 - 1].view(1, 64, 3, 3)
+    with pytest.raises(RuntimeError, match="out must not overlap x"):
+        yolov12_fast.mlp_residual(x, *params(64, 128), out=touching, backend="reference")
+    adjacent, p = flat[64 * 9:].view(1, 64, 3, 3), params(64, 128)
+    yolov12_fast.mlp_residual(x, *p, out=adjacent, backend="reference")
+    torch.testing.assert_close(adjacent, yolov12_fast.mlp_residual(x, *p, backend="reference"), rtol=0, atol=0)
 
 
 def test_unflattenable_layout_is_refused_by_the_kernel():

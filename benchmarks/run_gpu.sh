@@ -134,6 +134,12 @@ quick_checks() {  # every kernel family once against the reference, then the cor
     say "core numerics tests exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-core-$STAMP.log)"
 }
 
+host_time() {  # AAttn's host time per inference call, through the ops vs direct (seconds; benchmarks/host.py)
+    say "host time of AAttn's inference path (python -m benchmarks.host)"
+    tmo 60 $PY -m benchmarks.host --device cuda 2>&1 | tee "$LOGDIR/host-$STAMP.log" | tail -3
+    return 0
+}
+
 sanitize() {  # compute-sanitizer memcheck and racecheck over small launches of every CUDA C++ / Triton kernel
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
@@ -186,10 +192,10 @@ main() {
     build || { report_and_copy; exit 1; }
     case "$PART" in
         part1) gpu_tests; bench 100 ceilings ops --cases "$PART1_OPS" ;;
-        part2) bench 25 ops --cases "$PART2_OPS"; bench 35 blocks; bench 100 model ;;
+        part2) host_time; bench 25 ops --cases "$PART2_OPS"; bench 35 blocks; bench 100 model ;;
         tests) full_gpu_tests; sanitize ;;
         quick) export YOLOV12_FAST_BENCH_COMPILE_S=0
-               quick_checks; bench 50 ceilings ops --cases "$QUICK_OPS"; bench 100 model --cases "$QUICK_MODEL" ;;
+               quick_checks; host_time; bench 50 ceilings ops --cases "$QUICK_OPS"; bench 100 model --cases "$QUICK_MODEL" ;;
     esac
     report_and_copy
     say "done"

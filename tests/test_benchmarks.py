@@ -467,6 +467,22 @@ def test_sanitizer_fails_when_nothing_ran(monkeypatch, capsys):
     assert "NOTHING RAN" in capsys.readouterr().out
 
 
+def test_host_time_measures_both_paths_and_restores_the_kernels(capsys):
+    """benchmarks/host.py (AAttn's inference host time: through the ops vs direct) runs here with the kernels
+    stubbed, reports both paths, and puts the real kernels and backend choices back afterwards."""
+    from benchmarks import host
+    from yolov12_fast.kernels import area_attention as tk
+    from yolov12_fast.ops import area_attention as aa
+    from yolov12_fast.ops import pe
+
+    real = (tk.area_attention_fwd, aa._usable, aa._auto_order, pe._usable, pe._reference)
+    r = host.measure("cpu", repeat=1, calls=5)
+    assert set(r) == {"ops", "direct"} and all(t > 0 for t in r.values()), r
+    assert (tk.area_attention_fwd, aa._usable, aa._auto_order, pe._usable, pe._reference) == real
+    assert host.main(["--device", "cpu", "--repeat", "1", "--calls", "5"]) == 0
+    assert "through the ops" in capsys.readouterr().out
+
+
 def test_exp2_ceiling_kernel_counts_and_computes(tmp_path):
     """The exp2-rate kernel of the ceilings suite (GPU only; here under the interpreter): each element runs 4
     chains of `iters` exp2(a) - 1 steps, so it computes 4 * iters * numel exponentials, and what it stores is that

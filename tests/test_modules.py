@@ -773,3 +773,50 @@ def test_cpu_inference_mode_fast_path():
             got = fast.get_submodule(n)(inp)
         assert_close_to_oracle(got.clone(), out, _oracle(plain.get_submodule(n), inp), f"inference_mode {n}")
     check_outputs(actual.clone(), expected.clone(), plain, imgs, "inference_mode output")
+
+
+@pytest.mark.parametrize("variant", ["ultralytics", "turbo"])
+@pytest.mark.parametrize("backend", ["triton", "reference"] + (["cpp"] if yf.can_use_cpp()[0] else []))
+def test_inference_mode_runs_the_kernels_without_the_op_layer(backend, variant, monkeypatch):
+    """Under torch.inference_mode AAttn calls the op bodies directly on the backend the ops would resolve to (host
+    time: a batch-1 GPU forward is host-bound): none of the public yolov12_fast ops is dispatched, the Triton kernel writes the
+    attention over the PE result it was handed (no second map), and the output is ultralytics' against the float64
+    oracle (an area that cuts rows, batch 3) and bit for bit what the ops give under no_grad."""
+    import yolov12_fast.nn.modules as fm
+    from ultralytics.nn.modules.block import AAttn
+
+    real = fm._attention_ops.plus_residual
+    calls = []
+
+    def spy(q, k, v, area, scale, residual, b):
+        out = real(q, k, v, area, scale, residual, b)
+        calls.append((b, out is residual))
+        return out
+
+    monkeypatch.setattr(fm._attention_ops, "plus_residual", spy)
+    plain = _randomize(U.TurboAAttn(64, 2, 4) if variant == "turbo" else AAttn(64, 2, 4)).eval()
+    fast = yf.patch(copy.deepcopy(plain), backend=backend)
+    x = torch.randn(3, 64, 5, 4)  # 20 tokens, area 4: 5 per area, each area cuts a row
+    with torch.no_grad():
+        naive, oracle = plain(x), _oracle(plain, x)
+    with torch.inference_mode():
+        ops = _OpRecorder()
+        with ops:
+            actual = fast(x)
+    public = {f"yolov12_fast.{op}.default" for op in yf.ops.OPS}
+    assert not public & ops.seen, sorted(public & ops.seen)
+    assert calls == [(backend, backend == "triton")], calls
+    assert_close_to_oracle(actual.clone(), naive, oracle, f"inference_mode {backend} {variant}")
+    with torch.no_grad():  # the ops' path: the same kernels, so the same bits
+        assert torch.equal(actual.clone(), fast(x))
+
+
+def test_inference_mode_bad_input_still_gets_the_ops_errors():
+    """The direct inference path takes only what the ops accept; anything else goes through the ops and their
+    clear errors: tokens not divisible by the area, an explicit backend that cannot run here."""
+    m = yf.nn.AAttn(64, 2, 4).eval()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="not divisible by area"):
+        m(torch.randn(1, 64, 3, 3))
+    m.backend = "cuda"
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="cannot run"):
+        m(torch.randn(1, 64, 4, 4))

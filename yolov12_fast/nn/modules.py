@@ -11,9 +11,10 @@ What the fast forward does (REFERENCE.md):
 - AAttn: runs the qkv (or qk and v) conv as ultralytics does, takes q, k, v as strided views of its output (no
   copies), P = pe(V) with the pe BatchNorm folded into the depthwise weights (`pe_add`), then
   O = area_attention(q, k, v, area, residual=P) (one fused pass; in inference on the Triton backend written over P
-  in place, `area_attention_add_`, so no second map is allocated), then proj. The folded pe weights are cached,
-  keyed on the parameters' storage and version counters (an optimizer step or load_state_dict invalidates the
-  cache); when gradients are needed they are folded on the fly inside the graph; when the pe BatchNorm is in
+  in place, `area_attention_add_`, so no second map is allocated), then proj. Under torch.inference_mode the op
+  bodies are called directly, without the custom-op layer (host time; AAttn._direct). The folded pe weights are
+  cached, keyed on the parameters' storage and version counters (an optimizer step or load_state_dict invalidates
+  the cache); when gradients are needed they are folded on the fly inside the graph; when the pe BatchNorm is in
   training mode (batch statistics) the pe Conv module itself runs on an NCHW copy of V (correctness first).
 - ABlock: x1 = x + attn(x); x1 + mlp(x1). With backend="triton" the MLP and its residual run as one fused kernel
   (`mlp_residual`, BatchNorm folded, the hidden activation never in memory); "auto" keeps the two 1x1 convs
@@ -48,9 +49,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _backends, reference
+from .. import reference
 from .._backends import BACKENDS
 from ..functional import area_attention, area_attention_add_, conv1x1_silu_residual, mlp_residual, pe_add
+from ..ops import area_attention as _attention_ops
+from ..ops import pe as _pe_ops
 from ..ops.area_attention import DTYPES, HEAD_DIMS
 from ..ops.area_attention import resolve_backend as resolve_attention_backend
 
@@ -414,14 +417,27 @@ class AAttn(FastModule):
         B, nh, hd, N = v.shape  # training-mode BN or an unusual pe: run the module itself on an NCHW copy
         return self._modules["pe"](v.reshape(B, nh * hd, H, W)).reshape(B, nh, hd, N)
 
-    def _cpu_direct(self, q: Tensor, hd: int) -> bool:
-        """Inference (torch.inference_mode, as ultralytics' predictor runs) on CPU with the C++ kernels: call the
-        compiled `_cxx` ops directly. The Python custom-op layer around them (checks, backend resolution) costs
-        about 0.1 ms per AAttn, a few percent of a batch-1 CPU forward of yolo12n. Not under no_grad alone, so that
-        benchmarks/proxies.py still counts the public ops."""
-        return (not _compiling() and torch.is_inference_mode_enabled() and q.device.type == "cpu"
-                and self.backend in ("auto", "cpp") and q.dtype in DTYPES and hd in HEAD_DIMS and _backends.can_use_cpp()[0]
-                and self._pe_foldable())
+    def _direct(self, q: Tensor, k: Tensor, v: Tensor) -> Optional[tuple[str, str]]:
+        """(pe backend, attention backend) when this call runs the kernels without the custom-op layer, else None.
+
+        Inference under torch.inference_mode (how ultralytics' predictor and validator run), eager, folded pe,
+        inputs the ops accept: the op bodies are called directly (ops.pe.run, ops.area_attention.plus_residual),
+        the same kernels on the same backends with the same results. The custom-op layer (dispatcher, checks,
+        backend resolution, functional wrappers) costs tens of microseconds of host time a call, and a batch-1
+        forward on a GPU is host-bound (benchmarks/README.md, "Host time"). Anything else (no_grad alone, autograd,
+        torch.compile, a bad input, an explicit backend that cannot run here) takes the ops, which raise the clear
+        errors; benchmarks/proxies.py counts the public ops under no_grad."""
+        if _compiling() or not torch.is_inference_mode_enabled() or q.dtype not in DTYPES \
+                or q.shape[2] not in HEAD_DIMS or not self._pe_foldable():
+            return None
+        backend = self.backend
+        if not _attention_ops._inputs_ok(q, k, v, self.area, None, backend):
+            return None
+        try:
+            return (_pe_ops.resolve_backend(backend, q.device),
+                    resolve_attention_backend(backend, q.device, q.dtype, q.shape[2]))
+        except RuntimeError:
+            return None
 
     def _attention_in_place(self, q: Tensor, p: Tensor) -> bool:
         """Inference with the Triton kernel: the attention output can overwrite the PE result P (our own fresh
@@ -444,10 +460,11 @@ class AAttn(FastModule):
         B, _, H, W = x.shape
         q, k, v = self._qkv_views(x)
         nh, hd = q.shape[1], q.shape[2]
-        if self._cpu_direct(q, hd):  # the compiled kernels without the custom-op layer (same results)
+        direct = self._direct(q, k, v)
+        if direct is not None:  # the kernels without the custom-op layer (same backends, same results)
             w, b = self._pe_params(q.dtype)
-            p = torch.ops.yolov12_fast.pe_add_cxx(v, w, b, None, H, W)
-            o = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, self.area, hd ** -0.5, p)[0]
+            p = _pe_ops.run(v, w, b, None, H, W, direct[0])
+            o = _attention_ops.plus_residual(q, k, v, self.area, hd ** -0.5, p, direct[1])
             return _conv1x1(self.proj, o.view(B, nh * hd, H, W))
         p = self._pe(v, H, W)
         if q.dtype in DTYPES and hd in HEAD_DIMS:

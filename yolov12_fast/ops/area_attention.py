@@ -194,16 +194,23 @@ def area_attention_add_(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float
     no second (B, C, H, W) map besides the PE result (peak memory: qkv + one map, not two); other backends and
     strided residuals compute out of place and copy back."""
     check_inputs(q, k, v, area, residual, backend)
+    out = plus_residual(q, k, v, area, scale, residual, resolve_backend(backend, q.device, q.dtype, q.shape[2]))
+    if out is not residual:
+        residual.copy_(out)
+
+
+def plus_residual(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, residual: Tensor, b: str) -> Tensor:
+    """residual + area_attention(q, k, v) on resolved backend `b` (no autograd), for inputs check_inputs accepted:
+    written over `residual` and returned when the Triton kernel can do that in place, else a new tensor. The body
+    of area_attention_add_; AAttn's inference path calls it directly, without the custom-op layer."""
     if q.numel() == 0:
-        return
-    b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
+        return residual
     # The kernel may write over the residual only when no program still reads it as q, k or v: a residual sharing
     # memory with them (say, v made contiguous and passed as both) would race on a GPU. Same storage: out of place.
     if b == "triton" and residual.is_contiguous() and not _shares_storage(residual, (q, k, v)):
         from ..kernels import area_attention as tk
-        tk.area_attention_fwd(q, k, v, area, scale, residual, out=residual)
-        return
-    residual.copy_(_fwd(q, k, v, area, scale, residual, b)[0])
+        return tk.area_attention_fwd(q, k, v, area, scale, residual, out=residual)[0]
+    return _fwd(q, k, v, area, scale, residual, b)[0]
 
 
 @area_attention_add_.register_fake
@@ -272,4 +279,4 @@ def flops(B: int, heads: int, head_dim: int, N: int, area: int, backward: bool =
 
 
 __all__ = ["area_attention_fwd", "area_attention_add_", "area_attention_bwd", "check_inputs", "check_residual",
-           "resolve_backend", "flops", "default_scale", "HEAD_DIMS", "DTYPES"]
+           "plus_residual", "resolve_backend", "flops", "default_scale", "HEAD_DIMS", "DTYPES"]

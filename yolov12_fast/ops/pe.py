@@ -102,7 +102,12 @@ def _reference(v, weight, bias, x, H, W):
 def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int,
            backend: str) -> Tensor:
     check_inputs(v, weight, bias, x, H, W, backend)
-    b = resolve_backend(backend, v.device)
+    return run(v, weight, bias, x, H, W, resolve_backend(backend, v.device))
+
+
+def run(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int, b: str) -> Tensor:
+    """The op's body on resolved backend `b`, for inputs check_inputs accepted. AAttn's inference path calls it
+    directly (without the custom-op layer); everything else goes through yolov12_fast::pe_add."""
     if v.numel() == 0:
         return torch.empty_like(v, memory_format=torch.contiguous_format)
     if b in ("cpp", "cuda"):

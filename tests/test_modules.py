@@ -775,6 +775,17 @@ def test_cpu_inference_mode_fast_path():
     check_outputs(actual.clone(), expected.clone(), plain, imgs, "inference_mode output")
 
 
+def _inference_mode_run(plain, fast, x):
+    """(plain(x), the float64 oracle, fast(x) under torch.inference_mode, the ops it dispatched)."""
+    with torch.no_grad():
+        naive, oracle = plain(x), _oracle(plain, x)
+    with torch.inference_mode():
+        ops = _OpRecorder()
+        with ops:
+            actual = fast(x)
+    return naive, oracle, actual, ops.seen
+
+
 @pytest.mark.parametrize("variant", ["ultralytics", "turbo"])
 @pytest.mark.parametrize("backend", ["triton", "reference"] + (["cpp"] if yf.can_use_cpp()[0] else []))
 def test_inference_mode_runs_the_kernels_without_the_op_layer(backend, variant, monkeypatch):
@@ -797,14 +808,9 @@ def test_inference_mode_runs_the_kernels_without_the_op_layer(backend, variant, 
     plain = _randomize(U.TurboAAttn(64, 2, 4) if variant == "turbo" else AAttn(64, 2, 4)).eval()
     fast = yf.patch(copy.deepcopy(plain), backend=backend)
     x = torch.randn(3, 64, 5, 4)  # 20 tokens, area 4: 5 per area, each area cuts a row
-    with torch.no_grad():
-        naive, oracle = plain(x), _oracle(plain, x)
-    with torch.inference_mode():
-        ops = _OpRecorder()
-        with ops:
-            actual = fast(x)
+    naive, oracle, actual, ops = _inference_mode_run(plain, fast, x)
     public = {f"yolov12_fast.{op}.default" for op in yf.ops.OPS}
-    assert not public & ops.seen, sorted(public & ops.seen)
+    assert not public & ops, sorted(public & ops)
     assert calls == [(backend, backend == "triton")], calls
     assert_close_to_oracle(actual.clone(), naive, oracle, f"inference_mode {backend} {variant}")
     with torch.no_grad():  # the ops' path: the same kernels, so the same bits
@@ -820,3 +826,26 @@ def test_inference_mode_bad_input_still_gets_the_ops_errors():
     m.backend = "cuda"
     with torch.inference_mode(), pytest.raises(RuntimeError, match="cannot run"):
         m(torch.randn(1, 64, 4, 4))
+
+
+def test_cpu_batch1_inference_runs_the_1x1_convs_as_gemms():
+    """A fused A2C2f (the state ultralytics predicts in) at batch 1 on CPU under inference_mode runs every 1x1 Conv
+    (cv1, cv2, qkv, proj and the MLP's two, SiLU in place) as an addmm, with ultralytics' numerics; batch 2 and a Conv
+    with a hook keep the convolution (the hook fires)."""
+    if not yf.can_use_cpp()[0] or BACKEND not in ("auto", "cpp"):
+        pytest.skip("checks the C++ CPU inference path")
+    plain = _fuse_like_ultralytics(_randomize(_ultralytics_ctor("a2c2f")(128, 128, 1, True, 4, True, 1.2))).eval()
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    for batch in (1, 2):
+        x = torch.randn(batch, 128, 5, 8)  # 40 tokens, area 4: areas of 10 cut rows
+        naive, oracle, actual, ops = _inference_mode_run(plain, fast, x)
+        convs = bool({"aten.convolution.default", "aten.conv2d.default"} & ops)
+        assert convs == (batch > 1) and ("aten.addmm.default" in ops) == (batch == 1), (batch, sorted(ops))
+        assert_close_to_oracle(actual.clone(), naive, oracle, f"A2C2f batch {batch}")
+    seen = []
+    fast.m[0][1].mlp[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.inference_mode():
+        actual = fast(x[:1])
+    assert seen == [torch.Size([1, 76, 5, 8])], seen
+    with torch.no_grad():
+        assert_close_to_oracle(actual.clone(), plain(x[:1]), _oracle(plain, x[:1]), "A2C2f with a hooked MLP conv")

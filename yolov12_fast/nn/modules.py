@@ -318,21 +318,51 @@ def _conv_tensors(m: nn.Module) -> list:
                                            else [])
 
 
-def _conv1x1(m: nn.Module, x: Tensor) -> Tensor:
-    """m(x). For a fused ultralytics 1x1 Conv without activation (qkv, proj after model.fuse()) on a contiguous
-    batch-1 CPU input under inference_mode: one addmm (MKL sgemm) instead of the oneDNN convolution, which at batch 1
-    gains nothing from a second thread (yolo12n's P4/P5 qkv and proj at 2 threads: 20-30% slower than the sgemm; at 1
-    thread torch runs an sgemm anyway)."""
+def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]:
+    """(weight as (out, in), bias as (out, 1), whether a SiLU follows) when m(x) can run as one addmm (MKL sgemm)
+    plus an in-place SiLU, else None: a fused ultralytics 1x1 Conv (no bn; activation SiLU or none) without hooks, on a
+    contiguous batch-1 CPU input under inference_mode. oneDNN's convolution gains nothing from a second thread at
+    batch 1: at 2 threads conv + SiLU measured 1.6-1.7x the addmm + SiLU at the ABlock MLP shapes of yolo12n
+    (64->76 over 40x40, 128->153 over 20x20) and 1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs an sgemm
+    anyway (equal times)."""
     conv = m._modules.get("conv")
-    if (not _compiling() and torch.is_inference_mode_enabled() and x.device.type == "cpu" and x.dim() == 4
-            and x.shape[0] == 1 and x.is_contiguous() and type(conv) is nn.Conv2d and "bn" not in m._modules
-            and type(m._modules.get("act", nn.Identity())) is nn.Identity and conv.kernel_size == (1, 1)
-            and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1 and conv.bias is not None
-            and conv.weight.dtype == x.dtype and all(_hookless(c) for c in (m, conv, m._modules.get("act") or m))):
-        C, N = x.shape[1], x.shape[2] * x.shape[3]
-        w = conv.weight.view(conv.out_channels, C)
-        return torch.addmm(conv.bias.view(-1, 1), w, x.view(C, N)).view(1, conv.out_channels, x.shape[2], x.shape[3])
-    return m(x)
+    if (_compiling() or not torch.is_inference_mode_enabled() or x.device.type != "cpu" or x.dim() != 4
+            or x.shape[0] != 1 or not x.is_contiguous() or type(conv) is not nn.Conv2d or "bn" in m._modules
+            or torch.is_autocast_enabled("cpu")):
+        return None
+    act = m._modules.get("act")
+    silu = type(act) is nn.SiLU
+    if not (silu or act is None or type(act) is nn.Identity):
+        return None
+    if not (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+            and conv.bias is not None and conv.weight.dtype == x.dtype and conv.in_channels == x.shape[1]
+            and all(_hookless(c) for c in (m, conv, act if act is not None else m))):
+        return None
+    return conv.weight.view(conv.out_channels, conv.in_channels), conv.bias.view(-1, 1), silu
+
+
+def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """m(x) for an ultralytics Conv, as an addmm (+ in-place SiLU) where _gemm_conv allows; written into `out` (a
+    contiguous tensor of the result's shape, e.g. a channel slice of A2C2f's batch-1 buffer) when given."""
+    g = _gemm_conv(m, x)
+    if g is None or (out is not None and out.dtype != x.dtype):
+        if out is None:
+            return m(x)
+        _conv_into(m, x, out)
+        return out
+    w, b, silu = g
+    H, W = x.shape[2], x.shape[3]
+    y = torch.addmm(b, w, x.view(x.shape[1], H * W), out=None if out is None else out.view(w.shape[0], H * W))
+    if silu:
+        F.silu(y, inplace=True)
+    return y.view(1, w.shape[0], H, W) if out is None else out
+
+
+def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
+    """mlp(x) for ABlock's MLP (nn.Sequential of two ultralytics Convs), its convs as addmm where _gemm_conv allows."""
+    if type(mlp) is nn.Sequential and len(mlp) == 2 and _hookless(mlp) and _gemm_conv(mlp[0], x) is not None:
+        return _conv1x1(mlp[1], _conv1x1(mlp[0], x))
+    return mlp(x)
 
 
 class AAttn(FastModule):
@@ -570,7 +600,7 @@ class ABlock(FastModule):
             return mlp_residual(x, *p, backend=self.backend)
         if recompute_mlp:
             return x + _checkpointed(self.mlp, self.mlp, x)
-        return x + self.mlp(x)
+        return x + _mlp(self.mlp, x)
 
     def forward_into(self, x: Tensor, out: Tensor) -> Tensor:
         """forward(x) written into `out` (e.g. a channel slice of A2C2f's buffer). No autograd (out= op)."""
@@ -578,7 +608,7 @@ class ABlock(FastModule):
         p = self._mlp_fused_params(x)
         if p is not None and out.dtype == x.dtype:
             return mlp_residual(x, *p, out=out, backend=self.backend)
-        return torch.add(x, self.mlp(x), out=out)
+        return torch.add(x, _mlp(self.mlp, x), out=out)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -669,7 +699,7 @@ class A2C2f(FastModule):
             if gamma is None:
                 return conv1x1_silu_residual(y, *p, backend=self.backend)
             return conv1x1_silu_residual(y, *p, residual=x, gamma=gamma, backend=self.backend)
-        z = self.cv2(y)
+        z = _conv1x1(self.cv2, y)
         if gamma is None:
             return z
         return torch.addcmul(x, gamma.view(1, -1, 1, 1), z)  # x + gamma * z
@@ -696,7 +726,7 @@ class A2C2f(FastModule):
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         buf = x.new_empty((B, (1 + n) * c_, H, W), dtype=dtype)
         prev = buf[:, :c_]
-        _conv_into(self.cv1, x, prev)
+        _conv1x1(self.cv1, x, out=prev)
         for i, m in enumerate(self.m, start=1):
             out = buf[:, i * c_:(i + 1) * c_]
             blocks = list(m) if isinstance(m, nn.Sequential) else []

@@ -3,7 +3,7 @@
     python -m benchmarks.host [--device cpu|cuda] [--repeat N]
 
 A batch-1 forward of a small YOLO12 on a GPU is host-bound: the GPU finishes each kernel before Python has issued the
-next, so every microsecond of Python per call is latency. Under torch.inference_mode AAttn calls the op bodies
+next, so every microsecond of Python per call is latency. In eager inference AAttn calls the op bodies
 (ops.pe.run, ops.area_attention.plus_residual) instead of the public ops yolov12_fast::pe_add and
 yolov12_fast::area_attention_add_; this measures what that saves per AAttn call, at a tiny shape so that the kernels
 themselves cost next to nothing:

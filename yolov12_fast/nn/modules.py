@@ -11,11 +11,12 @@ What the fast forward does (REFERENCE.md):
 - AAttn: runs the qkv (or qk and v) conv as ultralytics does, takes q, k, v as strided views of its output (no
   copies), P = pe(V) with the pe BatchNorm folded into the depthwise weights (`pe_add`), then
   O = area_attention(q, k, v, area, residual=P) (one fused pass; in inference on the Triton backend written over P
-  in place, `area_attention_add_`, so no second map is allocated), then proj. Under torch.inference_mode the op
-  bodies are called directly, without the custom-op layer (host time; AAttn._direct). The folded pe weights are
-  cached, keyed on the parameters' storage and version counters (an optimizer step or load_state_dict invalidates
-  the cache); when gradients are needed they are folded on the fly inside the graph; when the pe BatchNorm is in
-  training mode (batch statistics) the pe Conv module itself runs on an NCHW copy of V (correctness first).
+  in place, `area_attention_add_`, so no second map is allocated), then proj. In eager inference (inference_mode
+  or no_grad) the op bodies are called directly, without the custom-op layer (host time; AAttn._direct). The
+  folded pe weights are cached, keyed on the parameters' storage and version counters (an optimizer step or
+  load_state_dict invalidates the cache); when gradients are needed they are folded on the fly inside the graph;
+  when the pe BatchNorm is in training mode (batch statistics) the pe Conv module itself runs on an NCHW copy of V
+  (correctness first).
 - ABlock: x1 = x + attn(x); x1 + mlp(x1). With backend="triton" the MLP and its residual run as one fused kernel
   (`mlp_residual`, BatchNorm folded, the hidden activation never in memory); "auto" keeps the two 1x1 convs
   until the fused kernel measures faster than cuDNN on a GPU. While training, the MLP (recompute="mlp", what
@@ -85,6 +86,15 @@ def _decomposing() -> bool:
 
 def _compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+def _eager_inference() -> bool:
+    """Eager inference that nothing intercepts: no autograd graph is recorded (torch.inference_mode, as ultralytics'
+    predictor and validator run, or torch.no_grad), no torch.compile, tracing or export, no TorchDispatchMode (fake
+    tensors, export's functionalization, an op counter) and no functorch transform (vmap). Only then may a module
+    skip the custom ops and call kernels or GEMMs directly: anything that watches the ops sees them."""
+    return (not torch.is_grad_enabled() and not _compiling() and not _decomposing()
+            and torch._C._len_torch_dispatch_stack() == 0 and not torch._C._are_functorch_transforms_active())
 
 
 def _hookless(m: nn.Module) -> bool:
@@ -320,13 +330,13 @@ def _conv_tensors(m: nn.Module) -> list:
 
 def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]:
     """(weight as (out, in), bias as (out, 1), whether a SiLU follows) when m(x) can run as one addmm (MKL sgemm)
-    plus an in-place SiLU, else None: a fused ultralytics 1x1 Conv (no bn; activation SiLU or none) without hooks, on a
-    contiguous batch-1 CPU input under inference_mode. oneDNN's convolution gains nothing from a second thread at
-    batch 1: at 2 threads conv + SiLU measured 1.6-1.7x the addmm + SiLU at the ABlock MLP shapes of yolo12n
-    (64->76 over 40x40, 128->153 over 20x20) and 1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs an sgemm
-    anyway (equal times)."""
+    plus an in-place SiLU, else None: a fused ultralytics 1x1 Conv (no bn; activation SiLU or none) without hooks,
+    on a contiguous batch-1 CPU input in eager inference (_eager_inference). oneDNN's convolution gains nothing from
+    a second thread at batch 1: at 2 threads conv + SiLU measured 1.6-1.7x the addmm + SiLU at the ABlock MLP shapes
+    of yolo12n (64->76 over 40x40, 128->153 over 20x20) and 1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs
+    an sgemm anyway (equal times)."""
     conv = m._modules.get("conv")
-    if (_compiling() or not torch.is_inference_mode_enabled() or x.device.type != "cpu" or x.dim() != 4
+    if (not _eager_inference() or x.device.type != "cpu" or x.dim() != 4
             or x.shape[0] != 1 or not x.is_contiguous() or type(conv) is not nn.Conv2d or "bn" in m._modules
             or torch.is_autocast_enabled("cpu")):
         return None
@@ -450,14 +460,14 @@ class AAttn(FastModule):
     def _direct(self, q: Tensor, k: Tensor, v: Tensor) -> Optional[tuple[str, str]]:
         """(pe backend, attention backend) when this call runs the kernels without the custom-op layer, else None.
 
-        Inference under torch.inference_mode (how ultralytics' predictor and validator run), eager, folded pe,
-        inputs the ops accept: the op bodies are called directly (ops.pe.run, ops.area_attention.plus_residual),
-        the same kernels on the same backends with the same results. The custom-op layer (dispatcher, checks,
-        backend resolution, functional wrappers) costs tens of microseconds of host time a call, and a batch-1
-        forward on a GPU is host-bound (benchmarks/README.md, "Host time"). Anything else (no_grad alone, autograd,
-        torch.compile, a bad input, an explicit backend that cannot run here) takes the ops, which raise the clear
-        errors; benchmarks/proxies.py counts the public ops under no_grad."""
-        if _compiling() or not torch.is_inference_mode_enabled() or q.dtype not in DTYPES \
+        Eager inference (_eager_inference: inference_mode or no_grad, nothing watching the ops), folded pe, inputs
+        the ops accept: the op bodies are called directly (ops.pe.run, ops.area_attention.plus_residual), the same
+        kernels on the same backends with the same results. The custom-op layer (dispatcher, checks, backend
+        resolution, functional wrappers) costs tens of microseconds of host time a call, and a batch-1 forward on a
+        GPU is host-bound (benchmarks/README.md, "Host time"). Anything else (autograd, torch.compile, export, a
+        TorchDispatchMode such as benchmarks/proxies.py's counter, a bad input, an explicit backend that cannot run
+        here) takes the ops, which raise the clear errors."""
+        if not _eager_inference() or q.dtype not in DTYPES \
                 or q.shape[2] not in HEAD_DIMS or not self._pe_foldable():
             return None
         backend = self.backend

@@ -634,7 +634,9 @@ def test_fused_mlp_path(kind, args, shape, fused, monkeypatch):
 
 def test_attention_in_place_over_the_pe_output(monkeypatch):
     """Inference with backend='triton': AAttn writes the attention output over its PE result (one map fewer at peak
-    memory), with ultralytics' numerics; with autograd it keeps the out-of-place op."""
+    memory), with ultralytics' numerics: directly in eager inference (test_eager_inference_runs_the_kernels_...), and
+    through the in-place op area_attention_add_ while a dispatch mode watches the ops (benchmarks/proxies.py counts
+    the bytes that way), with the same bits; with autograd it keeps the out-of-place op."""
     import yolov12_fast.nn.modules as fm
     from ultralytics.nn.modules.block import AAttn
 
@@ -643,8 +645,15 @@ def test_attention_in_place_over_the_pe_output(monkeypatch):
     monkeypatch.setattr(fm, "area_attention_add_", lambda *a, **k: calls.append(1) or real(*a, **k))
     plain = _randomize(AAttn(64, 2, 4))
     fast = yf.patch(copy.deepcopy(plain), backend="triton")
-    check_module(fast, plain, torch.randn(2, 64, 6, 10), name="in place")
-    assert len(calls) == 1, calls
+    x = torch.randn(2, 64, 6, 10)
+    check_module(fast, plain, x, name="in place")
+    assert calls == []  # eager inference: the op body, not the op
+    with torch.no_grad():
+        direct = fast(x)
+        with _OpRecorder() as ops:
+            watched = fast(x)
+    assert len(calls) == 1 and "yolov12_fast.area_attention_add_.default" in ops.seen, (calls, sorted(ops.seen))
+    assert torch.equal(watched, direct)
     x = torch.randn(1, 64, 4, 4, requires_grad=True)
     fast(x).sum().backward()  # autograd: the differentiable out-of-place op
     assert len(calls) == 1 and x.grad is not None

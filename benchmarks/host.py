@@ -14,8 +14,9 @@ themselves cost next to nothing:
   time would hide the host's); what remains is dispatch, checks, backend resolution and the launchers' Python.
 
 Rows: `ops` (the functional API, through the custom-op layer, as before the direct path), `direct` (what AAttn's
-inference path now runs, including its checks and backend resolution); median of --repeat rounds, microseconds per
-AAttn call (PE + attention). Not a suite of `python -m benchmarks`: it times host code only, with stubs on CPU.
+inference path now runs, including its checks and backend resolution), both PE + attention; and the whole fused
+module, `ultralytics AAttn` vs `patched AAttn` (on CUDA: the host-bound latency of one block at batch 1). Median of
+--repeat rounds, microseconds per call. Not a suite of `python -m benchmarks`: it times host code, with stubs on CPU.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _stubs(device: torch.device):
     stack = contextlib.ExitStack()
     stack.enter_context(mock.patch.object(tk, "area_attention_fwd", lambda q, k, v, area, scale, residual=None,
                                           out=None: (out, None)))
-    stack.enter_context(mock.patch.object(aa, "_usable", lambda b, d: (True, "") if b == "triton" else real_usable(b, d)))
+    stack.enter_context(mock.patch.object(aa, "_usable", lambda b, d: (True, "") if b == "triton"
+                                          else real_usable(b, d)))
     stack.enter_context(mock.patch.object(aa, "_auto_order", lambda device, dtype, head_dim: ("triton",)))
     stack.enter_context(mock.patch.object(pe, "_usable", lambda b, d: (False, "stubbed") if b == "cpp"
                                           else real_usable(b, d)))  # PE: the reference (cuDNN on a GPU)
@@ -51,9 +53,29 @@ def _stubs(device: torch.device):
     return stack
 
 
+def _aattn_modules(dev: torch.device, dtype: torch.dtype):
+    """A fused ultralytics AAttn (dim 64, 2 heads, as `model.fuse()` leaves it for predict) and its patched copy."""
+    import copy
+
+    from ultralytics.nn.modules.block import AAttn
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    import yolov12_fast
+
+    plain = AAttn(64, 2, 1).eval()
+    for m in plain.modules():
+        if hasattr(m, "bn") and hasattr(m, "forward_fuse"):
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+    plain = plain.to(dev, dtype)
+    return plain, yolov12_fast.patch(copy.deepcopy(plain))
+
+
 def measure(device: str = "cpu", repeat: int = 7, calls: int = 2000) -> dict:
-    """Microseconds per AAttn call (PE + attention, one head pair of head_dim 32 on a 2x2 map), median of `repeat`
-    rounds of `calls` calls: {"ops": .., "direct": ..}."""
+    """Microseconds per AAttn call, median of `repeat` rounds of `calls` calls, on a 2x2 map with 2 heads of
+    head_dim 32: {"ops": .., "direct": ..} for PE + attention, and {"ultralytics AAttn": .., "patched AAttn": ..} for
+    the whole fused module (qkv, PE, attention, proj; on CPU ultralytics' small matmuls and the convs are real)."""
     from yolov12_fast.functional import area_attention_add_, pe_add
     from yolov12_fast.ops import area_attention as aa
     from yolov12_fast.ops import pe
@@ -73,10 +95,13 @@ def measure(device: str = "cpu", repeat: int = 7, calls: int = 2000) -> dict:
         p = pe.run(v, w, b, None, 2, 2, pe.resolve_backend("auto", dev))
         return aa.plus_residual(q, k, v, 1, 32 ** -0.5, p, aa.resolve_backend("auto", dev, dtype, 32))
 
+    plain, patched = _aattn_modules(dev, dtype)
+    x = torch.randn(1, 64, 2, 2, device=dev, dtype=dtype)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     out = {}
     with _stubs(dev), torch.inference_mode():
-        fns = {"ops": through_ops, "direct": direct}
+        fns = {"ops": through_ops, "direct": direct, "ultralytics AAttn": lambda: plain(x),
+               "patched AAttn": lambda: patched(x)}
         rounds = {name: [] for name in fns}
         for f in fns.values():
             for _ in range(min(200, calls)):
@@ -103,7 +128,9 @@ def main(argv=None) -> int:
     r = measure(a.device, a.repeat, a.calls)
     what = "real kernels, host-bound" if a.device == "cuda" else "kernels stubbed"
     print(f"AAttn host time per call ({a.device}, {what}, torch threads {torch.get_num_threads()}): "
-          f"through the ops {r['ops']:.1f} us, direct {r['direct']:.1f} us, saved {r['ops'] - r['direct']:.1f} us")
+          f"PE + attention through the ops {r['ops']:.1f} us, direct {r['direct']:.1f} us, saved "
+          f"{r['ops'] - r['direct']:.1f} us; whole fused AAttn: ultralytics {r['ultralytics AAttn']:.1f} us, patched "
+          f"{r['patched AAttn']:.1f} us")
     return 0
 
 

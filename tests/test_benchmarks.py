@@ -477,7 +477,7 @@ def test_host_time_measures_both_paths_and_restores_the_kernels(capsys):
 
     real = (tk.area_attention_fwd, aa._usable, aa._auto_order, pe._usable, pe._reference)
     r = host.measure("cpu", repeat=1, calls=5)
-    assert set(r) == {"ops", "direct"} and all(t > 0 for t in r.values()), r
+    assert set(r) == {"ops", "direct", "ultralytics AAttn", "patched AAttn"} and all(t > 0 for t in r.values()), r
     assert (tk.area_attention_fwd, aa._usable, aa._auto_order, pe._usable, pe._reference) == real
     assert host.main(["--device", "cpu", "--repeat", "1", "--calls", "5"]) == 0
     assert "through the ops" in capsys.readouterr().out

@@ -294,18 +294,20 @@ def _foldable_conv(m: nn.Module, act: type) -> bool:
     dilation, 'same' zero padding, activation of exactly type `act` (nn.Identity also when absent), and either no
     bn (fused) or an eval-mode BatchNorm2d with running statistics. No hooks on m, its conv or its bn: folding
     skips their forward calls, so a hooked Conv (feature capture, pruning, ablation) runs as a module."""
-    conv = getattr(m, "conv", None)
+    mods = m._modules  # children by name: getattr goes through nn.Module.__getattr__ (host time, every forward)
+    conv = mods.get("conv")
     if _cls(conv) is not nn.Conv2d:
         return False
-    if not (_hookless(m) and _hookless(conv) and (m._modules.get("bn") is None or _hookless(m._modules["bn"]))):
+    if not (_hookless(m) and _hookless(conv) and (mods.get("bn") is None or _hookless(mods["bn"]))):
         return False
     k = conv.kernel_size[0]
     if (conv.kernel_size != (k, k) or conv.stride != (1, 1) or conv.dilation != (1, 1)
             or conv.padding != (k // 2, k // 2) or conv.padding_mode != "zeros"):
         return False
-    if _cls(getattr(m, "act", nn.Identity())) is not act:
+    a = mods.get("act")
+    if (nn.Identity if a is None else _cls(a)) is not act:
         return False
-    bn = m._modules.get("bn")
+    bn = mods.get("bn")
     if bn is None:
         return True
     return _cls(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None \
@@ -336,8 +338,8 @@ def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]
     of yolo12n (64->76 over 40x40, 128->153 over 20x20) and 1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs
     an sgemm anyway (equal times)."""
     conv = m._modules.get("conv")
-    if (not _eager_inference() or x.device.type != "cpu" or x.dim() != 4
-            or x.shape[0] != 1 or not x.is_contiguous() or type(conv) is not nn.Conv2d or "bn" in m._modules
+    if (x.device.type != "cpu" or x.dim() != 4 or x.shape[0] != 1 or type(conv) is not nn.Conv2d
+            or "bn" in m._modules or not _eager_inference() or not x.is_contiguous()
             or torch.is_autocast_enabled("cpu")):
         return None
     act = m._modules.get("act")
@@ -437,7 +439,7 @@ class AAttn(FastModule):
         pe = self._modules["pe"]
         if not _foldable_conv(pe, nn.Identity):
             return False
-        conv = pe.conv
+        conv = pe._modules["conv"]
         return conv.kernel_size[0] % 2 == 1 and conv.groups == conv.in_channels == conv.out_channels
 
     def _pe_params(self, dtype: torch.dtype) -> tuple[Tensor, Optional[Tensor]]:

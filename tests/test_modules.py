@@ -852,13 +852,21 @@ def test_eager_inference_runs_the_kernels_without_the_op_layer(backend, variant,
 
 def test_eager_inference_bad_input_still_gets_the_ops_errors():
     """The direct inference path takes only what the ops accept; anything else goes through the ops and their
-    clear errors: tokens not divisible by the area, an explicit backend that cannot run here."""
+    clear errors: tokens not divisible by the area, an explicit backend that cannot run here, a pe conv whose width
+    is not the attention's (a kernel fed that weight could read past it)."""
     m = yf.nn.AAttn(64, 2, 4).eval()
     with torch.inference_mode(), pytest.raises(RuntimeError, match="not divisible by area"):
         m(torch.randn(1, 64, 3, 3))
     m.backend = "cuda"
     with torch.no_grad(), pytest.raises(RuntimeError, match="cannot run"):
         m(torch.randn(1, 64, 4, 4))
+    from ultralytics.nn.modules.conv import Conv
+
+    for backend in ["triton", "reference"] + (["cpp"] if yf.can_use_cpp()[0] else []):
+        m.backend = backend
+        m.pe = Conv(32, 32, 7, 1, 3, g=32, act=False).eval()  # a depthwise pe of the wrong width (32, not 64)
+        with torch.inference_mode(), pytest.raises(RuntimeError, match=r"pe_add: weight must be a depthwise \(64,"):
+            m(torch.randn(1, 64, 4, 4))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # deprecated; ultralytics exports with it

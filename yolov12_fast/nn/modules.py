@@ -338,8 +338,9 @@ def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]
     of yolo12n (64->76 over 40x40, 128->153 over 20x20) and 1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs
     an sgemm anyway (equal times)."""
     conv = m._modules.get("conv")
-    if (x.device.type != "cpu" or x.dim() != 4 or x.shape[0] != 1 or type(conv) is not nn.Conv2d
-            or "bn" in m._modules or not _eager_inference() or not x.is_contiguous()
+    # the device first (GPU forwards leave here at once), then the mode: under jit tracing x.shape[0] is a tensor
+    if (x.device.type != "cpu" or not _eager_inference() or x.dim() != 4 or x.shape[0] != 1
+            or type(conv) is not nn.Conv2d or "bn" in m._modules or not x.is_contiguous()
             or torch.is_autocast_enabled("cpu")):
         return None
     act = m._modules.get("act")
@@ -505,9 +506,10 @@ class AAttn(FastModule):
         direct = self._direct(q, k, v)
         if direct is not None:  # the kernels without the custom-op layer (same backends, same results)
             w, b = self._pe_params(q.dtype)
-            p = _pe_ops.run(v, w, b, None, H, W, direct[0])
-            o = _attention_ops.plus_residual(q, k, v, self.area, hd ** -0.5, p, direct[1])
-            return _conv1x1(self.proj, o.view(B, nh * hd, H, W))
+            if _pe_ops._inputs_ok(v, w, b, None, H, W, self.backend):  # else the op says what is wrong
+                p = _pe_ops.run(v, w, b, None, H, W, direct[0])
+                o = _attention_ops.plus_residual(q, k, v, self.area, hd ** -0.5, p, direct[1])
+                return _conv1x1(self.proj, o.view(B, nh * hd, H, W))
         p = self._pe(v, H, W)
         if q.dtype in DTYPES and hd in HEAD_DIMS:
             if self._attention_in_place(q, p):  # O = P + attention written over P: no second map

@@ -86,11 +86,31 @@ def _device_arch() -> int:
     return 10 * major + minor
 
 
+def _capturing(t) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def capture_hint(e: Exception, op: str, t) -> None:
+    """Called by every launcher when a launch raises: inside CUDA graph capture, raise the failure again with what
+    to do. Triton compiles and loads a kernel variant on its first launch, and CUDA forbids loading a module while
+    a stream is capturing ("operation not permitted when stream is capturing"; the capture is then invalid)."""
+    if _capturing(t):
+        raise RuntimeError(
+            f"{op} (triton): a kernel launch failed inside CUDA graph capture ({type(e).__name__}: {e}). Triton "
+            "compiles and loads each kernel variant on its first launch, which CUDA does not allow while a stream is "
+            "capturing: run the model (or op) once with the same shapes and dtypes before capturing, the warm-up "
+            "torch.cuda.graphs asks for (torch.compile(mode='reduce-overhead') warms up by itself)") from e
+
+
 def _prune(configs, named_args, **kwargs):
     """FMA tiles for FMA dots, tensor-core tiles otherwise; drop tiles far larger than the area (49 or 1 tokens
     per area): they only add masked work. Under torch.use_deterministic_algorithms(True) (DETERMINISTIC) one fixed
     config per (arch, dtype, tokens per area), not the fastest measured: tiles change the rounding, so a timed
-    choice could give another process other bits (like cudnn.benchmark)."""
+    choice could give another process other bits (like cudnn.benchmark).
+    The autotuner prunes only for a key it has not timed yet. When that first launch comes inside CUDA graph
+    capture, timing would synchronize the capturing stream (an error that invalidates the capture): take the same
+    fixed config instead, untimed (the autotuner then keeps it for this key; warm up before capturing, as
+    torch.cuda.graphs asks, to get the timed choice)."""
     if len(configs) == 1:
         return configs
     prec = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION"))
@@ -102,7 +122,7 @@ def _prune(configs, named_args, **kwargs):
     pool = [c for c in configs if c in allowed] or configs
     n = named_args["n"]
     keep = [c for c in pool if c.kwargs["BLOCK_M"] <= max(32, triton.next_power_of_2(n))] or pool[:1]
-    if kwargs.get("DETERMINISTIC", named_args.get("DETERMINISTIC")):
+    if kwargs.get("DETERMINISTIC", named_args.get("DETERMINISTIC")) or _capturing(named_args["Q"]):
         return keep[:1]  # the tile sizes set the summation order: a timed choice could differ between runs
     return keep
 
@@ -478,13 +498,17 @@ def area_attention_fwd(q, k, v, area: int, scale: float, residual=None, out=None
     prec = dot_precision(q.dtype)
     r = residual if residual is not None else q  # dummy pointer, never read
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        area_attention_fwd_kernel[_grid(B, heads, area, n)](
-            q, k, v, r, out, lse,
-            *q.stride(), *k.stride(), *v.stride(), *r.stride(),
-            heads, N, n, scale * LOG2E,
-            HEAD_DIM=D, HAS_RESIDUAL=residual is not None, DOT_PRECISION=prec, NEG_SCALE=scale < 0,
-            **_launch_flags(q, prec), **COMPILE_OPTIONS,
-        )
+        try:
+            area_attention_fwd_kernel[_grid(B, heads, area, n)](
+                q, k, v, r, out, lse,
+                *q.stride(), *k.stride(), *v.stride(), *r.stride(),
+                heads, N, n, scale * LOG2E,
+                HEAD_DIM=D, HAS_RESIDUAL=residual is not None, DOT_PRECISION=prec, NEG_SCALE=scale < 0,
+                **_launch_flags(q, prec), **COMPILE_OPTIONS,
+            )
+        except Exception as e:
+            capture_hint(e, "area_attention", q)
+            raise
     return out, lse
 
 
@@ -502,15 +526,20 @@ def area_attention_bwd(dout, q, k, v, out, residual, lse, area: int, scale: floa
     flags = _launch_flags(q, prec)
     _check_launch(area, n, q, k, v, dout, residual)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        block = 64
-        area_attention_bwd_preprocess_kernel[(B * heads, triton.cdiv(N, block))](
-            dout, out, r, delta, *dout.stride(), *r.stride(), heads, N,
-            HEAD_DIM=D, HAS_RESIDUAL=residual is not None, BLOCK=block, **COMPILE_OPTIONS)
-        common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), heads, N, n, scale * LOG2E, scale)
-        area_attention_bwd_dkdv_kernel[lambda meta: (B * heads, area * triton.cdiv(n, meta["BLOCK_N"]))](
-            q, k, v, dout, lse, delta, dk, dv, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags, **COMPILE_OPTIONS)
-        area_attention_bwd_dq_kernel[_grid(B, heads, area, n)](
-            q, k, v, dout, lse, delta, dq, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags, **COMPILE_OPTIONS)
+        try:
+            block = 64
+            area_attention_bwd_preprocess_kernel[(B * heads, triton.cdiv(N, block))](
+                dout, out, r, delta, *dout.stride(), *r.stride(), heads, N,
+                HEAD_DIM=D, HAS_RESIDUAL=residual is not None, BLOCK=block, **COMPILE_OPTIONS)
+            common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), heads, N, n, scale * LOG2E, scale)
+            area_attention_bwd_dkdv_kernel[lambda meta: (B * heads, area * triton.cdiv(n, meta["BLOCK_N"]))](
+                q, k, v, dout, lse, delta, dk, dv, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags,
+                **COMPILE_OPTIONS)
+            area_attention_bwd_dq_kernel[_grid(B, heads, area, n)](
+                q, k, v, dout, lse, delta, dq, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags, **COMPILE_OPTIONS)
+        except Exception as e:
+            capture_hint(e, "area_attention backward", q)
+            raise
     return dq, dk, dv
 
 

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .area_attention import COMPILE_OPTIONS, TRITON_DTYPE, aot_signature, dot_precision, uses_fma
+from .area_attention import COMPILE_OPTIONS, TRITON_DTYPE, aot_signature, capture_hint, dot_precision, uses_fma
 from .mlp import _arch, _flat, _is_channels_last, conv1x1_silu_tile, load_cn, nc_tile
 
 
@@ -88,9 +88,13 @@ def conv1x1_silu_residual(x, w, b, residual=None, gamma=None, out=None):
     g = gamma.contiguous() if gamma is not None else b
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        conv1x1_silu_residual_kernel[grid](x, wm, b, res, g, out, *strides[0], *sr, *strides[1], C, K, N,
-                                           HAS_RESIDUAL=residual is not None, DOT_PRECISION=prec, **cfg,
-                                           **COMPILE_OPTIONS)
+        try:
+            conv1x1_silu_residual_kernel[grid](x, wm, b, res, g, out, *strides[0], *sr, *strides[1], C, K, N,
+                                               HAS_RESIDUAL=residual is not None, DOT_PRECISION=prec, **cfg,
+                                               **COMPILE_OPTIONS)
+        except Exception as e:
+            capture_hint(e, "conv1x1_silu_residual", x)
+            raise
     return out
 
 

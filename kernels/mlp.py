@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .area_attention import COMPILE_OPTIONS, TRITON_DTYPE, aot_signature, dot_precision, uses_fma
+from .area_attention import COMPILE_OPTIONS, TRITON_DTYPE, aot_signature, capture_hint, dot_precision, uses_fma
 
 
 @triton.jit
@@ -135,8 +135,12 @@ def mlp_residual(x, w1, b1, w2, b2, out=None):
     b1, b2 = b1.contiguous(), b2.contiguous()  # the kernel reads them as contiguous vectors
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(C, cfg["BLOCK_C"]), B)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        mlp_residual_kernel[grid](x, w1m, b1, w2m, b2, out, *sx, *so, C, HID, N,
-                                  DOT_PRECISION=prec, **cfg, **COMPILE_OPTIONS)
+        try:
+            mlp_residual_kernel[grid](x, w1m, b1, w2m, b2, out, *sx, *so, C, HID, N,
+                                      DOT_PRECISION=prec, **cfg, **COMPILE_OPTIONS)
+        except Exception as e:
+            capture_hint(e, "mlp_residual", x)
+            raise
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .area_attention import COMPILE_OPTIONS, TRITON_DTYPE, aot_signature
+from .area_attention import COMPILE_OPTIONS, TRITON_DTYPE, aot_signature, capture_hint
 
 
 @triton.jit
@@ -71,10 +71,14 @@ def pe_add(v, weight, bias, x, H: int, W: int):
     xx = x if x is not None else v
     block_t = 64 if D <= 32 else 32
     with torch.cuda.device(v.device) if v.is_cuda else contextlib.nullcontext():
-        pe_add_kernel[(B * heads, triton.cdiv(N, block_t))](
-            v, w, bias.contiguous() if bias is not None else w, xx, out, *v.stride(), *xx.stride(), heads, H, W, N,
-            HEAD_DIM=D, KSIZE=weight.shape[-1], HAS_BIAS=bias is not None, HAS_X=x is not None, BLOCK_T=block_t,
-            num_warps=num_warps(weight.shape[-1]), **COMPILE_OPTIONS)
+        try:
+            pe_add_kernel[(B * heads, triton.cdiv(N, block_t))](
+                v, w, bias.contiguous() if bias is not None else w, xx, out, *v.stride(), *xx.stride(), heads, H, W,
+                N, HEAD_DIM=D, KSIZE=weight.shape[-1], HAS_BIAS=bias is not None, HAS_X=x is not None,
+                BLOCK_T=block_t, num_warps=num_warps(weight.shape[-1]), **COMPILE_OPTIONS)
+        except Exception as e:
+            capture_hint(e, "pe_add", v)
+            raise
     return out
 
 

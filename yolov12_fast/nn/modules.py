@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules import module as _mm
 
 from .. import reference
 from .._backends import BACKENDS
@@ -99,8 +100,6 @@ def _eager_inference() -> bool:
 
 def _hookless(m: nn.Module) -> bool:
     """No module hooks on m (and no global ones): calling its pieces directly is then equivalent to m(x)."""
-    from torch.nn.modules import module as _mm
-
     return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                 or _mm._global_forward_hooks or _mm._global_forward_pre_hooks or _mm._global_backward_hooks
                 or _mm._global_backward_pre_hooks)

@@ -27,6 +27,12 @@ def _parse(argv):
                    help="only cases whose name matches REGEX (re.search), e.g. 'fwd P4 640x640' or 'yolo12n'")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     a = p.parse_args(argv)
+    try:
+        a.threads = tuple(int(t) for t in str(a.threads).split(",") if t.strip())
+    except ValueError:
+        a.threads = ()
+    if not a.threads or min(a.threads) < 1:
+        p.error(f"--threads {a.threads}: give positive thread counts, comma-separated (e.g. 1,2)")
     unknown = [s for s in a.suites if s not in SUITES]
     if unknown:
         p.error(f"unknown suite(s) {', '.join(unknown)}: choose from {', '.join(SUITES)} (or `report`, `proxies`)")
@@ -54,7 +60,7 @@ def run(argv=None) -> int:
     suites = list(a.suites) or list(SUITES)
     if "ops" in suites and "ceilings" not in suites:
         suites.insert(0, "ceilings")  # the roofline needs them; cheap
-    threads = tuple(int(t) for t in str(a.threads).split(",") if t.strip())
+    threads = a.threads
     ctx = Context(torch.device(device), quick=a.quick, out_dir=a.out or RESULTS_DIR, threads=threads,
                   budget_s=a.budget_s, progress=not a.no_progress, cases=a.cases)
     print(f"# {ctx.meta['device']} | torch {ctx.meta['torch']} | triton {ctx.meta['triton']} | CUDA {ctx.meta['cuda']} "
@@ -63,6 +69,7 @@ def run(argv=None) -> int:
     import importlib
 
     failed = []
+    asked = 0  # rows of the suites the user named (ceilings come along with ops)
     for s in [x for x in SUITES if x in suites]:
         t0 = time.perf_counter()
         n0 = len(ctx.written)
@@ -76,9 +83,18 @@ def run(argv=None) -> int:
         rows = ctx.written[n0:]
         counts = {k: sum(1 for r in rows if r.get("status") == k) for k in ("ok", "skipped", "error")}
         bad = sum(1 for r in rows if str(r.get("check", "pass")) != "pass")
+        asked += len(rows) if (s in a.suites or not a.suites) else 0
+        if counts["skipped"]:
+            budget = sum(1 for r in rows if r.get("status") == "skipped" and "budget" in str(r.get("reason")))
+            if budget:
+                print(f"# {s}: {budget} cases skipped: suite time budget used up (raise --budget-s to run them)")
         print(f"# {s}: {counts['ok']} measured, {counts['skipped']} skipped, {counts['error']} errors, "
               f"{bad} failed checks, {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"# rows appended to {ctx.path}")
+    if a.cases and not asked and not failed:
+        print(f"--cases {a.cases!r} matched no case of {' '.join(a.suites) or 'any suite'}: nothing was measured "
+              "(the case names are in the row lines of a --quick run)", file=sys.stderr)
+        return 1
     if failed:
         print("# suites that crashed:\n#   " + "\n#   ".join(failed), file=sys.stderr)
         return 1

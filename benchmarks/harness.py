@@ -100,10 +100,11 @@ def slug(text: str, limit: int = 48) -> str:
     return s[:limit].rstrip("-") or "device"
 
 
-def results_path(out_dir: Path, meta: dict) -> Path:
-    """<out>/<device>-<date>.jsonl, e.g. nvidia-h100-80gb-hbm3-2025-11-25.jsonl or cpu-intel-xeon-...-2025-11-25.jsonl."""
+def results_path(out_dir: Path, meta: dict, quick: bool = False) -> Path:
+    """<out>/<device>-<date>.jsonl, e.g. nvidia-h100-80gb-hbm3-2025-11-25.jsonl or cpu-intel-xeon-...-2025-11-25.jsonl;
+    a --quick smoke run writes <device>-<date>-quick.jsonl (git-ignored: smoke rows never mix with recorded figures)."""
     dev = meta["device"] if meta["device_kind"] == "cuda" else "cpu-" + meta["device"]
-    return Path(out_dir) / f"{slug(dev)}-{meta['date'][:10]}.jsonl"
+    return Path(out_dir) / f"{slug(dev)}-{meta['date'][:10]}{'-quick' if quick else ''}.jsonl"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ class Context:
         if not self.meta:
             self.meta = machine_meta(self.device)
         if self.path is None:
-            self.path = results_path(self.out_dir, self.meta)
+            self.path = results_path(self.out_dir, self.meta, self.quick)
 
     def emit(self, rows) -> None:
         rows = [rows] if isinstance(rows, dict) else list(rows)
@@ -282,6 +283,8 @@ class Context:
         self.written.extend(rows)
         if self.echo:
             for r in rows:
+                if r.get("status") == "skipped" and "budget" in str(r.get("reason")):
+                    continue  # one line per suite counts these (python -m benchmarks' summary), not one per row
                 print(format_row(r), flush=True)
 
     def _ceiling_key(self) -> int:

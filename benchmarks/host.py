@@ -124,7 +124,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: host time is one thread's; more only adds contention)")
     a = p.parse_args(argv)
+    torch.set_num_threads(max(1, a.threads))
+    print(f"timing AAttn's inference path: {a.repeat} rounds x {a.calls} calls of 4 variants ...", flush=True)
     r = measure(a.device, a.repeat, a.calls)
     what = "real kernels, host-bound" if a.device == "cuda" else "kernels stubbed"
     print(f"AAttn host time per call ({a.device}, {what}, torch threads {torch.get_num_threads()}): "

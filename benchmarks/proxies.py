@@ -37,6 +37,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -358,16 +359,30 @@ def cuda_ptxas() -> list:
 
 
 def compute(aot: bool = True) -> dict:
+    """Every proxy. Minutes on a 2-core CPU (most of it the ahead-of-time compiles of every Triton variant and
+    every .cu file; aot=False / --no-aot skips them): each phase prints a line to stderr as it starts."""
+    t0 = time.perf_counter()
+
+    def phase(what):
+        print(f"proxies [{time.perf_counter() - t0:.0f} s]: {what}", file=sys.stderr, flush=True)
+
     meta = machine_meta(torch.device("cpu"))
+    phase("kernel launches and modeled bytes of yolo12n forwards (reference, patched)")
+    launches = launch_proxies()
+    phase("launches of a training step")
+    launches.update(train_launch_proxies())
+    phase("peak memory of training steps (fake tensors)")
     res = {"schema": 1, "meta": {k: meta[k] for k in ("torch", "triton", "cuda", "ultralytics", "commit", "date")},
-           "slack": SLACK, "gpu_model": GPU_MODEL, "launches": {**launch_proxies(), **train_launch_proxies()},
-           "train_memory": train_memory_proxies()}
+           "slack": SLACK, "gpu_model": GPU_MODEL, "launches": launches, "train_memory": train_memory_proxies()}
     if aot:
-        for key, fn in (("triton_aot", triton_aot), ("cuda_ptxas", cuda_ptxas)):
+        for key, fn, what in (("triton_aot", triton_aot, "ahead-of-time compile of every Triton variant (minutes)"),
+                              ("cuda_ptxas", cuda_ptxas, "nvcc -Xptxas -v of every .cu file for each arch")):
+            phase(what)
             try:
                 res[key] = fn()
             except Exception as e:
                 res[key] = {"skipped": f"{type(e).__name__}: {e}"[:500]}
+    phase("done")
     return res
 
 

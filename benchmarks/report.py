@@ -400,9 +400,12 @@ def render(path: Path) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__.splitlines()[0])
-    p.add_argument("files", nargs="*", type=Path, help=f"result .jsonl files (default: all under {RESULTS_DIR})")
+    p.add_argument("files", nargs="*", type=Path,
+                   help=f"result .jsonl files (default: the newest under {RESULTS_DIR}, the run you just made)")
+    p.add_argument("--all", action="store_true", help=f"render every .jsonl under {RESULTS_DIR}")
     a = p.parse_args(argv)
-    files = a.files or sorted(RESULTS_DIR.glob("*.jsonl"))
+    found = sorted(RESULTS_DIR.glob("*.jsonl"))
+    files = a.files or (found if a.all else sorted(found, key=lambda f: f.stat().st_mtime)[-1:])
     if not files:
         print(f"no result files under {RESULTS_DIR}: run `python -m benchmarks` first")
         return 1

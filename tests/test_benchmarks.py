@@ -34,6 +34,7 @@ def quick_cpu(tmp_path_factory):
     rc = bench_main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out), "--no-progress"])
     files = list(out.glob("*.jsonl"))
     assert rc == 0 and len(files) == 1, f"rc {rc}, files {files}"
+    assert files[0].name.endswith("-quick.jsonl"), files  # smoke rows never land in a recorded (committed) file
     return _rows(files[0])
 
 
@@ -561,3 +562,35 @@ def test_run_gpu_tests_part_covers_every_file_with_gpu_tests():
     assert all((root / f).is_file() for f in listed), listed
     with_gpu = {f"tests/{p.name}" for p in (root / "tests").glob("test_*.py") if "pytest.mark.gpu" in p.read_text()}
     assert with_gpu - {"tests/test_benchmarks.py"} <= listed, sorted(with_gpu - listed)
+
+
+def test_report_renders_the_newest_file_unless_asked_for_all(tmp_path, monkeypatch):
+    """`report` with no file renders the run just made (the newest .jsonl), not every recorded file (which would
+    rewrite committed tables); --all renders each."""
+    import os
+
+    from benchmarks import report
+
+    older, newer = tmp_path / "cpu-x-2026-01-01.jsonl", tmp_path / "cpu-x-2026-01-02-quick.jsonl"
+    for i, f in enumerate((older, newer)):
+        f.write_text("")
+        os.utime(f, (1_000_000 + i, 1_000_000 + i))
+    seen = []
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "render", lambda f: seen.append(f.name) or [])
+    assert report.main([]) == 0 and seen == [newer.name]
+    seen.clear()
+    assert report.main(["--all"]) == 0 and sorted(seen) == sorted([older.name, newer.name])
+
+
+def test_bad_thread_counts_and_cases_that_match_nothing_are_errors(tmp_path, capsys):
+    """--threads 0 (or junk) stops at argument parsing; a --cases regex that matches no case of the named suites
+    exits 1 saying so, instead of 'rows appended' with nothing measured."""
+    for bad in ("0", "1,x", ""):
+        with pytest.raises(SystemExit) as e:
+            bench_main(["ops", "--device", "cpu", "--threads", bad])
+        assert e.value.code == 2
+    assert "give positive thread counts" in capsys.readouterr().err
+    rc = bench_main(["ops", "--device", "cpu", "--quick", "--threads", "1", "--cases", "^no such case$", "--out",
+                     str(tmp_path), "--no-progress"])
+    assert rc == 1 and "matched no case of ops" in capsys.readouterr().err

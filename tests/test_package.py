@@ -233,7 +233,9 @@ def test_demo_runs(tmp_path):
 
 
 @pytest.mark.parametrize("args, says", [(["--imgsz", "500"], "multiple of 32"), (["--model", "nonexistent.pt"], "no such checkpoint"),
-                                        (["--image", "nonexistent.jpg"], "no such file")])
+                                        (["--image", "nonexistent.jpg"], "no such file"),
+                                        (["--repeat", "0"], "--repeat must be at least 1"),
+                                        (["--model", "yolo12q.yaml"], "--model yolo12q.yaml: ultralytics cannot build")])
 def test_demo_refuses_bad_arguments(tmp_path, args, says):
     """A clear message and exit 2, before any model is built (not a traceback from deep inside ultralytics)."""
     p = subprocess.run([sys.executable, "-m", "yolov12_fast", "demo", *args], capture_output=True, text=True,

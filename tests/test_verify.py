@@ -191,6 +191,45 @@ def test_cli_exit_code_on_a_corrupted_module(tmp_path):
 def test_cli_usage_errors(tmp_path):
     r = _cli(str(tmp_path / "missing.pt"))
     assert r.returncode == 2 and "no such checkpoint" in r.stderr, r.stderr
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    r = _cli(str(junk))
+    assert r.returncode == 2 and "junk.pt: ultralytics cannot load it" in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without a GPU")
+@pytest.mark.parametrize("kw,msg", [(dict(device="cuda"), "no CUDA device is visible here; use device='cpu'"),
+                                    (dict(backend="cuda"), "backend 'cuda' cannot run on cpu"),
+                                    (dict(device="cpu", backend="triton"), "backend 'triton' cannot run on cpu"),
+                                    (dict(device="gpu0"), "device 'gpu0'"),
+                                    (dict(images=["nope.jpg"]), "no such image: nope.jpg")],
+                         ids=["device-cuda", "backend-cuda", "backend-triton", "bad-device", "missing-image"])
+def test_arguments_that_cannot_work_here_are_refused_before_any_model_is_built(kw, msg, monkeypatch):
+    """Before the minutes of building and calibrating two models: a CUDA device or a GPU backend on a machine
+    without one, a malformed device, a missing image (the command line prints these as usage errors, exit 2)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the interpreter would let triton run on CPU
+    monkeypatch.setattr(V, "_load", lambda *a: pytest.fail("a model was built"))
+    import yolov12_fast.utils
+
+    monkeypatch.setattr(yolov12_fast.utils, "load_images", lambda *a: pytest.fail("images were loaded"))
+    with pytest.raises((ValueError, FileNotFoundError), match=msg):
+        V.verify("yolo12n.yaml", **kw)
+
+
+def test_a_failure_inside_verify_is_not_reported_as_a_usage_error(monkeypatch):
+    """Exit 2 means 'your arguments': a RuntimeError from inside (a kernel, a bug) propagates with its traceback
+    (exit 1 from the interpreter) instead of being printed as a usage error."""
+    import argparse
+
+    def broken(*a, **k):
+        raise RuntimeError("a kernel failed")
+
+    monkeypatch.setattr(V, "verify", broken)
+    args = argparse.Namespace(model="yolo12n.yaml", images=None, imgsz="640", variant=None, dtype="float32",
+                              backend="auto", device="cpu", fuse=True, conf=None, iou=0.7, seed=0, json=False,
+                              json_out=None)
+    with pytest.raises(RuntimeError, match="a kernel failed"):
+        V.run(args)
 
 
 def test_parse_imgsz():

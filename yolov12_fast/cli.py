@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             import ultralytics  # noqa: F401
         except ImportError as e:
             print(f"yolov12-fast {args.cmd}: needs ultralytics (it runs ultralytics' YOLO12 as the reference): "
-                  "`pip install 'ultralytics>=8.3.78'` (or `pip install 'yolov12_fast[ultralytics]'`); "
+                  "`pip install 'ultralytics>=8.3.78'` (or, in the clone, `pip install --no-build-isolation -e '.[ultralytics]'`); "
                   f"importing it failed: {e}", file=sys.stderr)
             return 2
     return args.fn(args)

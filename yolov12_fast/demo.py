@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run YOLO12 through the reference and every fast path; print error and time")
     p.add_argument("--model", default="yolo12n.yaml", help="config name or checkpoint path (default yolo12n.yaml)")
     p.add_argument("--image", default=None, help="image path (default: ultralytics' bundled bus.jpg)")
-    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of 32 (default 640)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per path (median reported)")
     p.add_argument("--out", default="yolov12_fast_demo.jpg", help="where to save the annotated image")
     p.set_defaults(fn=run)
@@ -58,13 +58,21 @@ def run(args) -> int:
     if args.imgsz < 32 or args.imgsz % 32:
         print(f"yolov12-fast demo: error: --imgsz must be a positive multiple of 32 (the model's stride), got {args.imgsz}")
         return 2
+    if args.repeat < 1:
+        print(f"yolov12-fast demo: error: --repeat must be at least 1, got {args.repeat}")
+        return 2
     if not os.path.exists(image):
         print(f"yolov12-fast demo: error: --image {image}: no such file")
         return 2
     if not str(args.model).endswith((".yaml", ".yml")) and not os.path.exists(args.model):
         print(f"yolov12-fast demo: error: --model {args.model}: no such checkpoint (or pass a config such as yolo12n.yaml)")
         return 2
-    yolo = YOLO(args.model)
+    try:
+        yolo = YOLO(args.model)
+    except Exception as e:  # an unknown config name (yolo12q.yaml), a file that is no checkpoint
+        print(f"yolov12-fast demo: error: --model {args.model}: ultralytics cannot build or load it "
+              f"({type(e).__name__}: {e})")
+        return 2
     model = yolo.model.float()
     x = load_images([image], args.imgsz)
     if str(args.model).endswith((".yaml", ".yml")):

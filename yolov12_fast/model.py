@@ -30,7 +30,7 @@ try:
     from ultralytics.utils.torch_utils import unwrap_model
 except ImportError as e:
     raise ImportError("yolov12_fast.YOLO is ultralytics' YOLO with the fast modules: install ultralytics, "
-                      "`pip install 'ultralytics>=8.3.78'` (or `pip install 'yolov12_fast[ultralytics]'`), "
+                      "`pip install 'ultralytics>=8.3.78'` (or, in the clone, `pip install --no-build-isolation -e '.[ultralytics]'`), "
                       f"then try again ({e})") from e
 
 from .nn.modules import _check_backend, _check_recompute

@@ -229,9 +229,12 @@ def _load(model, variant: Optional[str], imgs, seed: int):
         raise FileNotFoundError(f"no such checkpoint: {name} (a config name ends in .yaml)")
     from ultralytics import YOLO
 
-    root = YOLO(name).model
+    try:
+        root = YOLO(name).model
+    except Exception as e:  # not a checkpoint ultralytics can load: the argument is wrong, say why
+        raise ValueError(f"{name}: ultralytics cannot load it ({type(e).__name__}: {e})") from e
     if not isinstance(root, nn.Module):
-        raise TypeError(f"{name} holds no PyTorch model")
+        raise ValueError(f"{name} holds no PyTorch model")
     return root.float().cpu(), _layout(root), f"checkpoint {os.path.basename(name)}", False
 
 
@@ -472,9 +475,21 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
     if dt_name is None:
         raise ValueError(f"dtype must be one of {sorted(set(DTYPES.values()))}, got {dtype!r}")
     dt = getattr(torch, dt_name)
-    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is visible here; use device='cpu'")
+    if backend != "auto":  # before minutes of building and calibrating: can this backend run on dev at all?
+        ok, why = _usable_anywhere(backend, dev)
+        if not ok:
+            raise ValueError(f"backend {backend!r} cannot run on {dev.type}: {why}")
     hw = _parse_imgsz(imgsz)
     paths = [str(p) for p in (images or asset_paths())]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"no such image: {', '.join(missing)}")
     imgs = load_images(paths, hw)
 
     base, layout, weights, random_weights = _load(model, variant, imgs, seed)
@@ -575,6 +590,14 @@ def add_parser(sub) -> None:
     p.set_defaults(fn=run)
 
 
+def _usable_anywhere(backend: str, dev: torch.device) -> tuple:
+    """Whether the attention kernels of `backend` run on dev (the module's other ops fall back where they have no
+    kernel of that backend: 'cuda' has no MLP kernel, for instance)."""
+    from .ops.area_attention import _usable
+
+    return _usable(backend, dev)
+
+
 def run(args) -> int:
     """`yolov12-fast verify`: runs verify() offline (the command sets ultralytics' offline settings for its own
     process; the library function leaves the caller's environment alone), prints the report; exit 0 pass, 1 a
@@ -590,8 +613,8 @@ def run(args) -> int:
         report = verify(args.model, args.images, args.imgsz, variant=args.variant, dtype=args.dtype,
                         backend=args.backend, device=args.device, fuse=args.fuse, conf=args.conf, iou=args.iou,
                         seed=args.seed)
-    except (ValueError, FileNotFoundError, RuntimeError, TypeError) as e:
-        print(f"yolov12-fast verify: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # what the arguments name is wrong or missing; anything else is a
+        print(f"yolov12-fast verify: error: {e}", file=sys.stderr)  # failure with its traceback (exit 1)
         return 2
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
     if args.json_out:

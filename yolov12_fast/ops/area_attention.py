@@ -63,7 +63,8 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[
     torch._check(q.dtype == k.dtype == v.dtype, lambda: f"area_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     torch._check(q.device == k.device == v.device, lambda: f"area_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     D, N = q.shape[2], q.shape[3]
-    torch._check(D in HEAD_DIMS, lambda: f"area_attention: head_dim {D} is not supported; supported: {HEAD_DIMS}")
+    torch._check(D in HEAD_DIMS, lambda: f"area_attention: head_dim {D} is not supported; supported: {HEAD_DIMS} "
+                 f"(q, k, v are (B, heads, head_dim, N): got shape {tuple(q.shape)})")
     torch._check(area >= 1, lambda: f"area_attention: area must be >= 1, got {area}")
     torch._check(N % area == 0, lambda: f"area_attention: N = H*W = {N} tokens is not divisible by area = {area}; pad the feature map (ultralytics pads inputs to multiples of 32)")
     if residual is not None:

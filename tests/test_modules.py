@@ -901,3 +901,96 @@ def test_cpu_batch1_inference_runs_the_1x1_convs_as_gemms(monkeypatch):
     with torch.no_grad():
         traced = torch.jit.trace(fast, x[:1], check_trace=False)
         assert_close_to_oracle(traced(x), plain(x), _oracle(plain, x), "A2C2f traced at batch 1, run at batch 2")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# found by differential fuzzing of the patched modules against ultralytics (each test failed before its fix)
+
+
+def test_folded_weights_follow_a_training_mode_batchnorm_forward():
+    """A train-mode forward updates BatchNorm's running statistics in place without bumping their version counters
+    (only num_batches_tracked changes version): the folded-weight cache must see it. Before, an eval forward after
+    a train-mode one (BatchNorm recalibration, test-time adaptation) kept the old folded pe weights: 2e-2 off."""
+    from ultralytics.nn.modules.block import AAttn
+
+    plain = _randomize(AAttn(64, 2, 1))
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    x = torch.randn(2, 64, 6, 6)
+    with torch.no_grad():
+        fast(x)  # fills the caches
+        for m in (plain, fast):
+            m.train()
+            m(3 * x + 1)  # new running statistics
+            m.eval()
+        want, got = copy.deepcopy(plain).double()(x.double()), fast(x)
+        naive = plain(x)
+    assert_close_to_oracle(got, naive, want, "eval after a train-mode forward")
+
+
+def test_a_head_dim_without_kernels_falls_back_in_the_pe_too():
+    """AAttn(96, 2): head_dim 48 has no fused kernel. The attention runs the reference math (with a warning); the PE
+    branch must too, instead of sending head_dim 48 to the Triton pe_add kernel, which refuses it."""
+    import warnings
+
+    from ultralytics.nn.modules.block import AAttn
+
+    plain = _randomize(AAttn(96, 2, 1))
+    x = torch.randn(1, 96, 4, 4)
+    for backend in ("triton", BACKEND):
+        fast = yf.patch(copy.deepcopy(plain), backend=backend)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the fallback's warning (once per process)
+            got = fast(x)
+        with torch.no_grad():
+            assert_close_to_oracle(got, plain(x), copy.deepcopy(plain).double()(x.double()), f"head_dim 48, {backend}")
+
+
+@pytest.mark.parametrize("kind", ["ablock", "a2c2f"])
+def test_triton_blocks_accept_views_whose_tokens_do_not_flatten(kind):
+    """A transposed H/W view is a valid input (ultralytics takes it). The fused Triton MLP / cv2 kernels read only
+    tensors whose H, W flatten into one token dim: such a view takes the unfused path instead of an error."""
+    from ultralytics.nn.modules.block import A2C2f, ABlock
+
+    plain = _randomize(ABlock(64, 2, 1.2, 1) if kind == "ablock" else A2C2f(64, 64, 1, True, 1, True, 1.2))
+    fast = yf.patch(copy.deepcopy(plain), backend="triton")
+    x = torch.randn(1, 64, 4, 6).transpose(2, 3)
+    with torch.no_grad():
+        assert_close_to_oracle(fast(x), plain(x), copy.deepcopy(plain).double()(x.double()), f"{kind}, transposed view")
+
+
+def test_an_empty_feature_map_gets_convs_error_on_every_path():
+    """H = 0 at batch 1: ultralytics' conv2d refuses it. The batch-1 CPU GEMM path must not answer an empty tensor
+    where the same module with grad enabled raises."""
+    from ultralytics.nn.modules.block import AAttn
+
+    plain = _randomize(AAttn(64, 2, 4))
+    fast = yf.patch(copy.deepcopy(plain).float(), backend=BACKEND)
+    for m in fast.modules():  # fused convs (model.fuse()): what _gemm_conv takes
+        if hasattr(m, "bn") and hasattr(m, "forward_fuse"):
+            from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+    x = torch.randn(1, 64, 0, 4)
+    for ctx in (torch.no_grad, torch.inference_mode, torch.enable_grad):
+        with ctx(), pytest.raises(RuntimeError):
+            fast(x)
+
+
+def test_a2c2f_keeps_a_channels_last_input_channels_last():
+    """Without autograd A2C2f writes cv1 and the blocks into one buffer: for a channels_last input (a model moved
+    with .to(memory_format=torch.channels_last)) the buffer, hence the output, is channels_last, as ultralytics'
+    torch.cat makes it and as the grad-enabled path does; NCHW before."""
+    from ultralytics.nn.modules.block import A2C2f
+
+    plain = _randomize(A2C2f(64, 64, 1, True, 4, False, 2.0))
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    x = torch.randn(1, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    cl = lambda t: t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            got, ref = fast(x), plain(x)
+        assert cl(ref) and cl(got), ctx
+        with torch.no_grad():
+            assert_close_to_oracle(got, ref, copy.deepcopy(plain).double()(x.double()), "channels_last A2C2f")

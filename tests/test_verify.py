@@ -139,6 +139,15 @@ def test_cli_checkpoint_json(tmp_path):
 # fails loudly, naming the module
 
 
+def test_a_check_that_compares_nothing_says_so():
+    """At a threshold nothing reaches there are no detections to match: the report still passes (nothing differs)
+    but its notes, its JSON and its PASS line say the detection check was vacuous."""
+    report = V.verify("yolo12n.yaml", images=[asset_paths()[0]], imgsz=320, backend=BACKEND, device=DEVICE, conf=0.9999)
+    assert report.passed and all(d.ref == d.patched == 0 for d in report.detections)
+    assert any(n.startswith("vacuous: no detections on bus.jpg") for n in report.to_dict()["notes"]), report.notes
+    assert "PASS (partly vacuous: see the notes above)" in report.format()
+
+
 def test_verify_fails_on_a_corrupted_module(monkeypatch):
     from yolov12_fast.nn import modules as M
 

@@ -182,7 +182,9 @@ class VerifyReport:
         lines += [f"note: {n}" for n in self.notes]
         n = len(self.modules)
         if self.passed:
-            lines += ["", f"PASS: {n} swapped modules, the final output and the detections are within tolerance."]
+            vacuous = " (partly vacuous: see the notes above)" if any(x.startswith("vacuous:") for x in self.notes) else ""
+            lines += ["", f"PASS{vacuous}: {n} swapped modules, the final output and the detections are within "
+                          "tolerance."]
         else:
             lines += [""] + [f"FAIL: {f}" for f in self.failures()]
         return "\n".join(lines)
@@ -553,6 +555,14 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
             c, ref_dets = auto, nms(ref_pred, auto)
         dets.append(_match(ref_dets, nms(fast_pred, c), c, iou, score_tol, os.path.basename(p), rotated))
 
+    zero = [r.name for r in mod_rows if r.ref_max == 0]
+    if zero:
+        notes.append(f"vacuous: {len(zero)} swapped module(s) output exactly 0 on these inputs ({', '.join(zero[:3])}"
+                     f"{', ...' if len(zero) > 3 else ''}): their rows check nothing")
+    empty = [d.image for d in dets if task != "classify" and d.ref == 0 and d.patched == 0]
+    if empty:
+        notes.append(f"vacuous: no detections on {', '.join(empty)} at the compared threshold, so nothing was "
+                     "matched there; lower --conf")
     name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     return VerifyReport(name, layout, weights, paths, list(hw), str(dev) + (f" ({torch.cuda.get_device_name(dev)})"
                         if dev.type == "cuda" else ""), dt_name, resolved, fuse, mod_rows, out_rows, dets,

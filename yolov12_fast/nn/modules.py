@@ -105,6 +105,16 @@ def _hookless(m: nn.Module) -> bool:
                 or _mm._global_backward_pre_hooks)
 
 
+def _tokens_flatten(t: Tensor) -> bool:
+    """Whether the H and W dims of a (B, C, H, W) tensor flatten into one token dim (NCHW, channels_last and channel
+    slices of either): the layouts the fused Triton pointwise-conv kernels read. Other views take the unfused path."""
+    return t.dim() == 4 and (t.shape[2] == 1 or t.shape[3] == 1 or t.stride(2) == t.shape[3] * t.stride(3))
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"yolov12_fast: unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -323,10 +333,12 @@ def _fold_conv(m: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Optional[Tenso
 
 
 def _conv_tensors(m: nn.Module) -> list:
-    """The tensors a folded Conv depends on (the cache key)."""
+    """The tensors a folded Conv depends on (the cache key). A training-mode BatchNorm forward updates running_mean
+    and running_var in place without bumping their version counters; num_batches_tracked, which it increments with
+    an ordinary in-place add, does change version with every such forward."""
     bn = m._modules.get("bn")
-    return [m.conv.weight, m.conv.bias] + ([bn.weight, bn.bias, bn.running_mean, bn.running_var] if bn is not None
-                                           else [])
+    return [m.conv.weight, m.conv.bias] + ([bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                            bn.num_batches_tracked] if bn is not None else [])
 
 
 def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]:
@@ -338,7 +350,7 @@ def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]
     an sgemm anyway (equal times)."""
     conv = m._modules.get("conv")
     # the device first (GPU forwards leave here at once), then the mode: under jit tracing x.shape[0] is a tensor
-    if (x.device.type != "cpu" or not _eager_inference() or x.dim() != 4 or x.shape[0] != 1
+    if (x.device.type != "cpu" or not _eager_inference() or x.dim() != 4 or x.shape[0] != 1 or x.numel() == 0
             or type(conv) is not nn.Conv2d or "bn" in m._modules or not x.is_contiguous()
             or torch.is_autocast_enabled("cpu")):
         return None
@@ -451,9 +463,9 @@ class AAttn(FastModule):
         """P = pe(V) as (B, heads, head_dim, N)."""
         if self._pe_foldable():
             w, b = self._pe_params(v.dtype)
-            if v.dtype in DTYPES:
+            if v.dtype in DTYPES and v.shape[2] in HEAD_DIMS:
                 return pe_add(v, w, b, H, W, backend=self.backend)
-            B, nh, hd, N = v.shape  # float64: plain depthwise conv
+            B, nh, hd, N = v.shape  # float64, or a head_dim no kernel has (the attention falls back too): plain conv
             out = F.conv2d(v.reshape(B, nh * hd, H, W), w, b, padding=w.shape[-1] // 2, groups=w.shape[0])
             return out.reshape(B, nh, hd, N)
         B, nh, hd, N = v.shape  # training-mode BN or an unusual pe: run the module itself on an NCHW copy
@@ -572,7 +584,7 @@ class ABlock(FastModule):
         It does when the MLP backend for this module's backend is a fused kernel (today: backend='triton';
         'auto' keeps the two cuDNN/oneDNN convs until a GPU benchmark shows the kernel faster), the two children
         are plain foldable 1x1 Convs (SiLU, then no activation) without hooks, and x is fp16/bf16/fp32."""
-        if self.backend != "triton" or x.dtype not in DTYPES or _decomposing():
+        if self.backend != "triton" or x.dtype not in DTYPES or _decomposing() or not _tokens_flatten(x):
             return None
         mlp = self._modules["mlp"]
         if not (isinstance(mlp, nn.Sequential) and len(mlp) == 2 and _hookless(mlp)):
@@ -689,7 +701,8 @@ class A2C2f(FastModule):
         kernel faster) when cv2 is a plain foldable 1x1 SiLU Conv without hooks and x, y and gamma share a
         dtype (under autocast ultralytics' addcmul promotes an fp16 cv2 output with the fp32 gamma to fp32: that
         case keeps the unfused math)."""
-        if self.backend != "triton" or y.dtype not in DTYPES or _decomposing():
+        if (self.backend != "triton" or y.dtype not in DTYPES or _decomposing() or not _tokens_flatten(y)
+                or not _tokens_flatten(x)):
             return None
         cv2, gamma = self.cv2, self.gamma
         if gamma is not None and not (x.dtype == y.dtype == gamma.dtype):
@@ -737,7 +750,8 @@ class A2C2f(FastModule):
         # cv1's output dtype: the autocast dtype under autocast, else x's (conv needs x and weight to agree)
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        buf = x.new_empty((B, (1 + n) * c_, H, W), dtype=dtype)
+        buf = torch.empty((B, (1 + n) * c_, H, W), dtype=dtype, device=x.device,
+                          memory_format=torch.channels_last if _channels_last(x) else torch.contiguous_format)
         prev = buf[:, :c_]
         _conv1x1(self.cv1, x, out=prev)
         for i, m in enumerate(self.m, start=1):

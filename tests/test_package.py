@@ -277,3 +277,14 @@ def test_every_public_name_exists():
                              if not m.name.endswith(("__main__", "._C")) and ".kernels" not in m.name]
     missing = [(m.__name__, n) for m in mods for n in getattr(m, "__all__", ()) if not hasattr(m, n)]
     assert len(mods) > 10 and not missing, missing
+
+
+def test_info_prints_once_or_returns_the_text(capsys):
+    """yolov12_fast.info() prints the report and returns None (a REPL would otherwise show it twice, the second time
+    as an escaped string); info(as_text=True) returns it without printing."""
+    import yolov12_fast
+
+    assert yolov12_fast.info() is None
+    printed = capsys.readouterr().out
+    text = yolov12_fast.info(as_text=True)
+    assert capsys.readouterr().out == "" and printed == text + "\n" and "backends:" in text

@@ -18,14 +18,16 @@ __all__ = ["area_attention", "area_attention_add_", "pe_add", "mlp_residual", "c
 __all__ += ["nn", "patch", "unpatch", "patched", "unpatched", "is_patched", "clear_caches", "YOLO", "info"]
 
 
-def info() -> str:
+def info(as_text: bool = False):
     """What can run here (the text of `yolov12-fast info`): versions, devices, and per backend whether it is usable
-    and why not. Printed and returned."""
+    and why not. Printed (returns None, so a REPL shows it once); as_text=True returns the text instead."""
     from .cli import info_lines
 
     text = "\n".join(info_lines())
+    if as_text:
+        return text
     print(text)
-    return text
+    return None
 
 
 def __getattr__(name):

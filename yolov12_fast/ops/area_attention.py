@@ -113,7 +113,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: Optional[torch.dt
         return "reference"
     ok, why = _usable(backend, device)
     if not ok:
-        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run on {device.type}: {why}")
+        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run on {device.type}: {why} "
+                           f"(backend='auto' picks what runs on {device.type}; a model patched for the GPU runs after .cuda())")
     return backend
 
 

@@ -65,7 +65,8 @@ def resolve_backend(backend: str, device: torch.device, op: str = "mlp_residual"
                            "'reference' (torch 1x1 convs), or 'auto'")
     ok, why = _usable(backend, device)
     if not ok:
-        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run {op} on {device.type}: {why}")
+        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run {op} on {device.type}: {why} "
+                           f"(backend='auto' picks what runs on {device.type}; a model patched for the GPU runs after .cuda())")
     return backend
 
 

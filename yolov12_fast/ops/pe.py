@@ -71,7 +71,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "reference"
     ok, why = _usable(backend, device)
     if not ok:
-        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run pe_add on {device.type}: {why}")
+        raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run pe_add on {device.type}: {why} "
+                           f"(backend='auto' picks what runs on {device.type}; a model patched for the GPU runs after .cuda())")
     return backend
 
 

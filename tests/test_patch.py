@@ -387,9 +387,18 @@ _LOADER = textwrap.dedent("""
 """)
 
 
+def _path_without_this_repo() -> str:
+    """PYTHONPATH minus this repository's entries: packages installed with --target + PYTHONPATH (the GPU machines'
+    ultralytics) stay importable."""
+    root = os.path.realpath(os.path.join(os.path.dirname(__file__), ".."))
+    keep = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and not os.path.realpath(p).startswith(root)]
+    return os.pathsep.join(keep)
+
+
 def _load_plain(tmp_path, **paths) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = ""  # nothing from this repository on the path
+    env["PYTHONPATH"] = _path_without_this_repo()  # nothing from this repository on the path
     r = subprocess.run([sys.executable, "-c", _LOADER, json.dumps({k: str(v) for k, v in paths.items()})],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -405,7 +414,7 @@ def _assert_safe_load_is_plain(ckpt, cwd):
             f"y = YOLO({str(ckpt)!r}); print(type(y.model.model[6]).__module__)\n"
             "print(any(k.split('.')[0] == 'yolov12_fast' for k in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
-                       env={**os.environ, "PYTHONPATH": ""}, timeout=300)
+                       env={**os.environ, "PYTHONPATH": _path_without_this_repo()}, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.split() == ["ultralytics.nn.modules.block", "False"]
 

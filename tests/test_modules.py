@@ -994,3 +994,21 @@ def test_a2c2f_keeps_a_channels_last_input_channels_last():
         assert cl(ref) and cl(got), ctx
         with torch.no_grad():
             assert_close_to_oracle(got, ref, copy.deepcopy(plain).double()(x.double()), "channels_last A2C2f")
+
+
+def test_fallback_warnings_point_at_the_callers_line(monkeypatch):
+    """The head_dim fallback warning is raised deep inside the patched module's forward; it names the user's line
+    (here, this file), not torch's nn.Module or custom-op machinery."""
+    import warnings
+
+    from ultralytics.nn.modules.block import AAttn
+
+    from yolov12_fast.nn import modules as M
+
+    monkeypatch.setattr(M, "_WARNED_HEAD_DIMS", set())
+    fast = yf.patch(_randomize(AAttn(96, 2, 1)), backend=BACKEND)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        fast(torch.randn(1, 96, 4, 4))
+    (w,) = [w for w in caught if "head_dim 48" in str(w.message)]
+    assert w.filename == __file__, w.filename

@@ -205,3 +205,18 @@ def test_fast_input_checks_are_never_looser_than_the_full_ones(monkeypatch, data
     args = (v, w, bias, x, H, W, backend)
     if pe._inputs_ok(*args):
         assert not _slow_check_raises(pe, args, monkeypatch), f"fast path accepted what the checks refuse: {args[4:]}"
+
+
+def test_the_auto_fallback_warning_points_at_the_callers_line(monkeypatch):
+    """When no fused kernel can run, 'auto' falls back to the reference with a RuntimeWarning, raised inside the
+    custom op: it names the caller's line (this file), not torch/_library/custom_ops.py."""
+    import warnings
+
+    monkeypatch.setattr(aa, "_warned", set())
+    monkeypatch.setattr(aa, "_usable", lambda b, d: (b == "reference", "disabled by the test"))
+    q, k, v = (torch.randn(1, 2, 32, 16) for _ in range(3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yolov12_fast.area_attention(q, k, v, 1)
+    (w,) = [w for w in caught if "falling back to the plain-PyTorch reference" in str(w.message)]
+    assert w.filename == __file__, w.filename

@@ -10,10 +10,23 @@ import functools
 import importlib
 import importlib.util
 import os
+import sys
 
 import torch
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "reference")
+
+
+_OWN_FILES = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
+
+
+def user_stacklevel() -> int:
+    """The warnings.warn stacklevel of the first caller outside yolov12_fast and torch (a warning raised inside an op
+    or a module's forward then points at the user's line, not at torch's custom-op or nn.Module machinery)."""
+    f, level = sys._getframe(1), 1
+    while f is not None and f.f_code.co_filename.startswith(_OWN_FILES):
+        f, level = f.f_back, level + 1
+    return level
 
 
 def triton_interpret() -> bool:

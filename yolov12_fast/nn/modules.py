@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules import module as _mm
 
-from .. import reference
+from .. import _backends, reference
 from .._backends import BACKENDS
 from ..functional import area_attention, area_attention_add_, conv1x1_silu_residual, mlp_residual, pe_add
 from ..ops import area_attention as _attention_ops
@@ -532,7 +532,7 @@ class AAttn(FastModule):
             if hd not in HEAD_DIMS and hd not in _WARNED_HEAD_DIMS:
                 _WARNED_HEAD_DIMS.add(hd)
                 warnings.warn(f"yolov12_fast AAttn: head_dim {hd} has no fused kernel (supported: {HEAD_DIMS}); "
-                              "running the plain-PyTorch math", RuntimeWarning, stacklevel=2)
+                              "running the plain-PyTorch math", RuntimeWarning, stacklevel=_backends.user_stacklevel())
             o = reference.area_attention(q, k, v, self.area, hd ** -0.5, residual=p)
         return self.proj(o.view(B, nh * hd, H, W))
 

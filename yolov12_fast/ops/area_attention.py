@@ -109,7 +109,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: Optional[torch.dt
             _warned.add(device.type)
             reasons = "; ".join(f"{b}: {_usable(b, device)[1]}" for b in order)
             warnings.warn(f"yolov12_fast: no fused area-attention kernel can run on {device.type} ({reasons}); "
-                          "falling back to the plain-PyTorch reference", RuntimeWarning, stacklevel=3)
+                          "falling back to the plain-PyTorch reference", RuntimeWarning,
+                          stacklevel=_backends.user_stacklevel())
         return "reference"
     ok, why = _usable(backend, device)
     if not ok:

@@ -345,7 +345,7 @@ def test_first_launches_inside_capture_in_a_fresh_process():
     cannot be captured, and the error says to warm up; after a warm-up at another token count of the same
     specialisation, a capture at a new count works (a new autotune key, chosen untimed) and replays correctly."""
     _skip_unless("triton")
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(COLD)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", textwrap.dedent(COLD)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.split("\n")
     cold = [ln for ln in lines if ln.startswith("COLD-")]

@@ -194,6 +194,21 @@ class VerifyReport:
 # helpers
 
 
+def _vacuous_notes(mod_rows: list, dets: list, task: str) -> list:
+    """Notes for the parts of a report that compared nothing: modules whose output is exactly 0 on these inputs, and
+    images without a detection on either side at the compared threshold (format() then says PASS is partly vacuous)."""
+    notes = []
+    zero = [r.name for r in mod_rows if r.ref_max == 0]
+    if zero:
+        notes.append(f"vacuous: {len(zero)} swapped module(s) output exactly 0 on these inputs ({', '.join(zero[:3])}"
+                     f"{', ...' if len(zero) > 3 else ''}): their rows check nothing")
+    empty = [d.image for d in dets if task != "classify" and d.ref == 0 and d.patched == 0]
+    if empty:
+        notes.append(f"vacuous: no detections on {', '.join(empty)} at the compared threshold, so nothing was "
+                     "matched there; lower --conf")
+    return notes
+
+
 def _parse_imgsz(imgsz) -> tuple[int, int]:
     if isinstance(imgsz, str):
         parts = [p for p in imgsz.replace("x", ",").replace(" ", ",").split(",") if p]
@@ -555,14 +570,7 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
             c, ref_dets = auto, nms(ref_pred, auto)
         dets.append(_match(ref_dets, nms(fast_pred, c), c, iou, score_tol, os.path.basename(p), rotated))
 
-    zero = [r.name for r in mod_rows if r.ref_max == 0]
-    if zero:
-        notes.append(f"vacuous: {len(zero)} swapped module(s) output exactly 0 on these inputs ({', '.join(zero[:3])}"
-                     f"{', ...' if len(zero) > 3 else ''}): their rows check nothing")
-    empty = [d.image for d in dets if task != "classify" and d.ref == 0 and d.patched == 0]
-    if empty:
-        notes.append(f"vacuous: no detections on {', '.join(empty)} at the compared threshold, so nothing was "
-                     "matched there; lower --conf")
+    notes += _vacuous_notes(mod_rows, dets, task)
     name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     return VerifyReport(name, layout, weights, paths, list(hw), str(dev) + (f" ({torch.cuda.get_device_name(dev)})"
                         if dev.type == "cuda" else ""), dt_name, resolved, fuse, mod_rows, out_rows, dets,

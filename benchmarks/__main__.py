@@ -10,9 +10,9 @@ from pathlib import Path
 from . import SUITES
 
 
-def _parse(argv):
+def _parse(argv, prog="python -m benchmarks"):
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog=prog,
         description="Run benchmark suites (default: all) and append one JSON row per (case, provider) to "
                     "<out>/<device>-<date>.jsonl. Subcommands: `report [FILES]` renders tables and plots, "
                     "`proxies [--check]` computes / checks the GPU-free proxies.")
@@ -39,13 +39,13 @@ def _parse(argv):
     return a
 
 
-def run(argv=None) -> int:
-    a = _parse(argv)
+def run(argv=None, prog="python -m benchmarks") -> int:
+    a = _parse(argv, prog)
     from yolov12_fast import _backends
 
     problem = _backends.source_tree_problem()
     if problem:  # a bare source tree would benchmark the reference math under the kernels' names
-        print(f"python -m benchmarks: {problem}", file=sys.stderr)
+        print(f"{prog}: {problem}", file=sys.stderr)
         return 2
     import torch
 
@@ -101,17 +101,18 @@ def run(argv=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog="python -m benchmarks") -> int:
+    """`prog` names the command in usage and error lines (`yolov12-fast bench` when called through the CLI)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "report":
         from . import report
 
-        return report.main(argv[1:])
+        return report.main(argv[1:], prog=f"{prog} report")
     if argv and argv[0] == "proxies":
         from . import proxies
 
-        return proxies.main(argv[1:])
-    return run(argv)
+        return proxies.main(argv[1:], prog=f"{prog} proxies")
+    return run(argv, prog)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Suite `ceilings`: this device's matmul peak and copy bandwidth, measured in the run (the roofline's two axes).
 
 - GPU: an 8192^3 bf16 matmul (2 * 8192^3 FLOPs) and a 1 GiB device-to-device copy (bytes = 2 x 1 GiB: read and
-  write), timed with do_bench. The fp16 attention kernels run on the same tensor cores as the bf16 matmul.
+  write), timed with do_bench. Both ceilings are read from their timings' 20th percentile (a ceiling is the most
+  the device does; the cases report medians). The fp16 attention kernels run on the same tensor cores as the bf16 matmul.
 - CPU: a 2048^3 fp32 matmul and a 256 MiB copy, at each pinned thread count.
 - GPU only, a third axis: the exp2 rate (fp32 `tl.math.exp2`, the special-function unit the attention softmax
   runs on), from a Triton kernel that keeps 4 independent chains of exp2 per thread in registers (`_exp2_kernel`;
@@ -68,7 +69,7 @@ def _exp2_ceiling(ctx: Context) -> tuple[Optional[float], Optional[Timing], floa
     out = torch.empty_like(x)
     count = exp2_rate(x, out, iters)
     t = time_gpu(lambda: exp2_rate(x, out, iters))
-    return count / (t.median_ms * 1e-3), t, count, f"{numel} x {EXP2_CHAINS} x {iters} fp32 exp2"
+    return count / (t.p20_ms * 1e-3), t, count, f"{numel} x {EXP2_CHAINS} x {iters} fp32 exp2"
 
 
 def _sizes(ctx: Context) -> tuple[int, int, torch.dtype]:
@@ -93,7 +94,10 @@ def _measure(ctx: Context) -> tuple[dict, Timing, Timing]:
         t_mm, t_cp = t["mm"], t["copy"]
     flops = 2.0 * n ** 3
     moved = 2.0 * src.numel() * src.element_size()
-    ceil = {"matmul_tflops": flops / (t_mm.median_ms * 1e-3) / 1e12, "copy_gbps": moved / (t_cp.median_ms * 1e-3) / 1e9,
+    # A ceiling is the most this device does, so it is read from the fast end of its timings (20th percentile), not
+    # the median the cases report: on a noisy shared CPU the median matmul ran below what some GEMM-bound cases then
+    # achieved (cv2 rows at 104-108% of a median-based roof). On a GPU the two differ by a percent or so.
+    ceil = {"matmul_tflops": flops / (t_mm.p20_ms * 1e-3) / 1e12, "copy_gbps": moved / (t_cp.p20_ms * 1e-3) / 1e9,
             "matmul": f"{n}^3 {str(dtype).replace('torch.', '')}", "copy": f"{copy_bytes / 2**20:.0f} MiB",
             "threads": torch.get_num_threads() if dev.type == "cpu" else None}
     ceil["_rows"] = (n, dtype, flops, t_mm, moved, t_cp)

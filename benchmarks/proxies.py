@@ -452,8 +452,8 @@ def format_launches(launches: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks proxies", description=__doc__.splitlines()[0])
+def main(argv=None, prog="python -m benchmarks proxies") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="compare with the committed file; exit 1 on a regression")
     p.add_argument("--no-aot", action="store_true", help="launch counts and bytes only (skip the Triton/nvcc compiles)")
     p.add_argument("--file", type=Path, default=PROXIES_FILE, help=f"proxies file (default {PROXIES_FILE})")

@@ -398,8 +398,8 @@ def render(path: Path) -> list:
     return [md] + plot(rows, stem)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks report", description=__doc__.splitlines()[0])
+def main(argv=None, prog="python -m benchmarks report") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="*", type=Path,
                    help=f"result .jsonl files (default: the newest under {RESULTS_DIR}, the run you just made)")
     p.add_argument("--all", action="store_true", help=f"render every .jsonl under {RESULTS_DIR}")

@@ -60,6 +60,13 @@ def test_ceilings_quick(quick_cpu):
     rows = _ok(quick_cpu, suite="ceilings")
     assert {r["provider"] for r in rows} == {"torch.mm", "copy_"}
     assert all((r.get("tflops") or r.get("gbps")) > 0 for r in rows)
+    # the ceilings come from the fast end of their timings (p20), the rows' own rates from the median
+    mm = next(r for r in rows if r["provider"] == "torch.mm")
+    n = mm["params"]["n"]
+    assert mm["matmul_tflops"] == pytest.approx(2 * n ** 3 / (mm["p20_ms"] * 1e-3) / 1e12, rel=1e-6)
+    assert mm["matmul_tflops"] >= mm["tflops"]
+    cp = next(r for r in rows if r["provider"] == "copy_")
+    assert cp["copy_gbps"] >= cp["gbps"]
 
 
 def test_ops_quick(quick_cpu):
@@ -429,12 +436,17 @@ def test_proxies_registers_and_spills_against_committed_file():
     assert not bad, "\n".join(bad)
 
 
-def test_cli_bench_entry(tmp_path):
+def test_cli_bench_entry(tmp_path, capsys):
     from yolov12_fast import cli
 
+    for sub in ([], ["report"], ["proxies"]):  # usage lines name the command the user typed
+        with pytest.raises(SystemExit) as e:
+            cli.main(["bench", *sub, "--help"])
+        assert e.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: {' '.join(['yolov12-fast bench', *sub])} ")
     with pytest.raises(SystemExit) as e:
-        cli.main(["bench", "--help"])
-    assert e.value.code == 0
+        cli.main(["bench", "--threads", "0"])
+    assert e.value.code == 2 and "yolov12-fast bench: error: --threads" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert cli.main(["bench", "report", str(empty)]) == 0

@@ -88,7 +88,7 @@ def cmd_bench(args) -> int:
         sys.path.insert(0, root)
     from benchmarks.__main__ import main as bench_main
 
-    return bench_main(args.bench_args)
+    return bench_main(args.bench_args, prog="yolov12-fast bench")
 
 
 def main(argv=None) -> int:

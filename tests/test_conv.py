@@ -12,7 +12,7 @@ import yolov12_fast
 from tolerances import assert_close_to_oracle
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "triton", "auto"]  # auto: on CPU, batch-1 NCHW fp32 runs as addmm (mlp.cpu_gemm)
 
 
 def params(K, C, dtype=torch.float32, grad=False, residual=True):
@@ -49,6 +49,8 @@ SHAPES = [  # (B, K, C, H, W, x layout, residual layout or None)
     (2, 320, 128, 4, 9, "slice", "channels_last"),          # n = 4 (yolo12x): a slice of a bigger buffer
     (1, 640, 256, 2, 3, "nchw", None),                       # no residual (n/s/m blocks), 2 channel tiles
     (2, 96, 64, 5, 7, "nchw", "slice"),                      # residual strides unlike the output's
+    (1, 96, 64, 5, 7, "nchw", "nchw"),                       # batch-1 NCHW fp32: auto's addmm path on CPU
+    (1, 96, 64, 5, 7, "nchw", "channels_last"),              # ... except when the output must be channels_last
 ]
 
 

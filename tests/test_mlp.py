@@ -11,7 +11,7 @@ import yolov12_fast
 from tolerances import assert_close_to_oracle
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "triton", "auto"]  # auto: on CPU, batch-1 NCHW fp32 runs as addmm (mlp.cpu_gemm)
 
 
 def params(C, HID, dtype=torch.float32, grad=False):
@@ -44,6 +44,7 @@ SHAPES = [  # (B, C, HID, H, W, layout)
     (2, 128, 256, 4, 9, "slice"),         # a channel slice of a bigger NCHW buffer (A2C2f's concat)
     (1, 384, 460, 2, 3, "nchw"),          # yolo12x: 3 output-channel tiles of 128 or 2 of 256, odd hidden
     (2, 40, 72, 3, 4, "nchw"),            # C not a multiple of the 32-channel K slice: the K tail is masked
+    (1, 64, 76, 5, 7, "nchw"),            # batch-1 NCHW fp32 (yolo12n's hidden 76): auto's addmm path on CPU
 ]
 
 
@@ -69,9 +70,10 @@ def test_forward(backend, B, C, HID, H, W, layout):
     assert_close_to_oracle(out, naive(x, *p), oracle(x, *p), f"mlp {backend} {layout}")
 
 
+@pytest.mark.parametrize("B", [1, 2])  # batch 1: the slice is contiguous (auto's addmm writes into it on CPU)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_out_writes_into_a_channel_slice_only(backend):
-    B, C, HID, H, W = 2, 64, 128, 3, 7
+def test_out_writes_into_a_channel_slice_only(backend, B):
+    C, HID, H, W = 64, 128, 3, 7
     x = torch.randn(B, C, H, W, device=DEV)
     p = params(C, HID)
     buf = torch.randn(B, 3 * C, H, W, device=DEV)
@@ -124,6 +126,40 @@ def test_auto_is_the_reference_until_measured():
 
     assert mlp.resolve_backend("auto", torch.device("cpu")) == "reference"
     assert mlp.resolve_backend("auto", torch.device("cuda", 0)) == "reference"
+
+
+def test_auto_on_cpu_runs_batch1_nchw_fp32_as_addmm(monkeypatch):
+    """auto's CPU path (mlp.cpu_gemm): a batch-1 contiguous float32 x runs the 1x1 convs as addmm, anything else as
+    oneDNN convolutions; the explicit 'reference' backend always runs the convolutions."""
+    C, HID, H, W = 32, 70, 3, 5
+    p = [t.cpu() for t in params(C, HID)]  # CPU tensors on a GPU machine too
+    w, b, g = p[2], p[3], torch.randn(C)
+    x1 = torch.randn(1, HID, H, W)
+    r1 = torch.randn(1, C, H, W)
+    cases = {  # (op call, whether it must run as addmm)
+        "mlp auto b1": (lambda: yolov12_fast.mlp_residual(torch.randn(1, C, H, W), *p), True),
+        "mlp auto b1 out=": (lambda: yolov12_fast.mlp_residual(torch.randn(1, C, H, W), *p,
+                                                               out=torch.empty(1, 2 * C, H, W)[:, C:]), True),
+        "mlp auto b2": (lambda: yolov12_fast.mlp_residual(torch.randn(2, C, H, W), *p), False),
+        "mlp auto b1 channels_last": (lambda: yolov12_fast.mlp_residual(
+            torch.randn(1, C, H, W).to(memory_format=torch.channels_last), *p), False),
+        "mlp reference b1": (lambda: yolov12_fast.mlp_residual(torch.randn(1, C, H, W), *p, backend="reference"), False),
+        "mlp auto b1 fp16": (lambda: yolov12_fast.mlp_residual(torch.randn(1, C, H, W).half(),
+                                                               *[t.half() for t in p]), False),
+        "conv auto b1": (lambda: yolov12_fast.conv1x1_silu_residual(x1, w, b, r1, g), True),
+        "conv auto b1 no residual": (lambda: yolov12_fast.conv1x1_silu_residual(x1, w, b), True),
+        "conv auto b1 channels_last residual": (lambda: yolov12_fast.conv1x1_silu_residual(
+            x1, w, b, r1.to(memory_format=torch.channels_last), g), False),
+        "conv reference b1": (lambda: yolov12_fast.conv1x1_silu_residual(x1, w, b, r1, g, backend="reference"), False),
+    }
+    seen = []
+    for mod, name in ((torch, "addmm"), (F, "conv2d")):  # the op implementations call torch.addmm / F.conv2d
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _name=name, **k: seen.append(_name) or _real(*a, **k))
+    for name, (fn, gemm) in cases.items():
+        seen.clear()
+        fn()
+        assert set(seen) == ({"addmm"} if gemm else {"conv2d"}), (name, seen)
 
 
 BAD = [  # (description, builder of (x, w1, b1, w2, b2, kwargs), expected message)

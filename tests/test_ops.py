@@ -220,3 +220,17 @@ def test_the_auto_fallback_warning_points_at_the_callers_line(monkeypatch):
         yolov12_fast.area_attention(q, k, v, 1)
     (w,) = [w for w in caught if "falling back to the plain-PyTorch reference" in str(w.message)]
     assert w.filename == __file__, w.filename
+
+
+def test_fast_check_raises_like_torch_check_and_skips_only_true():
+    """_backends.check: the ops' input checks. A plain True returns without building the message; False raises
+    torch._check's RuntimeError with the message; anything else (a SymBool under fake tensors) goes to torch._check."""
+    from yolov12_fast._backends import check
+
+    built = []
+    check(True, lambda: built.append(1) or "unused")
+    assert built == []
+    with pytest.raises(RuntimeError, match="what to do"):
+        check(False, lambda: "what to do")
+    with pytest.raises(TypeError, match="cond must be a bool"):
+        check(1, lambda: "truthy int")  # not the True singleton: torch._check decides (and refuses a non-bool)

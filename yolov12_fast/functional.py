@@ -79,8 +79,9 @@ def mlp_residual(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, out:
         w1, b1: (HID, C, 1, 1) and (HID,); w2, b2: (C, HID, 1, 1) and (C,); x's dtype and device. HID may be odd
             (307, 460).
         out: optional tensor of x's shape to write into (e.g. a channel slice of a concat buffer); no autograd.
-        backend: "auto" (torch convs until the fused kernel measures faster on the GPU), "triton" (one fused
-            kernel, the hidden activation stays on chip) or "reference".
+        backend: "auto" (torch convs until the fused kernel measures faster on the GPU; on CPU a batch-1 NCHW
+            float32 x runs them as addmm), "triton" (one fused kernel, the hidden activation stays on chip) or
+            "reference" (the torch convs).
     Returns:
         the result, in x's memory format (or `out`).
     """
@@ -99,8 +100,9 @@ def conv1x1_silu_residual(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Te
         x: (B, K, H, W), NCHW or channels_last (A2C2f's aggregation buffer).
         w, b: (C, K, 1, 1) and (C,); x's dtype and device.
         residual, gamma: (B, C, H, W) and (C,), both or neither.
-        backend: "auto" (torch ops until the fused kernel measures faster on the GPU), "triton" (one kernel, the
-            residual in the GEMM epilogue) or "reference".
+        backend: "auto" (torch ops until the fused kernel measures faster on the GPU; on CPU a batch-1 NCHW
+            float32 x runs the conv as addmm), "triton" (one kernel, the residual in the GEMM epilogue) or
+            "reference" (the torch ops).
     Returns:
         (B, C, H, W), in the residual's memory format (x's without one).
     """

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import _backends, reference
+from .._backends import check as _check
 
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -57,19 +58,19 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[
     if _inputs_ok(q, k, v, area, residual, backend):
         return
     for name, t in (("q", q), ("k", k), ("v", v)):
-        torch._check(t.dim() == 4, lambda: f"area_attention: {name} must be 4-D (B, heads, head_dim, N), got shape {tuple(t.shape)}")
-        torch._check(t.dtype in DTYPES, lambda: f"area_attention: {name} has dtype {t.dtype}; use float16, bfloat16 or float32 (use yolov12_fast.reference for float64)")
-    torch._check(q.shape == k.shape and q.shape == v.shape, lambda: f"area_attention: q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    torch._check(q.dtype == k.dtype == v.dtype, lambda: f"area_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    torch._check(q.device == k.device == v.device, lambda: f"area_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+        _check(t.dim() == 4, lambda: f"area_attention: {name} must be 4-D (B, heads, head_dim, N), got shape {tuple(t.shape)}")
+        _check(t.dtype in DTYPES, lambda: f"area_attention: {name} has dtype {t.dtype}; use float16, bfloat16 or float32 (use yolov12_fast.reference for float64)")
+    _check(q.shape == k.shape and q.shape == v.shape, lambda: f"area_attention: q, k, v must have the same shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    _check(q.dtype == k.dtype == v.dtype, lambda: f"area_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    _check(q.device == k.device == v.device, lambda: f"area_attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     D, N = q.shape[2], q.shape[3]
-    torch._check(D in HEAD_DIMS, lambda: f"area_attention: head_dim {D} is not supported; supported: {HEAD_DIMS} "
+    _check(D in HEAD_DIMS, lambda: f"area_attention: head_dim {D} is not supported; supported: {HEAD_DIMS} "
                  f"(q, k, v are (B, heads, head_dim, N): got shape {tuple(q.shape)})")
-    torch._check(area >= 1, lambda: f"area_attention: area must be >= 1, got {area}")
-    torch._check(N % area == 0, lambda: f"area_attention: N = H*W = {N} tokens is not divisible by area = {area}; pad the feature map (ultralytics pads inputs to multiples of 32)")
+    _check(area >= 1, lambda: f"area_attention: area must be >= 1, got {area}")
+    _check(N % area == 0, lambda: f"area_attention: N = H*W = {N} tokens is not divisible by area = {area}; pad the feature map (ultralytics pads inputs to multiples of 32)")
     if residual is not None:
         check_residual(q, residual)
-    torch._check(backend in _backends.BACKENDS, lambda: f"area_attention: unknown backend {backend!r}; choose one of {_backends.BACKENDS}")
+    _check(backend in _backends.BACKENDS, lambda: f"area_attention: unknown backend {backend!r}; choose one of {_backends.BACKENDS}")
 
 
 _warned: set = set()
@@ -226,8 +227,8 @@ def area_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
                        lse: Tensor, area: int, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. q, k, v. `out` is the forward's output, `residual` what it added (or None)."""
     check_inputs(q, k, v, area, residual, backend)
-    torch._check(dout.shape == q.shape and out.shape == q.shape, lambda: "area_attention_bwd: dout and out must have q's shape")
-    torch._check(lse.shape == (q.shape[0], q.shape[1], q.shape[3]) and lse.dtype == torch.float32,
+    _check(dout.shape == q.shape and out.shape == q.shape, lambda: "area_attention_bwd: dout and out must have q's shape")
+    _check(lse.shape == (q.shape[0], q.shape[1], q.shape[3]) and lse.dtype == torch.float32,
                  lambda: "area_attention_bwd: lse must be float32 (B, heads, N)")
     dout = dout.to(q.dtype)
     b = resolve_backend(backend, q.device, q.dtype, q.shape[2])

@@ -8,8 +8,9 @@ one).
 
 Backends: "triton" (one kernel: bias, SiLU, gamma and the residual in the GEMM's epilogue), "reference" (torch:
 the 1x1 conv, SiLU, addcmul, as ultralytics runs it), "auto". auto takes the reference until a GPU benchmark
-shows the fused kernel faster than cuDNN (the rule for every fusion here); "cpp" and "cuda" raise. The backward
-recomputes the pre-activation from x and runs as matmuls.
+shows the fused kernel faster than cuDNN (the rule for every fusion here), and on CPU runs a batch-1 contiguous float32
+x as one addmm (mlp.cpu_gemm); "cpp" and "cuda" raise. The backward recomputes the pre-activation from x and runs as
+matmuls.
 """
 
 from __future__ import annotations
@@ -21,31 +22,32 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backends
+from .._backends import check as _check
 from .area_attention import DTYPES
-from .mlp import _format, check_like_x, resolve_backend
+from .mlp import _format, check_like_x, cpu_gemm, resolve_backend
 
 OP = "conv1x1_silu_residual"
 
 
 def check_inputs(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor], gamma: Optional[Tensor],
                  backend: str) -> None:
-    torch._check(x.dim() == 4, lambda: f"{OP}: x must be 4-D (B, K, H, W), got shape {tuple(x.shape)}")
-    torch._check(x.dtype in DTYPES, lambda: f"{OP}: x has dtype {x.dtype}; use float16, bfloat16 or float32")
+    _check(x.dim() == 4, lambda: f"{OP}: x must be 4-D (B, K, H, W), got shape {tuple(x.shape)}")
+    _check(x.dtype in DTYPES, lambda: f"{OP}: x has dtype {x.dtype}; use float16, bfloat16 or float32")
     B, K, H, W = x.shape
-    torch._check(w.dim() == 4 and w.shape[1] == K and w.shape[2] == 1 and w.shape[3] == 1 and w.shape[0] >= 1,
+    _check(w.dim() == 4 and w.shape[1] == K and w.shape[2] == 1 and w.shape[3] == 1 and w.shape[0] >= 1,
                  lambda: f"{OP}: w must be a 1x1 conv weight (C, {K}, 1, 1), got {tuple(w.shape)}")
     C = w.shape[0]
-    torch._check(tuple(b.shape) == (C,), lambda: f"{OP}: b must be ({C},), got {tuple(b.shape)}")
-    torch._check((residual is None) == (gamma is None),
+    _check(tuple(b.shape) == (C,), lambda: f"{OP}: b must be ({C},), got {tuple(b.shape)}")
+    _check((residual is None) == (gamma is None),
                  lambda: f"{OP}: pass residual and gamma together (out = residual + gamma * silu(conv(x))), or "
                          "neither")
     check_like_x(OP, x, w=w, b=b)
     if residual is not None:
-        torch._check(tuple(residual.shape) == (B, C, H, W),
+        _check(tuple(residual.shape) == (B, C, H, W),
                      lambda: f"{OP}: residual must be ({B}, {C}, {H}, {W}), got {tuple(residual.shape)}")
-        torch._check(tuple(gamma.shape) == (C,), lambda: f"{OP}: gamma must be ({C},), got {tuple(gamma.shape)}")
+        _check(tuple(gamma.shape) == (C,), lambda: f"{OP}: gamma must be ({C},), got {tuple(gamma.shape)}")
         check_like_x(OP, x, residual=residual, gamma=gamma)
-    torch._check(backend in _backends.BACKENDS,
+    _check(backend in _backends.BACKENDS,
                  lambda: f"{OP}: unknown backend {backend!r}; choose one of ('auto', 'triton', 'reference')")
 
 
@@ -70,7 +72,20 @@ def conv1x1_silu_residual(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Te
         from ..kernels import conv as tk
 
         return tk.conv1x1_silu_residual(x, w, b, residual, gamma)
+    if cpu_gemm(x, backend) and (residual is None or residual.is_contiguous()):
+        return _gemm(x, w, b, residual, gamma)
     return _reference(x, w, b, residual, gamma)
+
+
+def _gemm(x, w, b, residual, gamma):
+    """The op for a batch-1 contiguous x (and residual) as addmm + in-place SiLU (+ gamma, residual in place)."""
+    _, K, H, W = x.shape
+    C = w.shape[0]
+    z = torch.addmm(b.view(C, 1), w.reshape(C, K), x.view(K, H * W))
+    F.silu(z, inplace=True)
+    if residual is not None:
+        z.mul_(gamma.view(C, 1)).add_(residual.view(C, H * W))
+    return z.view(1, C, H, W)
 
 
 def _empty(x, w, residual):

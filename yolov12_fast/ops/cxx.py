@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._backends import check as _check
 from .area_attention import check_inputs as _check_attention
 
 _registered = False
@@ -28,30 +29,30 @@ def _fwd_fake(q: Tensor, k: Tensor, v: Tensor, area: int, scale: float, residual
 def _bwd_fake(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, residual: Optional[Tensor], lse: Tensor,
               area: int, scale: float):
     _check_attention(q, k, v, area, residual, "cpp")
-    torch._check(dout.shape == q.shape and out.shape == q.shape,
+    _check(dout.shape == q.shape and out.shape == q.shape,
                  lambda: f"area_attention_bwd_cxx: dout and out must have q's shape {tuple(q.shape)}, got "
                          f"{tuple(dout.shape)} and {tuple(out.shape)}")
-    torch._check(dout.dtype == q.dtype and out.dtype == q.dtype,
+    _check(dout.dtype == q.dtype and out.dtype == q.dtype,
                  lambda: f"area_attention_bwd_cxx: dout and out must have q's dtype {q.dtype} (cast dout with .to(q.dtype))")
     B, H, D, N = q.shape
-    torch._check(lse.shape == (B, H, N) and lse.dtype == torch.float32,
+    _check(lse.shape == (B, H, N) and lse.dtype == torch.float32,
                  lambda: f"area_attention_bwd_cxx: lse must be float32 (B, heads, N) = {(B, H, N)}, got "
                          f"{lse.dtype} {tuple(lse.shape)}")
     return tuple(q.new_empty(B, H, D, N) for _ in range(3))
 
 
 def _pe_add_fake(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int):
-    torch._check(v.dim() == 4, lambda: f"pe_add_cxx: v must be 4-D (B, heads, head_dim, N), got {tuple(v.shape)}")
+    _check(v.dim() == 4, lambda: f"pe_add_cxx: v must be 4-D (B, heads, head_dim, N), got {tuple(v.shape)}")
     B, nh, D, N = v.shape
-    torch._check(H * W == N, lambda: f"pe_add_cxx: H*W = {H}*{W} must equal the token count N = {N}")
+    _check(H * W == N, lambda: f"pe_add_cxx: H*W = {H}*{W} must equal the token count N = {N}")
     C = nh * D
-    torch._check(weight.dim() == 4 and weight.shape[0] == C and weight.shape[1] == 1
+    _check(weight.dim() == 4 and weight.shape[0] == C and weight.shape[1] == 1
                  and weight.shape[2] == weight.shape[3] and weight.shape[2] % 2 == 1,
                  lambda: f"pe_add_cxx: weight must be a depthwise ({C}, 1, k, k) kernel with odd k, got {tuple(weight.shape)}")
     if bias is not None:
-        torch._check(bias.shape == (C,), lambda: f"pe_add_cxx: bias must have shape ({C},), got {tuple(bias.shape)}")
+        _check(bias.shape == (C,), lambda: f"pe_add_cxx: bias must have shape ({C},), got {tuple(bias.shape)}")
     if x is not None:
-        torch._check(x.shape == v.shape and x.dtype == v.dtype,
+        _check(x.shape == v.shape and x.dtype == v.dtype,
                      lambda: f"pe_add_cxx: x must have v's shape and dtype, got {tuple(x.shape)} {x.dtype}")
     return v.new_empty(B, nh, D, N)
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _backends
+from .._backends import check as _check
 from .area_attention import DTYPES, _usable
 
 
@@ -43,23 +44,23 @@ def check_inputs(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[
                  backend: str) -> None:
     if _inputs_ok(v, weight, bias, x, H, W, backend):
         return
-    torch._check(v.dim() == 4, lambda: f"pe_add: v must be 4-D (B, heads, head_dim, N), got shape {tuple(v.shape)}")
-    torch._check(v.dtype in DTYPES, lambda: f"pe_add: v has dtype {v.dtype}; use float16, bfloat16 or float32")
+    _check(v.dim() == 4, lambda: f"pe_add: v must be 4-D (B, heads, head_dim, N), got shape {tuple(v.shape)}")
+    _check(v.dtype in DTYPES, lambda: f"pe_add: v has dtype {v.dtype}; use float16, bfloat16 or float32")
     B, nh, D, N = v.shape
-    torch._check(H * W == N, lambda: f"pe_add: H*W = {H}*{W} must equal the token count N = {N}")
+    _check(H * W == N, lambda: f"pe_add: H*W = {H}*{W} must equal the token count N = {N}")
     C = nh * D
-    torch._check(weight.dim() == 4 and weight.shape[0] == C and weight.shape[1] == 1 and weight.shape[2] == weight.shape[3]
+    _check(weight.dim() == 4 and weight.shape[0] == C and weight.shape[1] == 1 and weight.shape[2] == weight.shape[3]
                  and weight.shape[2] % 2 == 1,
                  lambda: f"pe_add: weight must be a depthwise ({C}, 1, k, k) kernel with odd k, got {tuple(weight.shape)}")
-    torch._check(weight.dtype == v.dtype and weight.device == v.device,
+    _check(weight.dtype == v.dtype and weight.device == v.device,
                  lambda: f"pe_add: weight must match v's dtype and device ({v.dtype}, {v.device}), got {weight.dtype}, {weight.device}")
     if bias is not None:
-        torch._check(bias.shape == (C,) and bias.dtype == v.dtype and bias.device == v.device,
+        _check(bias.shape == (C,) and bias.dtype == v.dtype and bias.device == v.device,
                      lambda: f"pe_add: bias must be ({C},) with v's dtype and device, got {tuple(bias.shape)} {bias.dtype} {bias.device}")
     if x is not None:
-        torch._check(x.shape == v.shape and x.dtype == v.dtype and x.device == v.device,
+        _check(x.shape == v.shape and x.dtype == v.dtype and x.device == v.device,
                      lambda: f"pe_add: x must have v's shape, dtype and device, got {tuple(x.shape)} {x.dtype} {x.device}")
-    torch._check(backend in _backends.BACKENDS, lambda: f"pe_add: unknown backend {backend!r}; choose one of {_backends.BACKENDS}")
+    _check(backend in _backends.BACKENDS, lambda: f"pe_add: unknown backend {backend!r}; choose one of {_backends.BACKENDS}")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -86,7 +87,7 @@ def _check_triton_offsets(*tensors) -> None:
     are 64-bit) and grid axis 1 (token tiles of 32 or 64 tokens; checked at 32) is capped at 65535 by CUDA. Refuse
     with a clear error what does not fit, instead of wrapping around (a silent out-of-bounds read)."""
     N = tensors[0].shape[3]
-    torch._check(-(-N // 32) <= 65535, lambda: f"pe_add (triton): {N} tokens per image is more than one launch covers "
+    _check(-(-N // 32) <= 65535, lambda: f"pe_add (triton): {N} tokens per image is more than one launch covers "
                  f"(grid axis 1 > 65535 tiles); split the feature map, or use backend='cpp' / 'reference'")
     _backends.check_image_extent("pe_add (triton)", tensors, "split the batch or the feature map, or use "
                                                              "backend='cpp' / 'reference'")

@@ -9,6 +9,7 @@ Environment:
 """
 
 import glob
+import importlib.util
 import os
 import sys
 
@@ -53,6 +54,12 @@ def _ext_modules():
         if _flag("YOLOV12_FAST_PTXAS_VERBOSE"):
             nvcc.append("-Xptxas=-v")
         define_macros.append(("YOLOV12_FAST_WITH_CUDA", None))
+        # the arch list this build compiled for, as one shell-safe identifier (yolov12_fast._C.CUDA_ARCHS, decoded by
+        # _backends.built_cuda_arch_list): "7.5;8.0+PTX;9.0a" -> A7d5_8d0PTX_9d0a
+        spec = importlib.util.spec_from_file_location("_archs", os.path.join(ROOT, "yolov12_fast", "_archs.py"))
+        archs = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(archs)
+        define_macros.append(("YOLOV12_FAST_CUDA_ARCHS", archs.encode(os.environ["TORCH_CUDA_ARCH_LIST"])))
         # pip's CUDA wheels keep headers (cusparse.h, ...) that torch's CUDA headers include under nvidia/cu*/include
         include_dirs = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu*", "include")))
         ext = ce.CUDAExtension("yolov12_fast._C", sources, define_macros=define_macros, include_dirs=include_dirs,

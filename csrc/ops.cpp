@@ -17,6 +17,9 @@ TORCH_LIBRARY_FRAGMENT(yolov12_fast, m) {
   m.def("pe_add_cxx(Tensor v, Tensor weight, Tensor? bias, Tensor? x, int H, int W) -> Tensor");
 }
 
+#define YF_STR2(x) #x
+#define YF_STR(x) YF_STR2(x)
+
 static struct PyModuleDef yolov12_fast_C_module = {PyModuleDef_HEAD_INIT, "_C", "yolov12_fast compiled kernels", -1, nullptr};
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
@@ -24,6 +27,10 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
   if (m == nullptr) return nullptr;
 #ifdef YOLOV12_FAST_WITH_CUDA
   PyModule_AddIntConstant(m, "WITH_CUDA", 1);
+#ifdef YOLOV12_FAST_CUDA_ARCHS
+  // setup.py's TORCH_CUDA_ARCH_LIST, encoded as one identifier (decoded by yolov12_fast._backends)
+  PyModule_AddStringConstant(m, "CUDA_ARCHS", YF_STR(YOLOV12_FAST_CUDA_ARCHS));
+#endif
 #else
   PyModule_AddIntConstant(m, "WITH_CUDA", 0);
 #endif

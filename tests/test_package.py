@@ -170,8 +170,9 @@ def test_code_for_gpu_follows_the_cuda_runtime_rules(cc, sass, ptx, runs):
 
 
 def test_cuda_code_of_this_build_is_its_arch_list():
-    """The extension holds machine code for each arch of TORCH_CUDA_ARCH_LIST (setup.py's default without it) and
-    PTX for those marked +PTX; `info` prints them."""
+    """The extension holds machine code for each arch of the TORCH_CUDA_ARCH_LIST it was built with (recorded in
+    _C.CUDA_ARCHS; run_gpu.sh builds for the GPU's arch only, CI for setup.py's default) and PTX for those marked
+    +PTX; `info` prints them."""
     from yolov12_fast import _backends
 
     mod = _backends.extension()
@@ -179,7 +180,8 @@ def test_cuda_code_of_this_build_is_its_arch_list():
         pytest.skip("yolov12_fast._C was built without CUDA (or not at all): no CUDA code to list")
     if _backends._cuobjdump() is None:
         pytest.skip("no cuobjdump (CUDA toolkit or triton's bundled copy) to read the extension with")
-    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "7.5;8.0+PTX;9.0a")
+    arch_list = _backends.built_cuda_arch_list()  # what this build was compiled with (setup.py records it)
+    assert arch_list, "a CUDA build of _C records its TORCH_CUDA_ARCH_LIST (CUDA_ARCHS); rebuild the extension"
     sass = {"sm_" + a.replace("+PTX", "").replace(".", "") for a in arch_list.replace(" ", ";").split(";") if a}
     ptx = {"sm_" + a.replace("+PTX", "").replace(".", "") for a in arch_list.replace(" ", ";").split(";")
            if a.endswith("+PTX")}
@@ -189,6 +191,22 @@ def test_cuda_code_of_this_build_is_its_arch_list():
 
     line = next(line for line in info_lines() if line.startswith("CUDA code"))
     assert all(a in line for a in sass) and all(a.replace("sm_", "compute_") in line for a in ptx), line
+    assert line.endswith(f"built with TORCH_CUDA_ARCH_LIST={arch_list}"), line
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):  # setup.py's default (CI's build)
+        assert arch_list == "7.5;8.0+PTX;9.0a"
+
+
+@pytest.mark.parametrize("archs,token", [("7.5;8.0+PTX;9.0a", "A7d5_8d0PTX_9d0a"), ("9.0a", "A9d0a"),
+                                         ("8.6 12.0+PTX", "A8d6_12d0PTX"), ("10.0f", "A10d0f")])
+def test_built_arch_list_round_trips(monkeypatch, archs, token):
+    """setup.py's shell-safe encoding of TORCH_CUDA_ARCH_LIST (one identifier, passed as a -D macro) decodes back."""
+    import types
+
+    from yolov12_fast import _archs, _backends
+
+    assert _archs.encode(archs) == token and token.isidentifier()
+    monkeypatch.setattr(_backends, "_extension", lambda: (types.SimpleNamespace(CUDA_ARCHS=token), ""))
+    assert _backends.built_cuda_arch_list() == archs.replace(" ", ";")
 
 
 def test_wheel_layout_and_installed_smoke(tmp_path):

@@ -170,6 +170,16 @@ def cuda_code() -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     return (sass, ptx) if sass or ptx else None
 
 
+def built_cuda_arch_list() -> str | None:
+    """The TORCH_CUDA_ARCH_LIST yolov12_fast._C was compiled with (e.g. "7.5;8.0+PTX;9.0a"), decoded from the
+    identifier setup.py passes to the compiler ("A7d5_8d0PTX_9d0a"); None without a CUDA build (or one built before
+    the extension recorded it)."""
+    from ._archs import decode
+
+    mod, _ = _extension()
+    return decode(getattr(mod, "CUDA_ARCHS", "")) if mod is not None else None
+
+
 def code_for_gpu(cc: tuple[int, int], sass, ptx) -> tuple[str, int] | None:
     """What a GPU of compute capability `cc` runs from the code of `cuda_code()`: ("sm", arch) for machine code
     (a cubin of the same major version and a minor <= cc's; an arch-specific sm_XYa / sm_XYf only on XY itself),

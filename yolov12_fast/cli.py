@@ -36,9 +36,10 @@ def info_lines() -> list[str]:
         code = _backends.cuda_code()
         if code:
             sass, ptx = code
+            built = _backends.built_cuda_arch_list()
             lines.append(f"CUDA code    machine code for {', '.join(sass) or 'no arch'}; PTX for "
                          f"{', '.join(a.replace('sm_', 'compute_') for a in ptx) or 'no arch'} (JIT-compiled on "
-                         "newer GPUs)")
+                         "newer GPUs)" + (f"; built with TORCH_CUDA_ARCH_LIST={built}" if built else ""))
             for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
                 cc = torch.cuda.get_device_capability(i)
                 runs = _backends.code_for_gpu(cc, sass, ptx)

@@ -148,6 +148,7 @@ def markdown(rows: list, source: str) -> str:
             lines += [f"## {suite}", ""] + _table(srows, _columns(suite, srows)) + [""]
             if suite == "model":
                 lines += _recompute_section(srows)
+    lines += _targets_section(rows)
     skipped = [r for r in rows if r.get("status") in ("skipped", "error")]
     if skipped:
         lines += ["## Skipped and failed", ""]
@@ -238,6 +239,112 @@ def _auto_section(rows: list) -> list:
     for c in choices:
         lines.append(f"| {c['what']} | {c['arch']} | {c['dtype']} | {c['compared']} | {c['cases']} | "
                      f"{c['geomean']:.3g}x | {c['wins']}/{c['cases']} | {c['suggestion']} | {c['today']} |")
+    return lines + [""]
+
+
+# The speed targets the issues set, as data: (issue, target text, device kind, row filter, metric, threshold). A
+# metric maps (row, rows of its case by provider) to a ratio (or a percentage) that must be >= the threshold.
+# Attention cases: head_dim 32, 400 tokens per area, 640x640 (P4 area 4 and P5 area 1).
+def _att(pass_, batch, dtype):
+    return lambda r: ((r.get("params") or {}).get("pass") == pass_ and (r.get("params") or {}).get("batch") == batch
+                      and (r.get("params") or {}).get("n") == 400 and (r.get("params") or {}).get("head_dim") == 32
+                      and (r.get("params") or {}).get("imgsz") == "640x640" and r.get("dtype") == dtype)
+
+
+def _vs(base):
+    return lambda r, case: (r.get("speedup_vs") or {}).get(base)
+
+
+def _time_ratio(base):  # this row's speed over another provider's in the same case (not a baseline of the row)
+    return lambda r, case: (case[base]["median_ms"] / r["median_ms"] if base in case else None)
+
+
+def _model(name=None, batch=None, imgsz=640, dtype="float16"):
+    return lambda r: ((r.get("params") or {}).get("imgsz") == imgsz and not (r.get("params") or {}).get("train")
+                      and (r.get("params") or {}).get("batch") == batch and r.get("dtype") == dtype
+                      and str((r.get("params") or {}).get("model", "")).startswith(name or "yolo12"))
+
+
+TARGETS = [
+    ("#3", "attention fwd, batch 32: >= 3x ultralytics", "cuda", "ops", "auto", _att("fwd", 32, "float16"),
+     _vs("ultralytics"), 3.0),
+    ("#3", "attention fwd, batch 32: >= 1.5x the authors' flash path", "cuda", "ops", "auto",
+     _att("fwd", 32, "float16"), _vs("flash"), 1.5),
+    ("#3", "attention fwd, batch 32: >= 1.5x SDPA (flash, same copies)", "cuda", "ops", "auto",
+     _att("fwd", 32, "float16"), _vs("sdpa"), 1.5),
+    ("#3", "attention fwd, batch 32: >= 1.3x torch.compile of the reference", "cuda", "ops", "auto",
+     _att("fwd", 32, "float16"), _vs("compile"), 1.3),
+    ("#3", "attention fwd, batch 32: >= 50% of the roofline floor", "cuda", "ops", "auto", _att("fwd", 32, "float16"),
+     lambda r, case: r.get("pct_roofline"), 50.0),
+    ("#3", "attention fwd+bwd, batch 32: >= 2x ultralytics", "cuda", "ops", "auto", _att("fwdbwd", 32, "float16"),
+     _vs("ultralytics"), 2.0),
+    ("#3", "attention fwd+bwd, batch 32: >= 1.2x SDPA", "cuda", "ops", "auto", _att("fwdbwd", 32, "float16"),
+     _vs("sdpa"), 1.2),
+    ("#3", "attention fwd, batch 1: >= 1x SDPA", "cuda", "ops", "auto", _att("fwd", 1, "float16"), _vs("sdpa"), 1.0),
+    ("#3", "attention fwd, batch 1: >= 2x ultralytics", "cuda", "ops", "auto", _att("fwd", 1, "float16"),
+     _vs("ultralytics"), 2.0),
+    ("#4", "CUDA C++ attention fwd, batch 1: >= the Triton fwd", "cuda", "ops", "cuda", _att("fwd", 1, "float16"),
+     _time_ratio("triton"), 1.0),
+    ("#4", "CUDA C++ attention fwd, batch 32: >= 3x ultralytics", "cuda", "ops", "cuda", _att("fwd", 32, "float16"),
+     _vs("ultralytics"), 3.0),
+    ("#4", "C++ CPU attention fwd, fp32, batch 1: >= 1.5x ultralytics", "cpu", "ops", "auto",
+     _att("fwd", 1, "float32"), _vs("ultralytics"), 1.5),
+    ("#4", "C++ CPU attention fwd, fp32, batch 1: >= 1.2x SDPA", "cpu", "ops", "auto", _att("fwd", 1, "float32"),
+     _vs("sdpa"), 1.2),
+    ("#5", "YOLO12 n..x at 640, batch 32: patched >= 1.25x eager", "cuda", "model", "patched", _model(batch=32),
+     _vs("eager"), 1.25),
+    ("#5", "YOLO12 n..x at 640, batch 1: patched + CUDA graphs >= 2x eager", "cuda", "model", "patched+graphs",
+     _model(batch=1), _vs("eager"), 2.0),
+    ("#5", "yolo12n at 640, batch 1: patched no slower than yolo11n eager", "cuda", "model", "patched",
+     _model("yolo12n", batch=1), _vs("yolo11n-eager"), 1.0),
+    ("#5", "yolo12n at 640, batch 1, fp32, 2 threads: patched >= 1.1x eager", "cpu", "model", "patched",
+     lambda r: r.get("threads") == 2 and _model("yolo12n", batch=1, dtype="float32")(r), _vs("eager"), 1.1),
+]
+
+
+def targets(rows: list) -> list:
+    """Per target with measured rows: the cases, the worst and the geometric mean of the metric, how many cases
+    meet the threshold, and the cases that miss it. Rows of a failed numerics check do not count."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("median_ms") and r.get("check") in (None, "pass")
+          and not r.get("quick")]
+    by_case = defaultdict(dict)
+    for r in ok:
+        by_case[(r.get("suite"), r.get("case"), r.get("threads") if r.get("device_kind") == "cpu" else None)][
+            r["provider"]] = r
+    out = []
+    for issue, text, kind, suite, provider, match, metric, threshold in TARGETS:
+        values = []
+        for (s, case, threads), by in by_case.items():
+            r = by.get(provider)
+            if s != suite or r is None or r.get("device_kind") != kind or not match(r):
+                continue
+            v = metric(r, by)
+            if v is not None:
+                values.append((case + (f" @{threads} thr" if threads else ""), v))
+        if not values:
+            continue
+        vs = [v for _, v in values]
+        out.append({"issue": issue, "target": text, "threshold": threshold, "cases": len(values),
+                    "worst": min(vs), "geomean": _geomean(vs) if min(vs) > 0 else None,
+                    "met": sum(v >= threshold for v in vs), "missed": [c for c, v in values if v < threshold]})
+    return out
+
+
+def _targets_section(rows: list) -> list:
+    ts = targets(rows)
+    if not ts:
+        return []
+    lines = ["## The issues' speed targets (measured in this file)", "",
+             "Each target over every matching case of this file (ratios in x, roofline in %); met = cases at or above "
+             "the threshold. Quick rows and rows whose numerics check failed do not count.", "",
+             "| issue | target | cases | worst | geomean | met | missed in |", "|---|---|---|---|---|---|---|"]
+    for t in ts:
+        unit = "%" if "roofline" in t["target"] else "x"
+        missed = ", ".join(t["missed"][:3]) + (f", … ({len(t['missed'])})" if len(t["missed"]) > 3 else "")
+        geo = "–" if t["geomean"] is None else f"{t['geomean']:.3g}{unit}"
+        met = "**all**" if t["met"] == t["cases"] else f"{t['met']}/{t['cases']}"
+        lines.append(f"| {t['issue']} | {t['target']} | {t['cases']} | {t['worst']:.3g}{unit} | {geo} | {met} | "
+                     f"{missed or '–'} |")
     return lines + [""]
 
 

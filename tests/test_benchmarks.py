@@ -264,6 +264,42 @@ def test_auto_choices_from_measurements():
     assert "## What `auto` should pick here (measured)" in md and "| mlp | sm_90 | float16 |" in md
 
 
+def test_issue_targets_from_measurements():
+    """The report's targets section: each issue target over its matching cases (worst, met / cases, the cases that
+    miss), from the rows' speed-ups, roofline or a time ratio between two providers of one case; quick rows, failed
+    checks, other devices and other shapes do not count."""
+    def att(case, provider, ms, batch=32, pass_="fwd", n=400, kind="cuda", dtype="float16", **extra):
+        return {"suite": "ops", "status": "ok", "device_kind": kind, "dtype": dtype, "case": case, "provider": provider,
+                "params": {"batch": batch, "pass": pass_, "n": n, "head_dim": 32, "imgsz": "640x640"},
+                "median_ms": ms, "check": "pass", **extra}
+
+    rows = [att("fwd P4 h4 b32", "auto", 1.0, speedup_vs={"ultralytics": 3.5, "sdpa": 1.6}, pct_roofline=55.0),
+            att("fwd P5 h8 b32", "auto", 1.0, speedup_vs={"ultralytics": 2.5, "sdpa": 1.4}, pct_roofline=45.0),
+            att("fwd P4 h2 b32", "auto", 1.0, speedup_vs={"ultralytics": 9.0}, check="FAIL (err)"),  # ignored
+            att("fwd P4 h2 b32 q", "auto", 1.0, speedup_vs={"ultralytics": 0.1}, quick=True),         # ignored
+            att("fwd 1280 b32", "auto", 1.0, n=1600, speedup_vs={"ultralytics": 0.1}),                # not 400
+            att("fwd P4 h4 b1", "triton", 2.0, batch=1), att("fwd P4 h4 b1", "cuda", 1.0, batch=1),
+            att("fwd P4 h4 b1", "auto", 1.0, batch=1, kind="cpu", dtype="float32", threads=2,
+                speedup_vs={"ultralytics": 1.4, "sdpa": 2.0}),
+            {"suite": "model", "status": "ok", "device_kind": "cuda", "dtype": "float16", "case": "yolo12n 640 b1",
+             "provider": "patched+graphs", "params": {"model": "yolo12n", "imgsz": 640, "batch": 1}, "median_ms": 1.0,
+             "speedup_vs": {"eager": 2.4}}]
+    got = {t["target"]: t for t in report.targets(rows)}
+    t = got["attention fwd, batch 32: >= 3x ultralytics"]
+    assert (t["cases"], t["met"], t["worst"], t["missed"]) == (2, 1, 2.5, ["fwd P5 h8 b32"])
+    assert got["attention fwd, batch 32: >= 1.5x SDPA (flash, same copies)"]["met"] == 1
+    assert got["attention fwd, batch 32: >= 50% of the roofline floor"]["worst"] == 45.0
+    assert got["CUDA C++ attention fwd, batch 1: >= the Triton fwd"]["worst"] == 2.0  # triton 2 ms / cuda 1 ms
+    cpu = got["C++ CPU attention fwd, fp32, batch 1: >= 1.5x ultralytics"]
+    assert cpu["missed"] == ["fwd P4 h4 b1 @2 thr"] and cpu["met"] == 0
+    assert got["YOLO12 n..x at 640, batch 1: patched + CUDA graphs >= 2x eager"]["met"] == 1
+    assert "attention fwd, batch 32: >= 1.3x torch.compile of the reference" not in got  # no compile rows
+    md = "\n".join(report._targets_section(rows))
+    assert "| #3 | attention fwd, batch 32: >= 3x ultralytics | 2 | 2.5x | 2.96x | 1/2 | fwd P5 h8 b32 |" in md
+    assert "| #3 | attention fwd, batch 32: >= 50% of the roofline floor | 2 | 45% |" in md
+    assert report._targets_section([]) == []
+
+
 def test_recompute_choice_from_training_rows():
     """The report's training section: per recompute mode the step speed-up and peak ratio against train-eager, and
     the suggested CUDA default: the fastest mode meeting the 0.7x peak at the largest size, else the smallest."""

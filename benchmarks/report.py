@@ -12,6 +12,7 @@ import json
 import math
 from collections import OrderedDict, defaultdict
 from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 from .harness import RESULTS_DIR
 
@@ -242,8 +243,8 @@ def _auto_section(rows: list) -> list:
     return lines + [""]
 
 
-# The speed targets the issues set, as data: (issue, target text, device kind, row filter, metric, threshold). A
-# metric maps (row, rows of its case by provider) to a ratio (or a percentage) that must be >= the threshold.
+# The speed and memory targets the issues set, as data (Target). A metric maps (row, rows of its case by provider) to
+# a ratio or a percentage that must be >= the threshold (<= for `lower` targets).
 # Attention cases: head_dim 32, 400 tokens per area, 640x640 (P4 area 4 and P5 area 1).
 def _att(pass_, batch, dtype):
     return lambda r: ((r.get("params") or {}).get("pass") == pass_ and (r.get("params") or {}).get("batch") == batch
@@ -259,13 +260,36 @@ def _time_ratio(base):  # this row's speed over another provider's in the same c
     return lambda r, case: (case[base]["median_ms"] / r["median_ms"] if base in case else None)
 
 
+def _peak_vs_io(r, case):
+    """Attention forward: (inputs + what the call allocated at its peak) / (inputs + output), the inputs being the
+    row's bytes less the output (B * heads * head_dim * H * W elements)."""
+    p = r.get("params") or {}
+    elt = {"float16": 2, "bfloat16": 2, "float32": 4}.get(r.get("dtype"))
+    if r.get("extra_mem_mb") is None or not r.get("bytes") or elt is None:
+        return None
+    out = p["batch"] * p["heads"] * p["head_dim"] * p["H"] * p["W"] * elt
+    return (r["bytes"] - out + r["extra_mem_mb"] * 2**20) / r["bytes"]
+
+
+class Target(NamedTuple):
+    issue: str
+    text: str
+    kind: str      # device kind of the rows
+    suite: str
+    provider: str  # the row measured (ours)
+    match: Callable[[dict], bool]
+    metric: Callable[[dict, dict], Optional[float]]  # (row, rows of its case by provider) -> value
+    threshold: float
+    lower: bool = False  # met when the value is <= threshold (memory), else >=
+
+
 def _model(name=None, batch=None, imgsz=640, dtype="float16"):
     return lambda r: ((r.get("params") or {}).get("imgsz") == imgsz and not (r.get("params") or {}).get("train")
                       and (r.get("params") or {}).get("batch") == batch and r.get("dtype") == dtype
                       and str((r.get("params") or {}).get("model", "")).startswith(name or "yolo12"))
 
 
-TARGETS = [
+TARGETS = [Target(*t) for t in (
     ("#3", "attention fwd, batch 32: >= 3x ultralytics", "cuda", "ops", "auto", _att("fwd", 32, "float16"),
      _vs("ultralytics"), 3.0),
     ("#3", "attention fwd, batch 32: >= 1.5x the authors' flash path", "cuda", "ops", "auto",
@@ -283,6 +307,9 @@ TARGETS = [
     ("#3", "attention fwd, batch 1: >= 1x SDPA", "cuda", "ops", "auto", _att("fwd", 1, "float16"), _vs("sdpa"), 1.0),
     ("#3", "attention fwd, batch 1: >= 2x ultralytics", "cuda", "ops", "auto", _att("fwd", 1, "float16"),
      _vs("ultralytics"), 2.0),
+    ("#3", "attention fwd at 1280x1280, batch 8: peak memory <= 1.2x inputs + output", "cuda", "ops", "auto",
+     lambda r: (r.get("params") or {}).get("imgsz") == "1280x1280" and (r.get("params") or {}).get("pass") == "fwd"
+     and (r.get("params") or {}).get("batch") == 8 and r.get("dtype") == "float16", _peak_vs_io, 1.2, True),
     ("#4", "CUDA C++ attention fwd, batch 1: >= the Triton fwd", "cuda", "ops", "cuda", _att("fwd", 1, "float16"),
      _time_ratio("triton"), 1.0),
     ("#4", "CUDA C++ attention fwd, batch 32: >= 3x ultralytics", "cuda", "ops", "cuda", _att("fwd", 32, "float16"),
@@ -299,7 +326,7 @@ TARGETS = [
      _model("yolo12n", batch=1), _vs("yolo11n-eager"), 1.0),
     ("#5", "yolo12n at 640, batch 1, fp32, 2 threads: patched >= 1.1x eager", "cpu", "model", "patched",
      lambda r: r.get("threads") == 2 and _model("yolo12n", batch=1, dtype="float32")(r), _vs("eager"), 1.1),
-]
+)]
 
 
 def targets(rows: list) -> list:
@@ -312,21 +339,22 @@ def targets(rows: list) -> list:
         by_case[(r.get("suite"), r.get("case"), r.get("threads") if r.get("device_kind") == "cpu" else None)][
             r["provider"]] = r
     out = []
-    for issue, text, kind, suite, provider, match, metric, threshold in TARGETS:
+    for t in TARGETS:
         values = []
         for (s, case, threads), by in by_case.items():
-            r = by.get(provider)
-            if s != suite or r is None or r.get("device_kind") != kind or not match(r):
+            r = by.get(t.provider)
+            if s != t.suite or r is None or r.get("device_kind") != t.kind or not t.match(r):
                 continue
-            v = metric(r, by)
+            v = t.metric(r, by)
             if v is not None:
                 values.append((case + (f" @{threads} thr" if threads else ""), v))
         if not values:
             continue
         vs = [v for _, v in values]
-        out.append({"issue": issue, "target": text, "threshold": threshold, "cases": len(values),
-                    "worst": min(vs), "geomean": _geomean(vs) if min(vs) > 0 else None,
-                    "met": sum(v >= threshold for v in vs), "missed": [c for c, v in values if v < threshold]})
+        ok = (lambda v: v <= t.threshold) if t.lower else (lambda v: v >= t.threshold)
+        out.append({"issue": t.issue, "target": t.text, "threshold": t.threshold, "cases": len(values),
+                    "worst": max(vs) if t.lower else min(vs), "geomean": _geomean(vs) if min(vs) > 0 else None,
+                    "met": sum(ok(v) for v in vs), "missed": [c for c, v in values if not ok(v)]})
     return out
 
 

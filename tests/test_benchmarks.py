@@ -281,6 +281,8 @@ def test_issue_targets_from_measurements():
             att("fwd P4 h4 b1", "triton", 2.0, batch=1), att("fwd P4 h4 b1", "cuda", 1.0, batch=1),
             att("fwd P4 h4 b1", "auto", 1.0, batch=1, kind="cpu", dtype="float32", threads=2,
                 speedup_vs={"ultralytics": 1.4, "sdpa": 2.0}),
+            dict(att("fwd 1280 P4 h4 b8", "auto", 1.0, batch=8, bytes=4000.0, extra_mem_mb=2000 / 2**20),
+                 params={"pass": "fwd", "imgsz": "1280x1280", "batch": 8, "heads": 1, "head_dim": 10, "H": 5, "W": 1}),
             {"suite": "model", "status": "ok", "device_kind": "cuda", "dtype": "float16", "case": "yolo12n 640 b1",
              "provider": "patched+graphs", "params": {"model": "yolo12n", "imgsz": 640, "batch": 1}, "median_ms": 1.0,
              "speedup_vs": {"eager": 2.4}}]
@@ -294,6 +296,8 @@ def test_issue_targets_from_measurements():
     assert cpu["missed"] == ["fwd P4 h4 b1 @2 thr"] and cpu["met"] == 0
     assert got["YOLO12 n..x at 640, batch 1: patched + CUDA graphs >= 2x eager"]["met"] == 1
     assert "attention fwd, batch 32: >= 1.3x torch.compile of the reference" not in got  # no compile rows
+    mem = got["attention fwd at 1280x1280, batch 8: peak memory <= 1.2x inputs + output"]  # lower is better
+    assert mem["cases"] == 1 and mem["met"] == 0 and mem["worst"] == pytest.approx((4000 - 800 + 2000) / 4000)  # output 8 * 10 * 5 * 2 B
     md = "\n".join(report._targets_section(rows))
     assert "| #3 | attention fwd, batch 32: >= 3x ultralytics | 2 | 2.5x | 2.96x | 1/2 | fwd P5 h8 b32 |" in md
     assert "| #3 | attention fwd, batch 32: >= 50% of the roofline floor | 2 | 45% |" in md

@@ -363,8 +363,8 @@ def _targets_section(rows: list) -> list:
     if not ts:
         return []
     lines = ["## The issues' speed targets (measured in this file)", "",
-             "Each target over every matching case of this file (ratios in x, roofline in %); met = cases at or above "
-             "the threshold. Quick rows and rows whose numerics check failed do not count.", "",
+             "Each target over every matching case of this file (ratios in x, roofline in %); met = cases that meet it (>= "
+             "the threshold; <= for memory). Quick rows and rows whose numerics check failed do not count.", "",
              "| issue | target | cases | worst | geomean | met | missed in |", "|---|---|---|---|---|---|---|"]
     for t in ts:
         unit = "%" if "roofline" in t["target"] else "x"

@@ -547,4 +547,6 @@ def main(argv=None, prog="python -m benchmarks report") -> int:
     for f in files:
         for out in render(f):
             print(f"wrote {out}")
+        if len(files) == 1:  # the run just made: its targets on the console too (a GPU lease's output shows them)
+            print("\n".join(_targets_section(load(f))), end="")
     return 0

@@ -264,7 +264,7 @@ def test_auto_choices_from_measurements():
     assert "## What `auto` should pick here (measured)" in md and "| mlp | sm_90 | float16 |" in md
 
 
-def test_issue_targets_from_measurements():
+def test_issue_targets_from_measurements(tmp_path, capsys):
     """The report's targets section: each issue target over its matching cases (worst, met / cases, the cases that
     miss), from the rows' speed-ups, roofline or a time ratio between two providers of one case; quick rows, failed
     checks, other devices and other shapes do not count."""
@@ -302,6 +302,10 @@ def test_issue_targets_from_measurements():
     assert "| #3 | attention fwd, batch 32: >= 3x ultralytics | 2 | 2.5x | 2.96x | 1/2 | fwd P5 h8 b32 |" in md
     assert "| #3 | attention fwd, batch 32: >= 50% of the roofline floor | 2 | 45% |" in md
     assert report._targets_section([]) == []
+    f = tmp_path / "run.jsonl"  # `report` of one file (the run just made) prints its targets too
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.main([str(f)]) == 0
+    assert "| #3 | attention fwd, batch 32: >= 3x ultralytics | 2 |" in capsys.readouterr().out
 
 
 def test_recompute_choice_from_training_rows():

@@ -271,7 +271,7 @@ def test_issue_targets_from_measurements(tmp_path, capsys):
     def att(case, provider, ms, batch=32, pass_="fwd", n=400, kind="cuda", dtype="float16", **extra):
         return {"suite": "ops", "status": "ok", "device_kind": kind, "dtype": dtype, "case": case, "provider": provider,
                 "params": {"batch": batch, "pass": pass_, "n": n, "head_dim": 32, "imgsz": "640x640"},
-                "median_ms": ms, "check": "pass", **extra}
+                "median_ms": ms, "p20_ms": ms, "p80_ms": ms, "check": "pass", **extra}
 
     rows = [att("fwd P4 h4 b32", "auto", 1.0, speedup_vs={"ultralytics": 3.5, "sdpa": 1.6}, pct_roofline=55.0),
             att("fwd P5 h8 b32", "auto", 1.0, speedup_vs={"ultralytics": 2.5, "sdpa": 1.4}, pct_roofline=45.0),
@@ -285,7 +285,7 @@ def test_issue_targets_from_measurements(tmp_path, capsys):
                  params={"pass": "fwd", "imgsz": "1280x1280", "batch": 8, "heads": 1, "head_dim": 10, "H": 5, "W": 1}),
             {"suite": "model", "status": "ok", "device_kind": "cuda", "dtype": "float16", "case": "yolo12n 640 b1",
              "provider": "patched+graphs", "params": {"model": "yolo12n", "imgsz": 640, "batch": 1}, "median_ms": 1.0,
-             "speedup_vs": {"eager": 2.4}}]
+             "p20_ms": 1.0, "p80_ms": 1.0, "speedup_vs": {"eager": 2.4}}]
     got = {t["target"]: t for t in report.targets(rows)}
     t = got["attention fwd, batch 32: >= 3x ultralytics"]
     assert (t["cases"], t["met"], t["worst"], t["missed"]) == (2, 1, 2.5, ["fwd P5 h8 b32"])

@@ -18,6 +18,7 @@ the user opted into TF32 (torch.set_float32_matmul_precision("high")).
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 import triton
@@ -112,6 +113,7 @@ def _prune(configs, named_args, **kwargs):
     fixed config instead, untimed (the autotuner then keeps it for this key; warm up before capturing, as
     torch.cuda.graphs asks, to get the timed choice)."""
     if len(configs) == 1:
+        _UNTIMED.one = True
         return configs
     prec = kwargs.get("DOT_PRECISION", named_args.get("DOT_PRECISION"))
     fp32 = named_args["Q"].dtype == torch.float32
@@ -123,11 +125,29 @@ def _prune(configs, named_args, **kwargs):
     n = named_args["n"]
     keep = [c for c in pool if c.kwargs["BLOCK_M"] <= max(32, triton.next_power_of_2(n))] or pool[:1]
     if kwargs.get("DETERMINISTIC", named_args.get("DETERMINISTIC")) or _capturing(named_args["Q"]):
-        return keep[:1]  # the tile sizes set the summation order: a timed choice could differ between runs
+        keep = keep[:1]  # the tile sizes set the summation order: a timed choice could differ between runs
+    _UNTIMED.one = len(keep) == 1
     return keep
 
 
 _PRUNE = {"early_config_prune": _prune}
+_UNTIMED = threading.local()  # _prune left one config for the key being tuned (this thread): nothing to time
+
+
+def _do_bench(kernel_call, quantiles):
+    """The autotuner's timer: triton's own, except where nothing is to be chosen. Triton < 3.7 times the configs
+    _prune leaves even when only one is left (later versions skip that), which under CUDA graph capture
+    synchronizes the capturing stream and invalidates the capture, and elsewhere costs a timed run per kernel and
+    key (DETERMINISTIC, the FMA-only pools). With one config left, or while the stream captures, report a dummy
+    time without running it; the autotuner then launches that config once, as usual."""
+    if getattr(_UNTIMED, "one", False) or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+        return [0.0] * len(quantiles)
+    return _benchmarker()(kernel_call, quantiles=quantiles)
+
+
+def _benchmarker():
+    """Triton's default autotune timer (what Autotuner uses without do_bench=)."""
+    return triton.runtime.driver.active.get_benchmarker()
 
 
 def split_tiles(arch: int, dot_precision: str | None, dtype_is_fp32: bool, head_dim: int) -> bool:
@@ -206,22 +226,28 @@ def _fwd_key_tile(q, k_base, v_base, start_n, n, s_kn, s_kd, s_vn, s_vd, qk_scal
     return m_new, l_i, acc
 
 
+# seqs (seq_bucket): how many (image, head, area) sequences a launch covers, as a power of two. The kernels do not
+# read it; it is in the key because the fastest tile depends on how many programs fill the GPU (a batch-1 launch has
+# about 100 programs on an H100's 132 SMs, batch 32 thousands), so each batch size class is tuned on its own
+# instead of reusing the first shape's choice. Not specialised on (do_not_specialize): one compiled kernel for all.
 # restore_value: the in-place form writes Out over the residual it reads; every timed run of the autotuner would
 # add the attention again (tests/test_area_attention.py runs the tuner with several configs under the interpreter)
-FWD_AUTOTUNE = dict(key=["HEAD_DIM", "n", "HAS_RESIDUAL", "DOT_PRECISION", "NEG_SCALE", "SPLIT", "DETERMINISTIC"],
-                    prune_configs_by=_PRUNE, restore_value=["Out"])
-BWD_AUTOTUNE = dict(key=["HEAD_DIM", "n", "DOT_PRECISION", "SPLIT", "DETERMINISTIC"], prune_configs_by=_PRUNE)
+FWD_AUTOTUNE = dict(key=["HEAD_DIM", "n", "seqs", "HAS_RESIDUAL", "DOT_PRECISION", "NEG_SCALE", "SPLIT",
+                         "DETERMINISTIC"],
+                    prune_configs_by=_PRUNE, restore_value=["Out"], do_bench=_do_bench)
+BWD_AUTOTUNE = dict(key=["HEAD_DIM", "n", "seqs", "DOT_PRECISION", "SPLIT", "DETERMINISTIC"], prune_configs_by=_PRUNE,
+                    do_bench=_do_bench)
 
 
 @triton.autotune(configs=_configs(FWD_CONFIGS), **FWD_AUTOTUNE)
-@triton.jit
+@triton.jit(do_not_specialize=["seqs"])
 def area_attention_fwd_kernel(
     Q, K, V, R, Out, Lse,
     s_qb, s_qh, s_qd, s_qn,
     s_kb, s_kh, s_kd, s_kn,
     s_vb, s_vh, s_vd, s_vn,
     s_rb, s_rh, s_rd, s_rn,
-    heads, N, n, qk_scale,
+    heads, N, n, qk_scale, seqs,
     HEAD_DIM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DOT_PRECISION: tl.constexpr, NEG_SCALE: tl.constexpr,
     SPLIT: tl.constexpr, DETERMINISTIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -345,14 +371,14 @@ def _dq_key_tile(q, do, lse2, delta, k_base, v_base, start_n, n, s_kn, s_kd, s_v
 
 
 @triton.autotune(configs=_configs(BWD_CONFIGS), **BWD_AUTOTUNE)
-@triton.jit
+@triton.jit(do_not_specialize=["seqs"])
 def area_attention_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV,
     s_qb, s_qh, s_qd, s_qn,
     s_kb, s_kh, s_kd, s_kn,
     s_vb, s_vh, s_vd, s_vn,
     s_dob, s_doh, s_dod, s_don,
-    heads, N, n, qk_scale, sm_scale,
+    heads, N, n, qk_scale, sm_scale, seqs,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT: tl.constexpr, DETERMINISTIC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -394,14 +420,14 @@ def area_attention_bwd_dkdv_kernel(
 
 
 @triton.autotune(configs=_configs(BWD_CONFIGS), **BWD_AUTOTUNE)
-@triton.jit
+@triton.jit(do_not_specialize=["seqs"])
 def area_attention_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ,
     s_qb, s_qh, s_qd, s_qn,
     s_kb, s_kh, s_kd, s_kn,
     s_vb, s_vh, s_vd, s_vn,
     s_dob, s_doh, s_dod, s_don,
-    heads, N, n, qk_scale, sm_scale,
+    heads, N, n, qk_scale, sm_scale, seqs,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT: tl.constexpr, DETERMINISTIC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -470,6 +496,12 @@ def _launch_flags(q: torch.Tensor, prec: str) -> dict:
             "DETERMINISTIC": torch.are_deterministic_algorithms_enabled()}
 
 
+def seq_bucket(B: int, heads: int, area: int) -> int:
+    """The autotuner's `seqs` key: B * heads * area (the sequences a launch covers) rounded up to a power of two,
+    capped at 4096 (beyond that every tile fills an H100 many times over)."""
+    return min(triton.next_power_of_2(max(1, B * heads * area)), 4096)
+
+
 def _grid(B, heads, area, n):
     return lambda meta: (B * heads, area * triton.cdiv(n, meta["BLOCK_M"]))
 
@@ -502,7 +534,7 @@ def area_attention_fwd(q, k, v, area: int, scale: float, residual=None, out=None
             area_attention_fwd_kernel[_grid(B, heads, area, n)](
                 q, k, v, r, out, lse,
                 *q.stride(), *k.stride(), *v.stride(), *r.stride(),
-                heads, N, n, scale * LOG2E,
+                heads, N, n, scale * LOG2E, seq_bucket(B, heads, area),
                 HEAD_DIM=D, HAS_RESIDUAL=residual is not None, DOT_PRECISION=prec, NEG_SCALE=scale < 0,
                 **_launch_flags(q, prec), **COMPILE_OPTIONS,
             )
@@ -531,7 +563,8 @@ def area_attention_bwd(dout, q, k, v, out, residual, lse, area: int, scale: floa
             area_attention_bwd_preprocess_kernel[(B * heads, triton.cdiv(N, block))](
                 dout, out, r, delta, *dout.stride(), *r.stride(), heads, N,
                 HEAD_DIM=D, HAS_RESIDUAL=residual is not None, BLOCK=block, **COMPILE_OPTIONS)
-            common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), heads, N, n, scale * LOG2E, scale)
+            common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), heads, N, n, scale * LOG2E, scale,
+                      seq_bucket(B, heads, area))
             area_attention_bwd_dkdv_kernel[lambda meta: (B * heads, area * triton.cdiv(n, meta["BLOCK_N"]))](
                 q, k, v, dout, lse, delta, dk, dv, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags,
                 **COMPILE_OPTIONS)
@@ -586,11 +619,13 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
     NCHW conv outputs (token stride 1) or, from channels_last models, token stride 3C and channel stride 1 (`cl`):
     compiled for fp16 head_dim 32 on sm_80/sm_90. odd_n=True compiles every variant every way (the slow AOT run),
     odd_n=False only the n16 NCHW ones."""
-    kernels = [
+    kernels = [  # HAS_RESIDUAL=False: training's forward (the residual is added outside) and its backward
         (area_attention_fwd_kernel, FWD_CONFIGS, {"HAS_RESIDUAL": True, "NEG_SCALE": False}),
+        (area_attention_fwd_kernel, FWD_CONFIGS, {"HAS_RESIDUAL": False, "NEG_SCALE": False}),
         (area_attention_bwd_dkdv_kernel, BWD_CONFIGS, {}),
         (area_attention_bwd_dq_kernel, BWD_CONFIGS, {}),
         (area_attention_bwd_preprocess_kernel, None, {"HAS_RESIDUAL": True}),
+        (area_attention_bwd_preprocess_kernel, None, {"HAS_RESIDUAL": False}),
     ]
     pre_cfg = triton.Config({"BLOCK": 64}, num_warps=4, num_stages=1)
     for kernel, configs, extra in kernels:
@@ -603,9 +638,10 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
                 for d in head_dims:
                     hot = odd_n is None and dtype != torch.float32 and arch >= 80 and d == 32
                     specs = [(True, "nchw")]  # (n divisible by 16, layout)
-                    if "n" in fn.arg_names and (odd_n or hot):
+                    more = "n" in fn.arg_names and (odd_n or extra.get("HAS_RESIDUAL") is not False)
+                    if more and (odd_n or hot):  # without the residual only NCHW n16 (the slow run: every way)
                         specs.append((False, "nchw"))
-                    if "n" in fn.arg_names and (odd_n or (hot and dtype == torch.float16)):
+                    if more and (odd_n or (hot and dtype == torch.float16)):
                         specs.append((True, "cl"))
                     fma = uses_fma(arch, prec, dtype == torch.float32)
                     tf32 = dtype == torch.float32 and prec == "tf32"
@@ -626,6 +662,7 @@ def aot_variants(arch: int, dtypes=(torch.float16, torch.bfloat16, torch.float32
                             tag = "/".join(f"{k}={v}" for k, v in cfg.kwargs.items())
                             ntag = "" if "n" not in fn.arg_names else (",n16" if n16 else ",n1")
                             ntag += ",cl" if layout == "cl" else ""
+                            ntag += ",nores" if extra.get("HAS_RESIDUAL") is False else ""
                             yield dict(fn=fn, signature=sig, constexprs=const, attrs=attrs, num_warps=cfg.num_warps,
                                        num_stages=cfg.num_stages, dtype=str(dtype).replace("torch.", ""),
                                        name=f"{fn.__name__}[{TRITON_DTYPE[dtype]}{'' if prec in (None, 'tf32') or dtype != torch.float32 else '-ieee'}"

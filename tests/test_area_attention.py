@@ -314,7 +314,7 @@ def test_in_place_forward_survives_autotuning(monkeypatch):
         return [1.0 + len(timed)] * len(quantiles)  # the first config "wins"
 
     tuner = triton.autotune(configs=[aa._cfg(32, 16, 4, 1), aa._cfg(16, 16, 4, 1)],
-                            **{**aa.FWD_AUTOTUNE, "prune_configs_by": None}, do_bench=bench)(aa.area_attention_fwd_kernel.fn)
+                            **{**aa.FWD_AUTOTUNE, "prune_configs_by": None, "do_bench": bench})(aa.area_attention_fwd_kernel.fn)
     monkeypatch.setattr(aa, "area_attention_fwd_kernel", tuner)
     q, k, v = make_qkv("interleaved", 2, 2, 32, 6, 10, torch.float32)
     res = torch.randn(2, 2, 32, 60)
@@ -325,6 +325,37 @@ def test_in_place_forward_survives_autotuning(monkeypatch):
         yolov12_fast.area_attention_add_(r, q, k, v, 4, backend="triton")
     assert len(timed) == 2, "the tuner did not time both configs: the test proved nothing"
     assert_close_to_oracle(r, naive, o64, "in place, first call (tuned)")
+
+
+def test_each_batch_size_class_is_tuned_on_its_own(monkeypatch):
+    """The tuner's key holds `seqs` (B * heads * area as a power of two): the best tile depends on how many programs
+    fill the GPU, so batch 1 and batch 8 are timed separately instead of batch 8 reusing batch 1's choice, and a
+    batch in an already tuned class is not timed again."""
+    import triton
+    from yolov12_fast.kernels import area_attention as aa
+
+    if DEV == "cuda":
+        pytest.skip("interpreter-only: builds a tuner around the interpreted kernel")
+    assert [aa.seq_bucket(*a) for a in ((1, 2, 4), (3, 2, 4), (8, 2, 4), (512, 12, 4))] == [8, 32, 64, 4096]
+    timed = []
+
+    def bench(kernel_call, quantiles):
+        timed.append(1)
+        return [1.0] * len(quantiles)
+
+    for name, autotune in (("area_attention_fwd_kernel", aa.FWD_AUTOTUNE), ("area_attention_bwd_dq_kernel",
+                                                                            aa.BWD_AUTOTUNE)):
+        assert "seqs" in autotune["key"] and "seqs" in getattr(aa, name).fn.arg_names
+    tuner = triton.autotune(configs=[aa._cfg(32, 16, 4, 1), aa._cfg(16, 16, 4, 1)],
+                            **{**aa.FWD_AUTOTUNE, "prune_configs_by": None, "do_bench": bench})(aa.area_attention_fwd_kernel.fn)
+    monkeypatch.setattr(aa, "area_attention_fwd_kernel", tuner)
+    counts = []
+    for B in (1, 8, 1, 7):  # 7 * 2 * 4 = 56 -> 64, batch 8's class
+        q, k, v = (torch.randn(B, 2, 32, 40) for _ in range(3))
+        out, _ = aa.area_attention_fwd(q, k, v, 4, 32 ** -0.5)
+        torch.testing.assert_close(out, reference.area_attention(q, k, v, 4), rtol=1e-4, atol=1e-4)
+        counts.append(len(timed))
+    assert counts == [2, 4, 4, 4], counts
 
 
 def test_fp32_tf32_opt_in_is_read_from_every_torch_setting():

@@ -54,6 +54,74 @@ def test_first_launch_inside_cuda_graph_capture_is_not_timed(monkeypatch):
     assert aa._prune(configs, {"Q": CudaQ(), "n": 400}, DOT_PRECISION="tf32", DETERMINISTIC=True) == free[:1]
 
 
+def test_a_single_pruned_config_is_never_timed(monkeypatch):
+    """Triton < 3.7's autotuner times the configs _prune leaves even when one is left (3.7+ skips that); timing
+    synchronizes, which inside CUDA graph capture invalidates the capture. Every autotuned kernel therefore times
+    through _do_bench, which runs nothing when _prune left one config or the stream captures, and otherwise hands
+    the call to triton's own benchmarker."""
+    import triton
+
+    from yolov12_fast.kernels import area_attention as aa
+
+    for k in (aa.area_attention_fwd_kernel, aa.area_attention_bwd_dkdv_kernel, aa.area_attention_bwd_dq_kernel):
+        assert isinstance(k, triton.runtime.Autotuner) and k.do_bench is aa._do_bench, k
+
+    class CudaQ:
+        is_cuda, dtype = True, F16
+
+    def must_not_run():
+        raise AssertionError("a lone config was timed")
+
+    timed = []
+    monkeypatch.setattr(aa, "_benchmarker", lambda: lambda call, quantiles: timed.append(call) or [1.0] * len(quantiles))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    configs = aa.FWD_CONFIGS + aa.FMA_CONFIGS
+    one = aa._prune(configs, {"Q": CudaQ(), "n": 400}, DOT_PRECISION="tf32", DETERMINISTIC=True)
+    assert len(one) == 1 and aa._do_bench(must_not_run, (0.5, 0.2, 0.8)) == [0.0, 0.0, 0.0]
+    several = aa._prune(configs, {"Q": CudaQ(), "n": 400}, DOT_PRECISION="tf32", DETERMINISTIC=False)
+    assert len(several) > 1 and aa._do_bench(must_not_run, (0.5,)) == [1.0] and timed == [must_not_run]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert aa._do_bench(must_not_run, (0.5,)) == [0.0]  # capturing: never timed, whatever was pruned
+
+
+def test_a_tuner_that_always_times_runs_a_lone_config_once(monkeypatch):
+    """The same through the real forward kernel under the interpreter: a tuner that times every pruned config (as
+    triton < 3.7 does) behind _do_bench, with deterministic mode pinning one config, launches the kernel once (the
+    real launch) and never times it; the result is right."""
+    import triton
+
+    from yolov12_fast import reference
+    from yolov12_fast.kernels import area_attention as aa
+
+    if torch.cuda.is_available():
+        pytest.skip("interpreter-only: builds a tuner around the interpreted kernel")
+    launches = []
+
+    class AlwaysTimes(triton.runtime.Autotuner):
+        def run(self, *args, **kwargs):
+            launches.append(1)
+            self.nargs = dict(zip(self.arg_names, args))
+            pruned = self.prune_configs({**self.nargs, **kwargs})
+            times = {c: self._bench(*args, config=c, **kwargs) for c in pruned}  # even a lone config
+            self.nargs = None
+            best = min(times, key=lambda c: times[c][0])
+            return self.fn.run(*args, **{**kwargs, **best.all_kwargs()})
+
+    benched = []
+    real_bench = aa._do_bench
+    monkeypatch.setattr(aa, "_do_bench", lambda call, quantiles: benched.append(1) or real_bench(call, quantiles))
+    tuner = AlwaysTimes(aa.area_attention_fwd_kernel.fn, aa.area_attention_fwd_kernel.fn.arg_names,
+                        [aa._cfg(32, 16, 4, 1), aa._cfg(16, 16, 4, 1)], aa.FWD_AUTOTUNE["key"], None, ["Out"],
+                        prune_configs_by={"early_config_prune": lambda configs, named_args, **kw: aa._prune(
+                            configs[:1], named_args, **kw)}, do_bench=aa._do_bench)
+    monkeypatch.setattr(aa, "area_attention_fwd_kernel", tuner)
+    q, k, v = (torch.randn(1, 2, 32, 40) for _ in range(3))
+    out, _ = aa.area_attention_fwd(q, k, v, 2, 32 ** -0.5)
+    assert launches == [1]
+    torch.testing.assert_close(out, reference.area_attention(q, k, v, 2), rtol=1e-4, atol=1e-4)
+
+
 def _op_calls():
     """(name, kernel module attribute to break, call) for every Triton launcher, through the public API."""
     from yolov12_fast.kernels import area_attention as aa, conv, mlp, pe

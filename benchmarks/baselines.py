@@ -120,12 +120,18 @@ def authors_flash(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
 
 
 def _sdpa_qkv(qkv, area: int, heads: int, head_dim: int):
+    """(B*area, heads, n, D) q, k, v for SDPA over one contiguous copy of the token tensor. Views of ultralytics'
+    (B, N, 3C) tokens have the head dim at stride 1 only after that copy; without it (every batch-1 case, where the
+    area reshape is a view, and every P5 case) SDPA refuses its fused kernels and runs the MATH backend, slower
+    than ultralytics' own matmuls: a straw man. The copy is what the authors' path pays too (.contiguous())."""
     qkv, B, N = _area_tokens(qkv, area)
+    qkv = qkv.contiguous()
     return qkv.view(B, N, heads, head_dim * 3).permute(0, 2, 1, 3).split([head_dim, head_dim, head_dim], dim=3)
 
 
 def sdpa(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
-    """ultralytics' layout steps with F.scaled_dot_product_attention (its own backend choice) for the math."""
+    """ultralytics' layout steps with F.scaled_dot_product_attention (its own backend choice: flash / efficient on the
+    contiguous token copy, see _sdpa_qkv) for the math."""
     H, W = qkv.shape[2:]
     q, k, v = _sdpa_qkv(qkv, area, heads, head_dim)  # (B*area, heads, n, D) views
     x = F.scaled_dot_product_attention(q, k, v)

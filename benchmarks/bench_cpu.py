@@ -46,8 +46,9 @@ def test_attention_layer(benchmark, case, provider, threads):
     args = ops._inputs(case, CPU, torch.float32, False)
     with num_threads(threads), torch.no_grad():
         oracle = ops._oracle(case, args, CPU)
-        naive = bl.ultralytics_eager(*args, case.area, case.heads, case.head_dim)
-        err, check = ops._check(fn, case, args, oracle, (naive.double() - oracle).abs().max().item(), torch.float32)
+        naive = ops._results(bl.ultralytics_eager, case, args)
+        naive_err = [(x.double() - o).abs().max().item() for x, o in zip(naive, oracle)]
+        err, check = ops._check(fn, case, args, oracle, naive_err, torch.float32)
         assert check == "pass", f"{provider} {case.name}: {check}"
         benchmark.group = f"{case.name} {threads} thr"
         benchmark.extra_info.update(threads=threads, gflop=case.flops() / 1e9, max_abs_err=err,

@@ -235,13 +235,27 @@ def make_row(ctx: "Context", suite: str, case: str, params: dict, provider: str,
     return row
 
 
+def timer_kind(timer: Optional[str]) -> str:
+    """The timing method of a row's `timer`: "do_bench_cudagraph", "do_bench" (also after a failed capture) or
+    "cpu" (interleaved rounds, whatever their repeat count)."""
+    return (timer or "").split(" ")[0]
+
+
 def add_speedups(rows: list, baselines: Iterable[str]) -> list:
-    """row["speedup_vs"][b] = median(b) / median(row) for every baseline b measured (status ok) in `rows` (one case)."""
-    times = {r["provider"]: r["median_ms"] for r in rows if r.get("status") == "ok" and r.get("median_ms")}
+    """row["speedup_vs"][b] = median(b) / median(row) for every baseline b measured (status ok) in `rows` (one case)
+    by the same timing method: a provider whose CUDA graph capture failed was timed by do_bench (launch gaps, L2
+    flushed) and is not divided by one timed in a graph; `speedup_skipped` names such baselines."""
+    times = {r["provider"]: (r["median_ms"], timer_kind(r.get("timer"))) for r in rows
+             if r.get("status") == "ok" and r.get("median_ms")}
     for r in rows:
         if r.get("status") != "ok" or not r.get("median_ms"):
             continue
-        r["speedup_vs"] = {b: times[b] / r["median_ms"] for b in baselines if b in times and b != r["provider"]}
+        kind = timer_kind(r.get("timer"))
+        mine = [b for b in baselines if b in times and b != r["provider"]]
+        r["speedup_vs"] = {b: times[b][0] / r["median_ms"] for b in mine if times[b][1] == kind}
+        other = [b for b in mine if times[b][1] != kind]
+        if other:
+            r["speedup_skipped"] = {b: f"timed by {times[b][1]}, this row by {kind}" for b in other}
     return rows
 
 

@@ -210,6 +210,53 @@ def _synthetic_rows(tmp_path) -> Path:
     return ctx.path
 
 
+def test_fwdbwd_check_compares_every_gradient():
+    """A fwd+bwd provider passes its check only if the output and the gradients of qkv and the PE weight and bias
+    are within bound of the oracle's: a backward 10% off in qkv's gradient fails, the reference passes."""
+    from benchmarks import ops
+
+    case = ops.attention_cases(torch.device("cpu"), quick=True)[1]
+    assert case.pass_ == "fwdbwd"
+    args = ops._inputs(case, torch.device("cpu"), torch.float32, True)
+    dout = torch.randn(case.batch, case.C, case.H, case.W)
+    oracle = ops._oracle(case, args, torch.device("cpu"), dout)
+    assert [o.shape for o in oracle] == [args[0].shape[:1] + (case.C,) + args[0].shape[2:]] + [t.shape for t in args]
+    naive_err = [(x.double() - o).abs().max().item()
+                 for x, o in zip(ops._results(bl.ultralytics_eager, case, args, dout), oracle)]
+
+    class Skew(torch.autograd.Function):  # identity forward, 1.1x gradient
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return 1.1 * g
+
+    def wrong(qkv, w, b, area, heads, head_dim):
+        return bl.ultralytics_eager(Skew.apply(qkv), w, b, area, heads, head_dim)
+
+    assert ops._check(bl.ultralytics_eager, case, args, oracle, naive_err, torch.float32, dout)[1] == "pass"
+    check = ops._check(wrong, case, args, oracle, naive_err, torch.float32, dout)[1]
+    assert check.startswith("FAIL (dqkv:") and "dpe_w" not in check, check
+    assert all(t.grad is None for t in args)  # the check leaves no gradients behind (peak memory is measured next)
+
+
+def test_speedups_only_between_rows_of_one_timing_method():
+    """A provider whose CUDA graph capture failed falls back to do_bench (launch gaps, L2 flushed): its time is not
+    divided by one measured in a graph; CPU rows of different repeat counts are one method."""
+    def row(provider, ms, timer):
+        return {"provider": provider, "status": "ok", "median_ms": ms, "timer": timer}
+
+    rows = harness.add_speedups([row("ultralytics", 1.0, "do_bench (cudagraph capture failed: RuntimeError)"),
+                                 row("sdpa", 0.5, "do_bench_cudagraph"), row("auto", 0.25, "do_bench_cudagraph")],
+                                ("ultralytics", "sdpa"))
+    assert rows[2]["speedup_vs"] == {"sdpa": 2.0} and "ultralytics" in rows[2]["speedup_skipped"]
+    cpu = harness.add_speedups([row("ultralytics", 1.0, "cpu interleaved x3"), row("auto", 0.5, "cpu interleaved x7")],
+                               ("ultralytics",))
+    assert cpu[1]["speedup_vs"] == {"ultralytics": 2.0} and "speedup_skipped" not in cpu[1]
+
+
 def test_report_renders_synthetic_rows(tmp_path):
     path = _synthetic_rows(tmp_path)
     written = report.render(path)
@@ -286,7 +333,15 @@ def test_issue_targets_from_measurements(tmp_path, capsys):
             {"suite": "model", "status": "ok", "device_kind": "cuda", "dtype": "float16", "case": "yolo12n 640 b1",
              "provider": "patched+graphs", "params": {"model": "yolo12n", "imgsz": 640, "batch": 1}, "median_ms": 1.0,
              "p20_ms": 1.0, "p80_ms": 1.0, "speedup_vs": {"eager": 2.4}}]
+    rows.append(dict(rows[-1], provider="patched", speedup_vs={"eager": 1.3, "yolo11n-eager": 0.9}))
+    for r in list(rows):  # the baselines' own rows (a ratio counts only where its baseline passed its check)
+        for base in r.get("speedup_vs", {}):
+            if base != "yolo11n-eager":  # that one is a row of the yolo11n case
+                rows.append(dict(r, provider=base, speedup_vs={}))
+    rows.append(dict(rows[0], provider="flash", check="FAIL (x)"))  # its ratio must not count
+    rows[0]["speedup_vs"]["flash"] = 5.0
     got = {t["target"]: t for t in report.targets(rows)}
+    assert "attention fwd, batch 32: >= 1.5x the authors' flash path" not in got
     t = got["attention fwd, batch 32: >= 3x ultralytics"]
     assert (t["cases"], t["met"], t["worst"], t["missed"]) == (2, 1, 2.5, ["fwd P5 h8 b32"])
     assert got["attention fwd, batch 32: >= 1.5x SDPA (flash, same copies)"]["met"] == 1
@@ -295,6 +350,7 @@ def test_issue_targets_from_measurements(tmp_path, capsys):
     cpu = got["C++ CPU attention fwd, fp32, batch 1: >= 1.5x ultralytics"]
     assert cpu["missed"] == ["fwd P4 h4 b1 @2 thr"] and cpu["met"] == 0
     assert got["YOLO12 n..x at 640, batch 1: patched + CUDA graphs >= 2x eager"]["met"] == 1
+    assert got["yolo12n at 640, batch 1: patched no slower than yolo11n eager"]["missed"] == ["yolo12n 640 b1"]
     assert "attention fwd, batch 32: >= 1.3x torch.compile of the reference" not in got  # no compile rows
     mem = got["attention fwd at 1280x1280, batch 8: peak memory <= 1.2x inputs + output"]  # lower is better
     assert mem["cases"] == 1 and mem["met"] == 0 and mem["worst"] == pytest.approx((4000 - 800 + 2000) / 4000)  # output 8 * 10 * 5 * 2 B

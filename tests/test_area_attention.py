@@ -358,6 +358,39 @@ def test_each_batch_size_class_is_tuned_on_its_own(monkeypatch):
     assert counts == [2, 4, 4, 4], counts
 
 
+@pytest.mark.parametrize("split", [True, False], ids=["split", "masked"])
+@pytest.mark.parametrize("pair", [0, 1, 2])
+def test_every_gpu_tile_config_against_the_oracle(monkeypatch, pair, split):
+    """The interpreter pins one small config (INTERPRET_CONFIG); the tiles a GPU autotunes over (forward 64x64,
+    64x32, 128x64; backward 64x32, 32x32) run here too, with SPLIT's unmasked full tiles and without, on an area that
+    is not a multiple of any tile (n = 49, two areas) and one that spans full tiles and a partial one (n = 130)."""
+    import triton
+    from yolov12_fast.kernels import area_attention as aa
+
+    if DEV == "cuda":
+        pytest.skip("interpreter-only: on a GPU the autotuner runs these configs")
+    fc, bc = [(aa.FWD_CONFIGS[0], aa.BWD_CONFIGS[0]), (aa.FWD_CONFIGS[1], aa.BWD_CONFIGS[1]),
+              (aa.FWD_CONFIGS[2], aa.BWD_CONFIGS[0])][pair]
+    for name, cfg, autotune in (("area_attention_fwd_kernel", fc, aa.FWD_AUTOTUNE),
+                                ("area_attention_bwd_dkdv_kernel", bc, aa.BWD_AUTOTUNE),
+                                ("area_attention_bwd_dq_kernel", bc, aa.BWD_AUTOTUNE)):
+        monkeypatch.setattr(aa, name, triton.autotune(configs=[cfg], **autotune)(getattr(aa, name).fn))
+    monkeypatch.setattr(aa, "_launch_flags", lambda q, prec: {"SPLIT": split, "DETERMINISTIC": False})
+    for area, n in ((2, 49), (1, 130)):
+        q, k, v = make_qkv("interleaved", 1, 2, 16, 1, area * n, torch.float32)
+        res = torch.randn(1, 2, 16, area * n)
+        out, lse = aa.area_attention_fwd(q, k, v, area, 16 ** -0.5, residual=res)
+        o64, l64 = reference.area_attention_lse(q.double(), k.double(), v.double(), area, residual=res.double())
+        tag = f"{fc.kwargs} / {bc.kwargs} split={split} area={area} n={n}"
+        assert_close_to_oracle(out, reference.area_attention(q, k, v, area, residual=res), o64, "out " + tag)
+        torch.testing.assert_close(lse.double(), l64, rtol=1e-5, atol=1e-5)
+        dout = torch.randn_like(res)
+        grads = aa.area_attention_bwd(dout, q, k, v, out, res, lse, area, 16 ** -0.5)
+        want = reference.area_attention_backward(dout.double(), q.double(), k.double(), v.double(), area)
+        for nm, g, w in zip("qkv", grads, want):
+            torch.testing.assert_close(g.double(), w, rtol=1e-3, atol=1e-4, msg=f"d{nm} {tag}")
+
+
 def test_fp32_tf32_opt_in_is_read_from_every_torch_setting():
     """dot_precision's fp32 rule outside the interpreter: IEEE unless the user opted into TF32, whichever way (the
     newer fp32_precision flag makes torch.get_float32_matmul_precision() raise, which must not reach a launch)."""

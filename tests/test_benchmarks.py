@@ -242,6 +242,22 @@ def test_fwdbwd_check_compares_every_gradient():
     assert all(t.grad is None for t in args)  # the check leaves no gradients behind (peak memory is measured next)
 
 
+def test_case_inputs_are_the_same_in_every_process():
+    """ops cases seed their inputs from the case's fields, not hash() (salted per process): two processes with
+    different PYTHONHASHSEED build the same inputs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import torch; from benchmarks import ops; c = ops.attention_cases(torch.device('cpu'), True)[0]; "
+            "print(ops.seed(c), ops._inputs(c, torch.device('cpu'), torch.float32, False)[0].sum().item())")
+    outs = {tuple(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           cwd=Path(__file__).resolve().parents[1],
+                           env=dict(os.environ, PYTHONHASHSEED=h)).stdout.split()[-2:]) for h in ("1", "2")}
+    assert len(outs) == 1 and all(o for o in outs), outs
+
+
 def test_speedups_only_between_rows_of_one_timing_method():
     """A provider whose CUDA graph capture failed falls back to do_bench (launch gaps, L2 flushed): its time is not
     divided by one measured in a graph; CPU rows of different repeat counts are one method."""

@@ -804,6 +804,17 @@ def _python_fn(kernel):
     return kernel
 
 
+def _do_not_specialize(kernel):
+    """The kernel's @triton.jit(do_not_specialize=...) (a JITFunction keeps it, an InterpretedFunction in kwargs)."""
+    while kernel is not None:
+        dns = getattr(kernel, "do_not_specialize", None) or (getattr(kernel, "kwargs", None) or {}).get(
+            "do_not_specialize")
+        if dns:
+            return dns
+        kernel = getattr(kernel, "fn", None)
+    return None
+
+
 class _Recorder:
     """Stands in for a @triton.jit kernel in the launchers: records each launch's arguments, runs nothing."""
 
@@ -822,7 +833,7 @@ def _launch_keys(rec, arch=90):
     from triton.compiler import make_backend
     from triton.runtime.jit import JITFunction, create_function_from_signature
 
-    jf = JITFunction(_python_fn(rec.kernel))
+    jf = JITFunction(_python_fn(rec.kernel), do_not_specialize=_do_not_specialize(rec.kernel))
     binder = create_function_from_signature(jf.signature, jf.params, make_backend(GPUTarget("cuda", arch, 32)))
     auto = rec.kernel if hasattr(rec.kernel, "keys") else None
     keys = []
@@ -843,9 +854,11 @@ def _launch_keys(rec, arch=90):
 @pytest.mark.parametrize("layout", ["interleaved", "channels_last", "separate"])
 def test_triton_launch_keys_do_not_depend_on_batch_size(layout, dtype, monkeypatch):
     """Every Triton kernel (attention forward, the three backward kernels, PE, MLP, cv2) is launched with the same
-    specialisation and autotune key for batch 1, 2, 3, 5 and 8: a new batch size never compiles a new variant
-    (nor re-tunes); only the grid changes. Computed with Triton's own binder for an sm_90 target, so it needs
-    no GPU (under the interpreter nothing is compiled or cached)."""
+    specialisation for batch 1, 2, 3, 5 and 8: a new batch size never compiles a new variant; only the grid
+    changes. The attention kernels' autotune key changes only with the batch's class, seqs = B * heads * area as a
+    power of two (capped at 4096: at most 13 tunings per shape, none per batch size): 1, 2, 3, 5, 8 -> 8, 16, 32,
+    64, 64. Computed with Triton's own binder for an sm_90 target, so it needs no GPU (under the interpreter
+    nothing is compiled or cached)."""
     pytest.importorskip("triton")
     from yolov12_fast.kernels import area_attention as tk
     from yolov12_fast.kernels import conv as tconv
@@ -875,10 +888,16 @@ def test_triton_launch_keys_do_not_depend_on_batch_size(layout, dtype, monkeypat
         w = lambda *shape: torch.randn(*shape, dtype=dtype) * 0.1
         tmlp.mlp_residual(x, w(96, 64, 1, 1), w(96), w(64, 96, 1, 1), w(64))
         tconv.conv1x1_silu_residual(x, w(32, 64, 1, 1), w(32), torch.randn(B, 32, H, W, dtype=dtype), w(32))
+    classes = {tk.seq_bucket(B, heads, area) for B in batches}
+    assert classes == {8, 16, 32, 64}
     for name, rec in recs.items():
         assert len(rec.launches) == len(batches), name
         keys = _launch_keys(rec)
-        assert len(set(keys)) == 1, f"{name}: {len(set(keys))} launch keys for batch sizes {batches}: {set(keys)}"
+        specs = {k[:2] for k in keys}
+        assert len(specs) == 1, f"{name}: {len(specs)} compile keys for batch sizes {batches}: {specs}"
+        tune = {k[2] for k in keys}
+        want = len(classes) if "seqs" in _python_fn(rec.kernel).__code__.co_varnames else 1
+        assert len(tune) == want, f"{name}: {len(tune)} autotune keys for batch sizes {batches}: {tune}"
 
 
 @pytest.mark.skipif(not TRITON, reason="Triton is not usable here")

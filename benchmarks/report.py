@@ -58,8 +58,17 @@ def _check(r):
     return "" if c is None else ("ok" if c == "pass" else "**" + c + "**")
 
 
+def _header(names) -> list:
+    return ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
+
+
+def _section(title: str, intro: str, columns: list) -> list:
+    """A measured section's heading, its explanation and its table header (the rows follow)."""
+    return [f"## {title}", "", intro, ""] + _header(columns)
+
+
 def _table(rows: list, cols: list) -> list:
-    out = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    out = _header([h for h, _ in cols])
     for r in rows:
         out.append("| " + " | ".join(str(fn(r)).replace("|", "/") for _, fn in cols) + " |")
     return out
@@ -230,13 +239,13 @@ def _auto_section(rows: list) -> list:
     choices = auto_choices(rows)
     if not choices:
         return []
-    lines = ["## What `auto` should pick here (measured)", "",
-             "Geometric mean of the speed ratio (> 1: the first named is faster) over the cases both ran and passed; "
-             f"a fused conv becomes the default only at >= {MARGIN}x and faster in two thirds of the cases. Update "
-             "`AUTO_CUDA` (yolov12_fast/ops/area_attention.py) and the pe / mlp / cv2 `resolve_backend` rules where "
-             "the suggestion differs from today.", "",
-             "| what | arch | dtype | compared | cases | geomean | faster in | suggestion | today |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = _section(
+        "What `auto` should pick here (measured)",
+        "Geometric mean of the speed ratio (> 1: the first named is faster) over the cases both ran and passed; "
+        f"a fused conv becomes the default only at >= {MARGIN}x and faster in two thirds of the cases. Update "
+        "`AUTO_CUDA` (yolov12_fast/ops/area_attention.py) and the pe / mlp / cv2 `resolve_backend` rules where "
+        "the suggestion differs from today.",
+        ["what", "arch", "dtype", "compared", "cases", "geomean", "faster in", "suggestion", "today"])
     for c in choices:
         lines.append(f"| {c['what']} | {c['arch']} | {c['dtype']} | {c['compared']} | {c['cases']} | "
                      f"{c['geomean']:.3g}x | {c['wins']}/{c['cases']} | {c['suggestion']} | {c['today']} |")
@@ -364,10 +373,11 @@ def _targets_section(rows: list) -> list:
     ts = targets(rows)
     if not ts:
         return []
-    lines = ["## The issues' speed targets (measured in this file)", "",
-             "Each target over every matching case of this file (ratios in x, roofline in %); met = cases that meet it (>= "
-             "the threshold; <= for memory). Quick rows and rows whose numerics check failed do not count.", "",
-             "| issue | target | cases | worst | geomean | met | missed in |", "|---|---|---|---|---|---|---|"]
+    lines = _section(
+        "The issues' speed targets (measured in this file)",
+        "Each target over every matching case of this file (ratios in x, roofline in %); met = cases that meet it "
+        "(>= the threshold; <= for memory). Quick rows and rows whose numerics check failed do not count.",
+        ["issue", "target", "cases", "worst", "geomean", "met", "missed in"])
     for t in ts:
         unit = "%" if "roofline" in t["target"] else "x"
         missed = ", ".join(t["missed"][:3]) + (f", … ({len(t['missed'])})" if len(t["missed"]) > 3 else "")
@@ -422,11 +432,12 @@ def _recompute_section(rows: list) -> list:
     choice = recompute_choice(rows)
     if choice is None:
         return []
-    lines = ["## Training: what recompute=\"auto\" should pick on CUDA (measured)", "",
-             f"Speed-up of the step over ultralytics (`train-eager`) and peak memory relative to it, per recompute mode. "
-             f"Suggested: the fastest mode whose peak at the largest size is <= {TRAIN_PEAK}x (issue #5), else the "
-             f"smallest. Set `ABlock._recompute`'s CUDA choice (yolov12_fast/nn/modules.py) if it differs from "
-             f"today's.", "", "| case | recompute | vs train-eager | peak vs train-eager |", "|---|---|---|---|"]
+    lines = _section(
+        "Training: what recompute=\"auto\" should pick on CUDA (measured)",
+        f"Speed-up of the step over ultralytics (`train-eager`) and peak memory relative to it, per recompute mode. "
+        f"Suggested: the fastest mode whose peak at the largest size is <= {TRAIN_PEAK}x (issue #5), else the "
+        f"smallest. Set `ABlock._recompute`'s CUDA choice (yolov12_fast/nn/modules.py) if it differs from today's.",
+        ["case", "recompute", "vs train-eager", "peak vs train-eager"])
     for t in choice["table"]:
         peak = f"{t['peak_ratio']:.3f}x" if t["peak_ratio"] is not None else "–"
         lines.append(f"| {t['case']} | {t['mode']} | {t['speedup']:.3g}x | {peak} |")

@@ -46,6 +46,11 @@ def _ext_modules():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     cxx = ["-O3", "-fopenmp"]  # torch adds the C++ standard its headers need
     define_macros = []
+    # A toolchain that links libstdc++ statically (seen: the GPU image's gcc 13, whose search path finds libstdc++.a
+    # first) would export a second copy of it from _C; torch's copy and ours then mix (locale facet ids differ) and
+    # formatting an integer into an error message segfaults. --exclude-libs keeps a static copy private to _C;
+    # it changes nothing when libstdc++ is linked as the shared library.
+    ldflags = ["-fopenmp"] + (["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else [])
     use_cuda = (torch.version.cuda is not None and ce.CUDA_HOME is not None and not _flag("YOLOV12_FAST_NO_CUDA"))
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0+PTX;9.0a")
@@ -63,10 +68,10 @@ def _ext_modules():
         # pip's CUDA wheels keep headers (cusparse.h, ...) that torch's CUDA headers include under nvidia/cu*/include
         include_dirs = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu*", "include")))
         ext = ce.CUDAExtension("yolov12_fast._C", sources, define_macros=define_macros, include_dirs=include_dirs,
-                               extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])
+                               extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=ldflags)
     else:
         ext = ce.CppExtension("yolov12_fast._C", sources, extra_compile_args={"cxx": cxx},
-                              extra_link_args=["-fopenmp"])
+                              extra_link_args=ldflags)
     return [ext], {"build_ext": ce.BuildExtension.with_options(use_ninja=True)}
 
 

@@ -147,6 +147,56 @@ def test_a_built_extension_loads():
     assert ok, why
 
 
+def _libstdcxx_exported_by(so: str, libstdcxx: str) -> list:
+    """The symbols that `so` exports as its own strong definitions (nm types T, D, B, R) and that libstdc++ itself
+    exports: a second copy of the C++ runtime, which mixes with the process's (torch's) copy."""
+    def defined(path, strong):
+        out = subprocess.run(["nm", "-D", "--defined-only", path], capture_output=True, text=True, check=True).stdout
+        return {f[2].split("@")[0] for f in (line.split() for line in out.splitlines())
+                if len(f) == 3 and (not strong or f[1] in "TDBR")}
+    return sorted(defined(so, True) & defined(libstdcxx, False))
+
+
+def _loaded_libstdcxx() -> str:
+    import torch  # noqa: F401  (torch loads the process's libstdc++)
+
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f if "libstdc++.so" in line}
+    if not paths:
+        pytest.skip("no libstdc++ shared library in this process (not a GNU/Linux toolchain)")
+    return sorted(paths)[0]
+
+
+def test_the_extension_does_not_export_a_second_cxx_runtime(tmp_path):
+    """A toolchain that links libstdc++ statically into _C (seen on the GPU image: gcc 13 found libstdc++.a first)
+    exported a second copy of the C++ runtime from _C; its locale facet ids then differed from the copy torch
+    loaded, and the first error message that formatted an integer segfaulted (the CUDA glue's TORCH_CHECKs).
+    setup.py links with --exclude-libs,ALL. Here: the built _C exports none of libstdc++'s symbols, and the
+    check itself tells a shared library with a static, exported libstdc++ (which it must catch) from one built
+    with setup.py's flag."""
+    import glob
+    import shutil
+
+    import yolov12_fast
+
+    if not shutil.which("nm") or not shutil.which("g++"):
+        pytest.skip("needs binutils' nm and g++ (the toolchain that builds the extension)")
+    lib = _loaded_libstdcxx()
+    built = glob.glob(os.path.join(os.path.dirname(yolov12_fast.__file__), "_C*.so"))
+    if not built and os.environ.get("YOLOV12_FAST_REQUIRE_EXT") != "1":
+        pytest.skip("no compiled extension in this install")
+    assert built, "YOLOV12_FAST_REQUIRE_EXT=1 but no yolov12_fast/_C*.so"
+    for so in built:
+        assert _libstdcxx_exported_by(so, lib) == [], f"{so} exports libstdc++'s symbols: link with -Wl,--exclude-libs,ALL"
+    src = tmp_path / "m.cpp"
+    src.write_text('#include <sstream>\n#include <string>\nstd::string f(long n) { std::ostringstream s; s << n; return s.str(); }\n')
+    for name, extra, leaks in (("static", [], True), ("excluded", ["-Wl,--exclude-libs,ALL"], False)):
+        so = str(tmp_path / f"{name}.so")
+        subprocess.run(["g++", "-shared", "-fPIC", "-static-libstdc++", str(src), "-o", so] + extra, check=True,
+                       capture_output=True)
+        assert bool(_libstdcxx_exported_by(so, lib)) == leaks, name
+
+
 @pytest.mark.parametrize("cc,sass,ptx,runs", [
     # the default build, "7.5;8.0+PTX;9.0a", on T4, A100, A10 / RTX 3090, L4, H100, B200, RTX 5090, V100
     ((7, 5), ("sm_75", "sm_80", "sm_90a"), ("sm_80",), ("sm", 75)),

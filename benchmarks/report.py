@@ -119,6 +119,17 @@ time(X) / time(row): > 1 means this row is faster. `check` compares each output 
 of the ultralytics math (ops) or with the ultralytics module (blocks, model)."""
 
 
+def _ceiling_value(r: dict) -> str:
+    """What a ceilings row measured: matmul TFLOP/s, copy GB/s or (GPU) the exp2 rate."""
+    if r.get("tflops"):
+        return f"{r['tflops']:.3g} TFLOP/s"
+    if r.get("gbps"):
+        return f"{r['gbps']:.3g} GB/s"
+    if r.get("exp2_gps"):
+        return f"{r['exp2_gps'] / 1e3:.3g} T exp2/s"
+    return f"{r.get('median_ms', float('nan')):.4g} ms"
+
+
 def markdown(rows: list, source: str) -> str:
     if not rows:
         return f"# Benchmarks\n\nNo rows in {source}.\n"
@@ -132,7 +143,7 @@ def markdown(rows: list, source: str) -> str:
     ceil = [r for r in rows if r.get("suite") == "ceilings" and r.get("status") == "ok"]
     if ceil:
         parts = [f"{r['case']}{' @' + str(r['threads']) + ' thr' if r.get('device_kind') == 'cpu' else ''}: "
-                 + (f"{r['tflops']:.3g} TFLOP/s" if r.get("tflops") else f"{r['gbps']:.3g} GB/s") for r in ceil]
+                 + _ceiling_value(r) for r in ceil]
         lines += ["Ceilings (measured in this run): " + "; ".join(parts) + ".", ""]
     lines += [CONVENTIONS, ""]
     by_suite = defaultdict(list)

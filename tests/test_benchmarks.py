@@ -181,7 +181,10 @@ def _synthetic_rows(tmp_path) -> Path:
                                 "cuda": "13.0", "commit": "abc", "date": "2025-01-02T03:04:05+00:00"})
     ctx._ceilings[ctx._ceiling_key()] = {"matmul_tflops": 800.0, "copy_gbps": 3000.0, "exp2_gps": 4000.0}
     T = lambda ms: harness.Timing(ms, ms * 0.9, ms * 1.1, "do_bench")
-    rows = [harness.make_row(ctx, "ceilings", "matmul 8192^3", {}, "torch.mm", timing=T(1.4), flops=1.1e12)]
+    rows = [harness.make_row(ctx, "ceilings", "matmul 8192^3", {}, "torch.mm", timing=T(1.4), flops=1.1e12),
+            # the GPU exp2 row has a rate but neither TFLOP/s nor GB/s (the first H100 report died on it: KeyError)
+            harness.make_row(ctx, "ceilings", "exp2 4194304 x 4 x 256 fp32 exp2", {"exp2": 4.3e9}, "triton",
+                             timing=T(1.89), exp2_gps=2309.2)]
     for pass_ in ("fwd", "fwdbwd"):
         case = {"pass": pass_, "imgsz": "640x640", "level": "P4", "heads": 2, "batch": 1}
         name = f"{pass_} P4 640x640 h2 b1 (n=400)"
@@ -278,6 +281,7 @@ def test_report_renders_synthetic_rows(tmp_path):
     written = report.render(path)
     md = path.with_suffix(".md").read_text()
     assert "# Benchmarks: Test GPU" in md and "commit abc" in md
+    assert "exp2 4194304 x 4 x 256 fp32 exp2: 2.31 T exp2/s" in md
     assert "## ops: area attention" in md and "## ops: PE branch" in md and "## blocks" in md and "## model" in md
     assert "| vs ultralytics | vs flash | vs sdpa | vs compile |" in md
     assert "10.00x" in md  # triton vs ultralytics, 0.1 / 0.01

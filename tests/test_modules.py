@@ -19,6 +19,7 @@ YOLOV12_FAST_TEST_BACKEND picks the area-attention backend the fast modules run 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import os
 
@@ -32,6 +33,7 @@ import yolov12_fast as yf
 from tolerances import MODEL_RTOL_FP32, assert_close_to_oracle
 from yolov12_fast import reference as R
 from yolov12_fast.patch import module_kind
+from yolov12_fast.utils import exact_fp32
 
 BACKEND = os.environ.get("YOLOV12_FAST_TEST_BACKEND", "auto")
 SIZES = {"640": 640, "480x640": (480, 640), "1280": 1280}  # 1280: 1600 tokens per area
@@ -39,6 +41,35 @@ SIZES = {"640": 640, "480x640": (480, 640), "1280": 1280}  # 1280: 1600 tokens p
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
+
+
+TRITON_DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the Triton interpreter (conftest.py)
+
+
+@contextlib.contextmanager
+def on_triton_device(enabled: bool = True):
+    """For code that runs backend="triton": on a machine with a GPU, modules and inputs made inside are made on CUDA
+    (the compiled kernels; Triton refuses CPU tensors there, the interpreter being off) with TF32 off, so the float32
+    yardstick (ultralytics' math) is float32; without a GPU (or enabled=False), nothing changes: the interpreter
+    runs on CPU tensors."""
+    if TRITON_DEV == "cpu" or not enabled:
+        yield "cpu"
+        return
+    with exact_fp32(), torch.device(TRITON_DEV):
+        yield TRITON_DEV
+
+
+@pytest.fixture
+def triton_device():
+    with on_triton_device() as dev:
+        yield dev
+
+
+@pytest.fixture
+def use_triton_device():
+    """use_triton_device(enabled): on_triton_device for the rest of the test (for tests parametrized by backend)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda enabled=True: stack.enter_context(on_triton_device(enabled))
 
 
 def _oracle(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +234,8 @@ def test_same_detections_after_nms_yolo12n():
     kw = dict(iou=0.7, max_det=1000, verbose=False, imgsz=640)
     for name, conf in (("bus.jpg", 2e-3), ("zidane.jpg", 2e-4)):  # one at a time: each its own letterbox
         src = str(ASSETS / name)
-        a, b = plain.predict(src, conf=conf, **kw)[0].boxes, fast.predict(src, conf=conf, **kw)[0].boxes
+        with exact_fp32():  # on a GPU: float32 on both sides (ultralytics' cuDNN convs would otherwise run TF32)
+            a, b = plain.predict(src, conf=conf, **kw)[0].boxes, fast.predict(src, conf=conf, **kw)[0].boxes
         assert isinstance(fast.predictor.model.backend.model.model[6], yf.nn.FastModule)
         assert len(a) >= 5, f"{name}: {len(a)} detections: the comparison would be vacuous"
         _match_detections(a, b, name)
@@ -255,17 +287,17 @@ def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
         for m in module.modules():
             if isinstance(m, nn.Conv2d):
                 fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / fan_in ** 0.5)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g, device="cpu") / fan_in ** 0.5)
                 if m.bias is not None:
-                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g, device="cpu"))
             if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g, device="cpu") + 0.5)
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g, device="cpu"))
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g, device="cpu"))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, device="cpu") + 0.5)
         for name, p in module.named_parameters():
             if name == "gamma":
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+                p.copy_(torch.rand(p.shape, generator=g, device="cpu") + 0.5)
     return module.eval()
 
 
@@ -381,7 +413,7 @@ def _grads(module: nn.Module, x: torch.Tensor):
     module.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
     y = module(x)
-    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)  # a fixed, non-uniform upstream gradient
+    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).view_as(y)  # a fixed, non-uniform upstream gradient
     (y * w).sum().backward()
     return y.detach(), x.grad, {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
 
@@ -603,6 +635,7 @@ def _fuse_like_ultralytics(module):
     return module
 
 
+@pytest.mark.usefixtures("triton_device")
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
 @pytest.mark.parametrize("kind,args,shape", [("ablock", (64, 2, 1.2, 1), (1, 64, 7, 7)),
                                              ("a2c2f", (128, 128, 1, True, 4, True, 1.2), (2, 128, 6, 10)),
@@ -632,6 +665,7 @@ def test_fused_mlp_path(kind, args, shape, fused, monkeypatch):
             f"A2C2f's cv2 did not run as the fused conv with{'' if fast.gamma is not None else 'out'} residual: {cv2_calls}"
 
 
+@pytest.mark.usefixtures("triton_device")
 def test_attention_in_place_over_the_pe_output(monkeypatch):
     """Inference with backend='triton': AAttn writes the attention output over its PE result (one map fewer at peak
     memory), with ultralytics' numerics: directly in eager inference (test_eager_inference_runs_the_kernels_...), and
@@ -659,6 +693,7 @@ def test_attention_in_place_over_the_pe_output(monkeypatch):
     assert len(calls) == 1 and x.grad is not None
 
 
+@pytest.mark.usefixtures("triton_device")
 def test_fused_cv2_keeps_ultralytics_promotion_under_mixed_dtypes(monkeypatch):
     """A bf16 cv2 under autocast with ultralytics' fp32 gamma: ultralytics' addcmul promotes to fp32;
     the fused conv (one output dtype) must not run there, and the output dtype stays ultralytics'."""
@@ -668,7 +703,7 @@ def test_fused_cv2_keeps_ultralytics_promotion_under_mixed_dtypes(monkeypatch):
     plain = _randomize(_ultralytics_ctor("a2c2f")(128, 128, 1, True, 4, True, 1.2))
     fast = yf.patch(copy.deepcopy(plain), backend="triton").eval()
     x, y = torch.randn(1, 128, 4, 4).bfloat16(), torch.randn(1, 128, 4, 4).bfloat16()  # y: (1 + n) * c_ channels
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # cv2 runs in bf16, gamma stays an fp32 parameter
+    with torch.autocast(TRITON_DEV, dtype=torch.bfloat16):  # cv2 runs in bf16, gamma stays an fp32 parameter
         out = fast._out(x, y)
         ref = torch.addcmul(x, plain.gamma.view(1, -1, 1, 1), plain.eval().cv2(y))
     assert out.dtype == ref.dtype == torch.float32
@@ -681,6 +716,7 @@ FUSED_GRAD_CASES = {  # kind: (constructor args, input shape, a folded conv's BN
 }
 
 
+@pytest.mark.usefixtures("triton_device")
 @pytest.mark.parametrize("kind", FUSED_GRAD_CASES)
 def test_fused_gradients_and_cache(kind):
     """Gradients through the fused MLP and cv2 (eval-mode BN folded inside the graph; A2C2f's gamma through the
@@ -707,13 +743,14 @@ def test_fused_gradients_and_cache(kind):
 
 @pytest.mark.parametrize("kind,backend", [("ablock", "auto"), ("a2c2f", "auto"), ("ablock", "triton"),
                                           pytest.param("a2c2f", "triton", marks=pytest.mark.slow)])
-def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend):
+def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend, use_triton_device):
     """torch.compile(fullgraph=True) of a patched ABlock / A2C2f traces into one graph (custom ops with fake
     kernels; the fold caches and out= buffer path stay out of the trace) and a dynamic batch compiles once for
     batches 2, 3 and 5 (recompile limit 1; dynamo specialises size-1 dims, so batch 1 is its own graph whatever the
     model). A counting backend keeps this cheap; inductor is the slow test above."""
     import torch._dynamo
 
+    use_triton_device(backend == "triton")
     args = {"ablock": (64, 2, 1.2, 1), "a2c2f": (128, 128, 1, True, 4, True, 1.2)}[kind]
     plain = _randomize(_ultralytics_ctor(kind)(*args))
     fast = yf.patch(copy.deepcopy(plain), backend=backend)
@@ -815,12 +852,14 @@ def test_cpu_inference_mode_fast_path(monkeypatch):
 @pytest.mark.parametrize("grad_off", ["inference_mode", "no_grad"])
 @pytest.mark.parametrize("variant", ["ultralytics", "turbo"])
 @pytest.mark.parametrize("backend", ["triton", "reference"] + (["cpp"] if yf.can_use_cpp()[0] else []))
-def test_eager_inference_runs_the_kernels_without_the_op_layer(backend, variant, grad_off, monkeypatch):
+def test_eager_inference_runs_the_kernels_without_the_op_layer(backend, variant, grad_off, monkeypatch,
+                                                              use_triton_device):
     """In eager inference (inference_mode or no_grad) AAttn calls the op bodies directly on the backend the ops
     would resolve to (host time: a batch-1 GPU forward is host-bound): none of the public ops is called, the Triton
     kernel writes the attention over the PE result it was handed (no second map), and the output is ultralytics'
     against the float64 oracle (an area that cuts rows, batch 3) and bit for bit what the ops give while a
     TorchDispatchMode watches (which takes the ops: benchmarks/proxies.py counts them that way)."""
+    use_triton_device(backend == "triton")
     import yolov12_fast.nn.modules as fm
     from ultralytics.nn.modules.block import AAttn
 
@@ -863,10 +902,12 @@ def test_eager_inference_bad_input_still_gets_the_ops_errors():
     from ultralytics.nn.modules.conv import Conv
 
     for backend in ["triton", "reference"] + (["cpp"] if yf.can_use_cpp()[0] else []):
+        dev = TRITON_DEV if backend == "triton" else "cpu"
         m.backend = backend
         m.pe = Conv(32, 32, 7, 1, 3, g=32, act=False).eval()  # a depthwise pe of the wrong width (32, not 64)
+        m.to(dev)
         with torch.inference_mode(), pytest.raises(RuntimeError, match=r"pe_add: weight must be a depthwise \(64,"):
-            m(torch.randn(1, 64, 4, 4))
+            m(torch.randn(1, 64, 4, 4, device=dev))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # deprecated; ultralytics exports with it
@@ -945,6 +986,7 @@ def test_a_head_dim_without_kernels_falls_back_in_the_pe_too():
             assert_close_to_oracle(got, plain(x), copy.deepcopy(plain).double()(x.double()), f"head_dim 48, {backend}")
 
 
+@pytest.mark.usefixtures("triton_device")
 @pytest.mark.parametrize("kind", ["ablock", "a2c2f"])
 def test_triton_blocks_accept_views_whose_tokens_do_not_flatten(kind):
     """A transposed H/W view is a valid input (ultralytics takes it). The fused Triton MLP / cv2 kernels read only

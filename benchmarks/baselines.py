@@ -190,11 +190,13 @@ def cpp_direct(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
     return out.view(B, heads * head_dim, H, W)
 
 
-def resolved_backends(backend: str, device: torch.device) -> str:
-    """'attention=<b>, pe=<b>, mlp=<b>, cv2=<b>': what `backend` resolves to on `device` for each op."""
+def resolved_backends(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
+                      head_dim: Optional[int] = None) -> str:
+    """'attention=<b>, pe=<b>, mlp=<b>, cv2=<b>': what `backend` resolves to on `device` for each op, the attention
+    for inputs of `dtype` and `head_dim` (its pick depends on them on CUDA)."""
     from yolov12_fast.ops import resolved_backends as picks
 
-    return ", ".join(f"{name}={b}" for name, b in picks(backend, device).items())
+    return ", ".join(f"{name}={b}" for name, b in picks(backend, device, dtype, head_dim).items())
 
 
 # ----------------------------------------------------------------------------------------------------------------

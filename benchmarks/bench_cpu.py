@@ -27,7 +27,7 @@ import torch
 
 from benchmarks import baselines as bl
 from benchmarks import ops, yolo
-from benchmarks.model import _model_check
+from benchmarks.model import _model_check, _oracle, _rel
 from yolov12_fast.utils import num_threads
 
 CPU = torch.device("cpu")
@@ -70,10 +70,11 @@ def test_yolo12n_forward(benchmark, which, threads):
     eager, patched = _models()
     x = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0))
     model = eager if which == "eager" else patched
+    oracle = _oracle(eager, x)
     with num_threads(threads), torch.inference_mode():
-        ref, out = eager(x)[0], model(x)[0]
-        rel = ((out - ref).abs().max() / ref.abs().max()).item()
-        assert _model_check(rel) == "pass", f"{which}: {_model_check(rel)}"
+        naive_err, rel = _rel(eager(x), oracle), _rel(model(x), oracle)
+        check = _model_check(rel, naive_err, torch.float32)
+        assert check == "pass", f"{which}: {check}"
         benchmark.group = f"yolo12n 640 b1 {threads} thr"
         benchmark.extra_info.update(threads=threads, rel_err=rel)
         benchmark(model, x)

@@ -119,6 +119,36 @@ def measure(device: str = "cpu", repeat: int = 7, calls: int = 2000) -> dict:
     return out
 
 
+def hot_spots(device: str = "cpu", calls: int = 2000, top: int = 25) -> str:
+    """cProfile of `calls` patched-AAttn calls (after warm-up; on CPU with the kernels stubbed): the functions with
+    the most own time, to say where the host time of the patched module goes (Python checks, backend resolution,
+    torch ops' bindings, the C++ op's dispatch)."""
+    import cProfile
+    import io
+    import pstats
+
+    dev = torch.device(device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    _, patched = _aattn_modules(dev, dtype)
+    x = torch.randn(1, 64, 2, 2, device=dev, dtype=dtype)
+    with _stubs(dev), torch.inference_mode():
+        for _ in range(200):
+            patched(x)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            patched(x)
+        prof.disable()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    buf = io.StringIO()
+    st = pstats.Stats(prof, stream=buf)
+    st.sort_stats("tottime").print_stats(top)
+    total = sum(v[2] for v in st.stats.values()) / calls * 1e6  # own times add up to the total
+    return f"patched AAttn under cProfile: {total:.1f} us per call (profiler overhead included); top {top} by own time:\n" \
+        + "\n".join(line for line in buf.getvalue().splitlines()[6:] if line.strip())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.host", description=__doc__.split("\n\n")[1])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -126,6 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: host time is one thread's; more only adds contention)")
+    p.add_argument("--hot-spots", action="store_true", help="also print a cProfile of the patched AAttn calls")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
     print(f"timing AAttn's inference path: {a.repeat} rounds x {a.calls} calls of 4 variants ...", flush=True)
@@ -135,6 +166,8 @@ def main(argv=None) -> int:
           f"PE + attention through the ops {r['ops']:.1f} us, direct {r['direct']:.1f} us, saved "
           f"{r['ops'] - r['direct']:.1f} us; whole fused AAttn: ultralytics {r['ultralytics AAttn']:.1f} us, patched "
           f"{r['patched AAttn']:.1f} us")
+    if a.hot_spots:
+        print(hot_spots(a.device, a.calls))
     return 0
 
 

@@ -7,7 +7,9 @@ reference's n x n matrices for the large scales). Variants:
 - `patched`: yolov12_fast.patch (backend auto); `patched+graphs`: captured likewise;
 - `compile`: torch.compile(model) with ultralytics' default mode ("default", what `compile=True` uses), warm: for
   yolo12n and yolo11n only (a minute or more per model and shape; COMPILE_CASES).
-`rel_err` = max |variant - eager| / max |eager| on the detection output (a gross-breakage check, see _model_check).
+`rel_err` = max |variant - oracle| / max |oracle| on the detection output, the oracle being the same model one
+precision up (GPU: float32 with TF32 off; CPU: float64); `check` holds each variant to the tolerance table's
+principle against the eager model's own error (`rel_err_naive`), see _model_check.
 Speed-ups are against `eager`, `eager+graphs` and `compile` of the same model and shape, and for YOLO12 n/s against
 YOLO11 of the same scale (`yolo11n-eager`, `yolo11n-eager+graphs`): is YOLOv12 still slower than YOLO11?
 
@@ -38,7 +40,6 @@ COMPILE_CASES = {("yolo12n", 640, 1), ("yolo11n", 640, 1), ("yolo12n", 640, 32),
 COMPILE_BUDGET_S = compile_budget_s(150.0)
 TRAIN_SHAPES = ((640, 16), (1280, 16))
 BASELINES = ("eager", "eager+graphs", "compile")
-MODEL_REL_TOL = 0.25
 
 
 def run(ctx: Context) -> list:
@@ -66,9 +67,9 @@ def _run_cpu(ctx: Context) -> list:
     case, params = _case("yolo12n", imgsz, 1)
     case11, params11 = _case("yolo11n", imgsz, 1)
     rows = []
+    oracle = _oracle(eager, x)
     with torch.inference_mode():
-        ref = eager(x)[0]
-        rel = ((patched(x)[0] - ref).abs().max() / ref.abs().max()).item()
+        naive_err, rel = _rel(eager(x), oracle), _rel(patched(x), oracle)
         for th in ctx.threads:
             prev = set_threads(th)
             try:
@@ -78,7 +79,8 @@ def _run_cpu(ctx: Context) -> list:
                 r = [make_row(ctx, SUITE, case, params, "eager", timing=t["eager"], dtype=torch.float32,
                               images_per_s=1e3 / t["eager"].median_ms),
                      make_row(ctx, SUITE, case, params, "patched", timing=t["patched"], dtype=torch.float32,
-                              images_per_s=1e3 / t["patched"].median_ms, rel_err=rel, check=_model_check(rel),
+                              images_per_s=1e3 / t["patched"].median_ms, rel_err=rel, rel_err_naive=naive_err,
+                              check=_model_check(rel, naive_err, torch.float32),
                               backend_ran=_backend_ran(ctx))]
                 add_speedups(r, ("eager",))
                 for row in r:
@@ -92,11 +94,33 @@ def _run_cpu(ctx: Context) -> list:
     return rows
 
 
-def _model_check(rel: float) -> str:
-    """Whole-model outputs only catch gross breakage: a random-weight model amplifies ulp-level differences at the
-    attention layers (softmax over large logits) to ~1e-2 of the output, so the bound is loose. The ops and blocks
-    suites carry the precise checks."""
-    return "pass" if rel == rel and rel < MODEL_REL_TOL else f"FAIL (rel err {rel:.3g} > {MODEL_REL_TOL})"
+def _rel(out, oracle: torch.Tensor) -> float:
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return ((out.double().cpu() - oracle).abs().max() / oracle.abs().max().clamp_min(1e-12)).item()
+
+
+def _oracle(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The detection output of `model` one precision up: float32 with TF32 off on a GPU, float64 on CPU."""
+    from yolov12_fast.utils import exact_fp32
+
+    hi = torch.float32 if x.device.type == "cuda" else torch.float64
+    m = copy.deepcopy(model).to(hi)
+    with exact_fp32(), torch.inference_mode():
+        out = m(x.to(hi))
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return out.double().cpu()
+
+
+def _model_check(err: float, naive_err: float, dtype: torch.dtype) -> str:
+    """The tolerance table's principle at the model's output: err <= FACTOR[dtype] x the eager model's own error
+    against the same oracle + MODEL_RTOL_FP32. A random-weight YOLO12 amplifies any rounding difference at its
+    attention layers (benchmarks/results/logs/nvidia-h100-2026-11-26: ultralytics' own model with TF32 on ends 0.7
+    off in float32, the fp16 model about as far), so in fp16 this only catches gross breakage (NaN, a wrong layer);
+    the ops and blocks suites and `yolov12-fast verify` (per module, on the inputs ultralytics saw) are precise."""
+    from yolov12_fast._tolerances import FACTOR, MODEL_RTOL_FP32
+
+    lim = FACTOR[dtype] * naive_err + MODEL_RTOL_FP32
+    return "pass" if err == err and err <= lim else f"FAIL (rel err {err:.3g} > {lim:.3g} = {FACTOR[dtype]:g} x eager's {naive_err:.3g} + {MODEL_RTOL_FP32:g})"
 
 
 def _backend_ran(ctx: Context) -> str:
@@ -120,8 +144,12 @@ def _capture(model, x):
     g = torch.cuda.CUDAGraph()
     with torch.inference_mode(), torch.cuda.graph(g):
         static_out = model(x)
-    g._static_out = static_out  # keep the graph's output alive with it
-    return g.replay
+
+    def replay():
+        g.replay()
+        return static_out  # the graph's output buffers, rewritten by each replay (checked like eager's output)
+
+    return replay
 
 
 def _eager_call(model, x):
@@ -163,7 +191,7 @@ def _run_gpu(ctx: Context) -> list:
                 variants["patched"] = lambda: _eager_call(patched, x)
                 variants["patched+graphs"] = lambda: _capture(patched, x)
             variants["compile"] = None
-            rows, ref = [], None
+            rows, oracle, naive_err = [], _oracle(eager, x), None
             for name, make in variants.items():
                 extra = {}
                 if name == "compile":
@@ -195,11 +223,12 @@ def _run_gpu(ctx: Context) -> list:
                     torch.cuda.synchronize()
                     if name.startswith("patched"):
                         extra["backend_ran"] = _backend_ran(ctx)
+                    rel = _rel(res, oracle)
                     if name == "eager":
-                        ref = res[0].float()
-                    elif ref is not None and name in ("patched", "compile"):
-                        rel = ((res[0].float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-                        extra.update(rel_err=rel, check=_model_check(rel))
+                        naive_err = rel
+                        extra.update(rel_err=rel)
+                    elif naive_err is not None:
+                        extra.update(rel_err=rel, rel_err_naive=naive_err, check=_model_check(rel, naive_err, dtype))
                     peak = gpu_peak_memory(call)
                     timing = time_gpu(call, rep_ms=200)
                     rows.append(make_row(ctx, SUITE, case, params, name, timing=timing, dtype=dtype, peak=peak,

@@ -29,13 +29,13 @@ Conventions (stated in every row through flops / bytes):
 
 from __future__ import annotations
 
-import contextlib
-
 import time
 import zlib
 from dataclasses import dataclass
 
 import torch
+
+from yolov12_fast.utils import exact_fp32
 
 from . import baselines as bl
 from .harness import Budget, Context, compile_budget_s, add_speedups, gpu_peak_memory, is_oom, make_row, set_threads, time_cpu_interleaved, time_gpu
@@ -48,17 +48,6 @@ LEVELS = {"P4": (16, 4, (2, 4, 8, 12)), "P5": (32, 1, (4, 8, 12))}  # stride, ar
 # error + FLOOR x max(1, max |oracle|). The floor only covers cases where the naive error is near zero: at 2e-2
 # (absolute, the old fp16 floor) a softmax scale 1% off passed at P4; at 2e-3 it fails.
 FLOOR = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-@contextlib.contextmanager
-def exact_fp32():
-    """fp32 matmuls and convolutions without TF32 (cuDNN allows it by default) for the GPU oracles."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def bound(naive_err: float, ref: torch.Tensor, dtype) -> float:
@@ -330,7 +319,9 @@ def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) ->
                 elif name == "sdpa":
                     extra["backend_ran"] = "sdpa " + bl.sdpa_backend(args[0].detach(), case.area, case.heads, case.head_dim)
                 elif p.backend is not None:
-                    extra["backend_ran"] = bl.resolved_backends(p.backend, ctx.device)
+                    extra["backend_ran"] = bl.resolved_backends(p.backend, ctx.device, dtype, case.head_dim)
+                    if backward and "attention=cuda" in extra["backend_ran"]:  # forward-only: its backward is Triton's
+                        extra["backend_ran"] += " (attention backward: triton)"
                 else:
                     extra["backend_ran"] = "eager matmul+softmax"
                 call = _callable(fn, case, args, dout)

@@ -136,7 +136,14 @@ quick_checks() {  # every kernel family once against the reference, then the cor
 
 host_time() {  # AAttn's host time per inference call, through the ops vs direct (seconds; benchmarks/host.py)
     say "host time of AAttn's inference path (python -m benchmarks.host)"
-    tmo "${1:-60}" $PY -m benchmarks.host --device cuda 2>&1 | tee "$LOGDIR/host-$STAMP.log" | tail -3
+    tmo "${1:-60}" $PY -m benchmarks.host --device cuda --hot-spots 2>&1 | tee "$LOGDIR/host-$STAMP.log" | tail -30
+    return 0
+}
+
+kernel_profile() {  # which kernels each provider's call runs, and for how long (python -m benchmarks.profile)
+    say "kernels per provider call (python -m benchmarks.profile)"
+    tmo "${1:-60}" $PY -m benchmarks.profile --json "$LOGDIR/profile-$STAMP.json" 2>&1 | grep -v "^USDT\|profiler_st" \
+        | tee "$LOGDIR/profile-$STAMP.log" | tail -60
     return 0
 }
 
@@ -191,11 +198,12 @@ main() {
     deps
     build || { report_and_copy; exit 1; }
     case "$PART" in
-        part1) gpu_tests; bench 100 ceilings ops --cases "$PART1_OPS" ;;
+        part1) gpu_tests; kernel_profile 60; bench 100 ceilings ops --cases "$PART1_OPS" ;;
         part2) host_time; bench 25 ops --cases "$PART2_OPS"; bench 35 blocks; bench 100 model ;;
         tests) full_gpu_tests; sanitize ;;
         quick) export YOLOV12_FAST_BENCH_COMPILE_S=0
-               quick_checks; host_time 30; bench 50 ceilings ops --cases "$QUICK_OPS"; bench 100 model --cases "$QUICK_MODEL" ;;
+               quick_checks; host_time 30; kernel_profile 45; bench 50 ceilings ops --cases "$QUICK_OPS"
+               bench 100 model --cases "$QUICK_MODEL" ;;
     esac
     report_and_copy
     say "done"

@@ -65,8 +65,12 @@ def info_lines() -> list[str]:
     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         # for the pe / mlp / cv2 convs "reference" is torch's own conv (cuDNN / oneDNN), not a slow fallback
         label = lambda name, b: "torch conv" if b == "reference" and name in ("pe", "mlp", "cv2") else b
-        picks = ", ".join(f"{name} {label(name, b)}" for name, b in resolved_backends("auto", d).items())
-        lines.append(f"  auto on {d:<8} -> {picks}")
+        picks = resolved_backends("auto", d)
+        if d == "cuda":  # the attention's pick depends on dtype and head_dim there
+            fast = resolved_backends("auto", d, torch.float16, 32)["attention"]
+            if fast != picks["attention"]:
+                picks["attention"] = f"{fast} (fp16/bf16, head_dim 32/64; else {picks['attention']})"
+        lines.append(f"  auto on {d:<8} -> " + ", ".join(f"{name} {label(name, b)}" for name, b in picks.items()))
     return lines
 
 

@@ -6,10 +6,10 @@ turbo AAttn layout (`TurboAAttn`, `to_turbo`) to build turbo models from the ult
 from __future__ import annotations
 
 import contextlib
-
 import os
 import shutil
 import tempfile
+import warnings
 
 import torch
 import torch.nn as nn
@@ -190,3 +190,20 @@ def num_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """float32 matmuls and convolutions in float32 on CUDA inside the block (torch lets cuDNN's convolutions use
+    TF32, 10 mantissa bits, by default): the float32 oracle of a float16 / bfloat16 check, or the float32 yardstick
+    of a float32 one. The flags are restored afterwards."""
+    with warnings.catch_warnings():  # newer torch warns that these legacy flags are deprecated
+        warnings.simplefilter("ignore")
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

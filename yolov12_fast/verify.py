@@ -30,13 +30,11 @@ The hooked patched run checks the modules; a second, hook-free patched run gives
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import os
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -313,24 +311,6 @@ def _run(model, x, names: Optional[list]):
     return out, got, order
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    """The float32 oracle of a float16 / bfloat16 check must not run its convolutions in TF32 (10 mantissa bits,
-    no better than float16); torch lets cuDNN use TF32 by default."""
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def _rel(a, b) -> tuple[float, float, float]:
     """(max |a - b|, max |b|, max |a - b| / max |b|) in float64."""
     a, b = a.double(), b.double()
@@ -483,7 +463,7 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
     from .nn.modules import FastModule, _check_backend
     from .ops.area_attention import resolve_backend
     from .patch import module_kind
-    from .utils import asset_paths, load_images, turbo_reference
+    from .utils import asset_paths, exact_fp32, load_images, turbo_reference
 
     _check_backend(backend)
     if variant not in (None, "ultralytics", "turbo"):
@@ -542,7 +522,7 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
     names = [n for n in names if n in ref_layers]  # (a swapped module the forward pass never calls has no row)
     # the oracle: ultralytics on the same (already rounded) weights in higher precision
     o_dt = torch.float64 if dt == torch.float32 else torch.float32
-    with _no_tf32():
+    with exact_fp32():
         oracle_out, oracle_layers, _ = _run(copy.deepcopy(ref).to(dtype=o_dt), imgs.to(dev, o_dt), names)
     mod_rows = [_compare(n, kinds[n], fast_layers[n], ref_layers[n], oracle_layers[n], order[n]) for n in names]
     out_rows = _output_rows(task, nc, fast_out, ref_out, oracle_out)

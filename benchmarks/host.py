@@ -92,7 +92,7 @@ def measure(device: str = "cpu", repeat: int = 7, calls: int = 2000) -> dict:
     def direct():  # what AAttn._direct + forward run
         if not aa._inputs_ok(q, k, v, 1, None, "auto"):
             raise AssertionError("the direct path would not run on these inputs")
-        p = pe.run(v, w, b, None, 2, 2, pe.resolve_backend("auto", dev))
+        p = pe.run(v, w, b, None, 2, 2, pe.resolve_backend("auto", dev, dtype, 7))
         return aa.plus_residual(q, k, v, 1, 32 ** -0.5, p, aa.resolve_backend("auto", dev, dtype, 32))
 
     plain, patched = _aattn_modules(dev, dtype)

@@ -237,11 +237,11 @@ def _today_attention(arch, dtype: str) -> str:
     try:
         import torch
 
-        from yolov12_fast.ops.area_attention import AUTO_CUDA
+        from yolov12_fast.ops.area_attention import auto_cuda_order
 
-        cls = "sm75" if arch and arch < "sm_80" else "sm80+"
-        order = AUTO_CUDA.get((cls, getattr(torch, dtype or "", None)), AUTO_CUDA[(cls, None)])
-        return " then ".join(order)
+        digits = arch[3:].rstrip("a") if arch else "80"  # "sm_90" -> (9, 0)
+        cap = (int(digits[:-1]), int(digits[-1]))
+        return " then ".join(auto_cuda_order(cap, getattr(torch, dtype or "", None)))
     except Exception as e:  # the report must render without the package
         return f"? ({type(e).__name__})"
 

@@ -118,10 +118,11 @@ def test_explicit_backend_that_cannot_run_says_why():
 
 
 def test_zero_size_batch():
-    q, k, v = (torch.randn(0, 2, 32, 16) for _ in range(3))
     for backend in ("reference", "triton"):
+        dev = "cuda" if backend == "triton" and HAS_CUDA else "cpu"  # Triton takes CPU tensors only in the interpreter
+        q, k, v = (torch.randn(0, 2, 32, 16, device=dev) for _ in range(3))
         out = yolov12_fast.area_attention(q, k, v, 4, backend=backend)
-        assert out.shape == (0, 2, 32, 16)
+        assert out.shape == (0, 2, 32, 16) and out.device == q.device
 
 
 def test_auto_table(monkeypatch):
@@ -130,9 +131,35 @@ def test_auto_table(monkeypatch):
     assert aa._auto_order(dev, torch.float16, 32)[0] == "cuda"      # Turing: CUDA C++ (Triton has no MMA there)
     assert aa._auto_order(dev, torch.float32, 32) == ("triton",)    # CUDA C++ takes fp16/bf16 only
     assert "cuda" not in aa._auto_order(dev, torch.float16, 128)    # nor head_dim 128
+    # Hopper, fp16: the CUDA C++ forward (measured faster on the H100 in every forward case); bf16 and fp32 unmeasured
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert aa._auto_order(dev, torch.float16, 32)[0] == "triton"
+    assert aa._auto_order(dev, torch.float16, 32) == ("cuda", "triton")
+    assert aa._auto_order(dev, torch.bfloat16, 32)[0] == "triton" and aa._auto_order(dev, torch.float16, 128) == ("triton",)
+    for cap in ((8, 0), (8, 9), (10, 0), (12, 0)):  # no GPU run has measured these: Triton first where it has MMA
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        assert aa._auto_order(dev, torch.float16, 32)[0] == "triton", cap
     assert aa._auto_order(torch.device("cpu"), torch.float32, 32)[0] == "cpp"
+
+
+def test_pe_auto_table(monkeypatch):
+    """pe_add's auto on CUDA: the CUDA C++ kernel where a GPU run measured it faster than cuDNN (AUTO_CUDA_PE: Hopper,
+    fp16) for the kernel sizes it has, cuDNN everywhere else; the C++ kernel on CPU."""
+    from yolov12_fast.ops import pe
+
+    dev = torch.device("cuda", 0)
+    real = pe._usable
+    monkeypatch.setattr(pe, "_usable", lambda b, d: (True, "") if b == "cuda" else real(b, d))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert pe.resolve_backend("auto", dev, torch.float16, 7) == "cuda"
+    assert pe.resolve_backend("auto", dev, torch.float16, 5) == "cuda"
+    assert pe.resolve_backend("auto", dev, torch.float16, 9) == "reference"   # no CUDA kernel for 9x9
+    assert pe.resolve_backend("auto", dev, torch.bfloat16, 7) == "reference"  # not measured
+    assert pe.resolve_backend("auto", dev) == "reference"                      # dtype unknown
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert pe.resolve_backend("auto", dev, torch.float16, 7) == "reference"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(pe, "_usable", lambda b, d: (False, "no extension") if b == "cuda" else real(b, d))
+    assert pe.resolve_backend("auto", dev, torch.float16, 7) == "reference"  # extension missing: cuDNN
 
 
 def test_compile_fullgraph_no_recompile_across_batch_sizes():

@@ -488,7 +488,7 @@ class AAttn(FastModule):
         if not _attention_ops._inputs_ok(q, k, v, self.area, None, backend):
             return None
         try:
-            return (_pe_ops.resolve_backend(backend, q.device),
+            return (_pe_ops.resolve_backend(backend, q.device, q.dtype, self._modules["pe"].conv.kernel_size[0]),
                     resolve_attention_backend(backend, q.device, q.dtype, q.shape[2]))
         except RuntimeError:
             return None

@@ -18,7 +18,8 @@ def resolved_backends(backend: str, device, dtype=None, head_dim=None) -> dict:
     """What `backend` resolves to on `device` for each op family: {"attention": .., "pe": .., "mlp": .., "cv2": ..}
     ("unavailable" where it cannot run there). The attention's pick depends on the inputs' dtype and head_dim (on
     CUDA, auto takes the CUDA C++ kernel for float16 / bfloat16 at head_dim 32 / 64): give them for what a call with
-    such inputs runs; without them, the pick for inputs the CUDA C++ kernel does not take. The info command and the
+    such inputs runs (the PE's for ultralytics' 7x7 kernel); without them, the pick for inputs the CUDA C++
+    kernels do not take. The info command and the
     benchmark rows report it."""
     import warnings
 
@@ -26,7 +27,7 @@ def resolved_backends(backend: str, device, dtype=None, head_dim=None) -> dict:
 
     device = torch.device(device)
     resolvers = {"attention": lambda b, d: area_attention.resolve_backend(b, d, dtype, head_dim),
-                 "pe": pe.resolve_backend, "mlp": mlp.resolve_backend,
+                 "pe": lambda b, d: pe.resolve_backend(b, d, dtype, 7), "mlp": mlp.resolve_backend,
                  "cv2": lambda b, d: mlp.resolve_backend(b, d, "conv1x1_silu_residual")}
     out = {}
     with warnings.catch_warnings():

@@ -76,22 +76,41 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, area: int, residual: Optional[
 _warned: set = set()
 
 
-# What "auto" runs on CUDA, per (arch class, dtype); the first usable entry wins. GPU benchmark runs
-# (benchmarks/results/) fill this in; until one has measured an arch the default is: Triton where it has tensor
-# cores (sm_80+), the CUDA C++ kernel on Turing (sm_75: Triton's dots run on FMA units there).
+# What "auto" runs on CUDA, per (arch class, dtype); the first usable entry wins, the most specific arch class
+# first (sm90 before sm80+). Measured entries: sm90 float16 from benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-26
+# (the CUDA C++ forward with its PE ran 1.01-2.35x faster than Triton attention + cuDNN PE in all 8 forward cases,
+# batch 1 and 32; the backward of the cuda backend is Triton's). Defaults where no GPU run has measured an arch:
+# Triton where it has tensor cores (sm_80+), the CUDA C++ kernel on Turing (sm_75: Triton's dots run on FMA units).
 AUTO_CUDA = {
     ("sm75", torch.float16): ("cuda", "triton"),
     ("sm75", None): ("triton",),
+    ("sm90", torch.float16): ("cuda", "triton"),
     ("sm80+", None): ("triton", "cuda"),
 }
 CUDA_CXX_SUPPORTS = {"dtypes": (torch.float16, torch.bfloat16), "head_dims": (32, 64)}
 
 
+def arch_classes(capability: tuple) -> tuple:
+    """The AUTO_CUDA arch classes of a compute capability, most specific first."""
+    if capability < (8, 0):
+        return ("sm75",)
+    return ("sm90", "sm80+") if capability[0] == 9 else ("sm80+",)  # sm90: Hopper, where it was measured
+
+
+def auto_cuda_order(capability: tuple, dtype: Optional[torch.dtype]) -> tuple:
+    """AUTO_CUDA's entry for this capability and dtype: the most specific class's (class, dtype) entry, else the
+    most general class's (class, None) entry."""
+    classes = arch_classes(capability)
+    for cls in classes:
+        if (cls, dtype) in AUTO_CUDA:
+            return AUTO_CUDA[(cls, dtype)]
+    return AUTO_CUDA[(classes[-1], None)]
+
+
 def _auto_order(device: torch.device, dtype: Optional[torch.dtype], head_dim: Optional[int]) -> tuple:
     if device.type != "cuda":
         return ("cpp", "triton")
-    arch = "sm75" if torch.cuda.get_device_capability(device) < (8, 0) else "sm80+"
-    order = AUTO_CUDA.get((arch, dtype), AUTO_CUDA[(arch, None)])
+    order = auto_cuda_order(torch.cuda.get_device_capability(device), dtype)
     if dtype not in CUDA_CXX_SUPPORTS["dtypes"] or head_dim not in CUDA_CXX_SUPPORTS["head_dims"]:
         order = tuple(b for b in order if b != "cuda")
     return order

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import _backends
 from .._backends import check as _check
-from .area_attention import DTYPES, _usable
+from .area_attention import DTYPES, _usable, arch_classes
 
 
 def _inputs_ok(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int,
@@ -63,12 +63,25 @@ def check_inputs(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[
     _check(backend in _backends.BACKENDS, lambda: f"pe_add: unknown backend {backend!r}; choose one of {_backends.BACKENDS}")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+# Where "auto" runs the CUDA C++ PE kernel instead of cuDNN's depthwise conv + add, per (arch class, dtype):
+# measured in benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-26 (pe-cuda 1.84x cuDNN at batch 1, 1.06x at 32).
+# Elsewhere on a GPU auto keeps cuDNN until a run measures the kernel faster there; on CPU the C++ kernel.
+AUTO_CUDA_PE = {("sm90", torch.float16)}
+CUDA_PE_KSIZES = (3, 5, 7)
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
+                    ksize: Optional[int] = None) -> str:
+    """Map "auto" to a concrete backend for this device (on CUDA: the CUDA C++ kernel where AUTO_CUDA_PE measured
+    it faster, for inputs of `dtype` with a ksize x ksize kernel; cuDNN otherwise); check that an explicit choice
+    can run here."""
     if backend == "auto":
-        # Until a fused PE kernel measures faster than cuDNN's depthwise conv + add on the GPU, auto takes the
-        # C++ kernel on CPU and the reference (cuDNN) elsewhere.
         if device.type == "cpu" and _usable("cpp", device)[0]:
             return "cpp"
+        if (device.type == "cuda" and dtype is not None and ksize in CUDA_PE_KSIZES
+                and any((c, dtype) in AUTO_CUDA_PE for c in arch_classes(torch.cuda.get_device_capability(device)))
+                and _usable("cuda", device)[0]):
+            return "cuda"
         return "reference"
     ok, why = _usable(backend, device)
     if not ok:
@@ -104,7 +117,7 @@ def _reference(v, weight, bias, x, H, W):
 def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int,
            backend: str) -> Tensor:
     check_inputs(v, weight, bias, x, H, W, backend)
-    return run(v, weight, bias, x, H, W, resolve_backend(backend, v.device))
+    return run(v, weight, bias, x, H, W, resolve_backend(backend, v.device, v.dtype, weight.shape[-1]))
 
 
 def run(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[Tensor], H: int, W: int, b: str) -> Tensor:

@@ -110,7 +110,7 @@ gpu_tests() {
 # The test files that run their kernels on the GPU when one is visible (DEV = cuda), most basic first: a run cut
 # short by the timeout has still proven the kernels it reached.
 GPU_TEST_FILES="tests/test_cuda_kernels.py tests/test_area_attention.py tests/test_pe.py tests/test_mlp.py
-tests/test_conv.py tests/test_ops.py tests/test_cuda_graphs.py tests/test_modules.py tests/test_hardening.py"
+tests/test_conv.py tests/test_ops.py tests/test_cuda_graphs.py tests/test_graphs.py tests/test_modules.py tests/test_hardening.py"
 
 full_gpu_tests() {
     local t=${FULL_TEST_TIMEOUT_S:-270}

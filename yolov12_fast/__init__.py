@@ -10,12 +10,14 @@ from ._backends import can_use_cpp, can_use_cuda_ext, can_use_flash_attn, can_us
 from .functional import area_attention, area_attention_add_, conv1x1_silu_residual, mlp_residual, pe_add
 from . import nn  # noqa: F401  (fast AAttn / ABlock / A2C2f; ultralytics is imported only to build them)
 from .patch import clear_caches, is_patched, patch, patched, unpatch, unpatched
+from .graphs import CUDAGraphed, cuda_graphs
 
 __version__ = "0.1.0"
 
 __all__ = ["area_attention", "area_attention_add_", "pe_add", "mlp_residual", "conv1x1_silu_residual", "reference", "ops", "can_use_triton", "can_use_cpp", "can_use_cuda_ext",
            "can_use_flash_attn", "__version__"]
-__all__ += ["nn", "patch", "unpatch", "patched", "unpatched", "is_patched", "clear_caches", "YOLO", "info"]
+__all__ += ["nn", "patch", "unpatch", "patched", "unpatched", "is_patched", "clear_caches", "YOLO", "info",
+            "cuda_graphs", "CUDAGraphed"]
 
 
 def info(as_text: bool = False):

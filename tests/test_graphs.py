@@ -1,0 +1,149 @@
+"""yolov12_fast.cuda_graphs: eager inference replayed from CUDA graphs (GPU), the module itself everywhere else.
+
+CPU: the wrapper steps aside (CPU input, training, autograd, extra arguments), forwards attributes and state_dict,
+copies without graphs, and its staleness probe sees every change that would make a captured graph wrong. GPU
+(marked): replays equal eager bit for bit, outputs are copies, a new signature captures a new graph, eviction,
+re-capture after .half() / patch(), a capture failure leaves the module eager with a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+import yolov12_fast as yf
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def _a2c2f():
+    from ultralytics.nn.modules.block import A2C2f
+
+    torch.manual_seed(0)
+    return A2C2f(128, 128, 1, True, 4, True, 1.2).eval()
+
+
+def test_steps_aside_off_the_gpu_and_outside_eager_inference():
+    m = yf.patch(_a2c2f())
+    g = yf.cuda_graphs(m)
+    x = torch.randn(1, 128, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(g(x), m(x)) and g.num_graphs == 0  # CPU input: the module itself
+    y = g(x.requires_grad_(True))  # autograd: the module itself, differentiable
+    y.sum().backward()
+    assert x.grad is not None and g.num_graphs == 0
+    assert not g._eligible((x,), {"augment": True}) and not g._eligible((x, x), {})
+
+
+def test_attributes_state_dict_and_copies():
+    from benchmarks import yolo
+
+    m = yf.patch(yolo.build("yolo12n", calibrate_imgsz=None))
+    g = yf.cuda_graphs(m, max_graphs=2)
+    assert torch.equal(g.stride, m.stride) and g.names == m.names and g.module is m  # ultralytics reads these
+    sd = g.state_dict()
+    assert set(sd) == {f"module.{k}" for k in m.state_dict()}
+    g.__dict__["_fingerprint"] = g._probe()
+    for clone in (copy.deepcopy(g), pickle.loads(pickle.dumps(g))):
+        assert isinstance(clone, yf.CUDAGraphed) and clone.num_graphs == 0 and clone.__dict__["_fingerprint"] is None
+        assert clone.max_graphs == 2 and clone.module is not m
+        x = torch.rand(1, 3, 64, 64)
+        with torch.inference_mode():
+            assert torch.equal(clone(x)[0], m(x)[0])
+    with pytest.raises(ValueError, match="max_graphs and warmup must be >= 1"):
+        yf.cuda_graphs(m, max_graphs=0)
+    with pytest.raises(TypeError, match="expected an nn.Module"):
+        yf.cuda_graphs(lambda x: x)
+
+
+def test_the_staleness_probe_sees_what_would_make_a_graph_wrong():
+    """In-place weight updates are fine (the graph reads that memory); re-allocated tensors, swapped classes,
+    replaced children or parameters are not."""
+    def fresh():
+        g = yf.cuda_graphs(_a2c2f())
+        g.__dict__["_fingerprint"] = g._probe()
+        assert g._probe_still_valid()
+        return g
+
+    g = fresh()
+    with torch.no_grad():
+        g.module.cv1.conv.weight.mul_(2)  # in place: still valid
+    assert g._probe_still_valid()
+    g.module.half()  # re-allocates every tensor
+    assert not g._probe_still_valid()
+    g = fresh()
+    yf.patch(g.module)  # classes swapped in place
+    assert not g._probe_still_valid()
+    g = fresh()
+    g.module.cv2 = copy.deepcopy(g.module.cv2)  # a child replaced
+    assert not g._probe_still_valid()
+    g = fresh()
+    g.module.load_state_dict(copy.deepcopy(g.module.state_dict()), assign=True)  # parameters replaced
+    assert not g._probe_still_valid()
+    g = fresh()
+    g.reset()
+    assert g.__dict__["_fingerprint"] is None and not g._probe_still_valid()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU
+
+
+def _gpu_model(dtype=torch.float16):
+    return yf.patch(_a2c2f()).to("cuda", dtype)
+
+
+@pytest.mark.gpu
+def test_replays_equal_eager_and_return_copies():
+    m = _gpu_model()
+    g = yf.cuda_graphs(m)
+    xs = [torch.randn(2, 128, 20, 20, device="cuda", dtype=torch.float16) for _ in range(3)]
+    with torch.inference_mode():
+        want = [m(x) for x in xs]
+        got = [g(x) for x in xs]  # the first captures, the others replay
+    assert g.num_graphs == 1
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # same kernels, same inputs: same bits
+    assert got[0].data_ptr() != got[1].data_ptr()  # copies: a later replay did not overwrite an earlier output
+    with torch.no_grad():  # another grad mode is another signature (inference tensors are not writable outside)
+        torch.testing.assert_close(g(xs[0]), want[0], rtol=0, atol=0)
+    assert g.num_graphs == 2
+
+
+@pytest.mark.gpu
+def test_signatures_eviction_and_recapture_after_changes():
+    m = _gpu_model()
+    g = yf.cuda_graphs(m, max_graphs=2)
+    with torch.inference_mode():
+        for hw in ((20, 20), (16, 24), (20, 20), (8, 8)):  # (16, 24) is the least recently used when (8, 8) comes
+            x = torch.randn(1, 128, *hw, device="cuda", dtype=torch.float16)
+            torch.testing.assert_close(g(x), m(x), rtol=0, atol=0)
+        assert g.num_graphs == 2 and {k[0][2:] for k in g.__dict__["_graphs"]} == {(20, 20), (8, 8)}
+        with torch.no_grad():
+            m.cv1.conv.weight.mul_(0.5)  # in place: the replay sees it
+        x = torch.randn(1, 128, 8, 8, device="cuda", dtype=torch.float16)
+        torch.testing.assert_close(g(x), m(x), rtol=0, atol=0)
+        m.float()  # re-allocated: captured again
+        x = x.float()
+        torch.testing.assert_close(g(x), m(x), rtol=0, atol=0)
+        assert g.num_graphs == 1
+
+
+@pytest.mark.gpu
+def test_a_module_that_cannot_be_captured_stays_eager_with_a_warning():
+    class Syncs(nn.Module):
+        def forward(self, x):
+            return x * float(x.sum().item())  # a host sync: illegal while capturing
+
+    g = yf.cuda_graphs(Syncs())
+    x = torch.randn(4, device="cuda")
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="runs eagerly from now on"):
+            y = g(x)
+        torch.testing.assert_close(y, x * float(x.sum().item()))
+        y2 = g(x)  # no second attempt, no second warning
+    assert g.num_graphs == 0 and g.__dict__["_disabled"] and torch.equal(y, y2)

@@ -1,0 +1,208 @@
+"""`yolov12_fast.cuda_graphs(model)`: batch-1 GPU inference without the host in the way.
+
+A small YOLO forward on a GPU is host-bound: Python and the launch of a few hundred kernels take longer than the
+kernels (benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-26: yolo12n at 640, batch 1, fp16 on an H100: 6.9 ms
+eager, 1.6 ms replayed from a CUDA graph; patched and replayed 1.39 ms, 4.95x ultralytics eager). `cuda_graphs`
+wraps a module so that each eager-inference call replays a CUDA graph captured for that input signature:
+
+    model = yolov12_fast.patch(yolo.model).cuda().half().eval()   # or any nn.Module
+    graphed = yolov12_fast.cuda_graphs(model)
+    with torch.inference_mode():
+        y = graphed(x)    # first call per (shape, dtype, device, mode): warm-up + capture; then replays
+
+What it guarantees, and when it steps aside:
+- A call replays only in eager inference (torch.inference_mode() or torch.no_grad(), the module in eval mode, a
+  CUDA tensor as the only argument, no torch.compile / tracing / export / dispatch mode watching). Anything else
+  (training, autograd, CPU inputs, extra arguments such as ultralytics' augment=True) runs the module itself.
+- Outputs are copies (clone) of the graph's static outputs: a later call never overwrites what an earlier one
+  returned. Cost: one copy of the outputs per call.
+- The input is copied into the graph's static input: any strides are accepted.
+- Parameters updated in place (optimizer steps, load_state_dict, EMA) are seen by the next replay (the graph reads
+  their memory). Parameters moved or re-allocated (`.half()`, `.to()`, `load_state_dict(assign=True)`) are
+  detected (their storage addresses are compared at every call) and the graphs are captured again.
+- At most `max_graphs` signatures are kept (least recently used dropped: each graph holds its own memory pool).
+- A capture that fails (an op that cannot be captured) warns once and leaves that module eager from then on.
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils import _pytree as pytree
+
+__all__ = ["cuda_graphs", "CUDAGraphed"]
+
+
+def _clone(tree):
+    return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
+
+
+def _watched() -> bool:
+    """Something intercepts the ops (compile, tracing, export, a dispatch mode, functorch): run the module."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export() or torch._C._len_torch_dispatch_stack() != 0
+            or torch._C._are_functorch_transforms_active())
+
+
+class _Graph:
+    __slots__ = ("graph", "static_in", "static_out")
+
+    def __init__(self, graph, static_in, static_out):
+        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+
+
+class CUDAGraphed(nn.Module):
+    """`module` replayed from CUDA graphs in eager inference; see the module docstring (yolov12_fast.graphs).
+
+    Attributes of the wrapped module are reachable through the wrapper (`graphed.stride`, `graphed.names`), and
+    `graphed.module` is the module itself. The state_dict is the module's, under the prefix `module.`.
+    """
+
+    def __init__(self, module: nn.Module, max_graphs: int = 4, warmup: int = 3, check_state: bool = True):
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"yolov12_fast.cuda_graphs: expected an nn.Module, got {type(module).__name__}")
+        if int(max_graphs) < 1 or int(warmup) < 1:
+            raise ValueError(f"yolov12_fast.cuda_graphs: max_graphs and warmup must be >= 1, got {max_graphs} "
+                             f"and {warmup} (warm-up runs let cuDNN and Triton choose and load their kernels "
+                             "before capture, which cannot load them)")
+        self.module = module
+        self.max_graphs, self.warmup, self.check_state = int(max_graphs), int(warmup), bool(check_state)
+        self.__dict__["_graphs"] = collections.OrderedDict()
+        self.__dict__["_fingerprint"] = None
+        self.__dict__["_disabled"] = None  # why capture is off for this wrapper, once it failed
+
+    # -- attributes of the wrapped module (ultralytics reads stride, names, yaml, ...) --------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
+
+    # -- copies never carry the graphs (they hold device memory and addresses of this instance) ----------------
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_graphs"] = collections.OrderedDict()
+        state["_fingerprint"] = None
+        return state
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__getstate__().items():
+            new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
+
+    def _apply(self, fn, recurse=True):  # .to(), .half(), .cuda(): the captured addresses are stale
+        self.reset()
+        return super()._apply(fn, recurse)
+
+    def reset(self) -> None:
+        """Drop every captured graph (the next call per signature captures again)."""
+        self.__dict__["_graphs"].clear()
+        self.__dict__["_fingerprint"] = None
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self.__dict__["_graphs"])
+
+    # -- the call ---------------------------------------------------------------------------------------------
+    def _eligible(self, args, kwargs) -> bool:
+        # one tensor argument; keyword arguments only if None / False (ultralytics passes augment=False,
+        # visualize=False, embed=None), which are part of the graph's signature
+        if len(args) != 1 or not all(v is None or v is False for v in kwargs.values()):
+            return False
+        x = args[0]
+        return (isinstance(x, torch.Tensor) and x.is_cuda and not torch.is_grad_enabled() and not self.module.training
+                and self.__dict__["_disabled"] is None and not _watched())
+
+    def _probe(self):
+        """What the captured graphs depend on besides the input, as a snapshot to compare cheaply at every call:
+        each module's class (yolov12_fast.patch / unpatch swap classes in place), each child module and each
+        parameter / buffer object in its parent (module surgery, load_state_dict(assign=True)) and each tensor's
+        storage address (.half(), .to() re-allocate in place)."""
+        mods = list(self.module.modules())
+        slots = [(m._modules, name, c) for m in mods for name, c in m._modules.items()]
+        slots += [(m._parameters, name, t) for m in mods for name, t in m._parameters.items()]
+        slots += [(m._buffers, name, t) for m in mods for name, t in m._buffers.items()]
+        tensors = [t for _, _, t in slots if isinstance(t, torch.Tensor)]
+        return mods, tuple(map(type, mods)), slots, tensors, tuple(t.data_ptr() for t in tensors)
+
+    def _probe_still_valid(self) -> bool:
+        """About 30 us for a yolo12n (a full walk over its modules costs ten times that)."""
+        probe = self.__dict__["_fingerprint"]
+        if probe is None:
+            return False
+        mods, types, slots, tensors, ptrs = probe
+        return (tuple(map(type, mods)) == types and all(d.get(n) is o for d, n, o in slots)
+                and tuple(t.data_ptr() for t in tensors) == ptrs)
+
+    def forward(self, *args, **kwargs):
+        if not self._eligible(args, kwargs):
+            return self.module(*args, **kwargs)
+        x = args[0]
+        graphs = self.__dict__["_graphs"]
+        if (self.check_state or self.__dict__["_fingerprint"] is None) and not self._probe_still_valid():
+            # re-allocated tensors, swapped classes, module surgery: every graph is stale
+            graphs.clear()
+            self.__dict__["_fingerprint"] = self._probe()
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled(), tuple(sorted(kwargs.items())))
+        g = graphs.get(key)
+        if g is None:
+            g = self._capture(x, kwargs)
+            if g is None:
+                return self.module(x, **kwargs)
+            graphs[key] = g
+            while len(graphs) > self.max_graphs:
+                graphs.popitem(last=False)
+        else:
+            graphs.move_to_end(key)
+        g.static_in.copy_(x)
+        g.graph.replay()
+        return _clone(g.static_out)
+
+    def _capture(self, x: torch.Tensor, kwargs: dict):
+        static_in = torch.empty_like(x, memory_format=torch.contiguous_format)
+        static_in.copy_(x)
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        try:
+            with torch.cuda.stream(side):  # warm-up off the capture (cuDNN / Triton pick and load their kernels)
+                for _ in range(self.warmup):
+                    self.module(static_in, **kwargs)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.module(static_in, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any capture failure leaves the module eager, with a warning
+            torch.cuda.synchronize(x.device)
+            why = f"{type(e).__name__}: {e}"
+            self.__dict__["_disabled"] = why
+            warnings.warn(f"yolov12_fast.cuda_graphs: capturing {type(self.module).__name__} failed ({why[:300]}); "
+                          "it runs eagerly from now on (reset_capture() to try again)", RuntimeWarning, stacklevel=3)
+            return None
+        return _Graph(graph, static_in, static_out)
+
+    def reset_capture(self) -> None:
+        """Allow capture again after a failure, and drop the graphs."""
+        self.__dict__["_disabled"] = None
+        self.reset()
+
+    def extra_repr(self) -> str:
+        return f"max_graphs={self.max_graphs}, graphs={self.num_graphs}"
+
+
+def cuda_graphs(module: nn.Module, max_graphs: int = 4, warmup: int = 3, check_state: bool = True) -> CUDAGraphed:
+    """Wrap `module` so that eager inference calls on CUDA replay a CUDA graph per input signature (see
+    yolov12_fast.graphs). Returns the wrapper; `module` itself is unchanged.
+
+    max_graphs: input signatures kept (least recently used dropped). warmup: eager runs before each capture.
+    check_state: compare the module's classes, children and tensor addresses with the captured ones at every call
+    (about 30 us for a yolo12n); False skips that: then call `reset()` after changing the module."""
+    return CUDAGraphed(module, max_graphs=max_graphs, warmup=warmup, check_state=check_state)

@@ -89,6 +89,27 @@ def test_the_staleness_probe_sees_what_would_make_a_graph_wrong():
     assert g.__dict__["_fingerprint"] is None and not g._probe_still_valid()
 
 
+def test_yolo_cuda_graphs_option_wraps_the_predictors_module():
+    """yolov12_fast.YOLO(..., cuda_graphs=True): predict() calls the model through the wrapper (on CPU it steps
+    aside: the same detections as without it); the setting flips at the next predict(); the callback pickles
+    (ultralytics ships callbacks to DDP workers)."""
+    from ultralytics.utils import ASSETS
+
+    from yolov12_fast.model import _predictor_module_slot
+
+    yolo = yf.YOLO("yolo12n.yaml", cuda_graphs=True)
+    kw = dict(imgsz=160, conf=1e-4, verbose=False)
+    a = yolo.predict(ASSETS / "bus.jpg", **kw)[0].boxes.data
+    holder, attr = _predictor_module_slot(yolo.predictor)
+    assert isinstance(getattr(holder, attr), yf.CUDAGraphed)
+    yolo.cuda_graphs = False
+    b = yolo.predict(ASSETS / "bus.jpg", **kw)[0].boxes.data
+    assert not isinstance(getattr(holder, attr), yf.CUDAGraphed) and yolo.cuda_graphs is False
+    assert len(a) > 0 and torch.equal(a, b)
+    cb = pickle.loads(pickle.dumps(yolo.__dict__["_yf_predict_graphs"]))
+    assert cb.enabled is False
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GPU
 
@@ -147,3 +168,20 @@ def test_a_module_that_cannot_be_captured_stays_eager_with_a_warning():
         torch.testing.assert_close(y, x * float(x.sum().item()))
         y2 = g(x)  # no second attempt, no second warning
     assert g.num_graphs == 0 and g.__dict__["_disabled"] and torch.equal(y, y2)
+
+
+@pytest.mark.gpu
+def test_yolo_predict_with_cuda_graphs_gives_the_same_detections():
+    from ultralytics.utils import ASSETS
+
+    from yolov12_fast.model import _predictor_module_slot
+
+    yolo = yf.YOLO("yolo12n.yaml", cuda_graphs=True)
+    kw = dict(imgsz=320, conf=1e-4, verbose=False, device=0, half=True)
+    graphed = [yolo.predict(ASSETS / n, **kw)[0].boxes.data for n in ("bus.jpg", "zidane.jpg", "bus.jpg")]
+    wrapper = getattr(*_predictor_module_slot(yolo.predictor))
+    assert isinstance(wrapper, yf.CUDAGraphed) and wrapper.num_graphs >= 1
+    yolo.cuda_graphs = False
+    eager = [yolo.predict(ASSETS / n, **kw)[0].boxes.data for n in ("bus.jpg", "zidane.jpg", "bus.jpg")]
+    for a, b in zip(graphed, eager):
+        assert len(a) > 0 and torch.equal(a, b)

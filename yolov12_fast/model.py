@@ -60,19 +60,25 @@ class YOLO(_UltralyticsYOLO):
         backend: area-attention backend of the patched modules ("auto", "triton", "cuda", "cpp", "reference").
         recompute: what the ABlocks recompute in backward while training instead of keeping it in memory ("auto":
             the MLP on CUDA, nothing on CPU; "mlp", "block", "none"; see yolov12_fast.nn.FastModule.recompute).
+        cuda_graphs: predict() on a GPU replays the model from CUDA graphs (yolov12_fast.cuda_graphs; one capture
+            per input shape, at most 4 kept): batch-1 latency without the host in the way. Off by default.
     """
 
     def __init__(self, model="yolo12n.pt", task=None, verbose: bool = False, *, backend: str = "auto",
-                 recompute: str = "auto"):
+                 recompute: str = "auto", cuda_graphs: bool = False):
         # before Model.__init__, which loads and builds
         self.__dict__["_yf_backend"] = _check_backend(backend)
         self.__dict__["_yf_recompute"] = _check_recompute(recompute)
+        self.__dict__["_yf_cuda_graphs"] = bool(cuda_graphs)
         super().__init__(model, task=task, verbose=verbose)
         if "_yf_backend" not in self.__dict__:  # Model.__init__ adopted another Model's __dict__
             self.__dict__["_yf_backend"] = backend
             self.__dict__["_yf_recompute"] = recompute
+            self.__dict__["_yf_cuda_graphs"] = bool(cuda_graphs)
             self._yf_patch()
         self._yf_add_callbacks()
+        self.__dict__["_yf_predict_graphs"] = _PredictGraphs(self.__dict__["_yf_cuda_graphs"])
+        self.add_callback("on_predict_start", self.__dict__["_yf_predict_graphs"])
 
     # -- where models appear -------------------------------------------------------------------------------------
 
@@ -98,6 +104,17 @@ class YOLO(_UltralyticsYOLO):
         return super().save(filename)
 
     # -- helpers --------------------------------------------------------------------------------------------------
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.__dict__.get("_yf_cuda_graphs", False)
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, value: bool) -> None:
+        self.__dict__["_yf_cuda_graphs"] = bool(value)
+        cb = self.__dict__.get("_yf_predict_graphs")
+        if cb is not None:
+            cb.enabled = bool(value)  # applied at the next predict() (on_predict_start)
 
     backend = _patch_setting("_yf_backend", "auto", _check_backend)
     recompute = _patch_setting("_yf_recompute", "auto", _check_recompute)
@@ -141,3 +158,36 @@ def _patch_trainer(trainer, backend: str, recompute: str = "auto") -> None:
                 return plain_save()
 
         trainer.save_model = save_model
+
+
+def _predictor_module_slot(predictor):
+    """(holder, attribute) of the nn.Module the predictor calls: ultralytics >= 8.4 keeps it at
+    predictor.model.backend.model (AutoBackend -> PyTorchBackend), earlier versions at predictor.model.model."""
+    import torch.nn as nn
+
+    autobackend = getattr(predictor, "model", None)
+    for holder in (getattr(autobackend, "backend", None), autobackend):
+        if holder is not None and isinstance(getattr(holder, "model", None), nn.Module):
+            return holder, "model"
+    return None, None
+
+
+class _PredictGraphs:
+    """on_predict_start callback of a yolov12_fast.YOLO: wrap (enabled) or unwrap the module the predictor calls in
+    yolov12_fast.cuda_graphs. A small picklable object (ultralytics ships callbacks to DDP workers); the YOLO
+    object's cuda_graphs setter flips `enabled`."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __call__(self, predictor) -> None:
+        from .graphs import CUDAGraphed, cuda_graphs
+
+        holder, attr = _predictor_module_slot(predictor)
+        if holder is None:
+            return
+        module = getattr(holder, attr)
+        if self.enabled and not isinstance(module, CUDAGraphed):
+            setattr(holder, attr, cuda_graphs(module))
+        elif not self.enabled and isinstance(module, CUDAGraphed):
+            setattr(holder, attr, module.module)

@@ -61,8 +61,8 @@ def test_attributes_state_dict_and_copies():
 
 
 def test_the_staleness_probe_sees_what_would_make_a_graph_wrong():
-    """In-place weight updates are fine (the graph reads that memory); re-allocated tensors, swapped classes,
-    replaced children or parameters are not."""
+    """Re-allocated tensors, swapped classes, replaced children or parameters, and in-place updates (the patched
+    modules re-fold BatchNorm into cached weights in Python, which a replay would skip) each make the graphs stale."""
     def fresh():
         g = yf.cuda_graphs(_a2c2f())
         g.__dict__["_fingerprint"] = g._probe()
@@ -71,8 +71,12 @@ def test_the_staleness_probe_sees_what_would_make_a_graph_wrong():
 
     g = fresh()
     with torch.no_grad():
-        g.module.cv1.conv.weight.mul_(2)  # in place: still valid
-    assert g._probe_still_valid()
+        g.module.cv1.conv.weight.mul_(2)  # in place
+    assert not g._probe_still_valid()
+    g = fresh()
+    g.module.m[0][0].attn.pe.bn.running_var.add_(1)  # a buffer in place (BatchNorm statistics)
+    assert not g._probe_still_valid()
+    g = fresh()
     g.module.half()  # re-allocates every tensor
     assert not g._probe_still_valid()
     g = fresh()
@@ -145,7 +149,7 @@ def test_signatures_eviction_and_recapture_after_changes():
             torch.testing.assert_close(g(x), m(x), rtol=0, atol=0)
         assert g.num_graphs == 2 and {k[0][2:] for k in g.__dict__["_graphs"]} == {(20, 20), (8, 8)}
         with torch.no_grad():
-            m.cv1.conv.weight.mul_(0.5)  # in place: the replay sees it
+            m.cv1.conv.weight.mul_(0.5)  # in place: captured again (the folded weights are re-folded in Python)
         x = torch.randn(1, 128, 8, 8, device="cuda", dtype=torch.float16)
         torch.testing.assert_close(g(x), m(x), rtol=0, atol=0)
         m.float()  # re-allocated: captured again

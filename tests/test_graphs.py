@@ -114,6 +114,30 @@ def test_yolo_cuda_graphs_option_wraps_the_predictors_module():
     assert cb.enabled is False
 
 
+def test_each_graph_keeps_the_state_tensors_it_reads_alive():
+    """ultralytics' Detect keeps anchors / strides of the last input shape as plain attributes and replaces them
+    when the shape changes; the patched modules keep folded weights. A graph captured at one shape reads the
+    anchors of that shape: they must outlive a forward at another shape."""
+    from benchmarks import yolo
+    from yolov12_fast.graphs import _state_tensors
+
+    m = yf.patch(yolo.build("yolo12n", calibrate_imgsz=None))
+    with torch.inference_mode():
+        m(torch.rand(1, 3, 64, 64))
+    detect = m.model[-1]
+    kept = _state_tensors(m)
+    ids = {id(t) for t in kept}
+    assert id(detect.anchors) in ids and id(detect.strides) in ids
+    folded = [v for mod in m.modules() for k, v in vars(mod).items() if k.startswith("_yf_") and k.endswith("cache")]
+    assert folded and all(id(t) in ids for c in folded for t in pytree_leaves(c) if isinstance(t, torch.Tensor))
+
+
+def pytree_leaves(x):
+    from torch.utils import _pytree as pytree
+
+    return pytree.tree_leaves(x)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # GPU
 
@@ -189,3 +213,19 @@ def test_yolo_predict_with_cuda_graphs_gives_the_same_detections():
     eager = [yolo.predict(ASSETS / n, **kw)[0].boxes.data for n in ("bus.jpg", "zidane.jpg", "bus.jpg")]
     for a, b in zip(graphed, eager):
         assert len(a) > 0 and torch.equal(a, b)
+
+
+@pytest.mark.gpu
+def test_alternating_shapes_replay_their_own_detect_anchors():
+    """A, B, A: the forward at B (warm-up of its capture) replaces Detect's anchors; A's replay must still read A's
+    (kept alive with A's graph), bit for bit what eager gives."""
+    from benchmarks import yolo
+
+    m = yf.patch(yolo.build("yolo12n", calibrate_imgsz=None)).to("cuda", torch.float16)
+    g = yf.cuda_graphs(m)
+    with torch.inference_mode():
+        for hw in ((320, 320), (256, 320), (320, 320), (256, 320)):
+            x = torch.rand(1, 3, *hw, device="cuda", dtype=torch.float16)
+            got = g(x)[0]
+            torch.testing.assert_close(got, m(x)[0], rtol=0, atol=0)
+    assert g.num_graphs == 2

@@ -22,6 +22,9 @@ What it guarantees, and when it steps aside:
   (yolov12_fast.patch / unpatch after wrapping) or that were replaced are detected at every call (under 0.1 ms of
   host time for a yolo12n) and the graphs are captured again: the patched modules fold BatchNorm into cached
   weights in Python, which a replay would not redo.
+- Tensors the modules keep as plain attributes (ultralytics' Detect anchors for the last input shape, the patched
+  modules' folded weights) are kept alive with each graph, so a forward of another shape or mode that replaces
+  them cannot free what a graph reads.
 - At most `max_graphs` signatures are kept (least recently used dropped: each graph holds its own memory pool).
 - A capture that fails (an op that cannot be captured) warns once and leaves that module eager from then on.
 """
@@ -57,11 +60,28 @@ def _addresses_and_versions(tensors) -> tuple:
     return tuple(t.data_ptr() for t in tensors) + tuple(-1 if t.is_inference() else t._version for t in tensors)
 
 
-class _Graph:
-    __slots__ = ("graph", "static_in", "static_out")
+def _state_tensors(module: nn.Module) -> list:
+    """Tensors that modules keep as plain attributes (not parameters or buffers): ultralytics' Detect keeps its
+    anchors and strides for the last input shape, the patched modules their folded weights per dtype and mode. A
+    graph reads them at the addresses they had at capture; a later forward of another shape or mode replaces them,
+    and freed they would be reused by other tensors. Each graph keeps the ones it was captured with alive."""
+    out = []
+    for m in module.modules():
+        for k, v in vars(m).items():
+            if k in ("_parameters", "_buffers", "_modules") or k.endswith("hooks"):
+                continue
+            if isinstance(v, torch.Tensor):
+                out.append(v)
+            elif isinstance(v, (tuple, list, dict)):
+                out += [t for t in pytree.tree_leaves(v) if isinstance(t, torch.Tensor)]
+    return out
 
-    def __init__(self, graph, static_in, static_out):
-        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+
+class _Graph:
+    __slots__ = ("graph", "static_in", "static_out", "keepalive")
+
+    def __init__(self, graph, static_in, static_out, keepalive):
+        self.graph, self.static_in, self.static_out, self.keepalive = graph, static_in, static_out, keepalive
 
 
 class CUDAGraphed(nn.Module):
@@ -196,7 +216,7 @@ class CUDAGraphed(nn.Module):
             warnings.warn(f"yolov12_fast.cuda_graphs: capturing {type(self.module).__name__} failed ({why[:300]}); "
                           "it runs eagerly from now on (reset_capture() to try again)", RuntimeWarning, stacklevel=3)
             return None
-        return _Graph(graph, static_in, static_out)
+        return _Graph(graph, static_in, static_out, _state_tensors(self.module))
 
     def reset_capture(self) -> None:
         """Allow capture again after a failure, and drop the graphs."""

@@ -192,11 +192,16 @@ class CUDAGraphed(nn.Module):
                 graphs.popitem(last=False)
         else:
             graphs.move_to_end(key)
-        g.static_in.copy_(x)
-        g.graph.replay()
-        return _clone(g.static_out)
+        with torch.cuda.device(x.device):
+            g.static_in.copy_(x)
+            g.graph.replay()
+            return _clone(g.static_out)
 
     def _capture(self, x: torch.Tensor, kwargs: dict):
+        with torch.cuda.device(x.device):  # capture and its pool on the input's device, whatever the current one
+            return self._capture_here(x, kwargs)
+
+    def _capture_here(self, x: torch.Tensor, kwargs: dict):
         static_in = torch.empty_like(x, memory_format=torch.contiguous_format)
         static_in.copy_(x)
         side = torch.cuda.Stream(device=x.device)

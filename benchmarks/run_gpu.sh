@@ -132,6 +132,10 @@ quick_checks() {  # every kernel family once against the reference, then the cor
         -q -p no:cacheprovider --no-header -rfE --maxfail=10 2>&1 \
         | tee "$LOGDIR/pytest-gpu-core-$STAMP.log" | tail -30
     say "core numerics tests exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-core-$STAMP.log)"
+    say "CUDA graphs wrapper and capture tests, at most 60 s"
+    tmo 60 $PY -m pytest tests/test_graphs.py tests/test_cuda_graphs.py -m gpu -q -p no:cacheprovider --no-header -rfE \
+        2>&1 | tee "$LOGDIR/pytest-gpu-graphs-$STAMP.log" | tail -15
+    say "graphs tests exit status ${PIPESTATUS[0]} (log: $LOGDIR/pytest-gpu-graphs-$STAMP.log)"
 }
 
 host_time() {  # AAttn's host time per inference call, through the ops vs direct (seconds; benchmarks/host.py)

@@ -20,7 +20,7 @@ from collections import defaultdict
 
 import torch
 
-DEFAULT_CASES = r"^(fwd|pe) P4 640x640 h8 b(1|32) "
+DEFAULT_CASES = r"^((fwd|pe) P4 640x640 h8 b(1|32)|fwdbwd P5 640x640 h4 b32) "
 
 
 def _providers(pass_: str) -> dict:

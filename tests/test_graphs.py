@@ -229,3 +229,27 @@ def test_alternating_shapes_replay_their_own_detect_anchors():
             got = g(x)[0]
             torch.testing.assert_close(got, m(x)[0], rtol=0, atol=0)
     assert g.num_graphs == 2
+
+
+def test_autocast_is_part_of_the_signature():
+    from yolov12_fast.graphs import _autocast_state
+
+    cpu = torch.device("cpu")
+    assert _autocast_state(cpu) == (False, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _autocast_state(cpu) == (True, torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_autocast_and_plain_calls_get_their_own_graphs():
+    m = yf.patch(_a2c2f()).cuda()  # float32 weights: autocast casts them inside the graph
+    g = yf.cuda_graphs(m)
+    x = torch.randn(1, 128, 16, 16, device="cuda")
+    with torch.inference_mode():
+        plain = g(x)
+        with torch.autocast("cuda", dtype=torch.float16):
+            mixed, want = g(x), m(x)
+        again = g(x)
+    assert g.num_graphs == 2 and plain.dtype == again.dtype == torch.float32 and mixed.dtype == want.dtype
+    torch.testing.assert_close(mixed, want, rtol=0, atol=0)
+    torch.testing.assert_close(again, plain, rtol=0, atol=0)

@@ -12,7 +12,8 @@ wraps a module so that each eager-inference call replays a CUDA graph captured f
 
 What it guarantees, and when it steps aside:
 - A call replays only in eager inference (torch.inference_mode() or torch.no_grad(), the module in eval mode, a
-  CUDA tensor as the only argument, no torch.compile / tracing / export / dispatch mode watching). Anything else
+  CUDA tensor as the only argument, no torch.compile / tracing / export / dispatch mode watching). The signature
+  of a graph: input shape, dtype and device, grad mode, autocast state, keyword arguments. Anything else
   (training, autograd, CPU inputs, extra arguments such as ultralytics' augment=True) runs the module itself.
 - Outputs are copies (clone) of the graph's static outputs: a later call never overwrites what an earlier one
   returned. Cost: one copy of the outputs per call.
@@ -58,6 +59,13 @@ def _addresses_and_versions(tensors) -> tuple:
     BatchNorm into cached conv weights, re-folded in Python when a parameter changes in place (optimizer step,
     EMA, load_state_dict); a replay runs no Python and would keep the old folded weights."""
     return tuple(t.data_ptr() for t in tensors) + tuple(-1 if t.is_inference() else t._version for t in tensors)
+
+
+def _autocast_state(device: torch.device) -> tuple:
+    """Autocast on or off, and its dtype, for the input's device type: a graph captured under autocast holds its
+    casts, one captured without holds none; each is its own signature."""
+    on = torch.is_autocast_enabled(device.type)
+    return (on, torch.get_autocast_dtype(device.type) if on else None)
 
 
 def _state_tensors(module: nn.Module) -> list:
@@ -181,7 +189,8 @@ class CUDAGraphed(nn.Module):
             # re-allocated tensors, swapped classes, module surgery: every graph is stale
             graphs.clear()
             self.__dict__["_fingerprint"] = self._probe()
-        key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled(), tuple(sorted(kwargs.items())))
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled(), _autocast_state(x.device),
+               tuple(sorted(kwargs.items())))
         g = graphs.get(key)
         if g is None:
             g = self._capture(x, kwargs)

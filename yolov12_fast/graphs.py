@@ -11,9 +11,12 @@ wraps a module so that each eager-inference call replays a CUDA graph captured f
         y = graphed(x)    # first call per (shape, dtype, device, mode): warm-up + capture; then replays
 
 What it guarantees, and when it steps aside:
-- A call replays only in eager inference (torch.inference_mode() or torch.no_grad(), the module in eval mode, a
-  CUDA tensor as the only argument, no torch.compile / tracing / export / dispatch mode watching). The signature
-  of a graph: input shape, dtype and device, grad mode, autocast state, keyword arguments. Anything else
+- A call replays only in eager inference: torch.inference_mode() or torch.no_grad(), every submodule in eval mode,
+  no module hooks, no autocast (its weight cache is freed when the context exits; run a .half() model), a CUDA
+  tensor as the only argument, no torch.compile / tracing / export / dispatch mode watching. The signature of a
+  graph: input shape, dtype and device, grad mode, keyword arguments (None / False only). A signature's first call
+  runs eagerly, its second captures (three warm-up runs, then the capture), later ones replay: a shape seen once
+  (a last, short batch) costs no capture. Anything else
   (training, autograd, CPU inputs, extra arguments such as ultralytics' augment=True) runs the module itself.
 - Outputs are copies (clone) of the graph's static outputs: a later call never overwrites what an earlier one
   returned. Cost: one copy of the outputs per call.
@@ -27,12 +30,19 @@ What it guarantees, and when it steps aside:
   modules' folded weights) are kept alive with each graph, so a forward of another shape or mode that replaces
   them cannot free what a graph reads.
 - At most `max_graphs` signatures are kept (least recently used dropped: each graph holds its own memory pool).
-- A capture that fails (an op that cannot be captured) warns once and leaves that module eager from then on.
+- A capture that fails (an op that cannot be captured), or a forward that changes the module's parameters or
+  buffers in place, warns once and leaves that module eager from then on. Errors of the warm-up runs (a bad input)
+  are raised as the eager call would raise them.
+- Calls from several threads are serialised (the static buffers are shared); captures use CUDA's thread-local
+  capture mode.
+- Not seen: plain Python attributes that change what a module computes (an ultralytics head's max_det): call
+  `reset()` after changing them (yolov12_fast.YOLO does at each predict() whose head settings changed).
 """
 
 from __future__ import annotations
 
 import collections
+import threading
 import warnings
 from typing import Any
 
@@ -44,7 +54,37 @@ __all__ = ["cuda_graphs", "CUDAGraphed"]
 
 
 def _clone(tree):
-    return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, tree)
+    """Copies of the graph's static outputs, each tensor once (a tensor that appears twice in the output is copied
+    once and appears twice)."""
+    done = {}
+
+    def copy(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if id(t) not in done:
+            done[id(t)] = t.clone()
+        return done[id(t)]
+
+    return pytree.tree_map(copy, tree)
+
+
+def _global_hooks() -> bool:
+    """Global module hooks (nn.modules.module.register_module_forward_hook ...): a replay would not run them."""
+    from torch.nn.modules import module as _mm
+
+    return bool(_mm._global_forward_hooks or _mm._global_forward_pre_hooks or _mm._global_backward_hooks
+                or _mm._global_backward_pre_hooks)
+
+
+def _module_flags(mods) -> tuple:
+    """Per module: class, training flag, whether it has forward hooks, and a fast module's settings."""
+    return tuple((type(m), m.training, bool(m._forward_hooks or m._forward_pre_hooks),
+                  m.__dict__.get("_yf_backend"), m.__dict__.get("_yf_recompute")) for m in mods)
+
+
+def _probe_eligible(probe) -> bool:
+    """No module in training mode and no forward hook anywhere: both need the modules' Python at every call."""
+    return not any(training or hooked for _, training, hooked, _, _ in probe[1])
 
 
 def _watched() -> bool:
@@ -59,13 +99,6 @@ def _addresses_and_versions(tensors) -> tuple:
     BatchNorm into cached conv weights, re-folded in Python when a parameter changes in place (optimizer step,
     EMA, load_state_dict); a replay runs no Python and would keep the old folded weights."""
     return tuple(t.data_ptr() for t in tensors) + tuple(-1 if t.is_inference() else t._version for t in tensors)
-
-
-def _autocast_state(device: torch.device) -> tuple:
-    """Autocast on or off, and its dtype, for the input's device type: a graph captured under autocast holds its
-    casts, one captured without holds none; each is its own signature."""
-    on = torch.is_autocast_enabled(device.type)
-    return (on, torch.get_autocast_dtype(device.type) if on else None)
 
 
 def _state_tensors(module: nn.Module) -> list:
@@ -112,6 +145,8 @@ class CUDAGraphed(nn.Module):
         self.__dict__["_graphs"] = collections.OrderedDict()
         self.__dict__["_fingerprint"] = None
         self.__dict__["_disabled"] = None  # why capture is off for this wrapper, once it failed
+        self.__dict__["_seen"] = {}  # signatures seen once (captured at their second call)
+        self.__dict__["_lock"] = threading.RLock()
 
     # -- attributes of the wrapped module (ultralytics reads stride, names, yaml, ...) --------------------------
     def __getattr__(self, name: str) -> Any:
@@ -125,7 +160,13 @@ class CUDAGraphed(nn.Module):
         state = self.__dict__.copy()
         state["_graphs"] = collections.OrderedDict()
         state["_fingerprint"] = None
+        state["_seen"] = {}
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__["_lock"] = threading.RLock()
 
     def __deepcopy__(self, memo):
         import copy
@@ -134,6 +175,7 @@ class CUDAGraphed(nn.Module):
         memo[id(self)] = new
         for k, v in self.__getstate__().items():
             new.__dict__[k] = copy.deepcopy(v, memo)
+        new.__dict__["_lock"] = threading.RLock()
         return new
 
     def _apply(self, fn, recurse=True):  # .to(), .half(), .cuda(): the captured addresses are stale
@@ -141,9 +183,12 @@ class CUDAGraphed(nn.Module):
         return super()._apply(fn, recurse)
 
     def reset(self) -> None:
-        """Drop every captured graph (the next call per signature captures again)."""
-        self.__dict__["_graphs"].clear()
-        self.__dict__["_fingerprint"] = None
+        """Drop every captured graph (the next calls per signature capture again). Call it after changing a plain
+        Python attribute that changes what the module computes (see _probe for what is detected)."""
+        with self.__dict__["_lock"]:
+            self._drop_graphs()
+            self.__dict__["_fingerprint"] = None
+            self.__dict__["_seen"].clear()
 
     @property
     def num_graphs(self) -> int:
@@ -156,49 +201,66 @@ class CUDAGraphed(nn.Module):
         if len(args) != 1 or not all(v is None or v is False for v in kwargs.values()):
             return False
         x = args[0]
+        # autocast: its cache of cast weights is freed when the context exits, and a replay would read it (torch's
+        # own graph tools refuse it too); inference runs a .half() model instead
         return (isinstance(x, torch.Tensor) and x.is_cuda and not torch.is_grad_enabled() and not self.module.training
-                and self.__dict__["_disabled"] is None and not _watched())
+                and self.__dict__["_disabled"] is None and not torch.is_autocast_enabled(x.device.type)
+                and not _global_hooks() and not _watched())
 
     def _probe(self):
         """What the captured graphs depend on besides the input, as a snapshot to compare cheaply at every call:
-        each module's class (yolov12_fast.patch / unpatch swap classes in place), each child module and each
-        parameter / buffer object in its parent (module surgery, load_state_dict(assign=True)) and each tensor's
-        storage address (.half(), .to() re-allocate in place)."""
+        each module's class (yolov12_fast.patch / unpatch swap classes in place), training flag and hooks (neither
+        a train-mode submodule nor a hook runs in a replay), each child module and each parameter / buffer object
+        in its parent (module surgery, load_state_dict(assign=True)), each tensor's storage address (.half(), .to()
+        re-allocate in place) and version counter (in-place updates), and the settings of the fast modules
+        (backend, recompute: patch() on a patched model changes them in place). Not seen: other plain Python
+        attributes of the modules (an ultralytics head's max_det, say): call reset() after changing those
+        (yolov12_fast.YOLO's predict does it for the head's)."""
         mods = list(self.module.modules())
         slots = [(m._modules, name, c) for m in mods for name, c in m._modules.items()]
         slots += [(m._parameters, name, t) for m in mods for name, t in m._parameters.items()]
         slots += [(m._buffers, name, t) for m in mods for name, t in m._buffers.items()]
         tensors = [t for _, _, t in slots if isinstance(t, torch.Tensor)]
-        return mods, tuple(map(type, mods)), slots, tensors, _addresses_and_versions(tensors)
+        return mods, _module_flags(mods), slots, tensors, _addresses_and_versions(tensors)
 
     def _probe_still_valid(self) -> bool:
-        """50-80 us for a yolo12n here (a full walk over its modules costs about 300)."""
+        """About 0.1 ms for a yolo12n here (a full walk over its modules costs about 0.3)."""
         probe = self.__dict__["_fingerprint"]
         if probe is None:
             return False
-        mods, types, slots, tensors, ptrs = probe
-        return (tuple(map(type, mods)) == types and all(d.get(n) is o for d, n, o in slots)
+        mods, flags, slots, tensors, ptrs = probe
+        return (_module_flags(mods) == flags and all(d.get(n) is o for d, n, o in slots)
                 and _addresses_and_versions(tensors) == ptrs)
 
     def forward(self, *args, **kwargs):
         if not self._eligible(args, kwargs):
             return self.module(*args, **kwargs)
-        x = args[0]
+        with self.__dict__["_lock"]:  # one copy-in / replay / copy-out at a time (the static buffers are shared)
+            return self._replay_or_capture(args[0], kwargs)
+
+    def _replay_or_capture(self, x: torch.Tensor, kwargs: dict):
         graphs = self.__dict__["_graphs"]
         if (self.check_state or self.__dict__["_fingerprint"] is None) and not self._probe_still_valid():
-            # re-allocated tensors, swapped classes, module surgery: every graph is stale
-            graphs.clear()
-            self.__dict__["_fingerprint"] = self._probe()
-        key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled(), _autocast_state(x.device),
-               tuple(sorted(kwargs.items())))
+            self._drop_graphs()  # re-allocated or updated tensors, swapped classes, module surgery: all stale
+            self.__dict__["_fingerprint"] = probe = self._probe()
+            if not _probe_eligible(probe):
+                self.__dict__["_fingerprint"] = None
+                return self.module(x, **kwargs)  # a train-mode submodule or a hook: they need the Python
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_inference_mode_enabled(), tuple(sorted(kwargs.items())))
         g = graphs.get(key)
         if g is None:
+            seen = self.__dict__["_seen"]
+            if key not in seen:  # first sighting: eager (a signature seen once is not worth a capture)
+                seen[key] = None
+                while len(seen) > 4 * self.max_graphs:
+                    seen.pop(next(iter(seen)))
+                return self.module(x, **kwargs)
             g = self._capture(x, kwargs)
             if g is None:
                 return self.module(x, **kwargs)
             graphs[key] = g
             while len(graphs) > self.max_graphs:
-                graphs.popitem(last=False)
+                graphs.popitem(last=False)  # after graph capture's synchronize: no replay of it is in flight
         else:
             graphs.move_to_end(key)
         with torch.cuda.device(x.device):
@@ -215,22 +277,38 @@ class CUDAGraphed(nn.Module):
         static_in.copy_(x)
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up off the capture (cuDNN / Triton pick and load their kernels);
+            for _ in range(self.warmup):  # its errors (a bad input) are the caller's, raised as eager would
+                self.module(static_in, **kwargs)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        before = self.__dict__["_fingerprint"]
+        stream = torch.cuda.current_stream(x.device)
+        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.stream(side):  # warm-up off the capture (cuDNN / Triton pick and load their kernels)
-                for _ in range(self.warmup):
-                    self.module(static_in, **kwargs)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: CUDA calls of other threads (an allocation, a sync) do not break this capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = self.module(static_in, **kwargs)
-        except Exception as e:  # noqa: BLE001 - any capture failure leaves the module eager, with a warning
+        except Exception as e:  # noqa: BLE001 - a capture failure leaves the module eager, with a warning
+            torch.cuda.set_stream(stream)  # torch leaves its capture stream current when capture_end raises
             torch.cuda.synchronize(x.device)
-            why = f"{type(e).__name__}: {e}"
-            self.__dict__["_disabled"] = why
-            warnings.warn(f"yolov12_fast.cuda_graphs: capturing {type(self.module).__name__} failed ({why[:300]}); "
-                          "it runs eagerly from now on (reset_capture() to try again)", RuntimeWarning, stacklevel=3)
-            return None
+            return self._disable(f"{type(e).__name__}: {e}")
+        after = self._probe()
+        if before is not None and after[4] != before[4]:  # the forward changed a parameter / buffer in place
+            return self._disable("the forward changes the module's parameters or buffers in place (a replay would "
+                                 "repeat that change without running the module's Python)")
         return _Graph(graph, static_in, static_out, _state_tensors(self.module))
+
+    def _disable(self, why: str):
+        self.__dict__["_disabled"] = why
+        warnings.warn(f"yolov12_fast.cuda_graphs: capturing {type(self.module).__name__} failed ({why[:300]}); it "
+                      "runs eagerly from now on (reset_capture() to try again)", RuntimeWarning, stacklevel=5)
+        return None
+
+    def _drop_graphs(self) -> None:
+        graphs = self.__dict__["_graphs"]
+        if graphs:
+            torch.cuda.synchronize()  # no replay may still read what the graphs keep alive
+            graphs.clear()
 
     def reset_capture(self) -> None:
         """Allow capture again after a failure, and drop the graphs."""

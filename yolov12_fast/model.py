@@ -71,6 +71,16 @@ class YOLO(_UltralyticsYOLO):
         self.__dict__["_yf_recompute"] = _check_recompute(recompute)
         self.__dict__["_yf_cuda_graphs"] = bool(cuda_graphs)
         super().__init__(model, task=task, verbose=verbose)
+        if not isinstance(self, YOLO):  # ultralytics turned this object into another class (YOLOWorld for "-world")
+            if YOLO._yf_has_torch_model(self):
+                patch(self, backend=backend, recompute=recompute)
+            if cuda_graphs:
+                import warnings
+
+                warnings.warn(f"yolov12_fast.YOLO: ultralytics made this a {type(self).__name__}; its attention "
+                              "modules (if any) are patched, but cuda_graphs=True is not applied (wrap the model "
+                              "with yolov12_fast.cuda_graphs yourself)", RuntimeWarning, stacklevel=2)
+            return
         if "_yf_backend" not in self.__dict__:  # Model.__init__ adopted another Model's __dict__
             self.__dict__["_yf_backend"] = backend
             self.__dict__["_yf_recompute"] = recompute
@@ -160,12 +170,27 @@ def _patch_trainer(trainer, backend: str, recompute: str = "auto") -> None:
         trainer.save_model = save_model
 
 
+def _head_settings(model) -> tuple:
+    """The plain settings (numbers, flags, strings) of an ultralytics model's head, model.model[-1]: the predictor
+    changes some per predict() call (max_det, agnostic NMS of end-to-end heads), which a graph would not see."""
+    seq = getattr(model, "model", None)
+    try:
+        head = seq[-1]
+    except (TypeError, IndexError, KeyError):
+        return ()
+    return tuple(sorted((k, v) for k, v in vars(head).items()
+                        if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))))
+
+
 def _predictor_module_slot(predictor):
     """(holder, attribute) of the nn.Module the predictor calls: ultralytics >= 8.4 keeps it at
-    predictor.model.backend.model (AutoBackend -> PyTorchBackend), earlier versions at predictor.model.model."""
+    predictor.model.backend.model (AutoBackend -> PyTorchBackend), earlier versions at predictor.model.model.
+    Only for PyTorch models (not TorchScript or exported formats)."""
     import torch.nn as nn
 
     autobackend = getattr(predictor, "model", None)
+    if getattr(autobackend, "format", "pt") != "pt" or getattr(autobackend, "pt", True) is False:
+        return None, None
     for holder in (getattr(autobackend, "backend", None), autobackend):
         if holder is not None and isinstance(getattr(holder, "model", None), nn.Module):
             return holder, "model"
@@ -188,6 +213,13 @@ class _PredictGraphs:
             return
         module = getattr(holder, attr)
         if self.enabled and not isinstance(module, CUDAGraphed):
-            setattr(holder, attr, cuda_graphs(module))
+            module = cuda_graphs(module)
+            setattr(holder, attr, module)
         elif not self.enabled and isinstance(module, CUDAGraphed):
             setattr(holder, attr, module.module)
+            return
+        if isinstance(module, CUDAGraphed):  # the predictor sets the head's max_det, agnostic NMS... per predict()
+            settings = _head_settings(module.module)
+            if settings != module.__dict__.get("_yf_head_settings"):
+                module.reset()
+                module.__dict__["_yf_head_settings"] = settings

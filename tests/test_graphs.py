@@ -77,6 +77,11 @@ def test_the_staleness_probe_sees_what_would_make_a_graph_wrong():
     g.module.m[0][0].attn.pe.bn.running_var.add_(1)  # a buffer in place (BatchNorm statistics)
     assert not g._probe_still_valid()
     g = fresh()
+    yf.patch(g.module)
+    g.__dict__["_fingerprint"] = g._probe()
+    yf.patch(g.module, backend="reference")  # a patched model's setting changed in place
+    assert not g._probe_still_valid()
+    g = fresh()
     g.module.half()  # re-allocates every tensor
     assert not g._probe_still_valid()
     g = fresh()

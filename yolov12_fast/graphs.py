@@ -343,6 +343,7 @@ def cuda_graphs(module: nn.Module, max_graphs: int = 4, warmup: int = 3, check_s
     yolov12_fast.graphs). Returns the wrapper; `module` itself is unchanged.
 
     max_graphs: input signatures kept (least recently used dropped). warmup: eager runs before each capture.
-    check_state: compare the module's classes, children and tensor addresses with the captured ones at every call
-    training flags, hooks and versions (about 0.1 ms for a yolo12n); False skips that: then call `reset()` after changing the module."""
+    check_state: compare the module's classes, children, training flags, hooks, tensor addresses and versions with
+    the captured ones at every call (about 0.1 ms for a yolo12n); False skips that: then call `reset()` after
+    changing the module."""
     return CUDAGraphed(module, max_graphs=max_graphs, warmup=warmup, check_state=check_state)

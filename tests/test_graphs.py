@@ -333,3 +333,17 @@ def test_autocast_runs_the_module_itself():
         for _ in range(3):
             torch.testing.assert_close(g(x), m(x), rtol=0, atol=0)
     assert g.num_graphs == 0
+
+
+@pytest.mark.gpu
+def test_more_shapes_in_rotation_than_kept_graphs_stop_capturing():
+    m = _gpu_model()
+    g = yf.cuda_graphs(m, max_graphs=1)
+    shapes = [(8, 8), (8, 16), (16, 8)]
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="new shapes run eagerly from now on"):
+        for _ in range(4):
+            for hw in shapes:
+                for _ in range(2):
+                    x = torch.randn(1, 128, *hw, device="cuda", dtype=torch.float16)
+                    torch.testing.assert_close(g(x), m(x), rtol=0, atol=0)
+    assert g.__dict__["_captures"] == 4 and g.num_graphs == 1

@@ -30,6 +30,8 @@ What it guarantees, and when it steps aside:
   modules' folded weights) are kept alive with each graph, so a forward of another shape or mode that replaces
   them cannot free what a graph reads.
 - At most `max_graphs` signatures are kept (least recently used dropped: each graph holds its own memory pool).
+  After 4 x max_graphs captures (more shapes in rotation than kept graphs), new signatures run eagerly, with a
+  warning, instead of capturing at every call; reset() starts counting again.
 - A capture that fails (an op that cannot be captured), or a forward that changes the module's parameters or
   buffers in place, warns once and leaves that module eager from then on. Errors of the warm-up runs (a bad input)
   are raised as the eager call would raise them.
@@ -160,6 +162,8 @@ class CUDAGraphed(nn.Module):
         self.__dict__["_fingerprint"] = None
         self.__dict__["_disabled"] = None  # why capture is off for this wrapper, once it failed
         self.__dict__["_seen"] = {}  # signatures seen once (captured at their second call)
+        self.__dict__["_captures"] = 0  # since the last reset(): a cap stops capture thrash
+        self.__dict__["_thrash_warned"] = False
         self.__dict__["_lock"] = threading.RLock()
 
     # -- attributes of the wrapped module (ultralytics reads stride, names, yaml, ...) --------------------------
@@ -203,6 +207,8 @@ class CUDAGraphed(nn.Module):
             self._drop_graphs()
             self.__dict__["_fingerprint"] = None
             self.__dict__["_seen"].clear()
+            self.__dict__["_captures"] = 0
+            self.__dict__["_thrash_warned"] = False
 
     @property
     def num_graphs(self) -> int:
@@ -274,9 +280,18 @@ class CUDAGraphed(nn.Module):
                 while len(seen) > 4 * self.max_graphs:
                     seen.pop(next(iter(seen)))
                 return self.module(x, **kwargs)
+            if self.__dict__["_captures"] >= 4 * self.max_graphs:  # signatures cycle through more graphs than kept
+                if not self.__dict__["_thrash_warned"]:
+                    self.__dict__["_thrash_warned"] = True
+                    warnings.warn(f"yolov12_fast.cuda_graphs: {self.__dict__['_captures']} captures for at most "
+                                  f"{self.max_graphs} kept graphs (more input shapes than max_graphs in rotation); "
+                                  "new shapes run eagerly from now on, kept graphs still replay (raise max_graphs, "
+                                  "or reset())", RuntimeWarning, stacklevel=4)
+                return self.module(x, **kwargs)
             g = self._capture(x, kwargs)
             if g is None:
                 return self.module(x, **kwargs)
+            self.__dict__["_captures"] += 1
             graphs[key] = g
             while len(graphs) > self.max_graphs:
                 graphs.popitem(last=False)  # after graph capture's synchronize: no replay of it is in flight

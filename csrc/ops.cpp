@@ -20,6 +20,12 @@ TORCH_LIBRARY_FRAGMENT(yolov12_fast, m) {
 #define YF_STR2(x) #x
 #define YF_STR(x) YF_STR2(x)
 
+namespace yolov12_fast {
+namespace cpu_isa {
+const char* attention_isa();  // csrc/cpu/area_attention_cpu.cpp
+}
+}  // namespace yolov12_fast
+
 static struct PyModuleDef yolov12_fast_C_module = {PyModuleDef_HEAD_INIT, "_C", "yolov12_fast compiled kernels", -1, nullptr};
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
@@ -34,5 +40,8 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
 #else
   PyModule_AddIntConstant(m, "WITH_CUDA", 0);
 #endif
+  // the build of the C++ CPU attention cores this process runs: "avx512", "avx2" or "baseline"
+  // (YOLOV12_FAST_CPU_CAPABILITY=avx2 / default narrows it; read once, at import)
+  PyModule_AddStringConstant(m, "CPU_ATTENTION_ISA", yolov12_fast::cpu_isa::attention_isa());
   return m;
 }

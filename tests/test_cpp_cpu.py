@@ -291,7 +291,7 @@ def test_public_pe_add_cpp_backend():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the baseline build (CPUs without AVX2 + FMA)
+# the narrower builds (CPUs without AVX-512, without AVX2 + FMA)
 
 _BASELINE_SCRIPT = r"""
 import sys
@@ -300,6 +300,8 @@ import torch
 import test_cpp_cpu as T
 from yolov12_fast import _backends
 _backends.extension()
+import yolov12_fast._C as C
+print("ISA=" + C.CPU_ATTENTION_ISA)
 torch.manual_seed(0)
 # the same awkward cases as above, through the same assertions
 for i in (0, 2):
@@ -316,26 +318,55 @@ torch.save((out, lse, pe), sys.argv[3])
 """
 
 
-def test_baseline_build(tmp_path):
-    """The 4-lane build that CPUs without AVX2 + FMA run, forced on this machine with
-    YOLOV12_FAST_CPU_CAPABILITY=default in a subprocess: passes the same checks, and really is another build
-    (its rounding differs from the AVX2 build's: no FMA contraction)."""
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+def _expected_isa(capability: str | None) -> str:
+    flags = _cpu_flags()
+    avx2 = {"avx2", "fma"} <= flags
+    avx512 = avx2 and {"avx512f", "avx512vl", "avx512dq"} <= flags
+    if capability == "default" or not avx2:
+        return "baseline"
+    return "avx512" if avx512 and capability != "avx2" else "avx2"
+
+
+def test_the_attention_cores_run_the_widest_build_this_cpu_has():
+    import yolov12_fast._C as C
+
+    if not _cpu_flags():
+        pytest.skip("no /proc/cpuinfo here to say what the CPU has")
+    assert C.CPU_ATTENTION_ISA == _expected_isa(os.environ.get("YOLOV12_FAST_CPU_CAPABILITY"))
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_narrower_builds(tmp_path, capability):
+    """The builds of the attention cores narrower than this machine's, forced with YOLOV12_FAST_CPU_CAPABILITY in a
+    subprocess: "default" is the 4-lane build that CPUs without AVX2 + FMA run, "avx2" the 8-lane build that
+    AVX2 CPUs without AVX-512 run. Each passes the same checks, reports itself in _C.CPU_ATTENTION_ISA, and the
+    baseline really is another build (its rounding differs: no FMA contraction)."""
     q, k, v = make_qkv("interleaved", 1, 2, 32, 30, 40, torch.float32)
     w = torch.randn(64, 1, 7, 7) / 7
     torch.save((q, k, v, w), tmp_path / "in.pt")
-    env = dict(os.environ, YOLOV12_FAST_CPU_CAPABILITY="default")
+    env = dict(os.environ, YOLOV12_FAST_CPU_CAPABILITY=capability)
     r = subprocess.run([sys.executable, "-c", _BASELINE_SCRIPT, os.path.dirname(__file__), str(tmp_path / "in.pt"),
                         str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    if _cpu_flags():
+        assert f"ISA={_expected_isa(capability)}" in r.stdout, r.stdout[-500:]
     out_b, lse_b, pe_b = torch.load(tmp_path / "out.pt")
     out, lse = ops.area_attention_fwd_cxx(q, k, v, 4, 0.2, None)
     pe = ops.pe_add_cxx(v, w, None, None, 30, 40)
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):  # this machine runs the AVX2 build
+    if capability == "default" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         assert not torch.equal(out, out_b), "YOLOV12_FAST_CPU_CAPABILITY=default did not select another build"
     o64, lse64 = reference.area_attention_lse(f64(q), f64(k), f64(v), 4, 0.2)
     naive, _ = reference.area_attention_lse(q, k, v, 4, 0.2)
-    assert_close_to_oracle(out_b, naive, o64, "baseline out")
-    assert_close_to_oracle(out, naive, o64, "avx2 out")
+    assert_close_to_oracle(out_b, naive, o64, f"{capability} build out")
+    assert_close_to_oracle(out, naive, o64, "this machine's build out")
     assert torch.allclose(pe, pe_b, rtol=1e-5, atol=1e-5)
 
 

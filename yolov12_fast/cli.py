@@ -58,8 +58,10 @@ def info_lines() -> list[str]:
               ("cuda (CUDA C++)", _backends.can_use_cuda_ext(dev if dev == "cuda" else None)),
               ("flash-attn", _backends.can_use_flash_attn())]
     lines.append("backends:")
+    isa = getattr(_backends._extension()[0], "CPU_ATTENTION_ISA", None)
     for name, (ok, why) in checks:
-        lines.append(f"  {name:<16} {'yes' if ok else 'no: ' + why}")
+        extra = f" ({isa} build of the attention cores)" if ok and name.startswith("cpp") and isa else ""
+        lines.append(f"  {name:<16} {'yes' + extra if ok else 'no: ' + why}")
     from .ops import resolved_backends
 
     for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):

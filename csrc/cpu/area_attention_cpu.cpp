@@ -3,7 +3,8 @@
 // Layout: q, k, v are (B, heads, D, N) with arbitrary strides (views of the qkv conv output are read in place,
 // through 64-bit offsets); area j owns tokens [j*n, (j+1)*n), n = N / area. Outputs are contiguous.
 //
-// Algorithm (forward), per (batch, head, area) and per block of BQ = 3 vectors of queries (24 with AVX2):
+// Algorithm (forward), per (batch, head, area) and per block of BQ = 3 vectors of queries (24 with AVX2, 48 with
+// AVX-512):
 //   1. pack the area's K and V once into small per-thread panels (fp32, dtype conversion happens here), and
 //      the query block as Qp[d][t] pre-multiplied by scale * log2(e), so scores are in the log2 domain;
 //   2. for each key chunk of at most KC_MAX keys: S^T[s][t] = K[:, s] . Qp[:, t] and its column max
@@ -54,6 +55,22 @@ bool use_avx2() {
     const char* cap = std::getenv("YOLOV12_FAST_CPU_CAPABILITY");
     if (cap != nullptr && std::strcmp(cap, "default") == 0) return false;
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+const char* attention_isa() { return use_avx512() ? "avx512" : use_avx2() ? "avx2" : "baseline"; }  // head_dim >= 32
+
+bool use_avx512() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  static const bool ok = [] {
+    const char* cap = std::getenv("YOLOV12_FAST_CPU_CAPABILITY");
+    if (cap != nullptr && (std::strcmp(cap, "default") == 0 || std::strcmp(cap, "avx2") == 0)) return false;
+    return use_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
   }();
   return ok;
 #else
@@ -244,6 +261,9 @@ Y12_INLINE void tile_keys_x_blockT(const float* __restrict Ab, const float* __re
 // Chunking of an area's n keys: chunks of kc keys (a multiple of the panel height), at most KC_MAX.
 struct Geometry {
   int64_t n, npad, kc;
+  // the backward's query columns holding real queries (the last block of an area may be partial); the others are
+  // zero padding, whose scores against a key holding +-Inf are NaN (0 * Inf) and must not reach dK and dV
+  int64_t valid_cols = INT64_MAX;
   explicit Geometry(int64_t n_) : n(n_), npad(round_up(n_, MR)) {
     const int64_t nchunks = (n + KC_MAX - 1) / KC_MAX;
     kc = round_up((n + nchunks - 1) / nchunks, MR);
@@ -327,8 +347,14 @@ Y12_INLINE void bwd_block(const Geometry& G, const float* Kp, const float* Vp, c
                           const float* Qt, const float* dOp, const float* dOt, const float* lse2, const float* delta,
                           float* St, float* dPt, float* dK, float* dV, float* dQ) {
   constexpr int W = kLanes<V>, BQ = kBQ<V>;
+  using VI = typename IntVec<V>::type;
   V vl[3], vd[3];
   for (int j = 0; j < 3; ++j) vl[j] = vload<V>(lse2 + j * W), vd[j] = vload<V>(delta + j * W);
+  // padding columns (a partial last block): P and dS are set to 0 there by a select, which a NaN cannot survive
+  float col_is_pad[BQ];
+  for (int t = 0; t < BQ; ++t) col_is_pad[t] = t < G.valid_cols ? 0.f : 1.f;
+  VI pad[3];
+  for (int j = 0; j < 3; ++j) pad[j] = vload<V>(col_is_pad + j * W) != V{};
   for (int64_t c0 = 0; c0 < G.n; c0 += G.kc) {
     const int64_t ns = std::min(G.kc, G.n - c0), nsp = round_up(ns, MR);
     for (int64_t s = 0; s < ns; s += MR) {
@@ -337,9 +363,10 @@ Y12_INLINE void bwd_block(const Geometry& G, const float* Kp, const float* Vp, c
     }
     for (int64_t s = 0; s < nsp; ++s)
       for (int j = 0; j < 3; ++j) {
-        const V p = vexp2(vload<V>(St + s * BQ + j * W) - vl[j]);
+        const V p = pad[j] ? V{} : vexp2(vload<V>(St + s * BQ + j * W) - vl[j]);
+        const V ds = p * (vload<V>(dPt + s * BQ + j * W) - vd[j]);
         vstore(St + s * BQ + j * W, p);
-        vstore(dPt + s * BQ + j * W, p * (vload<V>(dPt + s * BQ + j * W) - vd[j]));
+        vstore(dPt + s * BQ + j * W, pad[j] ? V{} : ds);
       }
     for (int64_t s = 0; s < nsp; s += MR) {
       tile_keys_x_blockT<D, V>(St + s * BQ, dOt, dV + (c0 + s) * D);  // dV += P dO^T
@@ -382,6 +409,18 @@ Y12_AVX2 void bwd_block_avx2(const Geometry& G, const float* Kp, const float* Vp
                              const float* delta, float* St, float* dPt, float* dK, float* dV, float* dQ) {
   bwd_block<D, vf8>(G, Kp, Vp, Kd, Qp, Qt, dOp, dOt, lse2, delta, St, dPt, dK, dV, dQ);
 }
+template <int D>
+Y12_AVX512 void fwd_block_avx512(const Geometry& G, const float* Kp, const float* Vp, const float* Qp, float* St,
+                                 float* O, float* lse) {
+  fwd_block<D, vf16>(G, Kp, Vp, Qp, St, O, lse);
+}
+template <int D>
+Y12_AVX512 void bwd_block_avx512(const Geometry& G, const float* Kp, const float* Vp, const float* Kd,
+                                 const float* Qp, const float* Qt, const float* dOp, const float* dOt,
+                                 const float* lse2, const float* delta, float* St, float* dPt, float* dK, float* dV,
+                                 float* dQ) {
+  bwd_block<D, vf16>(G, Kp, Vp, Kd, Qp, Qt, dOp, dOt, lse2, delta, St, dPt, dK, dV, dQ);
+}
 #endif
 
 // The core for head dim D on this CPU, and its query-block width.
@@ -394,6 +433,9 @@ struct Kernels {
 template <int D>
 Kernels kernels_d() {
 #ifdef Y12_HAVE_AVX2_BUILD
+  // the backward's dK / dV tile spans 2 vectors of head dims: 32 at 16 lanes, so head_dim 16 stays 8-wide
+  if constexpr (D % (2 * kLanes<vf16>) == 0)
+    if (cpu_isa::use_avx512()) return {&fwd_block_avx512<D>, &bwd_block_avx512<D>, kBQ<vf16>};
   if (cpu_isa::use_avx2()) return {&fwd_block_avx2<D>, &bwd_block_avx2<D>, kBQ<vf8>};
 #endif
   return {&fwd_block_base<D>, &bwd_block_base<D>, kBQ<vf4>};
@@ -520,8 +562,10 @@ void bwd_items(const BwdArgs<T>& A, int64_t begin, int64_t end) {
         delta[t] = acc;
         lse2[t] = t < valid ? lsrc[t * A.lse_st] * kLog2e : 0.f;
       }
-      A.kern.bwd(G, kbuf.data(), vbuf.data(), kdbuf.data(), Qp, Qt, dOp, dOt, lse2.data(), delta.data(), sbuf.data(),
-                 dpbuf.data(), dkbuf.data(), dvbuf.data(), dqbuf.data());
+      Geometry Gb = G;
+      Gb.valid_cols = valid;
+      A.kern.bwd(Gb, kbuf.data(), vbuf.data(), kdbuf.data(), Qp, Qt, dOp, dOt, lse2.data(), delta.data(),
+                 sbuf.data(), dpbuf.data(), dkbuf.data(), dvbuf.data(), dqbuf.data());
       T* dq = A.dq + (b * A.H + h) * D * A.N + t0;
       for (int d = 0; d < D; ++d)
         for (int t = 0; t < valid; ++t) dq[d * A.N + t] = static_cast<T>(dqbuf[d * bq + t] * A.scale);

@@ -307,6 +307,7 @@ class Target(NamedTuple):
 
 def _model(name=None, batch=None, imgsz=640, dtype="float16"):
     return lambda r: ((r.get("params") or {}).get("imgsz") == imgsz and not (r.get("params") or {}).get("train")
+                      and not (r.get("params") or {}).get("flush_denormal")  # not the CPU diagnostic rows
                       and (r.get("params") or {}).get("batch") == batch and r.get("dtype") == dtype
                       and str((r.get("params") or {}).get("model", "")).startswith(name or "yolo12"))
 

@@ -124,6 +124,7 @@ def test_blocks_quick(quick_cpu):
 def test_model_quick(quick_cpu):
     rows = _ok(quick_cpu, suite="model")
     assert {r["provider"] for r in rows} == {"eager", "patched"}
+    assert not any(r["params"].get("flush_denormal") for r in rows)  # quick: no denormals-flushed rows
     p = next(r for r in rows if r["provider"] == "patched")
     assert p["check"] == "pass" and "eager" in p["speedup_vs"]
     assert 0 < p["rel_err_naive"] < 0.1 and p["rel_err"] <= 4 * p["rel_err_naive"] + 1e-3, p  # vs the float64 model

@@ -151,6 +151,8 @@ at::Tensor pe_add_cuda(const at::Tensor& v, const at::Tensor& weight, const std:
                 ": x must have v's shape, dtype and device, got ", x->sizes(), " ", x->scalar_type(), " ", x->device());
   }
   TORCH_CHECK(B <= 65535 && C <= 65535, op, ": batch and channels must be <= 65535, got ", B, " and ", C);
+  TORCH_CHECK(H < (int64_t(1) << 30) && W < (int64_t(1) << 30), op, ": H and W must each be < 2**30, got ", H, " x ",
+              W, "; use backend='reference'");
 
   c10::cuda::CUDAGuard guard(v.device());
   at::Tensor out = at::empty(v.sizes(), v.options());  // contiguous (B, heads, D, N)

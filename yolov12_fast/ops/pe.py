@@ -64,7 +64,8 @@ def check_inputs(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[
 
 
 # Where "auto" runs the CUDA C++ PE kernel instead of cuDNN's depthwise conv + add, per (arch class, dtype):
-# measured in benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-26 (pe-cuda 1.84x cuDNN at batch 1, 1.06x at 32).
+# measured in benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-26 (pe-cuda 1.84x cuDNN at batch 1, 1.06x at 32, with
+# the first, 32x32-tile kernel; its plane-fitted successor is checked on the CPU emulator, not yet timed on a GPU).
 # Elsewhere on a GPU auto keeps cuDNN until a run measures the kernel faster there; on CPU the C++ kernel.
 AUTO_CUDA_PE = {("sm90", torch.float16)}
 CUDA_PE_KSIZES = (3, 5, 7)

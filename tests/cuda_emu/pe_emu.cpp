@@ -1,0 +1,44 @@
+// csrc/cuda/pe_add.cu compiled for the CPU emulator (cuda_emu.h), behind a C entry point that tests/test_cuda_emu.py
+// calls through ctypes with the data pointers and strides of CPU tensors. The kernel source, its host launcher
+// (tiling plan, limits) and its launch are the ones the CUDA build runs; only the CUDA runtime is emulated.
+#include "pe_add.cu"
+
+extern "C" {
+
+// out = x + depthwise_conv2d(v, weight, bias): the arguments of yolov12_fast::cuda::PeAddArgs (strides as arrays of
+// 4: b, h, d, n). Returns the launcher's cudaError_t (0: success).
+int yf_emu_pe_add(const void* v, const void* weight, const void* bias, const void* x, void* out, const int64_t* sv,
+                  const int64_t* sx, int64_t w_c, int64_t w_y, int64_t w_x, int64_t bias_c, int64_t batch,
+                  int64_t heads, int64_t head_dim, int64_t H, int64_t W, int ksize, int dtype) {
+  namespace kc = yolov12_fast::cuda;
+  kc::PeAddArgs a{};
+  a.v = v;
+  a.weight = weight;
+  a.bias = bias;
+  a.x = x;
+  a.out = out;
+  a.sv = {sv[0], sv[1], sv[2], sv[3]};
+  if (sx) a.sx = {sx[0], sx[1], sx[2], sx[3]};
+  a.w_c = w_c;
+  a.w_y = w_y;
+  a.w_x = w_x;
+  a.bias_c = bias_c;
+  a.batch = batch;
+  a.heads = heads;
+  a.head_dim = head_dim;
+  a.H = H;
+  a.W = W;
+  a.ksize = ksize;
+  a.dtype = static_cast<kc::DType>(dtype);
+  return static_cast<int>(kc::pe_add(a, nullptr));
+}
+
+// The launch plan for an H x W plane and a k x k kernel: pairs, groups, tiles_w, tiles_h, threads, halo_w, halo_h,
+// smem_bytes, written to out[0..8).
+void yf_emu_pe_plan(int64_t H, int64_t W, int k, int* out) {
+  const auto p = yolov12_fast::cuda::detail::pe_plan(H, W, k);
+  const int vals[8] = {p.pairs, p.groups, p.tiles_w, p.tiles_h, p.threads, p.halo_w, p.halo_h, p.smem_bytes};
+  for (int i = 0; i < 8; ++i) out[i] = vals[i];
+}
+
+}  // extern "C"

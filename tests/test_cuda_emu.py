@@ -1,0 +1,225 @@
+"""The CUDA C++ PE kernel (csrc/cuda/pe_add.cu) run on the CPU, through the emulator in tests/cuda_emu: its tiling plan,
+halo staging, masks and arithmetic checked against the float64 conv2d oracle without a GPU.
+
+The kernel source, its host launcher and its launch are the ones nvcc builds into yolov12_fast._C; only the CUDA
+runtime is replaced (cuda_emu.h: each CTA's threads are std::threads sharing its shared memory and a barrier). On top
+of the numerics, every call checks what compute-sanitizer's memcheck would on a GPU, as far as a CPU can see it:
+the output is written inside a guard buffer whose sentinels must survive (no write outside it, every element
+written), v and x are views into NaN-filled storage (a read outside the view's elements, or of a shared-memory cell
+never staged, which the emulator fills with NaN, turns the result NaN). Compiled with the host C++ compiler against
+the CUDA headers (a CUDA toolkit or the nvidia wheels torch ships with); skipped where neither is present. The GPU
+tests (test_cuda_kernels.py) still run the compiled kernel where a GPU is."""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tolerances import assert_close_to_oracle
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMU = os.path.join(ROOT, "tests", "cuda_emu")
+CUDA_SRC = os.path.join(ROOT, "csrc", "cuda")
+DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # csrc/cuda/kernels.h DType
+
+
+def _cuda_include() -> str | None:
+    """A directory holding cuda_fp16.h / cuda_runtime_api.h: the toolkit's, else the one torch's CUDA wheels ship."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    cands = [os.path.join(h, "include") for h in homes if h]
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    cands += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))
+    cands += sorted(glob.glob(os.path.join(site, "nvidia", "cuda_runtime", "include")))
+    for d in cands:
+        if all(os.path.exists(os.path.join(d, f)) for f in ("cuda_fp16.h", "cuda_bf16.h", "cuda_runtime_api.h")):
+            return d
+    return None
+
+
+CXX = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+CUDA_INCLUDE = _cuda_include()
+pytestmark = pytest.mark.skipif(CXX is None or CUDA_INCLUDE is None,
+                                reason="needs a host C++20 compiler and the CUDA headers (a CUDA toolkit or torch's "
+                                       "nvidia wheels) to build the kernels for the CPU emulator")
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    lib = str(tmp_path_factory.mktemp("cuda_emu") / "pe_emu.so")
+    cmd = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+           "-DYOLOV12_FAST_CUDA_EMU", "-I", EMU, "-I", CUDA_SRC, "-I", CUDA_INCLUDE,
+           os.path.join(EMU, "pe_emu.cpp"), "-o", lib]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"building the emulated kernel failed:\n{' '.join(cmd)}\n{r.stderr}"
+    assert "warning" not in r.stderr, r.stderr
+    so = ctypes.CDLL(lib)
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    so.yf_emu_pe_add.restype = ctypes.c_int
+    so.yf_emu_pe_add.argtypes = [vp, vp, vp, vp, vp, ctypes.POINTER(i64), ctypes.POINTER(i64), i64, i64, i64, i64,
+                                 i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+    so.yf_emu_pe_plan.restype = None
+    so.yf_emu_pe_plan.argtypes = [i64, i64, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    return so
+
+
+def _strides(t):
+    return (ctypes.c_int64 * 4)(*t.stride()) if t is not None else None
+
+
+SENTINEL = 12345.0  # exactly representable in every dtype here
+
+
+def run_pe(emu, v, w, b, x, H, W, *, expect_error: bool = False):
+    """The emulated kernel on CPU tensors: out = x + dwconv(v, w, b). out is a contiguous view in the middle of a
+    sentinel-filled buffer; the sentinels around it must survive and none may remain inside it."""
+    B, nh, D, N = v.shape
+    n = v.numel()
+    guard = torch.full((n + 2 * 64,), SENTINEL, dtype=v.dtype)
+    out = guard[64:64 + n].view(v.shape)
+    ptr = lambda t: None if t is None else t.data_ptr()
+    rc = emu.yf_emu_pe_add(ptr(v), ptr(w), ptr(b), ptr(x), out.data_ptr(), _strides(v), _strides(x), *w.stride()[:1],
+                           *w.stride()[2:], b.stride(0) if b is not None else 0, B, nh, D, H, W, w.shape[-1],
+                           DTYPE_CODE[v.dtype])
+    if expect_error:
+        return rc
+    assert rc == 0, f"the launcher returned cudaError {rc}"
+    assert (guard[:64] == SENTINEL).all() and (guard[64 + n:] == SENTINEL).all(), "a write outside the output"
+    if n:
+        assert not (out == SENTINEL).any(), "output elements the kernel never wrote"
+    return out
+
+
+def _in_nan_storage(t: torch.Tensor, pad: int = 37) -> torch.Tensor:
+    """t's values in a view of the same strides into a NaN-filled storage with `pad` extra elements either side: any
+    element the kernel reads outside the view is NaN."""
+    span = 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride())) if t.numel() else 0
+    buf = torch.full((span + 2 * pad,), float("nan"), dtype=t.dtype)
+    view = buf.as_strided(t.shape, t.stride(), pad)
+    view.copy_(t)
+    return view
+
+
+def oracle(v, w, b, x, H, W):
+    B, nh, D, N = v.shape
+    f = lambda t: None if t is None else t.double()
+    out = F.conv2d(f(v).reshape(B, nh * D, H, W), f(w), f(b), padding=w.shape[-1] // 2, groups=nh * D)
+    return out.reshape(v.shape) + (f(x) if x is not None else 0)
+
+
+def naive(v, w, b, x, H, W):
+    """The same-dtype PyTorch computation (the tolerance yardstick); CPU conv2d has no half kernels for every op, so
+    half inputs go through float32 and are rounded back, as a half conv with fp32 accumulation would."""
+    B, nh, D, N = v.shape
+    up = (lambda t: None if t is None else t.float()) if v.dtype != torch.float32 else (lambda t: t)
+    out = F.conv2d(up(v).reshape(B, nh * D, H, W), up(w), up(b), padding=w.shape[-1] // 2, groups=nh * D)
+    out = out.reshape(v.shape).to(v.dtype)
+    return out + x if x is not None else out
+
+
+def _inputs(B, nh, D, H, W, k, dtype, *, layout="qkv", bias=True, with_x=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g)
+    if layout == "qkv":  # the interleaved ultralytics qkv output, NCHW: v is a strided channel slice
+        v = rnd(B, 3 * nh * D, H, W).to(dtype).view(B, nh, 3 * D, H * W)[:, :, 2 * D:]
+    elif layout == "channels_last":  # qkv conv output in channels_last: token stride 3 * C
+        qkv = rnd(B, 3 * nh * D, H, W).to(dtype).contiguous(memory_format=torch.channels_last)
+        sb, sc, _, st = qkv.stride()  # channel stride 1; token t = y * W + x at t * st (st = qkv.stride(2) / W)
+        v = qkv.as_strided((B, nh, D, H * W), (sb, 3 * D * sc, sc, st), 2 * D * sc)
+    else:  # contiguous
+        v = rnd(B, nh, D, H * W).to(dtype)
+    w = (0.2 * rnd(nh * D, 1, k, k)).to(dtype)
+    b = rnd(nh * D).to(dtype) if bias else None
+    x = rnd(B, nh, D, H * W).to(dtype) if with_x else None
+    return v, w, b, x
+
+
+# The maps YOLO12 has (40x40 / 20x20 at 640, 30x40 / 15x20 at 480x640, 80x80 at 1280), odd ones, one-row and
+# one-column planes, planes wider than one tile (W > 128) and taller than one tile at that width.
+MAPS = [(40, 40), (20, 20), (15, 20), (30, 40), (7, 9), (1, 1), (1, 5), (33, 3), (5, 1), (6, 300), (37, 130)]
+
+
+@pytest.mark.parametrize("H,W", MAPS)
+@pytest.mark.parametrize("k", [7, 5, 3])
+def test_pe_kernel_matches_the_oracle(emu, H, W, k):
+    dtype = (torch.float32, torch.float16, torch.bfloat16)[(H + W + k) % 3]  # every dtype, spread over the maps
+    v, w, b, x = _inputs(2, 2, 3, H, W, k, dtype, seed=H * 1000 + W * 10 + k)
+    out = run_pe(emu, _in_nan_storage(v), w, b, _in_nan_storage(x), H, W)
+    assert_close_to_oracle(out, naive(v, w, b, x, H, W), oracle(v, w, b, x, H, W), f"pe emu {H}x{W} k{k} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["qkv", "channels_last", "contiguous"])
+@pytest.mark.parametrize("bias,with_x", [(True, True), (False, True), (True, False), (False, False)])
+def test_pe_kernel_layouts_dtypes_and_optional_operands(emu, dtype, layout, bias, with_x):
+    """Batch 3, the strided v views of both conv-output layouts, bias and x each optional, a 40x40 map (yolo12's P4
+    at 640: one tile per plane)."""
+    H, W, k = 40, 40, 7
+    v, w, b, x = _inputs(3, 2, 2, H, W, k, dtype, layout=layout, bias=bias, with_x=with_x)
+    if with_x:
+        x = x.transpose(2, 1).contiguous().transpose(2, 1)  # a strided x too
+    out = run_pe(emu, v, w, b, x, H, W)
+    assert_close_to_oracle(out, naive(v, w, b, x, H, W), oracle(v, w, b, x, H, W), f"pe emu {layout} {dtype}")
+
+
+def test_pe_kernel_propagates_nan_and_inf_like_the_conv(emu):
+    H, W, k = 20, 20, 7
+    v, w, b, x = _inputs(1, 1, 2, H, W, k, torch.float32)
+    v = v.clone()
+    v[0, 0, 0, 5 * W + 5] = float("nan")
+    v[0, 0, 1, 12 * W + 3] = float("inf")
+    out = run_pe(emu, v, w, b, x, H, W)
+    ref = oracle(v, w, b, x, H, W)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.equal(torch.isinf(out), torch.isinf(ref))
+    fin = torch.isfinite(ref)
+    torch.testing.assert_close(out[fin].double(), ref[fin], rtol=1e-5, atol=1e-5)
+
+
+def test_pe_kernel_rejects_kernel_sizes_it_has_no_code_for(emu):
+    v, w, b, x = _inputs(1, 1, 2, 8, 8, 9, torch.float32)
+    assert run_pe(emu, v, w, b, x, 8, 8, expect_error=True) == 1  # cudaErrorInvalidValue: the glue says why first
+
+
+def test_pe_kernel_empty_batch_launches_nothing(emu):
+    v, w, b, x = _inputs(1, 1, 2, 4, 4, 7, torch.float32)
+    assert run_pe(emu, v[:0], w, b, x[:0], 4, 4).numel() == 0
+
+
+def _plan(emu, H, W, k):
+    out = (ctypes.c_int * 8)()
+    emu.yf_emu_pe_plan(H, W, k, out)
+    return dict(zip(("pairs", "groups", "tiles_w", "tiles_h", "threads", "halo_w", "halo_h", "smem"), out))
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_pe_plan_covers_every_plane_within_the_launch_limits(emu, k):
+    """For every plane size up to 160 x 160 and some huge ones: the tiles cover the plane, each tile's rows and
+    columns are needed (no all-idle tile), at most 256 threads (whole warps) with every (pair, group) owned by one,
+    static-size shared memory (< 48 KB: no opt-in), an even halo row (float2 reads)."""
+    sizes = [(h, w) for h in range(1, 161, 3) for w in range(1, 161, 3)] + [(1, 100000), (100000, 1), (2000, 3000)]
+    for H, W in sizes:
+        p = _plan(emu, H, W, k)
+        tile_w, tile_h = 2 * p["pairs"], 4 * p["groups"]
+        assert tile_w * p["tiles_w"] >= W and tile_h * p["tiles_h"] >= H, (H, W, p)
+        assert tile_w * (p["tiles_w"] - 1) < W and tile_h * (p["tiles_h"] - 1) < H, (H, W, p)
+        assert p["pairs"] * p["groups"] <= p["threads"] <= 256 and p["threads"] % 32 == 0, (H, W, p)
+        assert p["halo_w"] % 2 == 0 and p["halo_w"] == tile_w + k - 1 and p["halo_h"] == tile_h + k - 1, (H, W, p)
+        assert p["smem"] == 4 * (p["halo_w"] * p["halo_h"] + k * k) and p["smem"] < 48 * 1024, (H, W, p)
+
+
+def test_pe_plan_fits_yolo12s_maps(emu):
+    """The maps the model has get tiles that waste little: 40x40 and 20x20 (640) and 30x40 / 15x20 (480x640) in one
+    tile per plane with no padding row or column; 80x80 (1280) with at most 20% padding."""
+    for H, W in ((40, 40), (20, 20), (30, 40), (15, 20)):
+        p = _plan(emu, H, W, 7)
+        assert p["tiles_w"] == p["tiles_h"] == 1, (H, W, p)
+        assert 2 * p["pairs"] == W and 4 * p["groups"] in range(H, H + 4), (H, W, p)
+    p = _plan(emu, 80, 80, 7)
+    computed = 2 * p["pairs"] * p["tiles_w"] * 4 * p["groups"] * p["tiles_h"]
+    assert computed <= 1.2 * 80 * 80, p

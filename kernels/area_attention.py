@@ -132,6 +132,12 @@ def _prune(configs, named_args, **kwargs):
 
 _PRUNE = {"early_config_prune": _prune}
 _UNTIMED = threading.local()  # _prune left one config for the key being tuned (this thread): nothing to time
+# Held around every autotuned launch. Triton's Autotuner keeps the call's arguments on the shared tuner object
+# (self.nargs) while it prunes and times a new key, and clears them when any launch ends: two threads' first calls
+# (an inference server) would prune or restore with none or the other's. The interpreter (TRITON_INTERPRET=1)
+# patches module globals while it runs a kernel and is not thread-safe either. Launches are Python under the GIL
+# anyway: the lock costs well under a microsecond and serialises nothing that ran in parallel.
+LAUNCH_LOCK = threading.RLock()
 
 
 def _do_bench(kernel_call, quantiles):
@@ -529,7 +535,7 @@ def area_attention_fwd(q, k, v, area: int, scale: float, residual=None, out=None
     _check_launch(area, n, q, k, v, residual)
     prec = dot_precision(q.dtype)
     r = residual if residual is not None else q  # dummy pointer, never read
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext(), LAUNCH_LOCK:
         try:
             area_attention_fwd_kernel[_grid(B, heads, area, n)](
                 q, k, v, r, out, lse,
@@ -557,7 +563,7 @@ def area_attention_bwd(dout, q, k, v, out, residual, lse, area: int, scale: floa
     prec = dot_precision(q.dtype)
     flags = _launch_flags(q, prec)
     _check_launch(area, n, q, k, v, dout, residual)
-    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext(), LAUNCH_LOCK:
         try:
             block = 64
             area_attention_bwd_preprocess_kernel[(B * heads, triton.cdiv(N, block))](

@@ -433,3 +433,50 @@ def test_deterministic_mode_pins_one_config():
         assert aa._launch_flags(torch.empty(1, 2, 32, 4), "ieee")["DETERMINISTIC"] is True
     finally:
         torch.use_deterministic_algorithms(prev)
+
+
+def test_concurrent_first_calls_tune_safely(monkeypatch):
+    """Threads serving one model (an inference server) make their first calls at the same time, each with a shape the
+    tuner has not timed. Triton's Autotuner keeps the call's arguments on the shared tuner object (self.nargs) while
+    pruning and timing, and clears them when a launch ends: unguarded, one thread's launch ends mid-way through
+    another's tuning, which then prunes or restores with no (or the wrong) arguments. The launchers take a lock
+    around autotuned launches. Here 4 threads tune 4 keys at once, under the interpreter, the timing stub sleeping
+    (GIL released) to open the window; every result must match the reference and no call may raise."""
+    import threading
+    import time
+
+    import triton
+    from yolov12_fast.kernels import area_attention as aa
+
+    if DEV == "cuda":
+        pytest.skip("interpreter-only: builds a tuner around the interpreted kernel")
+
+    def bench(kernel_call, quantiles):
+        time.sleep(0.02)
+        kernel_call()
+        return [1.0] * len(quantiles)
+
+    tuner = triton.autotune(configs=[aa._cfg(32, 16, 4, 1), aa._cfg(16, 16, 4, 1)],
+                            **{**aa.FWD_AUTOTUNE, "do_bench": bench})(aa.area_attention_fwd_kernel.fn)
+    monkeypatch.setattr(aa, "area_attention_fwd_kernel", tuner)
+    errors, done = [], []
+
+    def work(B):
+        try:
+            q, k, v = (torch.randn(B, 2, 32, 40) for _ in range(3))
+            res = torch.randn(B, 2, 32, 40)
+            r = res.clone()
+            aa.area_attention_fwd(q, k, v, 4, 32 ** -0.5, r, out=r)  # in place: the tuner restores Out per timing
+            torch.testing.assert_close(r, reference.area_attention(q, k, v, 4, residual=res), rtol=1e-4, atol=1e-4)
+            done.append(B)
+        except Exception as e:  # noqa: BLE001 - reported below with the thread's batch
+            errors.append(f"batch {B}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=work, args=(B,)) for B in (1, 3, 5, 9)]  # 4 seqs classes: 8, 32, 64, 128
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(done) == [1, 3, 5, 9]
+    assert len(tuner.cache) == 4, "each thread's key tuned once"

@@ -889,6 +889,34 @@ def test_eager_inference_runs_the_kernels_without_the_op_layer(backend, variant,
     assert torch.equal(actual.clone(), watched.clone())
 
 
+def test_eager_inference_resolves_backends_once_per_setting(monkeypatch):
+    """The direct path's backend picks are cached on the module (host time): repeated calls resolve once, a new
+    backend setting resolves again (the key also holds device, dtype, head_dim and pe kernel size), and .to() and
+    deepcopy drop the cache."""
+    import yolov12_fast.nn.modules as fm
+
+    resolved = []
+    real_pe, real_att = fm._pe_ops.resolve_backend, fm.resolve_attention_backend
+    monkeypatch.setattr(fm._pe_ops, "resolve_backend", lambda *a: resolved.append(("pe", a[0])) or real_pe(*a))
+    monkeypatch.setattr(fm, "resolve_attention_backend", lambda *a: resolved.append(("att", a[0])) or real_att(*a))
+    m = yf.nn.AAttn(64, 2, 4, backend="reference").eval()
+    x = torch.randn(1, 64, 4, 4)
+    with torch.inference_mode():
+        first = m(x)
+        for _ in range(3):
+            assert torch.equal(m(x), first)
+        assert resolved == [("pe", "reference"), ("att", "reference")], resolved
+        m.backend = "auto"
+        m(x)
+        assert len(resolved) == 4 and resolved[-1] == ("att", "auto")
+        m(x)
+        assert len(resolved) == 4
+    m2 = copy.deepcopy(m)
+    assert "_yf_resolved" in m.__dict__ and "_yf_resolved" not in m2.__dict__
+    m.to(torch.float32)
+    assert "_yf_resolved" not in m.__dict__
+
+
 def test_eager_inference_bad_input_still_gets_the_ops_errors():
     """The direct inference path takes only what the ops accept; anything else goes through the ops and their
     clear errors: tokens not divisible by the area, an explicit backend that cannot run here, a pe conv whose width

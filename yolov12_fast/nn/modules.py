@@ -68,7 +68,7 @@ RECOMPUTE = ("auto", "none", "mlp", "block")
 # Keys of the instance __dict__ that belong to yolov12_fast: stripped when pickling and by unpatch().
 _PRIVATE_PREFIX = "_yf_"
 # Derived caches: also dropped by deepcopy.
-_CACHE_KEYS = ("_yf_pe_cache", "_yf_mlp_cache", "_yf_cv2_cache")
+_CACHE_KEYS = ("_yf_pe_cache", "_yf_mlp_cache", "_yf_cv2_cache", "_yf_resolved")
 _WARNED_HEAD_DIMS: set = set()
 
 
@@ -487,11 +487,20 @@ class AAttn(FastModule):
         backend = self.backend
         if not _attention_ops._inputs_ok(q, k, v, self.area, None, backend):
             return None
+        # The backends resolved for this (backend, device, dtype, head_dim, pe kernel size), cached per module: on CUDA
+        # resolving asks torch for the device's capability and availability four times (microseconds each, and a
+        # batch-1 forward on a GPU is host-bound). Dropped with the other caches on .to() / deepcopy.
+        key = (backend, q.device, q.dtype, q.shape[2], self._modules["pe"].conv.kernel_size[0])
+        cached = self.__dict__.get("_yf_resolved")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         try:
-            return (_pe_ops.resolve_backend(backend, q.device, q.dtype, self._modules["pe"].conv.kernel_size[0]),
-                    resolve_attention_backend(backend, q.device, q.dtype, q.shape[2]))
+            picks = (_pe_ops.resolve_backend(backend, q.device, q.dtype, key[4]),
+                     resolve_attention_backend(backend, q.device, q.dtype, q.shape[2]))
         except RuntimeError:
             return None
+        self.__dict__["_yf_resolved"] = (key, picks)
+        return picks
 
     def _attention_in_place(self, q: Tensor, p: Tensor) -> bool:
         """Inference with the Triton kernel: the attention output can overwrite the PE result P (our own fresh

@@ -199,6 +199,33 @@ def resolved_backends(backend: str, device: torch.device, dtype: Optional[torch.
     return ", ".join(f"{name}={b}" for name, b in picks(backend, device, dtype, head_dim).items())
 
 
+def _attention_kernels(backward: bool) -> list:
+    """(label, Triton autotuner) of the attention kernels a forward (and backward) launches; [] without Triton."""
+    try:
+        from yolov12_fast.kernels import area_attention as aa
+    except Exception:  # no (working) triton: no Triton provider ran
+        return []
+    return [("fwd", aa.area_attention_fwd_kernel)] + ([("dkdv", aa.area_attention_bwd_dkdv_kernel),
+                                                      ("dq", aa.area_attention_bwd_dq_kernel)] if backward else [])
+
+
+def reset_triton_tiles(backward: bool) -> None:
+    """Forget the tile configs the attention kernels last launched with (before a provider's call)."""
+    for _, k in _attention_kernels(backward):
+        k.best_config = None
+
+
+def triton_tiles(backward: bool) -> Optional[str]:
+    """The tile configs the Triton attention kernels launched with since reset_triton_tiles (the autotuner's choice
+    for this case's key), e.g. 'fwd 64x64 w4 s2, dkdv 64x32 w4 s2, dq 64x32 w4 s2'; None if none launched."""
+    parts = []
+    for label, k in _attention_kernels(backward):
+        c = getattr(k, "best_config", None)
+        if c is not None:
+            parts.append(f"{label} {c.kwargs.get('BLOCK_M')}x{c.kwargs.get('BLOCK_N')} w{c.num_warps} s{c.num_stages}")
+    return ", ".join(parts) or None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the provider table
 
@@ -379,4 +406,4 @@ CV2_PROVIDERS = fused_providers(cv2_torch, "conv1x1_silu_residual")
 __all__ = ["ultralytics_eager", "authors_flash", "sdpa", "sdpa_backend", "flash_impl", "compiled_reference", "ours",
            "cpp_direct", "resolved_backends", "pe_torch", "pe_ours", "Provider", "ATTENTION_PROVIDERS",
            "ATTENTION_BASELINES", "PE_PROVIDERS", "PE_BASELINES", "mlp_torch", "ours_fn", "fused_providers", "MLP_PROVIDERS",
-           "MLP_BASELINES", "cv2_torch", "CV2_PROVIDERS", "CV2_BASELINES"]
+           "MLP_BASELINES", "cv2_torch", "CV2_PROVIDERS", "CV2_BASELINES", "reset_triton_tiles", "triton_tiles"]

@@ -325,7 +325,11 @@ def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) ->
                 else:
                     extra["backend_ran"] = "eager matmul+softmax"
                 call = _callable(fn, case, args, dout)
+                bl.reset_triton_tiles(backward)
                 call()  # warm-up: Triton autotune, cuDNN algorithm choice
+                tiles = bl.triton_tiles(backward) if p.backend is not None else None
+                if tiles:  # the autotuner's pick for this case (BLOCK_M x BLOCK_N, warps, stages) per kernel
+                    extra["tiles"] = tiles
                 err, check = _check(fn, case, args, oracle, naive_err, dtype, dout)
                 extra.update(max_abs_err=err, check=check)
                 if ctx.device.type == "cuda":

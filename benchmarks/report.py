@@ -87,7 +87,8 @@ def _columns(suite: str, rows: list, fused: str | None = None) -> list:
                        ("exp2 G/s", lambda r: _f(r.get("exp2_gps"), "{:.4g}"))]
     if suite == "ops":
         bl = [f"{fused}-torch"] if fused else ["ultralytics", "flash", "sdpa", "compile"]
-        return base + [("ran", lambda r: r.get("backend_ran") or ""), ("ms (p20–p80)", _ms),
+        ran = lambda r: (r.get("backend_ran") or "") + (f" [{r['tiles']}]" if r.get("tiles") else "")
+        return base + [("ran", ran), ("ms (p20–p80)", _ms),
                        ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}")),
                        ("% roofline", lambda r: _f(r.get("pct_roofline"), "{:.1f}"))] + \
             ([] if fused or not any(r.get("pct_exp_floor") for r in rows) else

@@ -113,6 +113,40 @@ def test_backend_ran_names_the_attention_pick_for_the_rows_dtype_and_head_dim(mo
     assert seen == [(torch.float16, 32)] and ran.startswith("attention=")
 
 
+def test_rows_record_the_triton_tiles_the_autotuner_chose(tmp_path):
+    """Triton attention rows carry the tile config each kernel launched with for the case (the autotuner's pick):
+    the forward's for a forward, the three kernels' for forward+backward; a provider that launched no Triton kernel
+    gets none; the report shows them after the backend. Here under the interpreter (one fixed config) on the
+    provider function the ops suite times."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter check: on a GPU the ops suite records the tiles itself (test_suite_quick_gpu)")
+    from yolov12_fast.kernels import area_attention as aa
+
+    want = "{} 32x16 w4 s1".format
+    assert (aa.INTERPRET_CONFIG.kwargs, aa.INTERPRET_CONFIG.num_warps, aa.INTERPRET_CONFIG.num_stages) == \
+        ({"BLOCK_M": 32, "BLOCK_N": 16}, 4, 1)
+    B, heads, D, H, W = 1, 2, 32, 4, 6
+    qkv = torch.randn(B, 3 * heads * D, H, W, requires_grad=True)
+    pe_w, pe_b = torch.randn(heads * D, 1, 7, 7), torch.randn(heads * D)
+    bl.reset_triton_tiles(False)
+    bl.ATTENTION_PROVIDERS["ultralytics"].fn(qkv, pe_w, pe_b, 2, heads, D)
+    assert bl.triton_tiles(False) is None
+    with torch.no_grad():
+        bl.ATTENTION_PROVIDERS["triton"].fn(qkv, pe_w, pe_b, 2, heads, D)
+    assert bl.triton_tiles(False) == want("fwd")
+    bl.reset_triton_tiles(True)
+    bl.ATTENTION_PROVIDERS["triton"].fn(qkv, pe_w, pe_b, 2, heads, D).sum().backward()
+    assert bl.triton_tiles(True) == ", ".join(want(k) for k in ("fwd", "dkdv", "dq"))
+    path = _synthetic_rows(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        if r["suite"] == "ops" and r["provider"] == "triton":
+            r["tiles"] = "fwd 64x64 w4 s2"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report.render(path)
+    assert "[fwd 64x64 w4 s2]" in path.with_suffix(".md").read_text()
+
+
 def test_blocks_quick(quick_cpu):
     rows = _ok(quick_cpu, suite="blocks")
     kinds = {(r["params"]["level"], r["params"]["block"]) for r in rows}

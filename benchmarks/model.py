@@ -21,8 +21,9 @@ again in backward instead of keeping their activations); `train-patched-recomput
 so the report gives the memory / time trade-off of each (issue #5: >= 1.15x faster, peak <= 0.7x at 1280).
 
 CPU: yolo12n batch 1 at 640, eager vs patched, and yolo11n eager (the YOLO11 comparison), fp32, at each pinned
-thread count (interleaved rounds), as torch runs (denormals kept); full runs add 1-thread rows with denormals
-flushed (torch.set_flush_denormal), where Intel CPUs' denormal assists would otherwise dominate the baseline.
+thread count (interleaved rounds), as torch runs (denormals kept); full runs add rows with denormals flushed on
+every thread (yolov12_fast.utils.flush_denormals), where Intel CPUs' denormal assists would otherwise dominate the
+baseline.
 """
 
 from __future__ import annotations
@@ -70,31 +71,32 @@ def _run_cpu(ctx: Context) -> list:
     # Denormal floats: a random-weight YOLO12's attention probabilities underflow into them, and on Intel CPUs each
     # denormal operation takes a microcode assist (measured on a 2-core Xeon, 1 thread: ultralytics yolo12n 599 ms
     # with them, 100 ms flushed; the AMD EPYC runs show no such cost: ultralytics yolo12n ran at 0.68-0.82x yolo11n's
-    # speed there, 0.19x on the Xeon). The main rows run as torch and ultralytics do (denormals kept);
-    # full runs add rows at 1 thread with them flushed for every variant, cases "... denormals flushed" (only at 1
-    # thread: torch.set_flush_denormal sets the calling thread's MXCSR, not the intra-op pool's; measured, a 2-thread
-    # "flushed" yolo12n ran as slowly as the unflushed one).
+    # speed there, 0.19x on the Xeon). The main rows run as torch and ultralytics do (denormals kept); full runs add
+    # rows with them flushed on every thread (yolov12_fast.utils.flush_denormals: torch.set_flush_denormal alone
+    # reaches the calling thread only) for every variant and thread count, cases "... denormals flushed".
     rows = _cpu_rows(ctx, eager, patched, yolo11, x, oracle, *_case("yolo12n", imgsz, 1), *_case("yolo11n", imgsz, 1),
                      ctx.threads)
-    if not ctx.quick and 1 in ctx.threads:
+    if not ctx.quick:
+        from yolov12_fast.utils import flush_denormals
+
         (case, params), (case11, params11) = _case("yolo12n", imgsz, 1), _case("yolo11n", imgsz, 1)
-        torch.set_flush_denormal(True)
-        try:
-            rows += _cpu_rows(ctx, eager, patched, yolo11, x, oracle, case + " denormals flushed",
-                              dict(params, flush_denormal=True), case11 + " denormals flushed",
-                              dict(params11, flush_denormal=True), (1,))
-        finally:
-            torch.set_flush_denormal(False)  # torch's default
+        rows += _cpu_rows(ctx, eager, patched, yolo11, x, oracle, case + " denormals flushed",
+                          dict(params, flush_denormal=True), case11 + " denormals flushed",
+                          dict(params11, flush_denormal=True), ctx.threads, flush=flush_denormals)
     return rows
 
 
-def _cpu_rows(ctx, eager, patched, yolo11, x, oracle, case, params, case11, params11, threads) -> list:
+def _cpu_rows(ctx, eager, patched, yolo11, x, oracle, case, params, case11, params11, threads, flush=None) -> list:
+    """Rows of the three models at each thread count; `flush` (flush_denormals) switches denormal flushing on for
+    every thread of each count's pool, and off again afterwards."""
     rows = []
     with torch.inference_mode():
         naive_err, rel = _rel(eager(x), oracle), _rel(patched(x), oracle)
         for th in threads:
             prev = set_threads(th)
             try:
+                if flush is not None:
+                    flush(True)
                 t = time_cpu_interleaved({"eager": lambda: eager(x), "patched": lambda: patched(x),
                                           "yolo11n": lambda: yolo11(x)},
                                          rounds=2 if ctx.quick else 11, min_round_s=0.0 if ctx.quick else 0.2)
@@ -112,6 +114,8 @@ def _cpu_rows(ctx, eager, patched, yolo11, x, oracle, case, params, case11, para
                 ctx.emit(r + [r11])
                 rows += r + [r11]
             finally:
+                if flush is not None:
+                    flush(False)  # torch's default
                 set_threads(prev)
     return rows
 

@@ -4,8 +4,12 @@
 // they exist without this extension; they call the `*_cxx` ops below for backend="cpp" (CPU) and
 // backend="cuda" (CUDA C++). Implementations register per dispatch key: csrc/cpu/*.cpp for CPU,
 // csrc/cuda/*.cpp (glue around torch-free .cu kernels) for CUDA. Fake kernels live in yolov12_fast/ops/cxx.py.
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <Python.h>
 #include <torch/library.h>
+
+#include <atomic>
 
 TORCH_LIBRARY_FRAGMENT(yolov12_fast, m) {
   // q, k, v: (B, heads, head_dim, N) any strides; returns (out contiguous (B, heads, head_dim, N), lse (B, heads, N) fp32)
@@ -26,7 +30,34 @@ const char* attention_isa();  // csrc/cpu/area_attention_cpu.cpp
 }
 }  // namespace yolov12_fast
 
-static struct PyModuleDef yolov12_fast_C_module = {PyModuleDef_HEAD_INIT, "_C", "yolov12_fast compiled kernels", -1, nullptr};
+// set_flush_denormal_all_threads(on) -> int | None: torch.set_flush_denormal(on) for the calling thread *and* each
+// thread of torch's intra-op pool (torch's own call sets the calling thread's MXCSR only, and a pool thread keeps the
+// floating-point mode it was created with). One at::parallel_for chunk per pool thread sets that thread's mode.
+// Returns how many threads were set, or None where the CPU has no flush-to-zero mode (not x86 with SSE3).
+static PyObject* set_flush_denormal_all_threads(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  std::atomic<int> set{0}, unsupported{0};
+  Py_BEGIN_ALLOW_THREADS;
+  const int64_t n = at::get_num_threads();
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) (at::globalContext().setFlushDenormal(on != 0) ? set : unsupported)++;
+  });
+  // the calling thread too (with OpenMP it ran chunk 0 itself; a native thread pool may have run every chunk)
+  if (!at::globalContext().setFlushDenormal(on != 0)) unsupported++;
+  Py_END_ALLOW_THREADS;
+  if (unsupported.load() > 0) Py_RETURN_NONE;
+  return PyLong_FromLong(set.load());
+}
+
+static PyMethodDef yolov12_fast_C_methods[] = {
+    {"set_flush_denormal_all_threads", set_flush_denormal_all_threads, METH_O,
+     "set_flush_denormal_all_threads(on) -> int | None: flush denormal floats to zero (on=True) or keep them, on the "
+     "calling thread and every thread of torch's intra-op pool; the number of threads set, None if the CPU cannot."},
+    {nullptr, nullptr, 0, nullptr}};
+
+static struct PyModuleDef yolov12_fast_C_module = {PyModuleDef_HEAD_INIT, "_C", "yolov12_fast compiled kernels", -1,
+                                                    yolov12_fast_C_methods};
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&yolov12_fast_C_module);

@@ -460,6 +460,25 @@ def test_issue_targets_from_measurements(tmp_path, capsys):
     assert "| #3 | attention fwd, batch 32: >= 3x ultralytics | 2 |" in capsys.readouterr().out
 
 
+def test_cpu_model_target_is_read_as_torch_runs_and_with_denormals_flushed():
+    """The CPU model target (#5, 2 threads) is evaluated twice: on the rows as torch runs (denormals kept) and on the
+    rows with denormals flushed on every thread; neither set leaks into the other."""
+    def row(provider, ratio, flushed, threads=2):
+        params = {"model": "yolo12n", "imgsz": 640, "batch": 1, **({"flush_denormal": True} if flushed else {})}
+        return {"suite": "model", "status": "ok", "device_kind": "cpu", "dtype": "float32", "threads": threads,
+                "case": "yolo12n 640 b1" + (" denormals flushed" if flushed else ""), "provider": provider,
+                "params": params, "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0,
+                "speedup_vs": {"eager": ratio} if provider == "patched" else {}}
+
+    rows = [row("patched", 5.2, False), row("eager", 1.0, False), row("patched", 1.04, True), row("eager", 1.0, True),
+            row("patched", 9.9, True, threads=1), row("eager", 1.0, True, threads=1)]
+    got = {t["target"]: t for t in report.targets(rows)}
+    kept = got["yolo12n at 640, batch 1, fp32, 2 threads: patched >= 1.1x eager"]
+    flushed = got["the same with denormals flushed on every thread (no Intel denormal assists in the baseline)"]
+    assert (kept["cases"], kept["met"], kept["worst"]) == (1, 1, 5.2)
+    assert (flushed["cases"], flushed["met"], flushed["worst"]) == (1, 0, 1.04)
+
+
 def test_recompute_choice_from_training_rows():
     """The report's training section: per recompute mode the step speed-up and peak ratio against train-eager, and
     the suggested CUDA default: the fastest mode meeting the 0.7x peak at the largest size, else the smallest."""

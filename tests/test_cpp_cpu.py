@@ -483,3 +483,32 @@ def test_pe_add_rejects_bad_input():
         ops.pe_add_cxx(v, w, torch.randn(64, dtype=torch.float64), None, 4, 6)
     with pytest.raises(RuntimeError, match="x dtype"):
         ops.pe_add_cxx(v, w, None, torch.randn(v.shape, dtype=torch.float16), 4, 6)
+
+
+def test_flush_denormals_reaches_every_intra_op_thread(monkeypatch):
+    """yolov12_fast.utils.flush_denormals sets flush-to-zero on torch's intra-op threads too: a parallel multiply of
+    denormal inputs gives zeros in every thread's chunk, where torch.set_flush_denormal (the calling thread only)
+    leaves the other threads' chunks denormal. Off again, the denormals survive everywhere. Without the extension it
+    falls back to the calling thread, with a warning."""
+    from yolov12_fast.utils import flush_denormals
+
+    x = torch.full((1 << 22,), 1e-39)  # a denormal float32, in a tensor large enough for TensorIterator to split
+    assert 0 < x[0].item() < torch.finfo(torch.float32).tiny
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU has no flush-to-zero mode")
+        torch_only = int(((x * 1.0) == 0).sum())
+        torch.set_flush_denormal(False)
+        assert torch_only < x.numel(), "torch.set_flush_denormal reached every thread: the test shows nothing here"
+        assert flush_denormals(True) >= 2
+        assert bool(((x * 1.0) == 0).all()), "a chunk kept its denormals"
+        assert flush_denormals(False) >= 2
+        assert bool(((x * 1.0) == x).all()), "denormals flushed after switching off"
+        monkeypatch.setattr(_backends, "_extension", lambda: (None, "not built"))
+        with pytest.warns(RuntimeWarning, match="only the calling thread"):
+            assert flush_denormals(True) == 1
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(before)

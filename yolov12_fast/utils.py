@@ -207,3 +207,29 @@ def exact_fp32():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def flush_denormals(on: bool = True) -> int:
+    """Flush denormal floats to zero (on=True), or keep them (False, torch's default), on the calling thread and on
+    every thread of torch's intra-op pool. Returns how many threads were set; 0 where the CPU has no such mode.
+
+    Why: on Intel CPUs each arithmetic operation on a denormal float takes a microcode assist. The softmax of
+    YOLO12's attention underflows into denormals, and ultralytics' yolo12n spent most of its CPU time in those
+    assists on a 2-core Xeon: 599 ms at 1 thread with denormals, 100 ms flushed (benchmarks/README.md). AMD CPUs
+    show no such cost; the patched model does not hit it either. Flushing changes results only where a value
+    falls below 1.2e-38 (it becomes 0).
+
+    torch.set_flush_denormal(on) sets the calling thread's mode only: the intra-op threads keep the mode they were
+    created with (a 2-thread "flushed" model ran as slowly as an unflushed one). This sets each of them, through
+    the compiled extension; without it, it falls back to torch.set_flush_denormal (calling thread only) and warns.
+    Threads that torch's pool creates later inherit the calling thread's mode."""
+    from . import _backends
+
+    mod = _backends.extension()
+    if mod is not None and hasattr(mod, "set_flush_denormal_all_threads"):
+        n = mod.set_flush_denormal_all_threads(bool(on))
+        return 0 if n is None else int(n)
+    warnings.warn("yolov12_fast.utils.flush_denormals: the compiled extension is not available "
+                  f"({_backends._extension()[1] or 'stale build'}); only the calling thread is set "
+                  "(torch.set_flush_denormal)", RuntimeWarning, stacklevel=2)
+    return int(torch.set_flush_denormal(bool(on)))

@@ -1,5 +1,7 @@
-"""The CUDA C++ PE kernel (csrc/cuda/pe_add.cu) run on the CPU, through the emulator in tests/cuda_emu: its tiling plan,
-halo staging, masks and arithmetic checked against the float64 conv2d oracle without a GPU.
+"""The CUDA C++ kernels run on the CPU through the emulator in tests/cuda_emu, checked against the float64 oracles without
+a GPU: the PE kernel (csrc/cuda/pe_add.cu: tiling plan, halo staging, masks, arithmetic) and the tensor-core
+area-attention forward (csrc/cuda/area_attention_fwd.cu: its resident and streamed plans, staging modes, query
+split, online softmax, epilogue; mma.sync / ldmatrix / shfl emulated with the PTX ISA's fragment layouts).
 
 The kernel source, its host launcher and its launch are the ones nvcc builds into yolov12_fast._C; only the CUDA
 runtime is replaced (cuda_emu.h: each CTA's threads are std::threads sharing its shared memory and a barrier). On top
@@ -22,7 +24,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tolerances import assert_close_to_oracle
+from tolerances import FACTOR, assert_close_to_oracle
+from yolov12_fast import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMU = os.path.join(ROOT, "tests", "cuda_emu")
@@ -50,16 +53,21 @@ pytestmark = pytest.mark.skipif(CXX is None or CUDA_INCLUDE is None,
                                        "nvidia wheels) to build the kernels for the CPU emulator")
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    lib = str(tmp_path_factory.mktemp("cuda_emu") / "pe_emu.so")
+def _build(tmp_path_factory, name: str) -> ctypes.CDLL:
+    """tests/cuda_emu/<name>.cpp (which includes a csrc/cuda kernel file) built for the emulator and loaded."""
+    lib = str(tmp_path_factory.mktemp("cuda_emu") / f"{name}.so")
     cmd = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas",
            "-DYOLOV12_FAST_CUDA_EMU", "-I", EMU, "-I", CUDA_SRC, "-I", CUDA_INCLUDE,
-           os.path.join(EMU, "pe_emu.cpp"), "-o", lib]
+           os.path.join(EMU, f"{name}.cpp"), "-o", lib]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"building the emulated kernel failed:\n{' '.join(cmd)}\n{r.stderr}"
     assert "warning" not in r.stderr, r.stderr
-    so = ctypes.CDLL(lib)
+    return ctypes.CDLL(lib)
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    so = _build(tmp_path_factory, "pe_emu")
     i64, vp = ctypes.c_int64, ctypes.c_void_p
     so.yf_emu_pe_add.restype = ctypes.c_int
     so.yf_emu_pe_add.argtypes = [vp, vp, vp, vp, vp, ctypes.POINTER(i64), ctypes.POINTER(i64), i64, i64, i64, i64,
@@ -223,3 +231,160 @@ def test_pe_plan_fits_yolo12s_maps(emu):
     p = _plan(emu, 80, 80, 7)
     computed = 2 * p["pairs"] * p["tiles_w"] * 4 * p["groups"] * p["tiles_h"]
     assert computed <= 1.2 * 80 * 80, p
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the tensor-core area-attention forward (csrc/cuda/area_attention_fwd.cu)
+
+# The devices the launcher may be told it runs on (DeviceInfo: SMs, compute capability, shared memory per block
+# after opt-in, per SM): the plan follows from them (n = 1600 at head_dim 32: resident on sm_90, streamed in chunks
+# elsewhere).
+SM90 = (132, 9, 0, 232448, 233472)
+SM80 = (108, 8, 0, 166912, 167936)
+SM75 = (40, 7, 5, 65536, 65536)
+NOT_SUPPORTED, INVALID_VALUE = 801, 1  # cudaErrorNotSupported, cudaErrorInvalidValue
+
+
+@pytest.fixture(scope="module")
+def emu_attn(tmp_path_factory):
+    so = _build(tmp_path_factory, "attention_emu")
+    i64, vp, p64 = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    so.yf_emu_attention_fwd.restype = ctypes.c_int
+    so.yf_emu_attention_fwd.argtypes = [vp] * 6 + [p64] * 4 + [i64] * 5 + [ctypes.c_float, ctypes.c_int,
+                                                                          ctypes.POINTER(ctypes.c_int)]
+    so.yf_emu_attention_plan.restype = None
+    so.yf_emu_attention_plan.argtypes = [i64, i64, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+    return so
+
+
+def run_attention(emu_attn, q, k, v, area, residual=None, device=SM90, *, expect_error: bool = False):
+    """The emulated CUDA forward: (out, lse). out and lse sit inside sentinel-filled guard buffers (no write may land
+    outside them, every element must be written)."""
+    B, heads, D, N = q.shape
+    n_out, n_lse = q.numel(), B * heads * N
+    guard = torch.full((n_out + 128,), SENTINEL, dtype=q.dtype)
+    out = guard[64:64 + n_out].view(B, heads, D, N)
+    lguard = torch.full((n_lse + 128,), SENTINEL, dtype=torch.float32)
+    lse = lguard[64:64 + n_lse].view(B, heads, N)
+    dev = (ctypes.c_int * 5)(*device)
+    rc = emu_attn.yf_emu_attention_fwd(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), None if residual is None else residual.data_ptr(), out.data_ptr(),
+        ctypes.cast(lse.data_ptr(), ctypes.POINTER(ctypes.c_float)), _strides(q), _strides(k), _strides(v),
+        _strides(residual), B, heads, D, N, area, D ** -0.5, {torch.float16: 0, torch.bfloat16: 1}.get(q.dtype, 2),
+        dev)
+    if expect_error:
+        return rc
+    assert rc == 0, f"the launcher returned cudaError {rc}"
+    for g, n in ((guard, n_out), (lguard, n_lse)):
+        assert (g[:64] == SENTINEL).all() and (g[64 + n:] == SENTINEL).all(), "a write outside the output"
+        assert not (g[64:64 + n] == SENTINEL).any(), "output elements the kernel never wrote"
+    return out, lse
+
+
+def _attention_plan(emu_attn, n, head_dim, device):
+    out = (ctypes.c_int * 6)()
+    emu_attn.yf_emu_attention_plan(n, head_dim, (ctypes.c_int * 5)(*device), out)
+    return dict(zip(("supported", "resident", "warps", "chunk_keys", "smem_row", "smem_bytes"), out))
+
+
+def _qkv(layout, B, heads, D, H, W, dtype, seed):
+    """q, k, v as (B, heads, D, N) views of the conv outputs AAttn reads them from."""
+    g = torch.Generator().manual_seed(seed)
+    N = H * W
+    if layout == "interleaved":  # ultralytics qkv, NCHW: head h owns channels [3*D*h, 3*D*(h+1))
+        return torch.randn(B, heads, 3 * D, N, generator=g).to(dtype).split(D, dim=2)
+    if layout == "turbo":  # qk (all q, then all k) and a separate v conv output
+        q, k = torch.randn(B, 2, heads, D, N, generator=g).to(dtype).unbind(1)
+        return q, k, torch.randn(B, heads, D, N, generator=g).to(dtype)
+    if layout == "channels_last":  # the qkv output in channels_last: d stride 1, token stride 3 * C
+        C = heads * D
+        qkv = torch.randn(B, 3 * C, H, W, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+        sb, sc, _, st = qkv.stride()
+        return tuple(qkv.as_strided((B, heads, D, N), (sb, 3 * D * sc, sc, st), i * D * sc) for i in range(3))
+    if layout == "misaligned":  # token stride 1, but the base one element off 16 bytes: scalar staging
+        buf = torch.randn(3 * B * heads * D * N + 1, generator=g).to(dtype)[1:]
+        return buf.view(3, B, heads, D, N).unbind(0)
+    raise ValueError(layout)
+
+
+def _check_attention(out, lse, q, k, v, area, residual, what):
+    D = q.shape[2]
+    o64, l64 = reference.area_attention_lse(q.double(), k.double(), v.double(), area, D ** -0.5)
+    r64 = residual.double() if residual is not None else 0
+    naive_out, naive_lse = reference.area_attention_lse(q, k, v, area, D ** -0.5)  # the same-dtype math
+    if residual is not None:
+        naive_out = naive_out + residual
+    assert_close_to_oracle(out, naive_out, o64 + r64, f"{what}: out")
+    assert_close_to_oracle(lse, naive_lse.float(), l64, f"{what}: lse", factor=FACTOR[q.dtype])
+
+
+# (layout, dtype, head_dim, B, heads, H, W, area, residual, device): the shapes of 640 (P5: 20x20 area 1 = 400; P4:
+# 40x40 area 4 = 400 in areas of 10 rows), areas that cut rows (6x10 area 4: 15 tokens), tokens per area that are not
+# a multiple of 16 (49, 15), one token per area, batch 3, both dtypes and head_dims, every staging layout, a
+# residual, and the three plans / devices; 1280's 1600 tokens per area resident (sm_90) and streamed in chunks
+# (sm_80, sm_75).
+ATTENTION_CASES = [
+    ("interleaved", torch.float16, 32, 1, 2, 20, 20, 1, False, SM90),
+    ("interleaved", torch.float16, 32, 1, 1, 40, 40, 4, True, SM90),
+    ("turbo", torch.bfloat16, 32, 3, 2, 6, 10, 4, False, SM80),
+    ("channels_last", torch.float16, 64, 1, 2, 7, 7, 1, True, SM75),
+    ("misaligned", torch.bfloat16, 64, 2, 1, 6, 10, 4, False, SM90),
+    ("interleaved", torch.float16, 64, 1, 1, 4, 5, 20, False, SM80),
+    ("interleaved", torch.float16, 32, 1, 1, 40, 40, 1, False, SM75),
+    ("turbo", torch.bfloat16, 32, 1, 1, 40, 40, 1, True, SM80),
+    ("channels_last", torch.float16, 32, 1, 1, 40, 40, 1, False, SM90),
+]
+
+
+@pytest.mark.parametrize("layout,dtype,D,B,heads,H,W,area,with_res,device", ATTENTION_CASES,
+                         ids=lambda x: str(x).replace("torch.", "") if not isinstance(x, tuple) else f"sm{x[1]}{x[2]}")
+def test_attention_kernel_matches_the_oracle(emu_attn, layout, dtype, D, B, heads, H, W, area, with_res, device):
+    q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=H * W * D + area)
+    res = torch.randn(B, heads, D, H * W).to(dtype).transpose(2, 3).contiguous().transpose(2, 3) if with_res else None
+    plan = _attention_plan(emu_attn, H * W // area, D, device)
+    assert plan["supported"]
+    out, lse = run_attention(emu_attn, q, k, v, area, res, device)
+    _check_attention(out, lse, q, k, v, area, res, f"{layout} {dtype} D{D} {H}x{W}/{area} "
+                     f"{'resident' if plan['resident'] else 'streamed'} on cc {device[1]}.{device[2]}")
+
+
+def test_attention_kernel_query_split_and_nan_rows(emu_attn):
+    """Few sequences on many SMs: the launcher splits each area's query tiles over grid.y CTAs (each stages the
+    area itself). A NaN query makes its own row NaN (out and lse) and leaves every other row exact."""
+    q, k, v = _qkv("interleaved", 1, 1, 32, 20, 20, torch.float16, seed=7)
+    q = q.clone()
+    q[0, 0, 3, 123] = float("nan")
+    out, lse = run_attention(emu_attn, q, k, v, 1, None, (64, 9, 0, 232448, 233472))  # 64 SMs, 1 sequence: 4 CTAs
+    assert torch.isnan(out[0, 0, :, 123]).all() and torch.isnan(lse[0, 0, 123])
+    rows = torch.ones(400, dtype=torch.bool)
+    rows[123] = False
+    assert torch.isfinite(out[..., rows]).all() and torch.isfinite(lse[..., rows]).all()
+    qf = q.clone()
+    qf[0, 0, 3, 123] = 0.0
+    ref_out, ref_lse = run_attention(emu_attn, qf, k, v, 1, None, SM90)  # no split, no NaN
+    assert torch.equal(out[..., rows], ref_out[..., rows]) and torch.equal(lse[..., rows], ref_lse[..., rows])
+
+
+def test_attention_kernel_refuses_what_it_has_no_code_for(emu_attn):
+    q, k, v = _qkv("interleaved", 1, 1, 32, 4, 4, torch.float16, seed=1)
+    b16 = [t.to(torch.bfloat16) for t in (q, k, v)]
+    assert run_attention(emu_attn, *b16, 1, None, SM75, expect_error=True) == NOT_SUPPORTED  # bf16 needs sm_80
+    assert run_attention(emu_attn, q, k, v, 3, None, SM90, expect_error=True) == INVALID_VALUE  # 16 % 3 != 0
+    q16, k16, v16 = _qkv("interleaved", 1, 1, 16, 4, 4, torch.float16, seed=1)
+    assert run_attention(emu_attn, q16, k16, v16, 1, None, SM90, expect_error=True) == NOT_SUPPORTED  # head_dim 16
+
+
+@pytest.mark.parametrize("device", [SM75, SM80, SM90], ids=["sm75", "sm80", "sm90"])
+def test_attention_plan_fits_each_device(emu_attn, device):
+    """Every tokens-per-area count up to 8192 gets a plan within the device's shared memory: resident (the whole area
+    staged once, rows of n rounded up to 16, + 8) where it fits, else streamed in chunks of a multiple of 64 keys."""
+    for D in (32, 64):
+        for n in list(range(1, 300, 7)) + [400, 1600, 4096, 8192]:
+            p = _attention_plan(emu_attn, n, D, device)
+            assert p["supported"] and p["smem_bytes"] <= device[3], (D, n, p)
+            assert p["smem_row"] == p["chunk_keys"] + 8 and p["warps"] == (8 if D == 32 else 4)
+            if p["resident"]:
+                assert p["chunk_keys"] == (n + 15) // 16 * 16, (D, n, p)
+            else:
+                assert p["chunk_keys"] % 64 == 0 and p["chunk_keys"] < n, (D, n, p)
+    assert _attention_plan(emu_attn, 1600, 32, SM90)["resident"] and not _attention_plan(emu_attn, 1600, 32, SM80)["resident"]

@@ -27,9 +27,9 @@
 // D = 32: n = 400 resident takes 51 KB + 12 KB (fits sm_75's 64 KB); n = 1600 takes 201 KB + 12 KB (resident on
 // sm_90 only; streamed elsewhere in chunks of 128 (sm_75) to 512 (sm_80) keys, sized for 2 CTAs per SM).
 // The launch plan (area_attention_fwd_plan) is pure host code, checked per arch by tests/test_cuda_compile.py.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+// On the CPU (tests/test_cuda_emu.py) the kernel runs through csrc/cuda/device.h's emulator, whose warp collectives
+// stand in for the mma / ldmatrix / shfl wrappers below (their YOLOV12_FAST_CUDA_EMU branches), as sm_80+ does.
+#include "device.h"
 
 #include <algorithm>
 #include <atomic>
@@ -135,6 +135,8 @@ __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t 
   asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[2]), "r"(a[3]), "r"(b1));
+#elif defined(YOLOV12_FAST_CUDA_EMU)
+  yf_emu::mma_16816<__half>(c, a, b0, b1);
 #endif
 }
 
@@ -145,14 +147,20 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const ui
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(YOLOV12_FAST_CUDA_EMU)
+  yf_emu::mma_16816<__nv_bfloat16>(c, a, b0, b1);
 #endif
 }
 
 // 2^x on the SFU (ex2.approx.ftz: ~2 ulp, 2^-inf = +0), independent of --use_fast_math.
 __device__ __forceinline__ float fast_exp2(float x) {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  return yf_emu::ex2_approx_ftz(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -163,16 +171,24 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 // Without .trans lane i receives row i/4, columns 2(i%4), 2(i%4)+1 of each matrix; with .trans it receives
 // rows 2(i%4), 2(i%4)+1 of column i/4.
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::ldmatrix_x4(r, addr, false);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");
+#endif
 }
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::ldmatrix_x4(r, addr, true);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");
+#endif
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -445,7 +461,7 @@ __global__ void __launch_bounds__(Config<D>::kThreads, Config<D>::kMinBlocks)
   } else {
     constexpr int NW = Config<D>::kWarps;
     constexpr int NT = Config<D>::kThreads;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    YF_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int row = p.smem_row;
     uint16_t* Ks = reinterpret_cast<uint16_t*>(smem_raw);
     uint16_t* Vs = Ks + D * row;
@@ -592,8 +608,7 @@ cudaError_t launch(const FwdParams& p, const AreaAttnFwdPlan& plan, int64_t seqs
   int64_t splits = seqs >= target ? 1 : (target + seqs - 1) / seqs;
   splits = std::max<int64_t>(1, std::min<int64_t>({splits, groups, 65535}));
   const dim3 grid((unsigned)seqs, (unsigned)splits);
-  kernel<<<grid, threads, plan.smem_bytes, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(kernel, grid, dim3(threads), plan.smem_bytes, stream, p);
 }
 
 }  // namespace

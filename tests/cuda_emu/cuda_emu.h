@@ -6,8 +6,13 @@
 // the CTA's dynamic shared memory and meet at a std::barrier in __syncthreads(). So code that forgets a barrier
 // races here as on a GPU, code that returns early before a barrier other threads still reach does not deadlock
 // (an exiting thread drops out of the barrier, as a GPU thread does), and every index, halo and mask computation
-// runs exactly as written. Not emulated: warp-level intrinsics, inline PTX, tensor cores, atomics, streams (a launch
-// is synchronous), timing. Half and bfloat16 are CUDA's own host-side types (cuda_fp16.h / cuda_bf16.h).
+// runs exactly as written. Warp collectives run through a per-warp barrier and exchange buffer (double-buffered:
+// one barrier per collective; every lane of a warp must make the same collective calls, as mma.sync and the
+// *_sync intrinsics require): __syncwarp, __shfl_xor_sync, and the kernels' tensor-core wrappers (mma m16n8k16,
+// ldmatrix x4 and x4.trans with the PTX ISA's fragment layouts, fp32 accumulation). Not emulated: other inline PTX,
+// atomics, streams (a launch is synchronous), timing. Half and bfloat16 are CUDA's own host-side types
+// (cuda_fp16.h / cuda_bf16.h). The host API the launchers call (device, attributes, occupancy) answers as one GPU
+// with whatever DeviceInfo the caller passes.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,10 +21,13 @@
 #include <vector_types.h>
 
 #include <barrier>
+#include <cfloat>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -41,6 +49,114 @@ inline T ldg(const T* p) {
   return *p;
 }
 
+// One warp of the running CTA: its barrier and two exchange buffers of 16 words per lane.
+struct Warp {
+  explicit Warp(int lanes) : bar(lanes) {}
+  std::barrier<> bar;
+  uint32_t slots[2][32][16] = {};
+};
+inline thread_local Warp* warp = nullptr;
+inline thread_local int lane = 0;
+inline thread_local int parity = 0;
+
+// Every lane publishes `words` words; after the warp's barrier, `read` sees all lanes' words (slot[lane][word]).
+template <typename F>
+inline void exchange(const uint32_t* mine, int words, F&& read) {
+  parity ^= 1;
+  uint32_t(*slot)[16] = warp->slots[parity];
+  std::memcpy(slot[lane], mine, sizeof(uint32_t) * words);
+  warp->bar.arrive_and_wait();
+  read(slot);
+}
+
+inline float bits_to_float(uint32_t w) {
+  float f;
+  std::memcpy(&f, &w, 4);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t w;
+  std::memcpy(&w, &f, 4);
+  return w;
+}
+
+inline float shfl_xor(float v, int mask) {
+  const uint32_t w = float_to_bits(v);
+  float out = 0.f;
+  exchange(&w, 1, [&](uint32_t(*slot)[16]) { out = bits_to_float(slot[(lane ^ mask) & 31][0]); });
+  return out;
+}
+
+inline void syncwarp() { warp->bar.arrive_and_wait(); }
+
+template <typename T>
+inline float b16_to_float(uint16_t b);
+template <>
+inline float b16_to_float<__half>(uint16_t b) { return __half2float(__ushort_as_half(b)); }
+template <>
+inline float b16_to_float<__nv_bfloat16>(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
+
+inline uint16_t half_of(uint32_t w, int hi) { return static_cast<uint16_t>(hi ? w >> 16 : w & 0xffffu); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: c (16x8) += a (16x16) b (16x8). Fragments (PTX ISA, g = lane/4,
+// t = lane%4): a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][8+2t, +1], a[3] = A[g+8][8+2t, +1];
+// b0 = B[2t, 2t+1][g], b1 = B[8+2t, +1][g]; c = C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]. Products exact in
+// fp32, summed in k order.
+template <typename T>
+inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
+  exchange(mine, 6, [&](uint32_t(*slot)[16]) {
+    auto A = [&](int r, int k) {  // A[r][k]
+      const int owner = (r % 8) * 4 + (k % 8) / 2, reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+      return b16_to_float<T>(half_of(slot[owner][reg], k & 1));
+    };
+    auto B = [&](int k, int n) {  // B[k][n]
+      const int owner = n * 4 + (k % 8) / 2;
+      return b16_to_float<T>(half_of(slot[owner][k >= 8 ? 5 : 4], k & 1));
+    };
+    const int g = lane / 4, t = lane % 4;
+    for (int e = 0; e < 4; ++e) {
+      const int r = g + (e >> 1) * 8, n = 2 * t + (e & 1);
+      float acc = c[e];
+      for (int k = 0; k < 16; ++k) acc += A(r, k) * B(k, n);
+      c[e] = acc;
+    }
+  });
+}
+
+inline uint16_t smem_b16(uint32_t byte_addr) {
+  uint16_t v;
+  std::memcpy(&v, dynamic_smem + byte_addr, 2);
+  return v;
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8m..8m+7 give the row addresses of matrix m. Without
+// .trans lane i receives row i/4, columns 2(i%4), 2(i%4)+1 of each matrix; with .trans rows 2(i%4), 2(i%4)+1 of
+// column i/4.
+inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, bool trans) {
+  exchange(&addr, 1, [&](uint32_t(*slot)[16]) {
+    const int i = lane;
+    for (int m = 0; m < 4; ++m) {
+      uint16_t lo, hi;
+      if (!trans) {
+        const uint32_t row = slot[8 * m + i / 4][0];
+        lo = smem_b16(row + 2 * (2 * (i % 4)));
+        hi = smem_b16(row + 2 * (2 * (i % 4) + 1));
+      } else {
+        lo = smem_b16(slot[8 * m + 2 * (i % 4)][0] + 2 * (i / 4));
+        hi = smem_b16(slot[8 * m + 2 * (i % 4) + 1][0] + 2 * (i / 4));
+      }
+      r[m] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+    }
+  });
+}
+
+// ex2.approx.ftz.f32: 2^x with denormal results flushed to +0.
+inline float ex2_approx_ftz(float x) {
+  const float y = std::exp2(x);
+  return y < FLT_MIN ? 0.f : y;
+}
+
 }  // namespace yf_emu
 
 // CUDA's headers define the execution-space keywords as attributes a host compiler ignores with warnings: plain
@@ -58,9 +174,47 @@ inline T ldg(const T* p) {
 #define blockIdx (yf_emu::block_idx)
 #define blockDim (yf_emu::block_dim)
 #define gridDim (yf_emu::grid_dim)
+#undef __noinline__
+#define __noinline__ __attribute__((noinline))
 #define __syncthreads() (yf_emu::cta_barrier->arrive_and_wait())
+#define __syncwarp(...) (yf_emu::syncwarp())
+#define __shfl_xor_sync(mask, v, lane_mask) (yf_emu::shfl_xor((v), (lane_mask)))
 #define __ldg(p) (yf_emu::ldg(p))
+#define __trap() std::abort()
+#define __log2f(x) std::log2(x)
 #define YF_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(yf_emu::dynamic_smem)
+
+// device-side integer min / max (CUDA declares them for device code)
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+// the generic -> shared address conversion: a byte offset into the CTA's dynamic shared memory
+inline size_t __cvta_generic_to_shared(const void* p) {
+  return static_cast<size_t>(static_cast<const unsigned char*>(p) - yf_emu::dynamic_smem);
+}
+
+// The runtime calls the launchers make, answering as device 0 (whose properties the caller passed as DeviceInfo).
+extern "C" inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+extern "C" inline cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+template <typename K>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, K*) {
+  *attr = cudaFuncAttributes{};
+  attr->ptxVersion = 90;
+  attr->binaryVersion = 90;
+  return cudaSuccess;
+}
+template <typename K>
+inline cudaError_t cudaFuncSetAttribute(K*, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
+template <typename K>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, K*, int, size_t) {
+  *blocks = 1;
+  return cudaSuccess;
+}
 
 namespace yolov12_fast {
 namespace cuda {
@@ -83,6 +237,9 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
         yf_emu::dynamic_smem = reinterpret_cast<unsigned char*>(shared.data());
         std::barrier<> bar(threads);
         yf_emu::cta_barrier = &bar;
+        std::vector<std::unique_ptr<yf_emu::Warp>> warps;
+        for (unsigned w = 0; w < (threads + 31) / 32; ++w)
+          warps.push_back(std::make_unique<yf_emu::Warp>((int)std::min(32u, threads - 32 * w)));
         std::vector<std::thread> pool;
         pool.reserve(threads);
         for (unsigned tz = 0; tz < block.z; ++tz)
@@ -91,7 +248,12 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
               pool.emplace_back([&, tx, ty, tz, bx, by, bz] {
                 yf_emu::thread_idx = {tx, ty, tz};
                 yf_emu::block_idx = {bx, by, bz};
+                const unsigned linear = tx + block.x * (ty + block.y * tz);
+                yf_emu::warp = warps[linear / 32].get();
+                yf_emu::lane = (int)(linear % 32);
+                yf_emu::parity = 0;
                 kernel(args...);
+                yf_emu::warp->bar.arrive_and_drop();
                 bar.arrive_and_drop();
               });
         for (auto& t : pool) t.join();

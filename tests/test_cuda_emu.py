@@ -388,3 +388,78 @@ def test_attention_plan_fits_each_device(emu_attn, device):
             else:
                 assert p["chunk_keys"] % 64 == 0 and p["chunk_keys"] < n, (D, n, p)
     assert _attention_plan(emu_attn, 1600, 32, SM90)["resident"] and not _attention_plan(emu_attn, 1600, 32, SM80)["resident"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# property tests: random shapes, layouts, dtypes and devices against the oracles (forward; no CUDA C++ backward)
+
+FUZZ = int(os.environ.get("YOLOV12_FAST_FUZZ_EXAMPLES", "30"))
+FUZZ_PROFILES = [pytest.param(n, id=name, marks=[pytest.mark.slow] if name == "long" else [])
+                 for name, n in (("quick", FUZZ), ("long", 10 * FUZZ))]
+
+
+def _fuzz_settings(n):
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=max(1, n), deadline=None, derandomize=True, database=None, print_blob=True,
+                    suppress_health_check=list(HealthCheck))
+
+
+@pytest.mark.parametrize("examples", FUZZ_PROFILES)
+def test_attention_kernel_property(emu_attn, examples):
+    """Up to 70 tokens per area (1 to 5 key steps of 16, partial tiles), 1-4 areas that may cut rows, batch 1-3,
+    1-3 heads, both head_dims and dtypes, every view layout, with or without a residual, on each device kind (sm_75
+    only in float16), with and without a query split."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @st.composite
+    def cases(draw):
+        dtype = draw(st.sampled_from((torch.float16, torch.bfloat16)))
+        device = draw(st.sampled_from((SM90, SM80) if dtype == torch.bfloat16 else (SM90, SM80, SM75)))
+        area = draw(st.integers(1, 4))
+        n = draw(st.integers(1, 70))
+        W = draw(st.sampled_from([w for w in range(1, 12) if (area * n) % w == 0]))
+        return dict(layout=draw(st.sampled_from(("interleaved", "turbo", "channels_last", "misaligned"))),
+                    dtype=dtype, D=draw(st.sampled_from((32, 64))), B=draw(st.integers(1, 3)),
+                    heads=draw(st.integers(1, 3)), H=area * n // W, W=W, area=area,
+                    residual=draw(st.booleans()), device=(draw(st.sampled_from((1, 64))),) + device[1:],
+                    seed=draw(st.integers(0, 2**31 - 1)))
+
+    @_fuzz_settings(examples)
+    @given(c=cases())
+    def run(c):
+        q, k, v = _qkv(c["layout"], c["B"], c["heads"], c["D"], c["H"], c["W"], c["dtype"], c["seed"])
+        g = torch.Generator().manual_seed(c["seed"] + 1)
+        res = torch.randn(q.shape, generator=g).to(c["dtype"]) if c["residual"] else None
+        out, lse = run_attention(emu_attn, q, k, v, c["area"], res, c["device"])
+        _check_attention(out, lse, q, k, v, c["area"], res, f"fuzz {c}")
+
+    run()
+
+
+@pytest.mark.parametrize("examples", FUZZ_PROFILES)
+def test_pe_kernel_property(emu, examples):
+    """Planes from 1x1 to 70x140 (one or several tiles either way), k 3 / 5 / 7, batch 1-3, 1-2 heads of 1-4
+    channels, every dtype and v layout, bias and x each optional, inputs in NaN-filled storage."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @st.composite
+    def cases(draw):
+        return dict(H=draw(st.integers(1, 70)), W=draw(st.integers(1, 140)), k=draw(st.sampled_from((3, 5, 7))),
+                    B=draw(st.integers(1, 3)), heads=draw(st.integers(1, 2)), D=draw(st.integers(1, 4)),
+                    dtype=draw(st.sampled_from((torch.float32, torch.float16, torch.bfloat16))),
+                    layout=draw(st.sampled_from(("qkv", "channels_last", "contiguous"))),
+                    bias=draw(st.booleans()), with_x=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+
+    @_fuzz_settings(examples)
+    @given(c=cases())
+    def run(c):
+        H, W, k = c["H"], c["W"], c["k"]
+        v, w, b, x = _inputs(c["B"], c["heads"], c["D"], H, W, k, c["dtype"], layout=c["layout"], bias=c["bias"],
+                             with_x=c["with_x"], seed=c["seed"])
+        out = run_pe(emu, _in_nan_storage(v), w, b, None if x is None else _in_nan_storage(x), H, W)
+        assert_close_to_oracle(out, naive(v, w, b, x, H, W), oracle(v, w, b, x, H, W), f"pe fuzz {c}")
+
+    run()

@@ -53,11 +53,11 @@ pytestmark = pytest.mark.skipif(CXX is None or CUDA_INCLUDE is None,
                                        "nvidia wheels) to build the kernels for the CPU emulator")
 
 
-def _build(tmp_path_factory, name: str) -> ctypes.CDLL:
+def _build(tmp_path_factory, name: str, defines=()) -> ctypes.CDLL:
     """tests/cuda_emu/<name>.cpp (which includes a csrc/cuda kernel file) built for the emulator and loaded."""
     lib = str(tmp_path_factory.mktemp("cuda_emu") / f"{name}.so")
     cmd = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas",
-           "-DYOLOV12_FAST_CUDA_EMU", "-I", EMU, "-I", CUDA_SRC, "-I", CUDA_INCLUDE,
+           "-DYOLOV12_FAST_CUDA_EMU", *(f"-D{d}" for d in defines), "-I", EMU, "-I", CUDA_SRC, "-I", CUDA_INCLUDE,
            os.path.join(EMU, f"{name}.cpp"), "-o", lib]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"building the emulated kernel failed:\n{' '.join(cmd)}\n{r.stderr}"
@@ -247,7 +247,17 @@ NOT_SUPPORTED, INVALID_VALUE = 801, 1  # cudaErrorNotSupported, cudaErrorInvalid
 
 @pytest.fixture(scope="module")
 def emu_attn(tmp_path_factory):
-    so = _build(tmp_path_factory, "attention_emu")
+    return _attention_lib(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def emu_attn_sm75(tmp_path_factory):
+    """The kernel's Turing branch: each m16n8k16 product as the two m16n8k8 products sm_75 runs (YF_EMU_SM75)."""
+    return _attention_lib(tmp_path_factory, ("YF_EMU_SM75",))
+
+
+def _attention_lib(tmp_path_factory, defines=()):
+    so = _build(tmp_path_factory, "attention_emu", defines)
     i64, vp, p64 = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     so.yf_emu_attention_fwd.restype = ctypes.c_int
     so.yf_emu_attention_fwd.argtypes = [vp] * 6 + [p64] * 4 + [i64] * 5 + [ctypes.c_float, ctypes.c_int,
@@ -346,6 +356,18 @@ def test_attention_kernel_matches_the_oracle(emu_attn, layout, dtype, D, B, head
     out, lse = run_attention(emu_attn, q, k, v, area, res, device)
     _check_attention(out, lse, q, k, v, area, res, f"{layout} {dtype} D{D} {H}x{W}/{area} "
                      f"{'resident' if plan['resident'] else 'streamed'} on cc {device[1]}.{device[2]}")
+
+
+@pytest.mark.parametrize("case", [c for c in ATTENTION_CASES if c[1] == torch.float16],
+                         ids=lambda c: f"{c[0]}-D{c[2]}-{c[5]}x{c[6]}-area{c[7]}")
+def test_attention_kernel_turing_branch_matches_the_oracle(emu_attn_sm75, case):
+    """T4 (sm_75) has no m16n8k16: the kernel's sm_75 branch splits each product into two m16n8k8 (fragments a[0], a[1]
+    with b0, then a[2], a[3] with b1). The float16 cases, through that branch."""
+    layout, dtype, D, B, heads, H, W, area, with_res, _ = case
+    q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=H * W * D + area + 1)
+    res = torch.randn(B, heads, D, H * W).to(dtype) if with_res else None
+    out, lse = run_attention(emu_attn_sm75, q, k, v, area, res, SM75)
+    _check_attention(out, lse, q, k, v, area, res, f"sm_75 branch {layout} D{D} {H}x{W}/{area}")
 
 
 def test_attention_kernel_query_split_and_nan_rows(emu_attn):

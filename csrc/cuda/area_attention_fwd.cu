@@ -121,22 +121,32 @@ __host__ __device__ constexpr bool arch_has_mma() {
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 
+// c (16x8, fp32) += a (16x8, row: a0 = rows g, cols 2t..2t+1; a1 = rows g+8) * b (8x8, col: k rows 2t..2t+1), fp16.
+__device__ __forceinline__ void mma_1688_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b) {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::mma_1688_f16(c, a0, a1, b);
+#else
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(b));
+#endif
+}
+
 template <>
 __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+#if (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)) || (defined(YOLOV12_FAST_CUDA_EMU) && !defined(YF_EMU_SM75))
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::mma_16816<__half>(c, a, b0, b1);
+#else
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)
-  // Turing has m16n8k8 only: the k16 product is two k8 products (k columns 0..7, then 8..15).
-  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(b0));
-  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[2]), "r"(a[3]), "r"(b1));
-#elif defined(YOLOV12_FAST_CUDA_EMU)
-  yf_emu::mma_16816<__half>(c, a, b0, b1);
+#endif
+#elif (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)) || defined(YF_EMU_SM75)
+  // Turing has m16n8k8 only: the k16 product is two k8 products (k columns 0..7, then 8..15). The emulator runs
+  // this branch when built with YF_EMU_SM75.
+  mma_1688_f16(c, a[0], a[1], b0);
+  mma_1688_f16(c, a[2], a[3], b1);
 #endif
 }
 

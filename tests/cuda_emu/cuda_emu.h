@@ -124,6 +124,23 @@ inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32
   });
 }
 
+// mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 (Turing's): c (16x8) += a (16x8) b (8x8); a0 = A[g][2t, 2t+1],
+// a1 = A[g+8][2t, 2t+1], b = B[2t, 2t+1][g], c as for m16n8k16.
+inline void mma_1688_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b) {
+  const uint32_t mine[3] = {a0, a1, b};
+  exchange(mine, 3, [&](uint32_t(*slot)[16]) {
+    auto A = [&](int r, int k) { return b16_to_float<__half>(half_of(slot[(r % 8) * 4 + k / 2][r >= 8], k & 1)); };
+    auto B = [&](int k, int n) { return b16_to_float<__half>(half_of(slot[n * 4 + k / 2][2], k & 1)); };
+    const int g = lane / 4, t = lane % 4;
+    for (int e = 0; e < 4; ++e) {
+      const int r = g + (e >> 1) * 8, n = 2 * t + (e & 1);
+      float acc = c[e];
+      for (int k = 0; k < 8; ++k) acc += A(r, k) * B(k, n);
+      c[e] = acc;
+    }
+  });
+}
+
 inline uint16_t smem_b16(uint32_t byte_addr) {
   uint16_t v;
   std::memcpy(&v, dynamic_smem + byte_addr, 2);

@@ -98,6 +98,19 @@ inline float b16_to_float<__nv_bfloat16>(uint16_t b) { return __bfloat162float(_
 
 inline uint16_t half_of(uint32_t w, int hi) { return static_cast<uint16_t>(hi ? w >> 16 : w & 0xffffu); }
 
+// This lane's C fragment (C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]) += A B over K products, given element
+// readers A(row, k) and B(k, col) of the whole warp's fragments.
+template <int K, typename FA, typename FB>
+inline void accumulate(float (&c)[4], FA&& A, FB&& B) {
+  const int g = lane / 4, t = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + (e >> 1) * 8, n = 2 * t + (e & 1);
+    float acc = c[e];
+    for (int k = 0; k < K; ++k) acc += A(r, k) * B(k, n);
+    c[e] = acc;
+  }
+}
+
 // mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: c (16x8) += a (16x16) b (16x8). Fragments (PTX ISA, g = lane/4,
 // t = lane%4): a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][8+2t, +1], a[3] = A[g+8][8+2t, +1];
 // b0 = B[2t, 2t+1][g], b1 = B[8+2t, +1][g]; c = C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]. Products exact in
@@ -114,13 +127,7 @@ inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32
       const int owner = n * 4 + (k % 8) / 2;
       return b16_to_float<T>(half_of(slot[owner][k >= 8 ? 5 : 4], k & 1));
     };
-    const int g = lane / 4, t = lane % 4;
-    for (int e = 0; e < 4; ++e) {
-      const int r = g + (e >> 1) * 8, n = 2 * t + (e & 1);
-      float acc = c[e];
-      for (int k = 0; k < 16; ++k) acc += A(r, k) * B(k, n);
-      c[e] = acc;
-    }
+    accumulate<16>(c, A, B);
   });
 }
 
@@ -131,13 +138,7 @@ inline void mma_1688_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b) {
   exchange(mine, 3, [&](uint32_t(*slot)[16]) {
     auto A = [&](int r, int k) { return b16_to_float<__half>(half_of(slot[(r % 8) * 4 + k / 2][r >= 8], k & 1)); };
     auto B = [&](int k, int n) { return b16_to_float<__half>(half_of(slot[n * 4 + k / 2][2], k & 1)); };
-    const int g = lane / 4, t = lane % 4;
-    for (int e = 0; e < 4; ++e) {
-      const int r = g + (e >> 1) * 8, n = 2 * t + (e & 1);
-      float acc = c[e];
-      for (int k = 0; k < 8; ++k) acc += A(r, k) * B(k, n);
-      c[e] = acc;
-    }
+    accumulate<8>(c, A, B);
   });
 }
 

@@ -282,8 +282,6 @@ def _available(backend: str, device) -> tuple:
 def _ours_ok(backend: str):
     def check(device, dtype, backward, quick):
         if backend == "cuda" and device.type == "cuda":
-            if backward:
-                return False, "the CUDA C++ backend has no backward kernel (training uses triton)"
             if dtype == torch.float32:
                 return False, "the CUDA C++ tensor-core kernel takes fp16/bf16"
         return _available(backend, device)

@@ -320,8 +320,8 @@ def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) ->
                     extra["backend_ran"] = "sdpa " + bl.sdpa_backend(args[0].detach(), case.area, case.heads, case.head_dim)
                 elif p.backend is not None:
                     extra["backend_ran"] = bl.resolved_backends(p.backend, ctx.device, dtype, case.head_dim)
-                    if backward and "attention=cuda" in extra["backend_ran"]:  # forward-only: its backward is Triton's
-                        extra["backend_ran"] += " (attention backward: triton)"
+                    if backward and p.backend == "auto" and "attention=cuda" in extra["backend_ran"]:
+                        extra["backend_ran"] += " (attention backward: triton)"  # auto's measured backward
                 else:
                     extra["backend_ran"] = "eager matmul+softmax"
                 call = _callable(fn, case, args, dout)

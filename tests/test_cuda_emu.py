@@ -264,6 +264,11 @@ def _attention_lib(tmp_path_factory, defines=()):
                                                                           ctypes.POINTER(ctypes.c_int)]
     so.yf_emu_attention_plan.restype = None
     so.yf_emu_attention_plan.argtypes = [i64, i64, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
+    so.yf_emu_attention_bwd.restype = ctypes.c_int
+    so.yf_emu_attention_bwd.argtypes = [vp] * 9 + [p64] * 4 + [i64] * 5 + [ctypes.c_float, ctypes.c_int,
+                                                                          ctypes.POINTER(ctypes.c_int)]
+    so.yf_emu_attention_bwd_plan.restype = None
+    so.yf_emu_attention_bwd_plan.argtypes = so.yf_emu_attention_plan.argtypes
     return so
 
 
@@ -291,9 +296,10 @@ def run_attention(emu_attn, q, k, v, area, residual=None, device=SM90, *, expect
     return out, lse
 
 
-def _attention_plan(emu_attn, n, head_dim, device):
+def _attention_plan(emu_attn, n, head_dim, device, bwd=False):
     out = (ctypes.c_int * 6)()
-    emu_attn.yf_emu_attention_plan(n, head_dim, (ctypes.c_int * 5)(*device), out)
+    (emu_attn.yf_emu_attention_bwd_plan if bwd else emu_attn.yf_emu_attention_plan)(n, head_dim,
+                                                                                   (ctypes.c_int * 5)(*device), out)
     return dict(zip(("supported", "resident", "warps", "chunk_keys", "smem_row", "smem_bytes"), out))
 
 
@@ -427,12 +433,10 @@ def _fuzz_settings(n):
                     suppress_health_check=list(HealthCheck))
 
 
-@pytest.mark.parametrize("examples", FUZZ_PROFILES)
-def test_attention_kernel_property(emu_attn, examples):
-    """Up to 70 tokens per area (1 to 5 key steps of 16, partial tiles), 1-4 areas that may cut rows, batch 1-3,
-    1-3 heads, both head_dims and dtypes, every view layout, with or without a residual, on each device kind (sm_75
-    only in float16), with and without a query split."""
-    from hypothesis import given
+def _attention_cases(max_batch: int, max_heads: int):
+    """A hypothesis strategy of small attention cases: 1-70 tokens per area, 1-4 areas that may cut rows (W from 1
+    to 11), both head_dims and dtypes, every view layout, an optional residual, each device kind (sm_75 only in
+    float16) with 1 or 64 SMs (64: the tile split runs)."""
     from hypothesis import strategies as st
 
     @st.composite
@@ -443,13 +447,23 @@ def test_attention_kernel_property(emu_attn, examples):
         n = draw(st.integers(1, 70))
         W = draw(st.sampled_from([w for w in range(1, 12) if (area * n) % w == 0]))
         return dict(layout=draw(st.sampled_from(("interleaved", "turbo", "channels_last", "misaligned"))),
-                    dtype=dtype, D=draw(st.sampled_from((32, 64))), B=draw(st.integers(1, 3)),
-                    heads=draw(st.integers(1, 3)), H=area * n // W, W=W, area=area,
+                    dtype=dtype, D=draw(st.sampled_from((32, 64))), B=draw(st.integers(1, max_batch)),
+                    heads=draw(st.integers(1, max_heads)), H=area * n // W, W=W, area=area,
                     residual=draw(st.booleans()), device=(draw(st.sampled_from((1, 64))),) + device[1:],
                     seed=draw(st.integers(0, 2**31 - 1)))
 
+    return cases()
+
+
+@pytest.mark.parametrize("examples", FUZZ_PROFILES)
+def test_attention_kernel_property(emu_attn, examples):
+    """Up to 70 tokens per area (1 to 5 key steps of 16, partial tiles), 1-4 areas that may cut rows, batch 1-3,
+    1-3 heads, both head_dims and dtypes, every view layout, with or without a residual, on each device kind (sm_75
+    only in float16), with and without a query split."""
+    from hypothesis import given
+
     @_fuzz_settings(examples)
-    @given(c=cases())
+    @given(c=_attention_cases(max_batch=3, max_heads=3))
     def run(c):
         q, k, v = _qkv(c["layout"], c["B"], c["heads"], c["D"], c["H"], c["W"], c["dtype"], c["seed"])
         g = torch.Generator().manual_seed(c["seed"] + 1)
@@ -483,5 +497,108 @@ def test_pe_kernel_property(emu, examples):
                              with_x=c["with_x"], seed=c["seed"])
         out = run_pe(emu, _in_nan_storage(v), w, b, None if x is None else _in_nan_storage(x), H, W)
         assert_close_to_oracle(out, naive(v, w, b, x, H, W), oracle(v, w, b, x, H, W), f"pe fuzz {c}")
+
+    run()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the tensor-core area-attention backward (csrc/cuda/area_attention_bwd.cu)
+
+
+def run_attention_bwd(emu_attn, q, k, v, dout, area, residual=None, device=SM90):
+    """The emulated CUDA backward as the glue runs it: forward (emulated) for out and lse, delta = rowsum(dout * (out -
+    residual)) in fp32, then the two kernels. dq, dk, dv sit inside sentinel-guarded buffers."""
+    out, lse = run_attention(emu_attn, q, k, v, area, residual, device)
+    o = out.float() - (residual.float() if residual is not None else 0)
+    delta = (dout.float() * o).sum(2).contiguous()
+    lse = lse.contiguous()
+    B, heads, D, N = q.shape
+    n = q.numel()
+    guards = [torch.full((n + 128,), SENTINEL, dtype=q.dtype) for _ in range(3)]
+    grads = [g[64:64 + n].view(q.shape) for g in guards]
+    f32p = lambda t: ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float))
+    rc = emu_attn.yf_emu_attention_bwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), f32p(lse),
+                                       f32p(delta), *(g.data_ptr() for g in grads), _strides(q), _strides(k),
+                                       _strides(v), _strides(dout), B, heads, D, N, area, D ** -0.5,
+                                       {torch.float16: 0, torch.bfloat16: 1}[q.dtype], (ctypes.c_int * 5)(*device))
+    assert rc == 0, f"the backward launcher returned cudaError {rc}"
+    for g in guards:
+        assert (g[:64] == SENTINEL).all() and (g[64 + n:] == SENTINEL).all(), "a write outside a gradient"
+        assert not (g[64:64 + n] == SENTINEL).any(), "gradient elements the kernels never wrote"
+    return grads
+
+
+def _check_backward(grads, q, k, v, dout, area, what):
+    D = q.shape[2]
+    leaves = lambda dt: [t.detach().to(dt).requires_grad_(True) for t in (q, k, v)]
+    n_in, o_in = leaves(q.dtype), leaves(torch.float64)
+    naive = torch.autograd.grad(reference.area_attention(*n_in, area, D ** -0.5), n_in, dout)
+    oracle = torch.autograd.grad(reference.area_attention(*o_in, area, D ** -0.5), o_in, dout.double())
+    for name, g, nv, o in zip(("dq", "dk", "dv"), grads, naive, oracle):
+        assert_close_to_oracle(g, nv, o, f"{what}: {name}")
+
+
+@pytest.mark.parametrize("layout,dtype,D,B,heads,H,W,area,with_res,device", ATTENTION_CASES,
+                         ids=lambda x: str(x).replace("torch.", "") if not isinstance(x, tuple) else f"sm{x[1]}{x[2]}")
+def test_attention_backward_matches_the_oracle(emu_attn, layout, dtype, D, B, heads, H, W, area, with_res, device):
+    """dq, dk, dv of the CUDA backward against the float64 autograd oracle, over the forward's cases (layouts, dtypes,
+    head_dims, areas cutting rows, 1 / 15 / 49 / 400 / 1600 tokens per area, resident and streamed plans)."""
+    q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=H * W * D + area + 2)
+    g = torch.Generator().manual_seed(H * W)
+    dout = torch.randn(q.shape, generator=g).to(dtype)
+    res = torch.randn(q.shape, generator=g).to(dtype) if with_res else None
+    plan = _attention_plan(emu_attn, H * W // area, D, device, bwd=True)
+    grads = run_attention_bwd(emu_attn, q, k, v, dout, area, res, device)
+    _check_backward(grads, q, k, v, dout, area, f"backward {layout} {dtype} D{D} {H}x{W}/{area} "
+                    f"{'resident' if plan['resident'] else 'streamed'} on cc {device[1]}.{device[2]}")
+
+
+@pytest.mark.parametrize("case", [c for c in ATTENTION_CASES if c[1] == torch.float16 and c[5] * c[6] < 1600],
+                         ids=lambda c: f"{c[0]}-D{c[2]}-{c[5]}x{c[6]}-area{c[7]}")
+def test_attention_backward_turing_branch(emu_attn_sm75, case):
+    layout, dtype, D, B, heads, H, W, area, with_res, _ = case
+    q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=H * W * D + area + 3)
+    dout = torch.randn(q.shape).to(dtype)
+    grads = run_attention_bwd(emu_attn_sm75, q, k, v, dout, area, None, SM75)
+    _check_backward(grads, q, k, v, dout, area, f"sm_75 branch backward {layout} D{D} {H}x{W}/{area}")
+
+
+def test_attention_backward_is_deterministic_and_split_invariant(emu_attn):
+    """No atomics: the gradients are bit-identical run to run and whether or not the tiles are split over grid.y."""
+    q, k, v = _qkv("interleaved", 1, 1, 32, 20, 20, torch.float16, seed=11)
+    dout = torch.randn(q.shape).to(torch.float16)
+    a = run_attention_bwd(emu_attn, q, k, v, dout, 1, None, SM90)
+    b = run_attention_bwd(emu_attn, q, k, v, dout, 1, None, (64,) + SM90[1:])  # 64 SMs, 1 sequence: split
+    c = run_attention_bwd(emu_attn, q, k, v, dout, 1, None, SM90)
+    assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(a, b, c))
+
+
+@pytest.mark.parametrize("device", [SM75, SM80, SM90], ids=["sm75", "sm80", "sm90"])
+def test_attention_backward_plan_fits_each_device(emu_attn, device):
+    for D in (32, 64):
+        for n in list(range(1, 300, 7)) + [400, 1600, 4096, 8192]:
+            p = _attention_plan(emu_attn, n, D, device, bwd=True)
+            assert p["supported"] and p["smem_bytes"] <= device[3], (D, n, p)
+            assert p["smem_bytes"] == 2 * D * 2 * p["smem_row"] + 8 * p["chunk_keys"] + p["warps"] * D * 24 * 2
+            if p["resident"]:
+                assert p["chunk_keys"] == (n + 15) // 16 * 16, (D, n, p)
+            else:
+                assert p["chunk_keys"] % 64 == 0 and p["chunk_keys"] < n, (D, n, p)
+
+
+@pytest.mark.parametrize("examples", [pytest.param(n, id=name, marks=[pytest.mark.slow] if name == "long" else [])
+                                      for name, n in (("quick", max(1, FUZZ // 2)), ("long", 5 * FUZZ))])
+def test_attention_backward_property(emu_attn, examples):
+    """The backward over random small cases: 1-70 tokens per area, 1-4 areas, batch 1-2, 1-2 heads, both head_dims and
+    dtypes, every view layout, each device kind, with and without the tile split."""
+    from hypothesis import given
+
+    @_fuzz_settings(examples)
+    @given(c=_attention_cases(max_batch=2, max_heads=2))
+    def run(c):
+        q, k, v = _qkv(c["layout"], c["B"], c["heads"], c["D"], c["H"], c["W"], c["dtype"], c["seed"])
+        dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(c["seed"] + 1)).to(c["dtype"])
+        grads = run_attention_bwd(emu_attn, q, k, v, dout, c["area"], None, c["device"])
+        _check_backward(grads, q, k, v, dout, c["area"], f"backward fuzz {c}")
 
     run()

@@ -158,25 +158,56 @@ def test_area_attention_public_op_backend_cuda():
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
-def test_backend_cuda_trains_through_the_triton_backward(dtype):
-    """backend='cuda' (what auto picks on Hopper in fp16) under autograd: the CUDA C++ forward's lse feeds the Triton
-    backward kernels (the cuda backend has none of its own); the gradients of q, k, v and the residual match the
-    float64 oracle's by the tolerance principle, areas cutting rows, batch 3."""
+@pytest.mark.parametrize("backend", ["cuda", "auto"])
+def test_training_with_the_cuda_forward_runs_the_chosen_backward(dtype, backend, monkeypatch):
+    """Training with the CUDA C++ forward: backend='cuda' runs the CUDA C++ backward kernels; 'auto' (which picks the
+    CUDA forward on Hopper in fp16) keeps the measured Triton backward, fed the CUDA forward's lse. Which ran is
+    recorded; the gradients of q, k, v and the residual match the float64 oracle's by the tolerance principle, areas
+    cutting rows, batch 3."""
     _skip_bf16_if_unsupported(dtype)
     from yolov12_fast import functional
+    from yolov12_fast.kernels import area_attention as tk
 
+    ran = []
+    real_triton = tk.area_attention_bwd
+    monkeypatch.setattr(tk, "area_attention_bwd", lambda *a: ran.append("triton") or real_triton(*a))
     q, k, v = make_qkv("interleaved", 3, 2, 32, 20 * 15, dtype)  # 300 tokens, area 4: 75 per area
     res = torch.randn_like(q)
     dout = torch.randn(q.shape, device="cuda", dtype=dtype)
     leaves = lambda dt: [t.detach().to(dt).requires_grad_(True) for t in (q, k, v, res)]
     got_in, naive_in, oracle_in = leaves(dtype), leaves(dtype), leaves(torch.float64)
-    out = functional.area_attention(*got_in[:3], 4, residual=got_in[3], backend="cuda")
+    out = functional.area_attention(*got_in[:3], 4, residual=got_in[3], backend=backend)
     got = torch.autograd.grad(out, got_in, dout)
+    assert ran == ([] if backend == "cuda" else ["triton"]), ran
     naive = torch.autograd.grad(reference.area_attention(*naive_in[:3], 4, None, naive_in[3]), naive_in, dout)
     oracle = torch.autograd.grad(reference.area_attention(*oracle_in[:3], 4, None, oracle_in[3]), oracle_in,
                                  dout.double())
     for name, g, n, o in zip(("dq", "dk", "dv", "dresidual"), got, naive, oracle):
         assert_close_to_oracle(g, n, o, f"{name} via backend='cuda'")
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("D,layout,N,area", [(32, "interleaved", 400, 1), (32, "channels_last", 1600, 4),
+                                             (64, "turbo", 300, 4), (32, "interleaved", 1600, 1),
+                                             (64, "contiguous", 49, 1)])
+def test_cuda_backward_matches_the_oracle(dtype, D, layout, N, area):
+    """The CUDA C++ backward kernels (dK/dV and dQ) directly: dq, dk, dv against the float64 oracle's gradients (the
+    tolerance principle: naive same-dtype autograd as the yardstick), with and without a residual, 1600 tokens per
+    area (resident on sm_90, streamed elsewhere), 49 (partial tiles), batch 2."""
+    _skip_bf16_if_unsupported(dtype)
+    q, k, v = make_qkv(layout, 2, 2, D, N, dtype)
+    dout = torch.randn(q.shape, device="cuda", dtype=dtype)
+    scale = D ** -0.5
+    for res in (None, torch.randn_like(q)):
+        out, lse = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, area, scale, res)
+        got = torch.ops.yolov12_fast.area_attention_bwd_cxx(dout, q, k, v, out, res, lse, area, scale)
+        leaves = lambda dt: [t.detach().to(dt).requires_grad_(True) for t in (q, k, v)]
+        n_in, o_in = leaves(dtype), leaves(torch.float64)
+        naive = torch.autograd.grad(reference.area_attention(*n_in, area, scale), n_in, dout)
+        oracle = torch.autograd.grad(reference.area_attention(*o_in, area, scale), o_in, dout.double())
+        for name, g, n, o in zip(("dq", "dk", "dv"), got, naive, oracle):
+            assert g.is_contiguous() and g.dtype == dtype
+            assert_close_to_oracle(g, n, o, f"CUDA backward {name} {layout} D{D} N{N}/{area} res={res is not None}")
 
 
 def test_area_attention_second_device_guard():
@@ -283,8 +314,14 @@ def test_bad_inputs_area_attention():
     if torch.cuda.get_device_capability() < (8, 0):
         with pytest.raises(RuntimeError, match="bfloat16 .*8.0"):
             op(q.to(BF16), k.to(BF16), v.to(BF16), 4, s, None)
-    with pytest.raises(RuntimeError, match="no backward kernel"):
-        torch.ops.yolov12_fast.area_attention_bwd_cxx(q, q, k, v, q, None, torch.zeros(1, 2, 400, device="cuda"), 4, s)
+    bwd = torch.ops.yolov12_fast.area_attention_bwd_cxx
+    lse = torch.zeros(1, 2, 400, device="cuda")
+    with pytest.raises(RuntimeError, match="lse must be float32"):
+        bwd(q, q, k, v, q, None, lse[..., :200], 4, s)
+    with pytest.raises(RuntimeError, match="dout and out must have q's dtype"):
+        bwd(q.float(), q, k, v, q, None, lse, 4, s)
+    with pytest.raises(RuntimeError, match="not divisible by area"):
+        bwd(q, q, k, v, q, None, lse, 3, s)
 
 
 def test_empty_inputs_give_empty_outputs():

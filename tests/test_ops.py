@@ -62,7 +62,8 @@ def test_opcheck(name):
                                   "mlp_residual_out", "conv1x1_silu_residual"])
 def test_opcheck_cuda(name):
     op = getattr(torch.ops.yolov12_fast, name).default
-    for backend in ("triton", "reference"):
+    cxx = ("cuda",) if name.startswith(("area_attention", "pe_add")) and _backends.can_use_cuda_ext("cuda")[0] else ()
+    for backend in ("triton", "reference") + cxx:  # cuda: the CUDA C++ forward, backward and PE kernels
         for args in samples(name, backend, device="cuda", dtype=torch.float16):
             torch.library.opcheck(op, args)
 

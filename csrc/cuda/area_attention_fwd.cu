@@ -29,7 +29,7 @@
 // The launch plan (area_attention_fwd_plan) is pure host code, checked per arch by tests/test_cuda_compile.py.
 // On the CPU (tests/test_cuda_emu.py) the kernel runs through csrc/cuda/device.h's emulator, whose warp collectives
 // stand in for the mma / ldmatrix / shfl wrappers below (their YOLOV12_FAST_CUDA_EMU branches), as sm_80+ does.
-#include "device.h"
+#include "attention_common.cuh"
 
 #include <algorithm>
 #include <atomic>
@@ -45,9 +45,6 @@ namespace yolov12_fast {
 namespace cuda {
 namespace detail {  // (not anonymous: helpers an arch does not use would warn "declared but never referenced")
 
-constexpr float kLog2e = 1.4426950408889634f;  // 1 / ln(2)
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr int kEpiRow = 24;    // per-warp epilogue buffer row: 16 tokens + 8 pad (48 bytes: conflict-free)
 constexpr int kKeyBlock = 64;  // keys per online-softmax step (the tail of an area goes 16 keys at a time)
 
 template <int D>
@@ -79,212 +76,6 @@ struct FwdParams {
 };
 
 // ------------------------------------------------------------------------------------------------------------
-// element types, tensor-core and ldmatrix wrappers
-
-template <typename T>
-struct Elem;
-template <>
-struct Elem<__half> {
-  static __device__ __forceinline__ float to_float(uint16_t b) { return __half2float(__ushort_as_half(b)); }
-  static __device__ __forceinline__ uint16_t from_float(float f) { return __half_as_ushort(__float2half_rn(f)); }
-  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);  // .x (low 16 bits) = lo
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-template <>
-struct Elem<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
-  static __device__ __forceinline__ uint16_t from_float(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-};
-
-// ldmatrix needs sm_75; bf16 mma.sync needs sm_80. Kernels compiled for an arch that lacks them become a trap
-// (the launcher and the glue refuse those configurations before launching).
-template <typename T>
-__host__ __device__ constexpr bool arch_has_mma() {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 750)
-  return false;
-#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 800)
-  return !std::is_same<T, __nv_bfloat16>::value;
-#else
-  return true;
-#endif
-}
-
-// c (16x8, fp32) += a (16x16, row) * b (16x8, col). Fragments as in the PTX ISA for m16n8k16: a[0] = rows g,
-// cols 2t..2t+1; a[1] = rows g+8; a[2] = rows g, cols 8+2t..; a[3] = rows g+8, cols 8+2t..; b0 = k rows 2t..2t+1,
-// b1 = k rows 8+2t..; c[0..1] = row g, cols 2t..2t+1, c[2..3] = row g+8 (g = lane / 4, t = lane % 4).
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-
-// c (16x8, fp32) += a (16x8, row: a0 = rows g, cols 2t..2t+1; a1 = rows g+8) * b (8x8, col: k rows 2t..2t+1), fp16.
-__device__ __forceinline__ void mma_1688_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b) {
-#ifdef YOLOV12_FAST_CUDA_EMU
-  yf_emu::mma_1688_f16(c, a0, a1, b);
-#else
-  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(b));
-#endif
-}
-
-template <>
-__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)) || (defined(YOLOV12_FAST_CUDA_EMU) && !defined(YF_EMU_SM75))
-#ifdef YOLOV12_FAST_CUDA_EMU
-  yf_emu::mma_16816<__half>(c, a, b0, b1);
-#else
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-#elif (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)) || defined(YF_EMU_SM75)
-  // Turing has m16n8k8 only: the k16 product is two k8 products (k columns 0..7, then 8..15). The emulator runs
-  // this branch when built with YF_EMU_SM75.
-  mma_1688_f16(c, a[0], a[1], b0);
-  mma_1688_f16(c, a[2], a[3], b1);
-#endif
-}
-
-template <>
-__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                         uint32_t b1) {
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#elif defined(YOLOV12_FAST_CUDA_EMU)
-  yf_emu::mma_16816<__nv_bfloat16>(c, a, b0, b1);
-#endif
-}
-
-// 2^x on the SFU (ex2.approx.ftz: ~2 ulp, 2^-inf = +0), independent of --use_fast_math.
-__device__ __forceinline__ float fast_exp2(float x) {
-#ifdef YOLOV12_FAST_CUDA_EMU
-  return yf_emu::ex2_approx_ftz(x);
-#else
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-#endif
-}
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// Four 8x8 b16 matrices; lanes 8m..8m+7 give the row addresses of matrix m (16 contiguous bytes each).
-// Without .trans lane i receives row i/4, columns 2(i%4), 2(i%4)+1 of each matrix; with .trans it receives
-// rows 2(i%4), 2(i%4)+1 of column i/4.
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-#ifdef YOLOV12_FAST_CUDA_EMU
-  yf_emu::ldmatrix_x4(r, addr, false);
-#else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-#ifdef YOLOV12_FAST_CUDA_EMU
-  yf_emu::ldmatrix_x4(r, addr, true);
-#else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-#endif
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// staging K or V: global (strided) -> smem rows [d][key], keys [c0, c0 + cpad) of the area, zero past n
-
-template <int VW>
-struct VecOf;
-template <>
-struct VecOf<8> { using type = uint4; };
-template <>
-struct VecOf<4> { using type = uint2; };
-template <>
-struct VecOf<2> { using type = unsigned int; };
-template <>
-struct VecOf<1> { using type = unsigned short; };
-
-// Token-fastest: consecutive threads take consecutive token vectors of one d row (coalesced when the token
-// stride is 1). VW > 1 only when the launcher checked: token stride 1, n, the other strides and the base
-// address multiples of VW elements (so a vector is wholly valid or wholly past n, and aligned).
-template <int D, int NT, int VW>
-__device__ __forceinline__ void stage_tokens(uint16_t* __restrict__ dst, const uint16_t* __restrict__ src,
-                                             int64_t sn, int64_t sd, int c0, int cpad, int n, int row) {
-  using V = typename VecOf<VW>::type;
-  constexpr int U = 4;  // loads in flight per thread
-  const int per_row = cpad / VW;
-  const int total = D * per_row;
-  for (int base = threadIdx.x; base < total; base += NT * U) {
-    V val[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
-      val[u] = V{};
-      if (idx < total) {
-        const int d = idx / per_row;
-        const int key = c0 + (idx - d * per_row) * VW;
-        if (key < n) val[u] = __ldg(reinterpret_cast<const V*>(src + key * sn + d * sd));
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
-      if (idx < total) {
-        const int d = idx / per_row;
-        const int i = (idx - d * per_row) * VW;
-        *reinterpret_cast<V*>(dst + d * row + i) = val[u];
-      }
-    }
-  }
-}
-
-// d-fastest (channels_last views: d stride 1): consecutive threads take consecutive d of one token.
-template <int D, int NT>
-__device__ __forceinline__ void stage_dfast(uint16_t* __restrict__ dst, const uint16_t* __restrict__ src,
-                                            int64_t sn, int64_t sd, int c0, int cpad, int n, int row) {
-  constexpr int U = 4;
-  const int total = D * cpad;
-  for (int base = threadIdx.x; base < total; base += NT * U) {
-    uint16_t val[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
-      const int i = idx / D;
-      val[u] = 0;
-      if (idx < total && c0 + i < n) val[u] = __ldg(src + (int64_t)(c0 + i) * sn + (int64_t)(idx % D) * sd);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
-      if (idx < total) dst[(idx % D) * row + idx / D] = val[u];
-    }
-  }
-}
-
-template <int D, int NT>
-__device__ __noinline__ void stage(uint16_t* dst, const uint16_t* src, const Strides4& s, int mode, int c0,
-                                      int cpad, int n, int row) {
-  switch (mode) {
-    case 8: stage_tokens<D, NT, 8>(dst, src, 1, s.d, c0, cpad, n, row); break;
-    case 4: stage_tokens<D, NT, 4>(dst, src, 1, s.d, c0, cpad, n, row); break;
-    case 2: stage_tokens<D, NT, 2>(dst, src, 1, s.d, c0, cpad, n, row); break;
-    case 1: stage_tokens<D, NT, 1>(dst, src, s.n, s.d, c0, cpad, n, row); break;
-    default: stage_dfast<D, NT>(dst, src, s.n, s.d, c0, cpad, n, row); break;
-  }
-}
-
-// ------------------------------------------------------------------------------------------------------------
 // one warp's 16 query rows
 
 template <int D>
@@ -299,20 +90,7 @@ struct WarpState {
 template <int D>
 __device__ __forceinline__ void load_q(WarpState<D>& st, const uint16_t* __restrict__ qb, const Strides4& s, int q0,
                                        int n, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-  const int r0 = q0 + g, r1 = r0 + 8;
-  auto ld = [&](int r, int d) -> uint32_t {
-    return r < n ? (uint32_t)__ldg(qb + (int64_t)r * s.n + (int64_t)d * s.d) : 0u;
-  };
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int d = ks * 16 + half * 8 + 2 * t;
-      st.qa[ks][half * 2 + 0] = ld(r0, d) | (ld(r0, d + 1) << 16);
-      st.qa[ks][half * 2 + 1] = ld(r1, d) | (ld(r1, d + 1) << 16);
-    }
-  }
+  load_rows_a<D>(st.qa, qb, s.n, s.d, q0, n, lane);
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) st.o[i][0] = st.o[i][1] = st.o[i][2] = st.o[i][3] = 0.f;
   st.m[0] = st.m[1] = -INFINITY;
@@ -478,17 +256,15 @@ __global__ void __launch_bounds__(Config<D>::kThreads, Config<D>::kMinBlocks)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     uint16_t* epi = Vs + D * row + warp * (D * kEpiRow);
 
-    // which sequence: blockIdx.x = (b * heads + h) * area + j
-    const int j = blockIdx.x % p.area;
-    const int bh = blockIdx.x / p.area;
-    const int h = bh % p.heads, b = bh / p.heads;
-    const int64_t t0 = (int64_t)j * p.n;  // the area's first token; *g below: this sequence's global bases
-    const uint16_t* qg = p.q + b * p.sq.b + h * p.sq.h + t0 * p.sq.n;
-    const uint16_t* kg = p.k + b * p.sk.b + h * p.sk.h + t0 * p.sk.n;
-    const uint16_t* vg = p.v + b * p.sv.b + h * p.sv.h + t0 * p.sv.n;
-    const uint16_t* rg = p.res ? p.res + b * p.sr.b + h * p.sr.h + t0 * p.sr.n : nullptr;
-    uint16_t* og = p.out + (int64_t)bh * D * p.N + t0;
-    float* lg = p.lse + (int64_t)bh * p.N + t0;
+    // which sequence; *g below: its global bases
+    const Sequence sq = this_sequence(p.heads, p.area, p.n);
+    const int64_t bh = sq.bh, t0 = sq.t0;
+    const uint16_t* qg = seq_base(p.q, p.sq, sq);
+    const uint16_t* kg = seq_base(p.k, p.sk, sq);
+    const uint16_t* vg = seq_base(p.v, p.sv, sq);
+    const uint16_t* rg = p.res ? seq_base(p.res, p.sr, sq) : nullptr;
+    uint16_t* og = p.out + bh * D * p.N + t0;
+    float* lg = p.lse + bh * p.N + t0;
 
     const int n = p.n;
     const int q_tiles = (int)(((int64_t)n + 15) / 16);  // 64-bit: n may come within 15 of INT_MAX
@@ -529,96 +305,23 @@ __global__ void __launch_bounds__(Config<D>::kThreads, Config<D>::kMinBlocks)
 namespace {
 using namespace detail;
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// How to stage a (B, heads, D, N) tensor: token vectors of 8/4/2 elements when the token stride is 1 and
-// everything a vector touches is aligned; else scalars along the faster of the two strides.
-int staging_mode(const void* ptr, const Strides4& s, int64_t batch, int64_t heads, int64_t n) {
-  if (s.n == 1) {
-    const int64_t sb = batch > 1 ? s.b : 0, sh = heads > 1 ? s.h : 0;
-    for (int vw : {8, 4, 2}) {
-      if (reinterpret_cast<uintptr_t>(ptr) % (2 * vw) == 0 && s.d % vw == 0 && sb % vw == 0 && sh % vw == 0 &&
-          n % vw == 0)
-        return vw;
-    }
-    return 1;
-  }
-  if (s.d == 1) return 0;
-  return (s.n <= s.d) ? 1 : 0;
+template <typename T, int D>
+LaunchCache& fwd_cache() {
+  static LaunchCache cache;
+  return cache;
 }
 
-// ptxVersion of the code the current device runs for area_attention_fwd_kernel<T, D>, cached per device (the
-// attribute query loads the module: microseconds, as much as a batch-1 launch); -1 where the runtime cannot say
-// (0, "undefined" for very old cubins, is taken as unknown too). The value is the virtual arch x10 (compute_80:
-// 80), as CUB's PtxVersion reads it.
 template <typename T, int D>
 int code_arch() {
-  static std::atomic<int> cached[64];  // 0: not asked yet; else the answer + 2
-  int dev_id = 0;
-  if (cudaGetDevice(&dev_id) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return -1;
-  }
-  if (dev_id < 64 && cached[dev_id].load() != 0) return cached[dev_id].load() - 2;
-  cudaFuncAttributes fa{};
-  int arch = -1;
-  if (cudaFuncGetAttributes(&fa, area_attention_fwd_kernel<T, D>) == cudaSuccess)
-    arch = fa.ptxVersion;
-  else
-    (void)cudaGetLastError();
-  if (dev_id < 64) cached[dev_id].store(arch + 2);
-  return arch;
+  return code_arch_of(area_attention_fwd_kernel<T, D>, fwd_cache<T, D>());
 }
 
 template <typename T, int D>
 cudaError_t launch(const FwdParams& p, const AreaAttnFwdPlan& plan, int64_t seqs, const DeviceInfo& dev,
                    cudaStream_t stream) {
-  auto kernel = area_attention_fwd_kernel<T, D>;
-  constexpr int threads = Config<D>::kThreads;
-  cudaError_t err;
-  // never launch a trap (compiled for an arch without the kernel's mma): it would kill the CUDA context
-  const int arch = code_arch<T, D>();
   const DType dt = std::is_same<T, __nv_bfloat16>::value ? DType::kBFloat16 : DType::kFloat16;
-  if (arch > 0 && arch < area_attention_fwd_required_arch(dt)) return cudaErrorNotSupported;
-  if (plan.smem_bytes > 48 * 1024) {
-    // opt in to the arch's full shared memory, once per device
-    static std::atomic<int> configured[64];
-    int dev_id = 0;
-    if ((err = cudaGetDevice(&dev_id)) != cudaSuccess) return err;
-    if (dev_id >= 64 || configured[dev_id].load() < plan.smem_bytes) {
-      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_per_block_optin);
-      if (err != cudaSuccess) return err;
-      if (dev_id < 64) configured[dev_id].store(dev.smem_per_block_optin);
-    }
-  }
-  // query split: enough CTAs for every SM to be busy, each CTA keeping >= one query group. The occupancy query
-  // costs microseconds, as much as a batch-1 launch: cached per (device, shared memory bytes)
-  static std::mutex occupancy_mutex;
-  static std::unordered_map<int64_t, int> occupancy;
-  int device = 0;
-  if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
-  const int64_t key = ((int64_t)device << 32) | (int64_t)plan.smem_bytes;
-  int per_sm = 0;
-  {
-    std::lock_guard<std::mutex> lock(occupancy_mutex);
-    auto it = occupancy.find(key);
-    if (it != occupancy.end()) per_sm = it->second;
-  }
-  if (per_sm == 0) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, plan.smem_bytes) != cudaSuccess ||
-        per_sm < 1) {
-      (void)cudaGetLastError();
-      per_sm = 1;
-    }
-    std::lock_guard<std::mutex> lock(occupancy_mutex);
-    occupancy[key] = per_sm;
-  }
-  const int64_t target = (int64_t)per_sm * std::max(dev.sm_count, 1);
-  const int64_t groups = (round_up(p.n, 16) / 16 + Config<D>::kWarps - 1) / Config<D>::kWarps;
-  int64_t splits = seqs >= target ? 1 : (target + seqs - 1) / seqs;
-  splits = std::max<int64_t>(1, std::min<int64_t>({splits, groups, 65535}));
-  const dim3 grid((unsigned)seqs, (unsigned)splits);
-  return launch_kernel(kernel, grid, dim3(threads), plan.smem_bytes, stream, p);
+  return launch_split(area_attention_fwd_kernel<T, D>, fwd_cache<T, D>(), area_attention_fwd_required_arch(dt),
+                      Config<D>::kThreads, Config<D>::kWarps, plan.smem_bytes, p.n, seqs, dev, stream, p);
 }
 
 }  // namespace
@@ -660,13 +363,9 @@ AreaAttnFwdPlan area_attention_fwd_plan(int64_t n, int64_t head_dim, const Devic
 }
 
 cudaError_t area_attention_fwd(const AreaAttnFwdArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
-  if (a.area < 1 || a.tokens % a.area != 0 || a.tokens >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  const int64_t seqs = a.batch * a.heads * a.area;
-  if (seqs == 0 || a.tokens == 0) return cudaSuccess;
-  if (seqs >= (int64_t(1) << 31) || a.heads >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  if (dev.cc_major * 10 + dev.cc_minor < 75) return cudaErrorNotSupported;
-  if (a.dtype == DType::kBFloat16 && dev.cc_major < 8) return cudaErrorNotSupported;
-  if (a.dtype == DType::kFloat32) return cudaErrorNotSupported;
+  int64_t seqs = 0;
+  const cudaError_t bad = check_attention_launch(a.batch, a.heads, a.tokens, a.area, a.dtype, dev, &seqs);
+  if (bad != cudaSuccess || seqs == 0) return bad;
   const int64_t n = a.tokens / a.area;
   const AreaAttnFwdPlan plan = area_attention_fwd_plan(n, a.head_dim, dev);
   if (!plan.supported) return cudaErrorNotSupported;

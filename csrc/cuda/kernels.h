@@ -68,6 +68,30 @@ int area_attention_fwd_code_arch(DType dtype, int64_t head_dim);
 inline int area_attention_fwd_required_arch(DType dtype) { return dtype == DType::kBFloat16 ? 80 : 75; }
 
 // ---------------------------------------------------------------------------------------------------------
+// Area attention backward (csrc/cuda/area_attention_bwd.cu): dq, dk, dv from dout, the forward's lse and
+// delta = rowsum(dout * (out - residual)) (both fp32 (B, heads, N), contiguous; the glue computes delta).
+
+struct AreaAttnBwdArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* dout;
+  const float* lse;
+  const float* delta;
+  void* dq;  // each contiguous (B, heads, head_dim, N), input dtype
+  void* dk;
+  void* dv;
+  Strides4 sq, sk, sv, sdout;
+  int64_t batch, heads, head_dim, tokens, area;
+  float scale;
+  DType dtype;
+};
+
+// The backward's launch plan (one for both of its kernels; `chunk_keys` = tokens per staged chunk, `warps` per CTA).
+AreaAttnFwdPlan area_attention_bwd_plan(int64_t tokens_per_area, int64_t head_dim, const DeviceInfo& dev);
+cudaError_t area_attention_bwd(const AreaAttnBwdArgs& args, const DeviceInfo& dev, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------------------------------
 // PE: out = x + depthwise_conv2d(v, weight, bias, padding=k//2) (csrc/cuda/pe_add.cu)
 
 struct PeAddArgs {

@@ -37,10 +37,8 @@ kc::DeviceInfo device_info(const at::Tensor& t) {
   return d;
 }
 
-std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                            const at::Tensor& v, int64_t area, double scale,
-                                                            const std::optional<at::Tensor>& residual) {
-  constexpr const char* op = "area_attention_fwd_cxx (CUDA)";
+// The checks both attention ops make on q, k, v and area (readable errors before any kernel is involved).
+void check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t area) {
   TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), op, ": q, k, v must be CUDA tensors, got ", q.device(),
               ", ", k.device(), ", ", v.device());
   TORCH_CHECK(q.device() == k.device() && q.device() == v.device(), op, ": q, k, v must be on one device, got ",
@@ -64,6 +62,35 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
               "; pad the feature map (ultralytics pads inputs to multiples of 32)");
   TORCH_CHECK(N < (int64_t(1) << 31) && B * heads * area < (int64_t(1) << 31), op, ": too many tokens or sequences (N = ",
               N, ", B*heads*area = ", B * heads * area, ")");
+}
+
+// The checks on the GPU (arch, and the code this build runs on it for the dtype); q's device must be current.
+kc::DeviceInfo check_device(const char* op, const at::Tensor& q) {
+  const auto dtype = q.scalar_type();
+  const kc::DeviceInfo dev = device_info(q);
+  TORCH_CHECK(dev.cc_major * 10 + dev.cc_minor >= 75, op, ": needs compute capability 7.5 (Turing) or newer; this GPU is ",
+              dev.cc_major, ".", dev.cc_minor);
+  TORCH_CHECK(dtype != at::kBFloat16 || dev.cc_major >= 8, op,
+              ": bfloat16 tensor-core MMA needs compute capability 8.0 (Ampere) or newer; this GPU is ", dev.cc_major,
+              ".", dev.cc_minor, ": use float16 (or backend='triton')");
+  if (q.numel() == 0) return dev;
+  const int code_arch = kc::area_attention_fwd_code_arch(kernel_dtype(dtype), q.size(2));
+  const int needed = kc::area_attention_fwd_required_arch(kernel_dtype(dtype));
+  TORCH_CHECK(code_arch <= 0 || code_arch >= needed, op, ": this build of yolov12_fast._C has no ", dtype,
+              " kernel for this GPU (", dev.cc_major, ".", dev.cc_minor, "): it runs code compiled for compute_",
+              code_arch, ", which lacks the tensor-core instructions (", dtype, " needs compute_", needed,
+              "). Rebuild with 8.0 in TORCH_CUDA_ARCH_LIST (the default \"7.5;8.0+PTX;9.0a\" has it), or use ",
+              "backend='triton'");
+  return dev;
+}
+
+std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k,
+                                                            const at::Tensor& v, int64_t area, double scale,
+                                                            const std::optional<at::Tensor>& residual) {
+  constexpr const char* op = "area_attention_fwd_cxx (CUDA)";
+  check_qkv(op, q, k, v, area);
+  const auto dtype = q.scalar_type();
+  const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), N = q.size(3);
   if (residual.has_value()) {
     const at::Tensor& r = *residual;
     TORCH_CHECK(r.sizes() == q.sizes(), op, ": residual must have the shape of q ", q.sizes(), ", got ", r.sizes());
@@ -72,22 +99,10 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
   }
 
   c10::cuda::CUDAGuard guard(q.device());
-  const kc::DeviceInfo dev = device_info(q);
-  TORCH_CHECK(dev.cc_major * 10 + dev.cc_minor >= 75, op, ": needs compute capability 7.5 (Turing) or newer; this GPU is ",
-              dev.cc_major, ".", dev.cc_minor);
-  TORCH_CHECK(dtype != at::kBFloat16 || dev.cc_major >= 8, op,
-              ": bfloat16 tensor-core MMA needs compute capability 8.0 (Ampere) or newer; this GPU is ", dev.cc_major,
-              ".", dev.cc_minor, ": use float16 (or backend='triton')");
+  const kc::DeviceInfo dev = check_device(op, q);
   at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous (B, heads, D, N)
   at::Tensor lse = at::empty({B, heads, N}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};  // before the plan: no tokens is no launch, not "does not fit"
-  const int code_arch = kc::area_attention_fwd_code_arch(kernel_dtype(dtype), D);
-  const int needed = kc::area_attention_fwd_required_arch(kernel_dtype(dtype));
-  TORCH_CHECK(code_arch <= 0 || code_arch >= needed, op, ": this build of yolov12_fast._C has no ", dtype,
-              " kernel for this GPU (", dev.cc_major, ".", dev.cc_minor, "): it runs code compiled for compute_",
-              code_arch, ", which lacks the tensor-core instructions (", dtype, " needs compute_", needed,
-              "). Rebuild with 8.0 in TORCH_CUDA_ARCH_LIST (the default \"7.5;8.0+PTX;9.0a\" has it), or use ",
-              "backend='triton'");
 
   const kc::AreaAttnFwdPlan plan = kc::area_attention_fwd_plan(N / area, D, dev);
   TORCH_CHECK(plan.supported, op, ": head_dim ", D, " does not fit this GPU's shared memory (",
@@ -115,12 +130,64 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
   return {out, lse};
 }
 
+// dq, dk, dv (contiguous). delta = rowsum(dout * (out - residual)) is computed here in fp32 (ATen ops on the current
+// stream); the two kernels recompute the probabilities from lse.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const at::Tensor&, int64_t, double) {
-  TORCH_CHECK(false, "area_attention_bwd_cxx (CUDA): the CUDA C++ backend has no backward kernel yet; train with "
-              "backend='triton' (or 'reference')");
-  return {};
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const std::optional<at::Tensor>& residual, const at::Tensor& lse, int64_t area, double scale) {
+  constexpr const char* op = "area_attention_bwd_cxx (CUDA)";
+  check_qkv(op, q, k, v, area);
+  const auto dtype = q.scalar_type();
+  const int64_t B = q.size(0), heads = q.size(1), D = q.size(2), N = q.size(3);
+  TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), op, ": dout and out must have q's shape ",
+              q.sizes(), ", got ", dout.sizes(), " and ", out.sizes());
+  TORCH_CHECK(dout.scalar_type() == dtype && out.scalar_type() == dtype, op, ": dout and out must have q's dtype ",
+              dtype, " (cast dout with .to(q.dtype))");
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == B && lse.size(1) == heads && lse.size(2) == N &&
+              lse.scalar_type() == at::kFloat, op, ": lse must be float32 (B, heads, N), got ", lse.sizes(), " ",
+              lse.scalar_type());
+  TORCH_CHECK(dout.device() == q.device() && out.device() == q.device() && lse.device() == q.device(), op,
+              ": dout, out and lse must be on q's device ", q.device());
+  if (residual.has_value())
+    TORCH_CHECK(residual->sizes() == q.sizes() && residual->device() == q.device(), op,
+                ": residual must have q's shape and device");
+
+  c10::cuda::CUDAGuard guard(q.device());
+  const kc::DeviceInfo dev = check_device(op, q);
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(q.sizes(), q.options());
+  at::Tensor dv = at::empty(q.sizes(), q.options());
+  if (q.numel() == 0) return {dq, dk, dv};
+  const kc::AreaAttnFwdPlan plan = kc::area_attention_bwd_plan(N / area, D, dev);
+  TORCH_CHECK(plan.supported, op, ": head_dim ", D, " does not fit this GPU's shared memory (",
+              dev.smem_per_block_optin, " bytes per block); use backend='triton'");
+  const at::Tensor o = residual.has_value() ? out.to(at::kFloat) - residual->to(at::kFloat) : out.to(at::kFloat);
+  const at::Tensor delta = (dout.to(at::kFloat) * o).sum(2).contiguous();  // (B, heads, N)
+  const at::Tensor lse_c = lse.contiguous();
+
+  kc::AreaAttnBwdArgs a{};
+  a.q = q.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  a.dout = dout.data_ptr();
+  a.lse = lse_c.data_ptr<float>();
+  a.delta = delta.data_ptr<float>();
+  a.dq = dq.data_ptr();
+  a.dk = dk.data_ptr();
+  a.dv = dv.data_ptr();
+  a.sq = strides4(q);
+  a.sk = strides4(k);
+  a.sv = strides4(v);
+  a.sdout = strides4(dout);
+  a.batch = B;
+  a.heads = heads;
+  a.head_dim = D;
+  a.tokens = N;
+  a.area = area;
+  a.scale = static_cast<float>(scale);
+  a.dtype = kernel_dtype(dtype);
+  C10_CUDA_CHECK(kc::area_attention_bwd(a, dev, at::cuda::getCurrentCUDAStream()));
+  return {dq, dk, dv};
 }
 
 at::Tensor pe_add_cuda(const at::Tensor& v, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

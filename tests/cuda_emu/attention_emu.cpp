@@ -1,8 +1,9 @@
-// csrc/cuda/area_attention_fwd.cu compiled for the CPU emulator (cuda_emu.h), behind C entry points that
-// tests/test_cuda_emu.py calls through ctypes. The kernel, its launch plan and its launcher are the CUDA build's;
-// the caller picks the device it answers as (shared memory limits: which plan, resident or streamed; SM count:
-// whether the query split runs).
+// csrc/cuda/area_attention_fwd.cu and area_attention_bwd.cu compiled for the CPU emulator (cuda_emu.h), behind C
+// entry points that tests/test_cuda_emu.py calls through ctypes. The kernels, their launch plans and launchers are
+// the CUDA build's; the caller picks the device it answers as (shared memory limits: which plan, resident or
+// streamed; SM count: whether the tile split runs).
 #include "area_attention_fwd.cu"
+#include "area_attention_bwd.cu"
 
 extern "C" {
 
@@ -41,6 +42,46 @@ void yf_emu_attention_plan(int64_t n, int64_t head_dim, const int* device, int* 
   namespace kc = yolov12_fast::cuda;
   const kc::DeviceInfo dev{device[0], device[1], device[2], device[3], device[4]};
   const auto p = kc::area_attention_fwd_plan(n, head_dim, dev);
+  const int vals[6] = {p.supported, p.resident, p.warps, p.chunk_keys, p.smem_row, p.smem_bytes};
+  for (int i = 0; i < 6; ++i) out[i] = vals[i];
+}
+
+// dq, dk, dv (each contiguous (B, heads, D, N)) from dout (strides sdo), lse and delta ((B, heads, N) float32,
+// contiguous). Returns the cudaError_t.
+int yf_emu_attention_bwd(const void* q, const void* k, const void* v, const void* dout, const float* lse,
+                         const float* delta, void* dq, void* dk, void* dv, const int64_t* sq, const int64_t* sk,
+                         const int64_t* sv, const int64_t* sdo, int64_t batch, int64_t heads, int64_t head_dim,
+                         int64_t tokens, int64_t area, float scale, int dtype, const int* device) {
+  namespace kc = yolov12_fast::cuda;
+  kc::AreaAttnBwdArgs a{};
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.dout = dout;
+  a.lse = lse;
+  a.delta = delta;
+  a.dq = dq;
+  a.dk = dk;
+  a.dv = dv;
+  a.sq = {sq[0], sq[1], sq[2], sq[3]};
+  a.sk = {sk[0], sk[1], sk[2], sk[3]};
+  a.sv = {sv[0], sv[1], sv[2], sv[3]};
+  a.sdout = {sdo[0], sdo[1], sdo[2], sdo[3]};
+  a.batch = batch;
+  a.heads = heads;
+  a.head_dim = head_dim;
+  a.tokens = tokens;
+  a.area = area;
+  a.scale = scale;
+  a.dtype = static_cast<kc::DType>(dtype);
+  const kc::DeviceInfo dev{device[0], device[1], device[2], device[3], device[4]};
+  return static_cast<int>(kc::area_attention_bwd(a, dev, nullptr));
+}
+
+void yf_emu_attention_bwd_plan(int64_t n, int64_t head_dim, const int* device, int* out) {
+  namespace kc = yolov12_fast::cuda;
+  const kc::DeviceInfo dev{device[0], device[1], device[2], device[3], device[4]};
+  const auto p = kc::area_attention_bwd_plan(n, head_dim, dev);
   const int vals[6] = {p.supported, p.resident, p.warps, p.chunk_keys, p.smem_row, p.smem_bytes};
   for (int i = 0; i < 6; ++i) out[i] = vals[i];
 }

@@ -251,7 +251,9 @@ def area_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
                  lambda: "area_attention_bwd: lse must be float32 (B, heads, N)")
     dout = dout.to(q.dtype)
     b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
-    if b == "cuda":  # the CUDA C++ backend is forward-only: its backward runs the Triton kernels (same lse contract)
+    if b == "cuda" and backend == "auto":
+        # auto's backward stays where it was measured: the Triton kernels, fed the CUDA forward's lse (same
+        # contract). backend="cuda" chosen explicitly trains through the CUDA C++ backward.
         b = "triton" if _usable("triton", q.device)[0] else "reference"
     if q.numel() == 0:
         return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))

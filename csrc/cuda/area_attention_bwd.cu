@@ -1,0 +1,447 @@
+// Area-attention backward on tensor cores (mma.sync m16n8k16, fp16/bf16 in, fp32 accumulate). Torch-free.
+//
+// Given dO, the forward's lse (natural log, per query) and Delta = rowsum(dO * O) (O without the residual, computed
+// by the glue), with P = exp(scale q.k - lse) recomputed from scratch (no n x n tensor anywhere):
+//   dV = P^T dO,  dP = dO V^T,  dS = P * (dP - Delta),  dK = scale dS^T Q,  dQ = scale dS K.
+// Two kernels, no atomics (deterministic, like the Triton backward): dK/dV per key tile sweeping the area's queries,
+// dQ per query tile sweeping its keys. Both are the forward kernel's structure (area_attention_fwd.cu) with roles
+// swapped: one CTA per (batch, head, area) [x a tile split, grid.y], the swept tensors staged in shared memory as
+// [d][token] rows (resident, or streamed in chunks when the area is long), each warp owning 16 rows at a time with
+// its own operands in registers as mma A fragments.
+//
+// dK/dV kernel, per warp: 16 keys (K and V as A fragments); per step of 32 queries:
+//   S^T = K Q^T and dP^T = V dO^T   (B = Q^T / dO^T by ldmatrix.trans from the staged [d][query] rows),
+//   P^T = exp2(S^T scale log2e - lse log2e), dS^T = P^T (dP^T - Delta)   (lse, Delta of the step's queries: smem),
+//   dV += P^T dO,  dK += dS^T Q   (A = P^T / dS^T re-packed from the accumulators, B = dO / Q by ldmatrix).
+// dQ kernel, per warp: 16 queries (Q and dO as A fragments, lse and Delta of its rows in registers); per step of 32
+// keys: S = Q K^T, dP = dO V^T (B by ldmatrix.trans from the staged [d][key] rows), P, dS as above,
+// dQ += dS K (B = K by ldmatrix). Epilogues scale dK and dQ by `scale` and store through the forward's per-warp
+// transpose buffer, contiguous (B, heads, D, N).
+// P and dS go to the tensor cores in the input dtype (as in FlashAttention-2); everything else is fp32.
+#include "attention_common.cuh"
+
+namespace yolov12_fast {
+namespace cuda {
+namespace detail {
+
+constexpr int kBwdBlock = 32;  // tokens swept per step (the tail of an area goes 16 at a time)
+
+template <int D>
+struct BwdConfig {
+  static_assert(D == 32 || D == 64, "head_dim 32 or 64");
+  static constexpr int kWarps = D == 32 ? 8 : 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kMinBlocks = D == 32 ? 2 : 1;  // as the forward: <= 128 registers for D = 32
+};
+
+struct BwdParams {
+  const uint16_t* q;
+  const uint16_t* k;
+  const uint16_t* v;
+  const uint16_t* dout;
+  const float* lse;    // (B, heads, N) contiguous, natural log
+  const float* delta;  // (B, heads, N) contiguous, rowsum(dO * (out - residual))
+  uint16_t* dq;        // each contiguous (B, heads, D, N)
+  uint16_t* dk;
+  uint16_t* dv;
+  Strides4 sq, sk, sv, sdo;
+  int64_t N;
+  int heads, area, n;
+  int chunk;     // tokens per staged chunk (resident: n rounded up to 16)
+  int smem_row;  // elements per staged row (chunk + 8)
+  int resident;
+  int mode_a, mode_b;  // staging modes: dK/dV kernel: q, dout; dQ kernel: k, v
+  float scale, scale_log2;
+};
+
+// acc (16 rows x D: rows g, g+8; columns as the mma C fragments) * mul -> rows row0.. of a contiguous (D, N) block
+// (token index fastest), through the warp's transpose buffer; rows >= n are not stored.
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float mul, uint16_t* __restrict__ epi,
+                                           uint16_t* __restrict__ ob, int64_t N, int row0, int n, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      epi[(i * 8 + 2 * t + (e & 1)) * kEpiRow + g + (e >> 1) * 8] = Elem<T>::from_float(acc[i][e] * mul);
+  __syncwarp();
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) {
+    const int d = 2 * i + (lane >> 4);
+    const int tok = row0 + (lane & 15);
+    if (tok < n) ob[(int64_t)d * N + tok] = epi[d * kEpiRow + (lane & 15)];
+  }
+  __syncwarp();  // the buffer is reused by this warp's next tile
+}
+
+// x (16 x 8 tiles, x NT8) = A (16 rows x D, fragments) B^T, B^T from staged rows [d][token] at tokens tb.. by
+// ldmatrix.trans (lane l addresses row d = 32 dq + l): the forward's S = Q K^T.
+template <typename T, int D, int NT8>
+__device__ __forceinline__ void scores(float (&x)[NT8][4], const uint32_t (&a)[D / 16][4], uint32_t base, int row,
+                                       int tb, int lane) {
+#pragma unroll
+  for (int j = 0; j < NT8; ++j) {
+    x[j][0] = x[j][1] = x[j][2] = x[j][3] = 0.f;
+#pragma unroll
+    for (int dq = 0; dq < D / 32; ++dq) {
+      uint32_t b[4];
+      ldsm_x4_trans(b, base + (uint32_t)(((dq * 32 + lane) * row + tb + j * 8) * 2));
+      mma_16816<T>(x[j], a[dq * 2], b[0], b[1]);
+      mma_16816<T>(x[j], a[dq * 2 + 1], b[2], b[3]);
+    }
+  }
+}
+
+// acc (16 rows x D) += X (16 rows x 16*NT16 tokens, the fp32 accumulator tiles of scores(), re-packed as A
+// fragments in T) times the staged rows [d][token] at tokens tb.. (B by ldmatrix): the forward's O += P V.
+template <typename T, int D, int NT16>
+__device__ __forceinline__ void accumulate_rows(float (&acc)[D / 8][4], const float (&x)[2 * NT16][4], uint32_t base,
+                                                int row, int tb, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < NT16; ++kk) {
+    uint32_t a[4];
+    a[0] = Elem<T>::pack2(x[2 * kk][0], x[2 * kk][1]);
+    a[1] = Elem<T>::pack2(x[2 * kk][2], x[2 * kk][3]);
+    a[2] = Elem<T>::pack2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    a[3] = Elem<T>::pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      const int d = (2 * dp + (lane >> 4)) * 8 + (lane & 7);
+      const int tok = tb + kk * 16 + ((lane >> 3) & 1) * 8;
+      uint32_t b[4];
+      ldsm_x4(b, base + (uint32_t)((d * row + tok) * 2));
+      mma_16816<T>(acc[2 * dp], a, b[0], b[1]);
+      mma_16816<T>(acc[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// dK, dV
+
+template <int D>
+struct KeyTile {
+  uint32_t ka[D / 16][4], va[D / 16][4];  // this warp's 16 keys of K and V
+  float dk[D / 8][4], dv[D / 8][4];
+};
+
+// Queries [qb, qb + 16*NT16) of the staged chunk; queries >= qvalid contribute nothing. ls / dl: lse * log2e and
+// Delta of the chunk's queries.
+template <typename T, int D, int NT16>
+__device__ __forceinline__ void dkdv_block(KeyTile<D>& kt, uint32_t qs, uint32_t ds, const float* ls,
+                                           const float* dl, int row, int qb, int qvalid, float scale_log2, int lane) {
+  constexpr int NT8 = NT16 * 2;
+  const int t = lane & 3;
+  float p[NT8][4], dp[NT8][4];
+  scores<T, D, NT8>(p, kt.ka, qs, row, qb, lane);   // S^T
+  scores<T, D, NT8>(dp, kt.va, ds, row, qb, lane);  // dP^T
+#pragma unroll
+  for (int j = 0; j < NT8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int qi = qb + j * 8 + 2 * t + (e & 1);
+      float pe = 0.f, dse = 0.f;
+      if (qi < qvalid) {
+        pe = fast_exp2(p[j][e] * scale_log2 - fmaxf(ls[qi], -FLT_MAX));  // a row of -inf scores: lse = -inf, P = 0
+        dse = pe * (dp[j][e] - dl[qi]);
+      }
+      p[j][e] = pe;
+      dp[j][e] = dse;
+    }
+  }
+  accumulate_rows<T, D, NT16>(kt.dv, p, ds, row, qb, lane);   // dV += P^T dO
+  accumulate_rows<T, D, NT16>(kt.dk, dp, qs, row, qb, lane);  // dK += dS^T Q
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBlocks)
+    area_attention_bwd_dkdv_kernel(const BwdParams p) {
+  if constexpr (!arch_has_mma<T>()) {
+    __trap();
+  } else {
+    constexpr int NW = BwdConfig<D>::kWarps;
+    constexpr int NT = BwdConfig<D>::kThreads;
+    YF_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const int row = p.smem_row;
+    uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw);  // Q rows [d][query] of the chunk
+    uint16_t* Ds = Qs + D * row;                             // dO rows
+    float* Ls = reinterpret_cast<float*>(Ds + D * row);      // lse * log2e of the chunk's queries
+    float* Dl = Ls + p.chunk;                                // Delta
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint16_t* epi = reinterpret_cast<uint16_t*>(Dl + p.chunk) + warp * (D * kEpiRow);
+
+    const Sequence sq = this_sequence(p.heads, p.area, p.n);
+    const int64_t bh = sq.bh, t0 = sq.t0;
+    const uint16_t* qg = seq_base(p.q, p.sq, sq);
+    const uint16_t* kg = seq_base(p.k, p.sk, sq);
+    const uint16_t* vg = seq_base(p.v, p.sv, sq);
+    const uint16_t* dog = seq_base(p.dout, p.sdo, sq);
+    const float* lg = p.lse + bh * p.N + t0;
+    const float* deltag = p.delta + bh * p.N + t0;
+    uint16_t* dkg = p.dk + bh * D * p.N + t0;
+    uint16_t* dvg = p.dv + bh * D * p.N + t0;
+
+    const int n = p.n;
+    const int tiles = (int)(((int64_t)n + 15) / 16);
+    const int groups = (tiles + NW - 1) / NW;
+    const int chunks = p.resident ? 1 : (int)(((int64_t)n + p.chunk - 1) / p.chunk);
+    const uint32_t qs = smem_addr(Qs), ds = smem_addr(Ds);
+
+    bool staged = false;
+    for (int grp = blockIdx.y; grp < groups; grp += gridDim.y) {
+      const int tile = grp * NW + warp;
+      const bool active = tile < tiles;  // idle warps still help stage
+      KeyTile<D> kt;
+      if (active) {
+        load_rows_a<D>(kt.ka, kg, p.sk.n, p.sk.d, tile * 16, n, lane);
+        load_rows_a<D>(kt.va, vg, p.sv.n, p.sv.d, tile * 16, n, lane);
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) kt.dk[i][e] = kt.dv[i][e] = 0.f;
+      }
+      for (int c = 0; c < chunks; ++c) {
+        const int c0 = c * p.chunk;
+        const int cvalid = min(p.chunk, n - c0);
+        const int cend = (cvalid + 15) & ~15;
+        if (!p.resident || !staged) {  // CTA-uniform
+          __syncthreads();  // every warp is done with the previous chunk
+          stage<D, NT>(Qs, qg, p.sq, p.mode_a, c0, cend, n, row);
+          stage<D, NT>(Ds, dog, p.sdo, p.mode_b, c0, cend, n, row);
+          for (int i = threadIdx.x; i < cend; i += NT) {
+            const bool ok = i < cvalid;
+            Ls[i] = ok ? lg[c0 + i] * kLog2e : 0.f;
+            Dl[i] = ok ? deltag[c0 + i] : 0.f;
+          }
+          __syncthreads();
+          staged = true;
+        }
+        if (active) {
+          int qb = 0;
+          for (; qb + kBwdBlock <= cend; qb += kBwdBlock)
+            dkdv_block<T, D, kBwdBlock / 16>(kt, qs, ds, Ls, Dl, row, qb, cvalid, p.scale_log2, lane);
+          for (; qb < cend; qb += 16) dkdv_block<T, D, 1>(kt, qs, ds, Ls, Dl, row, qb, cvalid, p.scale_log2, lane);
+        }
+      }
+      if (active) {
+        store_rows<T, D>(kt.dk, p.scale, epi, dkg, p.N, tile * 16, n, lane);
+        store_rows<T, D>(kt.dv, 1.f, epi, dvg, p.N, tile * 16, n, lane);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// dQ
+
+template <int D>
+struct QueryTile {
+  uint32_t qa[D / 16][4], doa[D / 16][4];  // this warp's 16 queries of Q and dO
+  float dq[D / 8][4];
+  float ls[2], dl[2];  // lse * log2e (at least -FLT_MAX) and Delta of rows g, g + 8
+};
+
+// Keys [kb, kb + 16*NT16) of the staged chunk; keys >= kvalid contribute nothing.
+template <typename T, int D, int NT16>
+__device__ __forceinline__ void dq_block(QueryTile<D>& qt, uint32_t ks, uint32_t vs, int row, int kb, int kvalid,
+                                         float scale_log2, int lane) {
+  constexpr int NT8 = NT16 * 2;
+  const int t = lane & 3;
+  float p[NT8][4], dp[NT8][4];
+  scores<T, D, NT8>(p, qt.qa, ks, row, kb, lane);    // S
+  scores<T, D, NT8>(dp, qt.doa, vs, row, kb, lane);  // dP
+#pragma unroll
+  for (int j = 0; j < NT8; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      float dse = 0.f;
+      if (kb + j * 8 + 2 * t + (e & 1) < kvalid)
+        dse = fast_exp2(p[j][e] * scale_log2 - qt.ls[r]) * (dp[j][e] - qt.dl[r]);
+      dp[j][e] = dse;
+    }
+  }
+  accumulate_rows<T, D, NT16>(qt.dq, dp, ks, row, kb, lane);  // dQ += dS K
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBlocks)
+    area_attention_bwd_dq_kernel(const BwdParams p) {
+  if constexpr (!arch_has_mma<T>()) {
+    __trap();
+  } else {
+    constexpr int NW = BwdConfig<D>::kWarps;
+    constexpr int NT = BwdConfig<D>::kThreads;
+    YF_DYNAMIC_SMEM(unsigned char, smem_raw);
+    const int row = p.smem_row;
+    uint16_t* Ks = reinterpret_cast<uint16_t*>(smem_raw);  // K rows [d][key] of the chunk
+    uint16_t* Vs = Ks + D * row;                             // V rows
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // the same shared-memory layout as the dK/dV kernel (one plan for both): epilogue after the two float arrays
+    uint16_t* epi = reinterpret_cast<uint16_t*>(reinterpret_cast<float*>(Vs + D * row) + 2 * p.chunk) +
+                    warp * (D * kEpiRow);
+
+    const Sequence sq = this_sequence(p.heads, p.area, p.n);
+    const int64_t bh = sq.bh, t0 = sq.t0;
+    const uint16_t* qg = seq_base(p.q, p.sq, sq);
+    const uint16_t* kg = seq_base(p.k, p.sk, sq);
+    const uint16_t* vg = seq_base(p.v, p.sv, sq);
+    const uint16_t* dog = seq_base(p.dout, p.sdo, sq);
+    const float* lg = p.lse + bh * p.N + t0;
+    const float* deltag = p.delta + bh * p.N + t0;
+    uint16_t* dqg = p.dq + bh * D * p.N + t0;
+
+    const int n = p.n;
+    const int tiles = (int)(((int64_t)n + 15) / 16);
+    const int groups = (tiles + NW - 1) / NW;
+    const int chunks = p.resident ? 1 : (int)(((int64_t)n + p.chunk - 1) / p.chunk);
+    const uint32_t ks = smem_addr(Ks), vs = smem_addr(Vs);
+
+    bool staged = false;
+    for (int grp = blockIdx.y; grp < groups; grp += gridDim.y) {
+      const int tile = grp * NW + warp;
+      const bool active = tile < tiles;
+      QueryTile<D> qt;
+      if (active) {
+        load_rows_a<D>(qt.qa, qg, p.sq.n, p.sq.d, tile * 16, n, lane);
+        load_rows_a<D>(qt.doa, dog, p.sdo.n, p.sdo.d, tile * 16, n, lane);
+        const int g = lane >> 2;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int qi = tile * 16 + g + r * 8;
+          qt.ls[r] = qi < n ? fmaxf(lg[qi] * kLog2e, -FLT_MAX) : 0.f;
+          qt.dl[r] = qi < n ? deltag[qi] : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) qt.dq[i][0] = qt.dq[i][1] = qt.dq[i][2] = qt.dq[i][3] = 0.f;
+      }
+      for (int c = 0; c < chunks; ++c) {
+        const int c0 = c * p.chunk;
+        const int cvalid = min(p.chunk, n - c0);
+        const int cend = (cvalid + 15) & ~15;
+        if (!p.resident || !staged) {  // CTA-uniform
+          __syncthreads();
+          stage<D, NT>(Ks, kg, p.sk, p.mode_a, c0, cend, n, row);
+          stage<D, NT>(Vs, vg, p.sv, p.mode_b, c0, cend, n, row);
+          __syncthreads();
+          staged = true;
+        }
+        if (active) {
+          int kb = 0;
+          for (; kb + kBwdBlock <= cend; kb += kBwdBlock)
+            dq_block<T, D, kBwdBlock / 16>(qt, ks, vs, row, kb, cvalid, p.scale_log2, lane);
+          for (; kb < cend; kb += 16) dq_block<T, D, 1>(qt, ks, vs, row, kb, cvalid, p.scale_log2, lane);
+        }
+      }
+      if (active) store_rows<T, D>(qt.dq, p.scale, epi, dqg, p.N, tile * 16, n, lane);
+    }
+  }
+}
+
+}  // namespace detail
+
+// ------------------------------------------------------------------------------------------------------------
+// host side
+
+namespace {
+using namespace detail;
+
+template <typename T, int D>
+LaunchCache& dkdv_cache() {
+  static LaunchCache cache;
+  return cache;
+}
+template <typename T, int D>
+LaunchCache& dq_cache() {
+  static LaunchCache cache;
+  return cache;
+}
+
+template <typename T, int D>
+cudaError_t launch_bwd(BwdParams p, const AreaAttnFwdPlan& plan, int64_t seqs, const DeviceInfo& dev,
+                       cudaStream_t stream, const AreaAttnBwdArgs& a) {
+  const DType dt = std::is_same<T, __nv_bfloat16>::value ? DType::kBFloat16 : DType::kFloat16;
+  const int required = area_attention_fwd_required_arch(dt);
+  constexpr int threads = BwdConfig<D>::kThreads, warps = BwdConfig<D>::kWarps;
+  p.mode_a = staging_mode(a.q, a.sq, a.batch, a.heads, p.n);
+  p.mode_b = staging_mode(a.dout, a.sdout, a.batch, a.heads, p.n);
+  cudaError_t err = launch_split(area_attention_bwd_dkdv_kernel<T, D>, dkdv_cache<T, D>(), required, threads, warps,
+                                 plan.smem_bytes, p.n, seqs, dev, stream, p);
+  if (err != cudaSuccess) return err;
+  p.mode_a = staging_mode(a.k, a.sk, a.batch, a.heads, p.n);
+  p.mode_b = staging_mode(a.v, a.sv, a.batch, a.heads, p.n);
+  return launch_split(area_attention_bwd_dq_kernel<T, D>, dq_cache<T, D>(), required, threads, warps,
+                      plan.smem_bytes, p.n, seqs, dev, stream, p);
+}
+
+}  // namespace
+
+AreaAttnFwdPlan area_attention_bwd_plan(int64_t n, int64_t head_dim, const DeviceInfo& dev) {
+  AreaAttnFwdPlan plan{};
+  if (!area_attention_fwd_supports_head_dim(head_dim) || n < 1) return plan;
+  plan.warps = head_dim == 32 ? BwdConfig<32>::kWarps : BwdConfig<64>::kWarps;
+  const int64_t epi = (int64_t)plan.warps * head_dim * kEpiRow * 2;
+  const int64_t per_tok = 2 * head_dim * 2 + 8;  // two staged rows of 2-byte elements + lse and Delta (fp32)
+  const int64_t pad = 2 * head_dim * 2 * 8;      // the staged rows' 8-element pad
+  const int64_t n16 = round_up(n, 16);
+  if (per_tok * n16 + pad + epi <= dev.smem_per_block_optin) {
+    plan.resident = true;
+    plan.chunk_keys = (int)n16;
+  } else {
+    // streamed in chunks of a multiple of 64 tokens sized for two CTAs per SM, or whatever fits one CTA
+    const int64_t budget = std::min<int64_t>(dev.smem_per_block_optin, dev.smem_per_sm / 2 - 1024);
+    int64_t chunk = (budget - epi - pad) / per_tok / 64 * 64;
+    if (chunk < 64) chunk = (dev.smem_per_block_optin - epi - pad) / per_tok / 64 * 64;
+    if (chunk < 64) return plan;
+    plan.resident = false;
+    plan.chunk_keys = (int)std::min<int64_t>(chunk, n16);
+  }
+  plan.smem_row = plan.chunk_keys + 8;
+  plan.smem_bytes = (int)(2 * head_dim * 2 * plan.smem_row + 8 * (int64_t)plan.chunk_keys + epi);
+  plan.supported = true;
+  return plan;
+}
+
+cudaError_t area_attention_bwd(const AreaAttnBwdArgs& a, const DeviceInfo& dev, cudaStream_t stream) {
+  int64_t seqs = 0;
+  const cudaError_t bad = check_attention_launch(a.batch, a.heads, a.tokens, a.area, a.dtype, dev, &seqs);
+  if (bad != cudaSuccess || seqs == 0) return bad;
+  const int64_t n = a.tokens / a.area;
+  const AreaAttnFwdPlan plan = area_attention_bwd_plan(n, a.head_dim, dev);
+  if (!plan.supported) return cudaErrorNotSupported;
+
+  BwdParams p{};
+  p.q = static_cast<const uint16_t*>(a.q);
+  p.k = static_cast<const uint16_t*>(a.k);
+  p.v = static_cast<const uint16_t*>(a.v);
+  p.dout = static_cast<const uint16_t*>(a.dout);
+  p.lse = a.lse;
+  p.delta = a.delta;
+  p.dq = static_cast<uint16_t*>(a.dq);
+  p.dk = static_cast<uint16_t*>(a.dk);
+  p.dv = static_cast<uint16_t*>(a.dv);
+  p.sq = a.sq;
+  p.sk = a.sk;
+  p.sv = a.sv;
+  p.sdo = a.sdout;
+  p.N = a.tokens;
+  p.heads = (int)a.heads;
+  p.area = (int)a.area;
+  p.n = (int)n;
+  p.chunk = plan.chunk_keys;
+  p.smem_row = plan.smem_row;
+  p.resident = plan.resident ? 1 : 0;
+  p.scale = a.scale;
+  p.scale_log2 = a.scale * kLog2e;
+
+  const bool half = a.dtype == DType::kFloat16;
+  if (a.head_dim == 32)
+    return half ? launch_bwd<__half, 32>(p, plan, seqs, dev, stream, a)
+                : launch_bwd<__nv_bfloat16, 32>(p, plan, seqs, dev, stream, a);
+  return half ? launch_bwd<__half, 64>(p, plan, seqs, dev, stream, a)
+              : launch_bwd<__nv_bfloat16, 64>(p, plan, seqs, dev, stream, a);
+}
+
+}  // namespace cuda
+}  // namespace yolov12_fast

@@ -1,0 +1,381 @@
+// Device helpers shared by the CUDA area-attention kernels (area_attention_fwd.cu, area_attention_bwd.cu):
+// element types, the tensor-core and ldmatrix wrappers (with their CPU-emulator branches), the K / V / Q / dO staging
+// into shared memory rows [d][token], and A-fragment row loads. Torch-free.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cstdint>
+#include <mutex>
+#include <type_traits>
+#include <unordered_map>
+
+#include "device.h"
+#include "kernels.h"
+
+namespace yolov12_fast {
+namespace cuda {
+namespace detail {  // (not anonymous: helpers an arch does not use would warn "declared but never referenced")
+
+constexpr float kLog2e = 1.4426950408889634f;  // 1 / ln(2)
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr int kEpiRow = 24;    // per-warp epilogue buffer row: 16 tokens + 8 pad (48 bytes: conflict-free)
+
+// ------------------------------------------------------------------------------------------------------------
+// element types, tensor-core and ldmatrix wrappers
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<__half> {
+  static __device__ __forceinline__ float to_float(uint16_t b) { return __half2float(__ushort_as_half(b)); }
+  static __device__ __forceinline__ uint16_t from_float(float f) { return __half_as_ushort(__float2half_rn(f)); }
+  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);  // .x (low 16 bits) = lo
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
+  static __device__ __forceinline__ uint16_t from_float(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+};
+
+// ldmatrix needs sm_75; bf16 mma.sync needs sm_80. Kernels compiled for an arch that lacks them become a trap
+// (the launcher and the glue refuse those configurations before launching).
+template <typename T>
+__host__ __device__ constexpr bool arch_has_mma() {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 750)
+  return false;
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ < 800)
+  return !std::is_same<T, __nv_bfloat16>::value;
+#else
+  return true;
+#endif
+}
+
+// c (16x8, fp32) += a (16x16, row) * b (16x8, col). Fragments as in the PTX ISA for m16n8k16: a[0] = rows g,
+// cols 2t..2t+1; a[1] = rows g+8; a[2] = rows g, cols 8+2t..; a[3] = rows g+8, cols 8+2t..; b0 = k rows 2t..2t+1,
+// b1 = k rows 8+2t..; c[0..1] = row g, cols 2t..2t+1, c[2..3] = row g+8 (g = lane / 4, t = lane % 4).
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+// c (16x8, fp32) += a (16x8, row: a0 = rows g, cols 2t..2t+1; a1 = rows g+8) * b (8x8, col: k rows 2t..2t+1), fp16.
+__device__ __forceinline__ void mma_1688_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t b) {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::mma_1688_f16(c, a0, a1, b);
+#else
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(b));
+#endif
+}
+
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)) || (defined(YOLOV12_FAST_CUDA_EMU) && !defined(YF_EMU_SM75))
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::mma_16816<__half>(c, a, b0, b1);
+#else
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+#elif (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 750)) || defined(YF_EMU_SM75)
+  // Turing has m16n8k8 only: the k16 product is two k8 products (k columns 0..7, then 8..15). The emulator runs
+  // this branch when built with YF_EMU_SM75.
+  mma_1688_f16(c, a[0], a[1], b0);
+  mma_1688_f16(c, a[2], a[3], b1);
+#endif
+}
+
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                         uint32_t b1) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(YOLOV12_FAST_CUDA_EMU)
+  yf_emu::mma_16816<__nv_bfloat16>(c, a, b0, b1);
+#endif
+}
+
+// 2^x on the SFU (ex2.approx.ftz: ~2 ulp, 2^-inf = +0), independent of --use_fast_math.
+__device__ __forceinline__ float fast_exp2(float x) {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  return yf_emu::ex2_approx_ftz(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Four 8x8 b16 matrices; lanes 8m..8m+7 give the row addresses of matrix m (16 contiguous bytes each).
+// Without .trans lane i receives row i/4, columns 2(i%4), 2(i%4)+1 of each matrix; with .trans it receives
+// rows 2(i%4), 2(i%4)+1 of column i/4.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::ldmatrix_x4(r, addr, false);
+#else
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::ldmatrix_x4(r, addr, true);
+#else
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// staging K or V: global (strided) -> smem rows [d][key], keys [c0, c0 + cpad) of the area, zero past n
+
+template <int VW>
+struct VecOf;
+template <>
+struct VecOf<8> { using type = uint4; };
+template <>
+struct VecOf<4> { using type = uint2; };
+template <>
+struct VecOf<2> { using type = unsigned int; };
+template <>
+struct VecOf<1> { using type = unsigned short; };
+
+// Token-fastest: consecutive threads take consecutive token vectors of one d row (coalesced when the token
+// stride is 1). VW > 1 only when the launcher checked: token stride 1, n, the other strides and the base
+// address multiples of VW elements (so a vector is wholly valid or wholly past n, and aligned).
+template <int D, int NT, int VW>
+__device__ __forceinline__ void stage_tokens(uint16_t* __restrict__ dst, const uint16_t* __restrict__ src,
+                                             int64_t sn, int64_t sd, int c0, int cpad, int n, int row) {
+  using V = typename VecOf<VW>::type;
+  constexpr int U = 4;  // loads in flight per thread
+  const int per_row = cpad / VW;
+  const int total = D * per_row;
+  for (int base = threadIdx.x; base < total; base += NT * U) {
+    V val[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT;
+      val[u] = V{};
+      if (idx < total) {
+        const int d = idx / per_row;
+        const int key = c0 + (idx - d * per_row) * VW;
+        if (key < n) val[u] = __ldg(reinterpret_cast<const V*>(src + key * sn + d * sd));
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT;
+      if (idx < total) {
+        const int d = idx / per_row;
+        const int i = (idx - d * per_row) * VW;
+        *reinterpret_cast<V*>(dst + d * row + i) = val[u];
+      }
+    }
+  }
+}
+
+// d-fastest (channels_last views: d stride 1): consecutive threads take consecutive d of one token.
+template <int D, int NT>
+__device__ __forceinline__ void stage_dfast(uint16_t* __restrict__ dst, const uint16_t* __restrict__ src,
+                                            int64_t sn, int64_t sd, int c0, int cpad, int n, int row) {
+  constexpr int U = 4;
+  const int total = D * cpad;
+  for (int base = threadIdx.x; base < total; base += NT * U) {
+    uint16_t val[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT;
+      const int i = idx / D;
+      val[u] = 0;
+      if (idx < total && c0 + i < n) val[u] = __ldg(src + (int64_t)(c0 + i) * sn + (int64_t)(idx % D) * sd);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int idx = base + u * NT;
+      if (idx < total) dst[(idx % D) * row + idx / D] = val[u];
+    }
+  }
+}
+
+template <int D, int NT>
+__device__ __noinline__ void stage(uint16_t* dst, const uint16_t* src, const Strides4& s, int mode, int c0,
+                                      int cpad, int n, int row) {
+  switch (mode) {
+    case 8: stage_tokens<D, NT, 8>(dst, src, 1, s.d, c0, cpad, n, row); break;
+    case 4: stage_tokens<D, NT, 4>(dst, src, 1, s.d, c0, cpad, n, row); break;
+    case 2: stage_tokens<D, NT, 2>(dst, src, 1, s.d, c0, cpad, n, row); break;
+    case 1: stage_tokens<D, NT, 1>(dst, src, s.n, s.d, c0, cpad, n, row); break;
+    default: stage_dfast<D, NT>(dst, src, s.n, s.d, c0, cpad, n, row); break;
+  }
+}
+
+// Rows r0 + {g, g+8} (g = lane / 4) of a (tokens x D) tile whose element (r, d) sits at base[r * sn + d * sd], as
+// mma A fragments (16 rows x 16 d per slice), zero past n.
+template <int D>
+__device__ __forceinline__ void load_rows_a(uint32_t (&a)[D / 16][4], const uint16_t* __restrict__ base, int64_t sn,
+                                            int64_t sd, int r0, int n, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  const int ra = r0 + g, rb = ra + 8;
+  auto ld = [&](int r, int d) -> uint32_t { return r < n ? (uint32_t)__ldg(base + (int64_t)r * sn + (int64_t)d * sd) : 0u; };
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int d = ks * 16 + half * 8 + 2 * t;
+      a[ks][half * 2 + 0] = ld(ra, d) | (ld(ra, d + 1) << 16);
+      a[ks][half * 2 + 1] = ld(rb, d) | (ld(rb, d + 1) << 16);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// host helpers
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// How to stage a (B, heads, D, N) tensor: token vectors of 8/4/2 elements when the token stride is 1 and
+// everything a vector touches is aligned; else scalars along the faster of the two strides.
+inline int staging_mode(const void* ptr, const Strides4& s, int64_t batch, int64_t heads, int64_t n) {
+  if (s.n == 1) {
+    const int64_t sb = batch > 1 ? s.b : 0, sh = heads > 1 ? s.h : 0;
+    for (int vw : {8, 4, 2}) {
+      if (reinterpret_cast<uintptr_t>(ptr) % (2 * vw) == 0 && s.d % vw == 0 && sb % vw == 0 && sh % vw == 0 &&
+          n % vw == 0)
+        return vw;
+    }
+    return 1;
+  }
+  if (s.d == 1) return 0;
+  return (s.n <= s.d) ? 1 : 0;
+}
+
+// The launch conditions both attention entry points share: cudaSuccess with *seqs = 0 for nothing to do (no launch),
+// cudaErrorInvalidValue / cudaErrorNotSupported for what the kernels cannot take (the glue says why first), else
+// cudaSuccess with the sequence count (B * heads * area) in *seqs.
+inline cudaError_t check_attention_launch(int64_t batch, int64_t heads, int64_t tokens, int64_t area, DType dtype,
+                                          const DeviceInfo& dev, int64_t* seqs) {
+  *seqs = 0;
+  if (area < 1 || tokens % area != 0 || tokens >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  const int64_t s = batch * heads * area;
+  if (s == 0 || tokens == 0) return cudaSuccess;
+  if (s >= (int64_t(1) << 31) || heads >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  if (dev.cc_major * 10 + dev.cc_minor < 75) return cudaErrorNotSupported;
+  if (dtype == DType::kBFloat16 && dev.cc_major < 8) return cudaErrorNotSupported;
+  if (dtype == DType::kFloat32) return cudaErrorNotSupported;
+  *seqs = s;
+  return cudaSuccess;
+}
+
+// The (batch, head, area) a CTA of an attention kernel owns: blockIdx.x = (b * heads + h) * area + j.
+struct Sequence {
+  int b, h, bh;  // bh = b * heads + h
+  int64_t t0;    // the area's first token
+};
+__device__ __forceinline__ Sequence this_sequence(int heads, int area, int n) {
+  Sequence s;
+  const int j = blockIdx.x % area;
+  s.bh = blockIdx.x / area;
+  s.h = s.bh % heads;
+  s.b = s.bh / heads;
+  s.t0 = (int64_t)j * n;
+  return s;
+}
+// The sequence's first element of a (B, heads, D, N) input with element strides st.
+__device__ __forceinline__ const uint16_t* seq_base(const uint16_t* base, const Strides4& st, const Sequence& s) {
+  return base + s.b * st.b + s.h * st.h + s.t0 * st.n;
+}
+
+// What a kernel's launcher remembers per device: the arch of the code the device runs for it, the shared memory it
+// was opted in to, and its occupancy per shared-memory size (each query costs microseconds, as much as a batch-1
+// launch). One static instance per kernel.
+struct LaunchCache {
+  std::atomic<int> arch[64];        // 0: not asked yet; else ptxVersion + 2
+  std::atomic<int> configured[64];  // dynamic shared memory opted in to
+  std::mutex mutex;
+  std::unordered_map<int64_t, int> occupancy;  // (device << 32 | smem bytes) -> CTAs per SM
+};
+
+// ptxVersion of the code the current device runs for `kernel`, cached per device; -1 where the runtime cannot say
+// (0, "undefined" for very old cubins, is taken as unknown too). The value is the virtual arch x10 (compute_80:
+// 80), as CUB's PtxVersion reads it.
+template <typename K>
+inline int code_arch_of(K kernel, LaunchCache& c) {
+  int dev_id = 0;
+  if (cudaGetDevice(&dev_id) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return -1;
+  }
+  if (dev_id < 64 && c.arch[dev_id].load() != 0) return c.arch[dev_id].load() - 2;
+  cudaFuncAttributes fa{};
+  int arch = -1;
+  if (cudaFuncGetAttributes(&fa, kernel) == cudaSuccess)
+    arch = fa.ptxVersion;
+  else
+    (void)cudaGetLastError();
+  if (dev_id < 64) c.arch[dev_id].store(arch + 2);
+  return arch;
+}
+
+// Launch `kernel`(p) on grid (seqs, splits): one CTA row per sequence, its 16-row tiles in groups of `warps` (one
+// per warp) split over grid.y so that every SM is busy where there are few sequences, each CTA keeping >= one
+// group. Never launches a trap (code compiled for an arch below `required_arch`: it would kill the CUDA context).
+template <typename K, typename P>
+inline cudaError_t launch_split(K kernel, LaunchCache& c, int required_arch, int threads, int warps, int smem_bytes,
+                                int64_t n, int64_t seqs, const DeviceInfo& dev, cudaStream_t stream, const P& p) {
+  cudaError_t err;
+  const int arch = code_arch_of(kernel, c);
+  if (arch > 0 && arch < required_arch) return cudaErrorNotSupported;
+  int device = 0;
+  if ((err = cudaGetDevice(&device)) != cudaSuccess) return err;
+  if (smem_bytes > 48 * 1024 && (device >= 64 || c.configured[device].load() < smem_bytes)) {
+    // opt in to the arch's full shared memory, once per device
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_per_block_optin);
+    if (err != cudaSuccess) return err;
+    if (device < 64) c.configured[device].store(dev.smem_per_block_optin);
+  }
+  const int64_t key = ((int64_t)device << 32) | (int64_t)smem_bytes;
+  int per_sm = 0;
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    auto it = c.occupancy.find(key);
+    if (it != c.occupancy.end()) per_sm = it->second;
+  }
+  if (per_sm == 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem_bytes) != cudaSuccess ||
+        per_sm < 1) {
+      (void)cudaGetLastError();
+      per_sm = 1;
+    }
+    std::lock_guard<std::mutex> lock(c.mutex);
+    c.occupancy[key] = per_sm;
+  }
+  const int64_t target = (int64_t)per_sm * std::max(dev.sm_count, 1);
+  const int64_t groups = (round_up(n, 16) / 16 + warps - 1) / warps;
+  int64_t splits = seqs >= target ? 1 : (target + seqs - 1) / seqs;
+  splits = std::max<int64_t>(1, std::min<int64_t>({splits, groups, 65535}));
+  const dim3 grid((unsigned)seqs, (unsigned)splits);
+  return launch_kernel(kernel, grid, dim3(threads), smem_bytes, stream, p);
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace yolov12_fast

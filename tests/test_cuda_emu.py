@@ -265,8 +265,8 @@ def _attention_lib(tmp_path_factory, defines=()):
     so.yf_emu_attention_plan.restype = None
     so.yf_emu_attention_plan.argtypes = [i64, i64, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
     so.yf_emu_attention_bwd.restype = ctypes.c_int
-    so.yf_emu_attention_bwd.argtypes = [vp] * 9 + [p64] * 4 + [i64] * 5 + [ctypes.c_float, ctypes.c_int,
-                                                                          ctypes.POINTER(ctypes.c_int)]
+    so.yf_emu_attention_bwd.argtypes = [vp] * 11 + [p64] * 6 + [i64] * 5 + [ctypes.c_float, ctypes.c_int,
+                                                                           ctypes.POINTER(ctypes.c_int)]
     so.yf_emu_attention_bwd_plan.restype = None
     so.yf_emu_attention_bwd_plan.argtypes = so.yf_emu_attention_plan.argtypes
     return so
@@ -506,22 +506,27 @@ def test_pe_kernel_property(emu, examples):
 
 
 def run_attention_bwd(emu_attn, q, k, v, dout, area, residual=None, device=SM90):
-    """The emulated CUDA backward as the glue runs it: forward (emulated) for out and lse, delta = rowsum(dout * (out -
-    residual)) in fp32, then the two kernels. dq, dk, dv sit inside sentinel-guarded buffers."""
+    """The emulated CUDA backward as the glue runs it: the (emulated) forward for out (residual included) and lse, then
+    the launcher's three kernels (delta = rowsum(dout * (out - residual)), dK/dV, dQ). dq, dk, dv sit inside
+    sentinel-guarded buffers; the delta scratch is checked against the same sum in float64."""
     out, lse = run_attention(emu_attn, q, k, v, area, residual, device)
-    o = out.float() - (residual.float() if residual is not None else 0)
-    delta = (dout.float() * o).sum(2).contiguous()
+    out = out.clone()  # out of its guard buffer: a view with its own strides
     lse = lse.contiguous()
     B, heads, D, N = q.shape
     n = q.numel()
+    delta = torch.full((B, heads, N), float("nan"))
     guards = [torch.full((n + 128,), SENTINEL, dtype=q.dtype) for _ in range(3)]
     grads = [g[64:64 + n].view(q.shape) for g in guards]
     f32p = lambda t: ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float))
-    rc = emu_attn.yf_emu_attention_bwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), f32p(lse),
-                                       f32p(delta), *(g.data_ptr() for g in grads), _strides(q), _strides(k),
-                                       _strides(v), _strides(dout), B, heads, D, N, area, D ** -0.5,
-                                       {torch.float16: 0, torch.bfloat16: 1}[q.dtype], (ctypes.c_int * 5)(*device))
+    rc = emu_attn.yf_emu_attention_bwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), out.data_ptr(),
+                                       None if residual is None else residual.data_ptr(), f32p(lse), f32p(delta),
+                                       *(g.data_ptr() for g in grads), _strides(q), _strides(k), _strides(v),
+                                       _strides(dout), _strides(out), _strides(residual), B, heads, D, N, area,
+                                       D ** -0.5, {torch.float16: 0, torch.bfloat16: 1}[q.dtype],
+                                       (ctypes.c_int * 5)(*device))
     assert rc == 0, f"the backward launcher returned cudaError {rc}"
+    want = (dout.double() * (out.double() - (residual.double() if residual is not None else 0))).sum(2)
+    torch.testing.assert_close(delta.double(), want, rtol=1e-5, atol=1e-5 * D, msg="delta")
     for g in guards:
         assert (g[:64] == SENTINEL).all() and (g[64 + n:] == SENTINEL).all(), "a write outside a gradient"
         assert not (g[64:64 + n] == SENTINEL).any(), "gradient elements the kernels never wrote"
@@ -546,6 +551,8 @@ def test_attention_backward_matches_the_oracle(emu_attn, layout, dtype, D, B, he
     q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=H * W * D + area + 2)
     g = torch.Generator().manual_seed(H * W)
     dout = torch.randn(q.shape, generator=g).to(dtype)
+    if layout == "channels_last":  # a strided dout too
+        dout = dout.transpose(2, 3).contiguous().transpose(2, 3)
     res = torch.randn(q.shape, generator=g).to(dtype) if with_res else None
     plan = _attention_plan(emu_attn, H * W // area, D, device, bwd=True)
     grads = run_attention_bwd(emu_attn, q, k, v, dout, area, res, device)

@@ -1,9 +1,9 @@
 // Area-attention backward on tensor cores (mma.sync m16n8k16, fp16/bf16 in, fp32 accumulate). Torch-free.
 //
-// Given dO, the forward's lse (natural log, per query) and Delta = rowsum(dO * O) (O without the residual, computed
-// by the glue), with P = exp(scale q.k - lse) recomputed from scratch (no n x n tensor anywhere):
+// Given dO, the forward's lse (natural log, per query) and Delta = rowsum(dO * O) (O without the residual; a small
+// first kernel computes it), with P = exp(scale q.k - lse) recomputed from scratch (no n x n tensor anywhere):
 //   dV = P^T dO,  dP = dO V^T,  dS = P * (dP - Delta),  dK = scale dS^T Q,  dQ = scale dS K.
-// Two kernels, no atomics (deterministic, like the Triton backward): dK/dV per key tile sweeping the area's queries,
+// Two gradient kernels, no atomics (deterministic, like the Triton backward): dK/dV per key tile sweeping the area's queries,
 // dQ per query tile sweeping its keys. Both are the forward kernel's structure (area_attention_fwd.cu) with roles
 // swapped: one CTA per (batch, head, area) [x a tile split, grid.y], the swept tensors staged in shared memory as
 // [d][token] rows (resident, or streamed in chunks when the area is long), each warp owning 16 rows at a time with
@@ -115,6 +115,37 @@ __device__ __forceinline__ void accumulate_rows(float (&acc)[D / 8][4], const fl
       mma_16816<T>(acc[2 * dp + 1], a, b[2], b[3]);
     }
   }
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Delta = rowsum(dO * (O - R)) per query (O: the forward's output with the residual R added): one thread per token
+// of one (batch, head), reading the D rows with the token stride (coalesced for NCHW-like layouts).
+
+struct DeltaParams {
+  const uint16_t* dout;
+  const uint16_t* out;
+  const uint16_t* res;  // nullptr: none
+  float* delta;         // (B, heads, N) contiguous
+  Strides4 sdo, so, sr;
+  int64_t N;
+  int heads, D;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(256) area_attention_bwd_delta_kernel(const DeltaParams p) {
+  const int64_t tok = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (tok >= p.N) return;
+  const int bh = blockIdx.y, h = bh % p.heads, b = bh / p.heads;
+  const uint16_t* dob = p.dout + b * p.sdo.b + h * p.sdo.h + tok * p.sdo.n;
+  const uint16_t* ob = p.out + b * p.so.b + h * p.so.h + tok * p.so.n;
+  const uint16_t* rb = p.res ? p.res + b * p.sr.b + h * p.sr.h + tok * p.sr.n : nullptr;
+  float acc = 0.f;
+  for (int d = 0; d < p.D; ++d) {
+    float o = Elem<T>::to_float(__ldg(ob + d * p.so.d));
+    if (rb) o -= Elem<T>::to_float(__ldg(rb + d * p.sr.d));
+    acc = fmaf(Elem<T>::to_float(__ldg(dob + d * p.sdo.d)), o, acc);
+  }
+  p.delta[(int64_t)bh * p.N + tok] = acc;
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -364,9 +395,23 @@ cudaError_t launch_bwd(BwdParams p, const AreaAttnFwdPlan& plan, int64_t seqs, c
   const DType dt = std::is_same<T, __nv_bfloat16>::value ? DType::kBFloat16 : DType::kFloat16;
   const int required = area_attention_fwd_required_arch(dt);
   constexpr int threads = BwdConfig<D>::kThreads, warps = BwdConfig<D>::kWarps;
+  DeltaParams dp{};
+  dp.dout = static_cast<const uint16_t*>(a.dout);
+  dp.out = static_cast<const uint16_t*>(a.out);
+  dp.res = static_cast<const uint16_t*>(a.residual);
+  dp.delta = a.delta;
+  dp.sdo = a.sdout;
+  dp.so = a.sout;
+  dp.sr = a.sres;
+  dp.N = a.tokens;
+  dp.heads = (int)a.heads;
+  dp.D = (int)a.head_dim;
+  const dim3 dgrid((unsigned)((a.tokens + 255) / 256), (unsigned)(a.batch * a.heads));
+  cudaError_t err = launch_kernel(area_attention_bwd_delta_kernel<T>, dgrid, dim3(256), 0, stream, dp);
+  if (err != cudaSuccess) return err;
   p.mode_a = staging_mode(a.q, a.sq, a.batch, a.heads, p.n);
   p.mode_b = staging_mode(a.dout, a.sdout, a.batch, a.heads, p.n);
-  cudaError_t err = launch_split(area_attention_bwd_dkdv_kernel<T, D>, dkdv_cache<T, D>(), required, threads, warps,
+  err = launch_split(area_attention_bwd_dkdv_kernel<T, D>, dkdv_cache<T, D>(), required, threads, warps,
                                  plan.smem_bytes, p.n, seqs, dev, stream, p);
   if (err != cudaSuccess) return err;
   p.mode_a = staging_mode(a.k, a.sk, a.batch, a.heads, p.n);
@@ -407,6 +452,7 @@ cudaError_t area_attention_bwd(const AreaAttnBwdArgs& a, const DeviceInfo& dev, 
   int64_t seqs = 0;
   const cudaError_t bad = check_attention_launch(a.batch, a.heads, a.tokens, a.area, a.dtype, dev, &seqs);
   if (bad != cudaSuccess || seqs == 0) return bad;
+  if (a.batch * a.heads > 65535) return cudaErrorInvalidValue;  // the delta kernel's grid.y
   const int64_t n = a.tokens / a.area;
   const AreaAttnFwdPlan plan = area_attention_bwd_plan(n, a.head_dim, dev);
   if (!plan.supported) return cudaErrorNotSupported;

@@ -68,20 +68,23 @@ int area_attention_fwd_code_arch(DType dtype, int64_t head_dim);
 inline int area_attention_fwd_required_arch(DType dtype) { return dtype == DType::kBFloat16 ? 80 : 75; }
 
 // ---------------------------------------------------------------------------------------------------------
-// Area attention backward (csrc/cuda/area_attention_bwd.cu): dq, dk, dv from dout, the forward's lse and
-// delta = rowsum(dout * (out - residual)) (both fp32 (B, heads, N), contiguous; the glue computes delta).
+// Area attention backward (csrc/cuda/area_attention_bwd.cu): dq, dk, dv from dout, the forward's out (which includes
+// the residual, if any, given to subtract) and lse (fp32 (B, heads, N), contiguous). `delta` is fp32 (B, heads, N)
+// scratch the launcher fills with rowsum(dout * (out - residual)) before the gradient kernels read it.
 
 struct AreaAttnBwdArgs {
   const void* q;
   const void* k;
   const void* v;
   const void* dout;
+  const void* out;
+  const void* residual;  // nullptr: none
   const float* lse;
-  const float* delta;
+  float* delta;
   void* dq;  // each contiguous (B, heads, head_dim, N), input dtype
   void* dk;
   void* dv;
-  Strides4 sq, sk, sv, sdout;
+  Strides4 sq, sk, sv, sdout, sout, sres;
   int64_t batch, heads, head_dim, tokens, area;
   float scale;
   DType dtype;

@@ -130,8 +130,8 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
   return {out, lse};
 }
 
-// dq, dk, dv (contiguous). delta = rowsum(dout * (out - residual)) is computed here in fp32 (ATen ops on the current
-// stream); the two kernels recompute the probabilities from lse.
+// dq, dk, dv (contiguous); the kernels compute delta = rowsum(dout * (out - residual)) into a scratch buffer, then the
+// gradients, recomputing the probabilities from lse.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const std::optional<at::Tensor>& residual, const at::Tensor& lse, int64_t area, double scale) {
@@ -149,8 +149,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
   TORCH_CHECK(dout.device() == q.device() && out.device() == q.device() && lse.device() == q.device(), op,
               ": dout, out and lse must be on q's device ", q.device());
   if (residual.has_value())
-    TORCH_CHECK(residual->sizes() == q.sizes() && residual->device() == q.device(), op,
-                ": residual must have q's shape and device");
+    TORCH_CHECK(residual->sizes() == q.sizes() && residual->device() == q.device() && residual->scalar_type() == dtype,
+                op, ": residual must have q's shape, dtype and device");
+  TORCH_CHECK(B * heads <= 65535, op, ": batch * heads must be <= 65535, got ", B * heads);
 
   c10::cuda::CUDAGuard guard(q.device());
   const kc::DeviceInfo dev = check_device(op, q);
@@ -161,8 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
   const kc::AreaAttnFwdPlan plan = kc::area_attention_bwd_plan(N / area, D, dev);
   TORCH_CHECK(plan.supported, op, ": head_dim ", D, " does not fit this GPU's shared memory (",
               dev.smem_per_block_optin, " bytes per block); use backend='triton'");
-  const at::Tensor o = residual.has_value() ? out.to(at::kFloat) - residual->to(at::kFloat) : out.to(at::kFloat);
-  const at::Tensor delta = (dout.to(at::kFloat) * o).sum(2).contiguous();  // (B, heads, N)
+  at::Tensor delta = at::empty({B, heads, N}, q.options().dtype(at::kFloat));
   const at::Tensor lse_c = lse.contiguous();
 
   kc::AreaAttnBwdArgs a{};
@@ -170,6 +170,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
   a.k = k.data_ptr();
   a.v = v.data_ptr();
   a.dout = dout.data_ptr();
+  a.out = out.data_ptr();
+  a.residual = residual.has_value() ? residual->data_ptr() : nullptr;
   a.lse = lse_c.data_ptr<float>();
   a.delta = delta.data_ptr<float>();
   a.dq = dq.data_ptr();
@@ -179,6 +181,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
   a.sk = strides4(k);
   a.sv = strides4(v);
   a.sdout = strides4(dout);
+  a.sout = strides4(out);
+  a.sres = residual.has_value() ? strides4(*residual) : kc::Strides4{0, 0, 0, 0};
   a.batch = B;
   a.heads = heads;
   a.head_dim = D;

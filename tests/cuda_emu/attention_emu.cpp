@@ -46,11 +46,13 @@ void yf_emu_attention_plan(int64_t n, int64_t head_dim, const int* device, int* 
   for (int i = 0; i < 6; ++i) out[i] = vals[i];
 }
 
-// dq, dk, dv (each contiguous (B, heads, D, N)) from dout (strides sdo), lse and delta ((B, heads, N) float32,
-// contiguous). Returns the cudaError_t.
-int yf_emu_attention_bwd(const void* q, const void* k, const void* v, const void* dout, const float* lse,
-                         const float* delta, void* dq, void* dk, void* dv, const int64_t* sq, const int64_t* sk,
-                         const int64_t* sv, const int64_t* sdo, int64_t batch, int64_t heads, int64_t head_dim,
+// dq, dk, dv (each contiguous (B, heads, D, N)) from dout (strides sdo), the forward's out (strides so) with its
+// residual (strides sr, or nullptr), lse ((B, heads, N) float32, contiguous); delta: (B, heads, N) float32 scratch
+// the launcher fills. Returns the cudaError_t.
+int yf_emu_attention_bwd(const void* q, const void* k, const void* v, const void* dout, const void* out,
+                         const void* residual, const float* lse, float* delta, void* dq, void* dk, void* dv,
+                         const int64_t* sq, const int64_t* sk, const int64_t* sv, const int64_t* sdo,
+                         const int64_t* so, const int64_t* sr, int64_t batch, int64_t heads, int64_t head_dim,
                          int64_t tokens, int64_t area, float scale, int dtype, const int* device) {
   namespace kc = yolov12_fast::cuda;
   kc::AreaAttnBwdArgs a{};
@@ -58,6 +60,8 @@ int yf_emu_attention_bwd(const void* q, const void* k, const void* v, const void
   a.k = k;
   a.v = v;
   a.dout = dout;
+  a.out = out;
+  a.residual = residual;
   a.lse = lse;
   a.delta = delta;
   a.dq = dq;
@@ -67,6 +71,8 @@ int yf_emu_attention_bwd(const void* q, const void* k, const void* v, const void
   a.sk = {sk[0], sk[1], sk[2], sk[3]};
   a.sv = {sv[0], sv[1], sv[2], sv[3]};
   a.sdout = {sdo[0], sdo[1], sdo[2], sdo[3]};
+  a.sout = {so[0], so[1], so[2], so[3]};
+  if (sr) a.sres = {sr[0], sr[1], sr[2], sr[3]};
   a.batch = batch;
   a.heads = heads;
   a.head_dim = head_dim;

@@ -19,6 +19,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -53,21 +54,27 @@ pytestmark = pytest.mark.skipif(CXX is None or CUDA_INCLUDE is None,
                                        "nvidia wheels) to build the kernels for the CPU emulator")
 
 
-def _build(tmp_path_factory, name: str, defines=()) -> ctypes.CDLL:
-    """tests/cuda_emu/<name>.cpp (which includes a csrc/cuda kernel file) built for the emulator and loaded."""
-    lib = str(tmp_path_factory.mktemp("cuda_emu") / f"{name}.so")
-    cmd = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas",
+def _compile(lib: str, name: str, defines=(), flags=()) -> str:
+    """tests/cuda_emu/<name>.cpp (which includes a csrc/cuda kernel file) built for the emulator into `lib`."""
+    cmd = [CXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas", *flags,
            "-DYOLOV12_FAST_CUDA_EMU", *(f"-D{d}" for d in defines), "-I", EMU, "-I", CUDA_SRC, "-I", CUDA_INCLUDE,
            os.path.join(EMU, f"{name}.cpp"), "-o", lib]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"building the emulated kernel failed:\n{' '.join(cmd)}\n{r.stderr}"
     assert "warning" not in r.stderr, r.stderr
-    return ctypes.CDLL(lib)
+    return lib
+
+
+def _build(tmp_path_factory, name: str, defines=()) -> ctypes.CDLL:
+    return ctypes.CDLL(_compile(str(tmp_path_factory.mktemp("cuda_emu") / f"{name}.so"), name, defines))
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    so = _build(tmp_path_factory, "pe_emu")
+    return _pe_lib(_build(tmp_path_factory, "pe_emu"))
+
+
+def _pe_lib(so: ctypes.CDLL) -> ctypes.CDLL:
     i64, vp = ctypes.c_int64, ctypes.c_void_p
     so.yf_emu_pe_add.restype = ctypes.c_int
     so.yf_emu_pe_add.argtypes = [vp, vp, vp, vp, vp, ctypes.POINTER(i64), ctypes.POINTER(i64), i64, i64, i64, i64,
@@ -257,7 +264,10 @@ def emu_attn_sm75(tmp_path_factory):
 
 
 def _attention_lib(tmp_path_factory, defines=()):
-    so = _build(tmp_path_factory, "attention_emu", defines)
+    return _attention_so(_build(tmp_path_factory, "attention_emu", defines))
+
+
+def _attention_so(so: ctypes.CDLL) -> ctypes.CDLL:
     i64, vp, p64 = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     so.yf_emu_attention_fwd.restype = ctypes.c_int
     so.yf_emu_attention_fwd.argtypes = [vp] * 6 + [p64] * 4 + [i64] * 5 + [ctypes.c_float, ctypes.c_int,
@@ -609,3 +619,67 @@ def test_attention_backward_property(emu_attn, examples):
         _check_backward(grads, q, k, v, dout, c["area"], f"backward fuzz {c}")
 
     run()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# memcheck on the CPU: the emulated kernels built with AddressSanitizer, every tensor its own exact-size allocation
+
+
+def _libasan() -> str | None:
+    path = subprocess.run([CXX, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+def asan_child(pe_path: str, attention_path: str, overrun: int = 0) -> None:
+    """Run in a child process with libasan preloaded (test_kernels_under_address_sanitizer): PE, attention forward
+    and backward over layouts, dtypes, head_dims and plans, on inputs that are views of exact-size allocations (the
+    interleaved / turbo / channels_last conv outputs themselves), so a read or write past any tensor is a
+    heap-buffer-overflow report. `overrun` > 0 tells the forward kernel there are that many more tokens than the
+    tensors hold: the planted bug the check must catch."""
+    pe, att = _pe_lib(ctypes.CDLL(pe_path)), _attention_so(ctypes.CDLL(attention_path))
+    if overrun:
+        q, k, v = _qkv("interleaved", 1, 1, 32, 6, 10, torch.float16, seed=0)
+        out, lse = torch.empty(q.shape, dtype=q.dtype), torch.empty(1, 1, 60)
+        att.yf_emu_attention_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), None, out.data_ptr(),
+                                 ctypes.cast(lse.data_ptr(), ctypes.POINTER(ctypes.c_float)), _strides(q), _strides(k),
+                                 _strides(v), None, 1, 1, 32, 60 + overrun, 1, 32 ** -0.5, 0, (ctypes.c_int * 5)(*SM90))
+        return
+    for H, W, k_ in ((20, 20, 7), (15, 20, 5), (7, 9, 3), (6, 300, 7)):
+        for layout in ("qkv", "channels_last"):
+            v, w, b, x = _inputs(2, 2, 3, H, W, k_, torch.float16, layout=layout, seed=H + W)
+            run_pe(pe, v, w, b, x, H, W)
+    for layout, dtype, D, B, heads, H, W, area, device in (
+            ("interleaved", torch.float16, 32, 1, 2, 20, 20, 1, SM90),
+            ("turbo", torch.bfloat16, 32, 2, 1, 6, 10, 4, SM80),
+            ("channels_last", torch.float16, 64, 1, 1, 20, 20, 1, SM75),  # streamed chunks
+            ("misaligned", torch.bfloat16, 64, 1, 2, 7, 7, 1, SM90)):
+        q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=1)
+        dout = torch.randn(q.shape).to(dtype)
+        res = torch.randn(q.shape).to(dtype)
+        run_attention(att, q, k, v, area, res, device)
+        run_attention_bwd(att, q, k, v, dout, area, res, device)
+
+
+def test_kernels_under_address_sanitizer(tmp_path):
+    """The CUDA C++ kernels' global-memory accesses checked the way compute-sanitizer's memcheck would on a GPU: the
+    emulated builds with -fsanitize=address in a child process (libasan preloaded), every input a view of its own
+    exact-size allocation. A clean run reports nothing; a forward told of 2 tokens more than the tensors hold is
+    reported (heap-buffer-overflow), so the check can fail."""
+    asan = _libasan()
+    if asan is None:
+        pytest.skip(f"{CXX} has no libasan.so")
+    flags = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
+    pe_lib = _compile(str(tmp_path / "pe_asan.so"), "pe_emu", flags=flags)
+    att_lib = _compile(str(tmp_path / "attention_asan.so"), "attention_emu", flags=flags)
+    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=23")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+
+    def child(overrun):
+        code = (f"import sys; sys.path[:0] = [{tests_dir!r}]; import test_cuda_emu as t; "
+                f"t.asan_child({pe_lib!r}, {att_lib!r}, {overrun})")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+
+    clean = child(0)
+    assert clean.returncode == 0 and "AddressSanitizer" not in clean.stderr, clean.stderr[-4000:]
+    bad = child(2)
+    assert bad.returncode == 23 and "heap-buffer-overflow" in bad.stderr, (bad.returncode, bad.stderr[-3000:])

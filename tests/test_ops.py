@@ -142,6 +142,16 @@ def test_auto_table(monkeypatch):
     assert aa._auto_order(torch.device("cpu"), torch.float32, 32)[0] == "cpp"
 
 
+def test_auto_backward_table(monkeypatch):
+    """Having picked the CUDA C++ forward, auto trains through the CUDA C++ backward on Turing (AUTO_CUDA_BACKWARD:
+    Triton's dots run on FMA units there) and keeps the measured Triton backward elsewhere; never on CPU."""
+    dev = torch.device("cuda", 0)
+    for cap, want in (((7, 5), True), ((8, 0), False), ((8, 6), False), ((9, 0), False), ((12, 0), False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        assert aa.cuda_backward_by_default(dev) is want, cap
+    assert aa.cuda_backward_by_default(torch.device("cpu")) is False
+
+
 def test_pe_auto_table(monkeypatch):
     """pe_add's auto on CUDA: the CUDA C++ kernel where a GPU run measured it faster than cuDNN (AUTO_CUDA_PE: Hopper,
     fp16) for the kernel sizes it has, cuDNN everywhere else; the C++ kernel on CPU."""

@@ -88,6 +88,11 @@ AUTO_CUDA = {
     ("sm80+", None): ("triton", "cuda"),
 }
 CUDA_CXX_SUPPORTS = {"dtypes": (torch.float16, torch.bfloat16), "head_dims": (32, 64)}
+# Arch classes where "auto", having picked the CUDA C++ forward, also trains through the CUDA C++ backward. Turing
+# (sm75), by the same reasoning as its forward entry: Triton's backward dots run on FMA units there, the CUDA kernels
+# on tensor cores. Elsewhere auto keeps the Triton backward (measured on the H100) until a GPU run has timed the
+# CUDA one against it.
+AUTO_CUDA_BACKWARD = {"sm75"}
 
 
 def arch_classes(capability: tuple) -> tuple:
@@ -105,6 +110,12 @@ def auto_cuda_order(capability: tuple, dtype: Optional[torch.dtype]) -> tuple:
         if (cls, dtype) in AUTO_CUDA:
             return AUTO_CUDA[(cls, dtype)]
     return AUTO_CUDA[(classes[-1], None)]
+
+
+def cuda_backward_by_default(device: torch.device) -> bool:
+    """Whether "auto" trains through the CUDA C++ backward on this device (when it picked the CUDA forward)."""
+    return device.type == "cuda" and any(
+        c in AUTO_CUDA_BACKWARD for c in arch_classes(torch.cuda.get_device_capability(device)))
 
 
 def _auto_order(device: torch.device, dtype: Optional[torch.dtype], head_dim: Optional[int]) -> tuple:
@@ -251,7 +262,7 @@ def area_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
                  lambda: "area_attention_bwd: lse must be float32 (B, heads, N)")
     dout = dout.to(q.dtype)
     b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
-    if b == "cuda" and backend == "auto":
+    if b == "cuda" and backend == "auto" and not cuda_backward_by_default(q.device):
         # auto's backward stays where it was measured: the Triton kernels, fed the CUDA forward's lse (same
         # contract). backend="cuda" chosen explicitly trains through the CUDA C++ backward.
         b = "triton" if _usable("triton", q.device)[0] else "reference"

@@ -99,7 +99,7 @@ def test_sdist_ships_every_csrc_file_and_the_license(tmp_path):
     (sdist,) = tmp_path.glob("yolov12_fast-*.tar.gz")
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
     csrc = {os.path.relpath(os.path.join(d, f), ROOT) for d, _, fs in os.walk(os.path.join(ROOT, "csrc")) for f in fs
-            if f.endswith((".h", ".cpp", ".cu"))}
+            if f.endswith((".h", ".cuh", ".cpp", ".cu"))}
     assert csrc and csrc <= names, f"missing from the sdist: {sorted(csrc - names)}"
     assert {"LICENSE", "README.md", "setup.py", "pyproject.toml", "kernels/area_attention.py"} <= names
     assert not any(n.endswith((".so", ".o")) or n.startswith(("tests/", "benchmarks/", "build/")) for n in names)

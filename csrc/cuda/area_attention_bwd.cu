@@ -50,72 +50,9 @@ struct BwdParams {
   int chunk;     // tokens per staged chunk (resident: n rounded up to 16)
   int smem_row;  // elements per staged row (chunk + 8)
   int resident;
-  int mode_a, mode_b;  // staging modes: dK/dV kernel: q, dout; dQ kernel: k, v
+  int mode_a, mode_b;  // staging modes of the two staged tensors: dK/dV: q, dout; dQ: k, v
   float scale, scale_log2;
 };
-
-// acc (16 rows x D: rows g, g+8; columns as the mma C fragments) * mul -> rows row0.. of a contiguous (D, N) block
-// (token index fastest), through the warp's transpose buffer; rows >= n are not stored.
-template <typename T, int D>
-__device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float mul, uint16_t* __restrict__ epi,
-                                           uint16_t* __restrict__ ob, int64_t N, int row0, int n, int lane) {
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      epi[(i * 8 + 2 * t + (e & 1)) * kEpiRow + g + (e >> 1) * 8] = Elem<T>::from_float(acc[i][e] * mul);
-  __syncwarp();
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) {
-    const int d = 2 * i + (lane >> 4);
-    const int tok = row0 + (lane & 15);
-    if (tok < n) ob[(int64_t)d * N + tok] = epi[d * kEpiRow + (lane & 15)];
-  }
-  __syncwarp();  // the buffer is reused by this warp's next tile
-}
-
-// x (16 x 8 tiles, x NT8) = A (16 rows x D, fragments) B^T, B^T from staged rows [d][token] at tokens tb.. by
-// ldmatrix.trans (lane l addresses row d = 32 dq + l): the forward's S = Q K^T.
-template <typename T, int D, int NT8>
-__device__ __forceinline__ void scores(float (&x)[NT8][4], const uint32_t (&a)[D / 16][4], uint32_t base, int row,
-                                       int tb, int lane) {
-#pragma unroll
-  for (int j = 0; j < NT8; ++j) {
-    x[j][0] = x[j][1] = x[j][2] = x[j][3] = 0.f;
-#pragma unroll
-    for (int dq = 0; dq < D / 32; ++dq) {
-      uint32_t b[4];
-      ldsm_x4_trans(b, base + (uint32_t)(((dq * 32 + lane) * row + tb + j * 8) * 2));
-      mma_16816<T>(x[j], a[dq * 2], b[0], b[1]);
-      mma_16816<T>(x[j], a[dq * 2 + 1], b[2], b[3]);
-    }
-  }
-}
-
-// acc (16 rows x D) += X (16 rows x 16*NT16 tokens, the fp32 accumulator tiles of scores(), re-packed as A
-// fragments in T) times the staged rows [d][token] at tokens tb.. (B by ldmatrix): the forward's O += P V.
-template <typename T, int D, int NT16>
-__device__ __forceinline__ void accumulate_rows(float (&acc)[D / 8][4], const float (&x)[2 * NT16][4], uint32_t base,
-                                                int row, int tb, int lane) {
-#pragma unroll
-  for (int kk = 0; kk < NT16; ++kk) {
-    uint32_t a[4];
-    a[0] = Elem<T>::pack2(x[2 * kk][0], x[2 * kk][1]);
-    a[1] = Elem<T>::pack2(x[2 * kk][2], x[2 * kk][3]);
-    a[2] = Elem<T>::pack2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    a[3] = Elem<T>::pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-#pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      const int d = (2 * dp + (lane >> 4)) * 8 + (lane & 7);
-      const int tok = tb + kk * 16 + ((lane >> 3) & 1) * 8;
-      uint32_t b[4];
-      ldsm_x4(b, base + (uint32_t)((d * row + tok) * 2));
-      mma_16816<T>(acc[2 * dp], a, b[0], b[1]);
-      mma_16816<T>(acc[2 * dp + 1], a, b[2], b[3]);
-    }
-  }
-}
 
 // ------------------------------------------------------------------------------------------------------------
 // Delta = rowsum(dO * (O - R)) per query (O: the forward's output with the residual R added): one thread per token
@@ -149,45 +86,54 @@ __global__ void __launch_bounds__(256) area_attention_bwd_delta_kernel(const Del
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// dK, dV
+// dK / dV and dQ: one kernel, its role a template flag (DKDV). Both stage two tensors of the area as [d][token] rows
+// (dK/dV: Q and dO, plus lse * log2e and Delta of the chunk's queries; dQ: K and V), and each warp holds two 16-row
+// tiles as A fragments (dK/dV: K and V of 16 keys; dQ: Q and dO of 16 queries, with lse and Delta of its rows).
 
 template <int D>
-struct KeyTile {
-  uint32_t ka[D / 16][4], va[D / 16][4];  // this warp's 16 keys of K and V
-  float dk[D / 8][4], dv[D / 8][4];
+struct BwdTile {
+  uint32_t a[D / 16][4], b[D / 16][4];  // dK/dV: K, V of this warp's 16 keys; dQ: Q, dO of its 16 queries
+  float acc0[D / 8][4], acc1[D / 8][4];  // dK/dV: dK, dV; dQ: dQ (acc1 unused)
+  float ls[2], dl[2];                    // dQ: lse * log2e (at least -FLT_MAX) and Delta of rows g, g + 8
 };
 
-// Queries [qb, qb + 16*NT16) of the staged chunk; queries >= qvalid contribute nothing. ls / dl: lse * log2e and
-// Delta of the chunk's queries.
-template <typename T, int D, int NT16>
-__device__ __forceinline__ void dkdv_block(KeyTile<D>& kt, uint32_t qs, uint32_t ds, const float* ls,
-                                           const float* dl, int row, int qb, int qvalid, float scale_log2, int lane) {
+// Tokens [tb, tb + 16*NT16) of the staged chunk (queries for dK/dV, keys for dQ); those >= tvalid contribute
+// nothing. xs, ys: shared addresses of the two staged tensors; ls / dl: lse * log2e and Delta of the chunk's
+// queries (dK/dV only).
+template <typename T, int D, bool DKDV, int NT16>
+__device__ __forceinline__ void bwd_block(BwdTile<D>& w, uint32_t xs, uint32_t ys, const float* ls, const float* dl,
+                                          int row, int tb, int tvalid, float scale_log2, int lane) {
   constexpr int NT8 = NT16 * 2;
   const int t = lane & 3;
   float p[NT8][4], dp[NT8][4];
-  scores<T, D, NT8>(p, kt.ka, qs, row, qb, lane);   // S^T
-  scores<T, D, NT8>(dp, kt.va, ds, row, qb, lane);  // dP^T
+  scores<T, D, NT8>(p, w.a, xs, row, tb, lane);   // dK/dV: S^T = K Q^T; dQ: S = Q K^T
+  scores<T, D, NT8>(dp, w.b, ys, row, tb, lane);  // dK/dV: dP^T = V dO^T; dQ: dP = dO V^T
 #pragma unroll
   for (int j = 0; j < NT8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int qi = qb + j * 8 + 2 * t + (e & 1);
+      const int ti = tb + j * 8 + 2 * t + (e & 1);  // the staged token of this element
       float pe = 0.f, dse = 0.f;
-      if (qi < qvalid) {
-        pe = fast_exp2(p[j][e] * scale_log2 - fmaxf(ls[qi], -FLT_MAX));  // a row of -inf scores: lse = -inf, P = 0
-        dse = pe * (dp[j][e] - dl[qi]);
+      if (ti < tvalid) {  // a row of -inf scores: lse = -inf, clamped, P = 0
+        const float lse2 = DKDV ? fmaxf(ls[ti], -FLT_MAX) : w.ls[e >> 1];
+        pe = fast_exp2(p[j][e] * scale_log2 - lse2);
+        dse = pe * (dp[j][e] - (DKDV ? dl[ti] : w.dl[e >> 1]));
       }
       p[j][e] = pe;
       dp[j][e] = dse;
     }
   }
-  accumulate_rows<T, D, NT16>(kt.dv, p, ds, row, qb, lane);   // dV += P^T dO
-  accumulate_rows<T, D, NT16>(kt.dk, dp, qs, row, qb, lane);  // dK += dS^T Q
+  if constexpr (DKDV) {
+    accumulate_rows<T, D, NT16>(w.acc1, p, ys, row, tb, lane);   // dV += P^T dO
+    accumulate_rows<T, D, NT16>(w.acc0, dp, xs, row, tb, lane);  // dK += dS^T Q
+  } else {
+    accumulate_rows<T, D, NT16>(w.acc0, dp, xs, row, tb, lane);  // dQ += dS K
+  }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool DKDV>
 __global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBlocks)
-    area_attention_bwd_dkdv_kernel(const BwdParams p) {
+    area_attention_bwd_kernel(const BwdParams p) {
   if constexpr (!arch_has_mma<T>()) {
     __trap();
   } else {
@@ -195,10 +141,10 @@ __global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBloc
     constexpr int NT = BwdConfig<D>::kThreads;
     YF_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int row = p.smem_row;
-    uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw);  // Q rows [d][query] of the chunk
-    uint16_t* Ds = Qs + D * row;                             // dO rows
-    float* Ls = reinterpret_cast<float*>(Ds + D * row);      // lse * log2e of the chunk's queries
-    float* Dl = Ls + p.chunk;                                // Delta
+    uint16_t* Xs = reinterpret_cast<uint16_t*>(smem_raw);  // dK/dV: Q rows [d][query]; dQ: K rows [d][key]
+    uint16_t* Ys = Xs + D * row;                             // dK/dV: dO rows; dQ: V rows
+    float* Ls = reinterpret_cast<float*>(Ys + D * row);      // dK/dV: lse * log2e of the chunk's queries
+    float* Dl = Ls + p.chunk;                                // dK/dV: Delta
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     uint16_t* epi = reinterpret_cast<uint16_t*>(Dl + p.chunk) + warp * (D * kEpiRow);
 
@@ -210,27 +156,42 @@ __global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBloc
     const uint16_t* dog = seq_base(p.dout, p.sdo, sq);
     const float* lg = p.lse + bh * p.N + t0;
     const float* deltag = p.delta + bh * p.N + t0;
-    uint16_t* dkg = p.dk + bh * D * p.N + t0;
-    uint16_t* dvg = p.dv + bh * D * p.N + t0;
+    // staged (X, Y) and held (A, B) tensors of this role
+    const uint16_t* xg = DKDV ? qg : kg;
+    const uint16_t* yg = DKDV ? dog : vg;
+    const Strides4& sx = DKDV ? p.sq : p.sk;
+    const Strides4& sy = DKDV ? p.sdo : p.sv;
+    const uint16_t* ag = DKDV ? kg : qg;
+    const uint16_t* bg = DKDV ? vg : dog;
+    const Strides4& sa = DKDV ? p.sk : p.sq;
+    const Strides4& sb = DKDV ? p.sv : p.sdo;
 
     const int n = p.n;
     const int tiles = (int)(((int64_t)n + 15) / 16);
     const int groups = (tiles + NW - 1) / NW;
     const int chunks = p.resident ? 1 : (int)(((int64_t)n + p.chunk - 1) / p.chunk);
-    const uint32_t qs = smem_addr(Qs), ds = smem_addr(Ds);
+    const uint32_t xs = smem_addr(Xs), ys = smem_addr(Ys);
 
     bool staged = false;
     for (int grp = blockIdx.y; grp < groups; grp += gridDim.y) {
       const int tile = grp * NW + warp;
       const bool active = tile < tiles;  // idle warps still help stage
-      KeyTile<D> kt;
+      BwdTile<D> w;
       if (active) {
-        load_rows_a<D>(kt.ka, kg, p.sk.n, p.sk.d, tile * 16, n, lane);
-        load_rows_a<D>(kt.va, vg, p.sv.n, p.sv.d, tile * 16, n, lane);
+        load_rows_a<D>(w.a, ag, sa.n, sa.d, tile * 16, n, lane);
+        load_rows_a<D>(w.b, bg, sb.n, sb.d, tile * 16, n, lane);
 #pragma unroll
         for (int i = 0; i < D / 8; ++i)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) kt.dk[i][e] = kt.dv[i][e] = 0.f;
+          for (int e = 0; e < 4; ++e) w.acc0[i][e] = w.acc1[i][e] = 0.f;
+        if constexpr (!DKDV) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int qi = tile * 16 + (lane >> 2) + r * 8;
+            w.ls[r] = qi < n ? fmaxf(lg[qi] * kLog2e, -FLT_MAX) : 0.f;
+            w.dl[r] = qi < n ? deltag[qi] : 0.f;
+          }
+        }
       }
       for (int c = 0; c < chunks; ++c) {
         const int c0 = c * p.chunk;
@@ -238,134 +199,30 @@ __global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBloc
         const int cend = (cvalid + 15) & ~15;
         if (!p.resident || !staged) {  // CTA-uniform
           __syncthreads();  // every warp is done with the previous chunk
-          stage<D, NT>(Qs, qg, p.sq, p.mode_a, c0, cend, n, row);
-          stage<D, NT>(Ds, dog, p.sdo, p.mode_b, c0, cend, n, row);
-          for (int i = threadIdx.x; i < cend; i += NT) {
-            const bool ok = i < cvalid;
-            Ls[i] = ok ? lg[c0 + i] * kLog2e : 0.f;
-            Dl[i] = ok ? deltag[c0 + i] : 0.f;
+          stage<D, NT>(Xs, xg, sx, p.mode_a, c0, cend, n, row);
+          stage<D, NT>(Ys, yg, sy, p.mode_b, c0, cend, n, row);
+          if constexpr (DKDV) {
+            for (int i = threadIdx.x; i < cend; i += NT) {
+              const bool ok = i < cvalid;
+              Ls[i] = ok ? lg[c0 + i] * kLog2e : 0.f;
+              Dl[i] = ok ? deltag[c0 + i] : 0.f;
+            }
           }
           __syncthreads();
           staged = true;
         }
         if (active) {
-          int qb = 0;
-          for (; qb + kBwdBlock <= cend; qb += kBwdBlock)
-            dkdv_block<T, D, kBwdBlock / 16>(kt, qs, ds, Ls, Dl, row, qb, cvalid, p.scale_log2, lane);
-          for (; qb < cend; qb += 16) dkdv_block<T, D, 1>(kt, qs, ds, Ls, Dl, row, qb, cvalid, p.scale_log2, lane);
+          int tb = 0;
+          for (; tb + kBwdBlock <= cend; tb += kBwdBlock)
+            bwd_block<T, D, DKDV, kBwdBlock / 16>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
+          for (; tb < cend; tb += 16) bwd_block<T, D, DKDV, 1>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
         }
       }
       if (active) {
-        store_rows<T, D>(kt.dk, p.scale, epi, dkg, p.N, tile * 16, n, lane);
-        store_rows<T, D>(kt.dv, 1.f, epi, dvg, p.N, tile * 16, n, lane);
+        const int64_t out0 = bh * D * p.N + t0;
+        store_rows<T, D>(w.acc0, p.scale, epi, (DKDV ? p.dk : p.dq) + out0, p.N, tile * 16, n, lane);
+        if constexpr (DKDV) store_rows<T, D>(w.acc1, 1.f, epi, p.dv + out0, p.N, tile * 16, n, lane);
       }
-    }
-  }
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// dQ
-
-template <int D>
-struct QueryTile {
-  uint32_t qa[D / 16][4], doa[D / 16][4];  // this warp's 16 queries of Q and dO
-  float dq[D / 8][4];
-  float ls[2], dl[2];  // lse * log2e (at least -FLT_MAX) and Delta of rows g, g + 8
-};
-
-// Keys [kb, kb + 16*NT16) of the staged chunk; keys >= kvalid contribute nothing.
-template <typename T, int D, int NT16>
-__device__ __forceinline__ void dq_block(QueryTile<D>& qt, uint32_t ks, uint32_t vs, int row, int kb, int kvalid,
-                                         float scale_log2, int lane) {
-  constexpr int NT8 = NT16 * 2;
-  const int t = lane & 3;
-  float p[NT8][4], dp[NT8][4];
-  scores<T, D, NT8>(p, qt.qa, ks, row, kb, lane);    // S
-  scores<T, D, NT8>(dp, qt.doa, vs, row, kb, lane);  // dP
-#pragma unroll
-  for (int j = 0; j < NT8; ++j) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = e >> 1;
-      float dse = 0.f;
-      if (kb + j * 8 + 2 * t + (e & 1) < kvalid)
-        dse = fast_exp2(p[j][e] * scale_log2 - qt.ls[r]) * (dp[j][e] - qt.dl[r]);
-      dp[j][e] = dse;
-    }
-  }
-  accumulate_rows<T, D, NT16>(qt.dq, dp, ks, row, kb, lane);  // dQ += dS K
-}
-
-template <typename T, int D>
-__global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBlocks)
-    area_attention_bwd_dq_kernel(const BwdParams p) {
-  if constexpr (!arch_has_mma<T>()) {
-    __trap();
-  } else {
-    constexpr int NW = BwdConfig<D>::kWarps;
-    constexpr int NT = BwdConfig<D>::kThreads;
-    YF_DYNAMIC_SMEM(unsigned char, smem_raw);
-    const int row = p.smem_row;
-    uint16_t* Ks = reinterpret_cast<uint16_t*>(smem_raw);  // K rows [d][key] of the chunk
-    uint16_t* Vs = Ks + D * row;                             // V rows
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    // the same shared-memory layout as the dK/dV kernel (one plan for both): epilogue after the two float arrays
-    uint16_t* epi = reinterpret_cast<uint16_t*>(reinterpret_cast<float*>(Vs + D * row) + 2 * p.chunk) +
-                    warp * (D * kEpiRow);
-
-    const Sequence sq = this_sequence(p.heads, p.area, p.n);
-    const int64_t bh = sq.bh, t0 = sq.t0;
-    const uint16_t* qg = seq_base(p.q, p.sq, sq);
-    const uint16_t* kg = seq_base(p.k, p.sk, sq);
-    const uint16_t* vg = seq_base(p.v, p.sv, sq);
-    const uint16_t* dog = seq_base(p.dout, p.sdo, sq);
-    const float* lg = p.lse + bh * p.N + t0;
-    const float* deltag = p.delta + bh * p.N + t0;
-    uint16_t* dqg = p.dq + bh * D * p.N + t0;
-
-    const int n = p.n;
-    const int tiles = (int)(((int64_t)n + 15) / 16);
-    const int groups = (tiles + NW - 1) / NW;
-    const int chunks = p.resident ? 1 : (int)(((int64_t)n + p.chunk - 1) / p.chunk);
-    const uint32_t ks = smem_addr(Ks), vs = smem_addr(Vs);
-
-    bool staged = false;
-    for (int grp = blockIdx.y; grp < groups; grp += gridDim.y) {
-      const int tile = grp * NW + warp;
-      const bool active = tile < tiles;
-      QueryTile<D> qt;
-      if (active) {
-        load_rows_a<D>(qt.qa, qg, p.sq.n, p.sq.d, tile * 16, n, lane);
-        load_rows_a<D>(qt.doa, dog, p.sdo.n, p.sdo.d, tile * 16, n, lane);
-        const int g = lane >> 2;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int qi = tile * 16 + g + r * 8;
-          qt.ls[r] = qi < n ? fmaxf(lg[qi] * kLog2e, -FLT_MAX) : 0.f;
-          qt.dl[r] = qi < n ? deltag[qi] : 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i) qt.dq[i][0] = qt.dq[i][1] = qt.dq[i][2] = qt.dq[i][3] = 0.f;
-      }
-      for (int c = 0; c < chunks; ++c) {
-        const int c0 = c * p.chunk;
-        const int cvalid = min(p.chunk, n - c0);
-        const int cend = (cvalid + 15) & ~15;
-        if (!p.resident || !staged) {  // CTA-uniform
-          __syncthreads();
-          stage<D, NT>(Ks, kg, p.sk, p.mode_a, c0, cend, n, row);
-          stage<D, NT>(Vs, vg, p.sv, p.mode_b, c0, cend, n, row);
-          __syncthreads();
-          staged = true;
-        }
-        if (active) {
-          int kb = 0;
-          for (; kb + kBwdBlock <= cend; kb += kBwdBlock)
-            dq_block<T, D, kBwdBlock / 16>(qt, ks, vs, row, kb, cvalid, p.scale_log2, lane);
-          for (; kb < cend; kb += 16) dq_block<T, D, 1>(qt, ks, vs, row, kb, cvalid, p.scale_log2, lane);
-        }
-      }
-      if (active) store_rows<T, D>(qt.dq, p.scale, epi, dqg, p.N, tile * 16, n, lane);
     }
   }
 }
@@ -378,13 +235,8 @@ __global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBloc
 namespace {
 using namespace detail;
 
-template <typename T, int D>
-LaunchCache& dkdv_cache() {
-  static LaunchCache cache;
-  return cache;
-}
-template <typename T, int D>
-LaunchCache& dq_cache() {
+template <typename T, int D, bool DKDV>
+LaunchCache& bwd_cache() {
   static LaunchCache cache;
   return cache;
 }
@@ -411,12 +263,12 @@ cudaError_t launch_bwd(BwdParams p, const AreaAttnFwdPlan& plan, int64_t seqs, c
   if (err != cudaSuccess) return err;
   p.mode_a = staging_mode(a.q, a.sq, a.batch, a.heads, p.n);
   p.mode_b = staging_mode(a.dout, a.sdout, a.batch, a.heads, p.n);
-  err = launch_split(area_attention_bwd_dkdv_kernel<T, D>, dkdv_cache<T, D>(), required, threads, warps,
-                                 plan.smem_bytes, p.n, seqs, dev, stream, p);
+  err = launch_split(area_attention_bwd_kernel<T, D, true>, bwd_cache<T, D, true>(), required, threads, warps,
+                     plan.smem_bytes, p.n, seqs, dev, stream, p);
   if (err != cudaSuccess) return err;
   p.mode_a = staging_mode(a.k, a.sk, a.batch, a.heads, p.n);
   p.mode_b = staging_mode(a.v, a.sv, a.batch, a.heads, p.n);
-  return launch_split(area_attention_bwd_dq_kernel<T, D>, dq_cache<T, D>(), required, threads, warps,
+  return launch_split(area_attention_bwd_kernel<T, D, false>, bwd_cache<T, D, false>(), required, threads, warps,
                       plan.smem_bytes, p.n, seqs, dev, stream, p);
 }
 

@@ -106,17 +106,7 @@ __device__ __forceinline__ void attend_block(WarpState<D>& st, uint32_t ks_base,
 
   // S = Q K^T: per 8-key tile, one ldmatrix.trans.x4 brings K^T fragments for 32 d (lane l addresses row d = l).
   float s[NT8][4];
-#pragma unroll
-  for (int j = 0; j < NT8; ++j) {
-    s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-    for (int dq = 0; dq < D / 32; ++dq) {
-      uint32_t b[4];
-      ldsm_x4_trans(b, ks_base + (uint32_t)(((dq * 32 + lane) * row + kb + j * 8) * 2));
-      mma_16816<T>(s[j], st.qa[dq * 2], b[0], b[1]);
-      mma_16816<T>(s[j], st.qa[dq * 2 + 1], b[2], b[3]);
-    }
-  }
+  scores<T, D, NT8>(s, st.qa, ks_base, row, kb, lane);
 
   // online softmax (base 2)
   const bool need_mask = kb + NT8 * 8 > kvalid;
@@ -166,23 +156,7 @@ __device__ __forceinline__ void attend_block(WarpState<D>& st, uint32_t ks_base,
 
   // O += P V: P re-packed as A fragments (two 8-key accumulator tiles = one 16-key A); one ldmatrix.x4 brings V
   // fragments for 16 keys x 16 d (matrices: d tile 2dp / keys 0-7, 2dp / 8-15, 2dp+1 / 0-7, 2dp+1 / 8-15).
-#pragma unroll
-  for (int kk = 0; kk < NT16; ++kk) {
-    uint32_t a[4];
-    a[0] = Elem<T>::pack2(s[2 * kk][0], s[2 * kk][1]);
-    a[1] = Elem<T>::pack2(s[2 * kk][2], s[2 * kk][3]);
-    a[2] = Elem<T>::pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    a[3] = Elem<T>::pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-#pragma unroll
-    for (int dp = 0; dp < D / 16; ++dp) {
-      const int d = (2 * dp + (lane >> 4)) * 8 + (lane & 7);
-      const int key = kb + kk * 16 + ((lane >> 3) & 1) * 8;
-      uint32_t b[4];
-      ldsm_x4(b, vs_base + (uint32_t)((d * row + key) * 2));
-      mma_16816<T>(st.o[2 * dp], a, b[0], b[1]);
-      mma_16816<T>(st.o[2 * dp + 1], a, b[2], b[3]);
-    }
-  }
+  accumulate_rows<T, D, NT16>(st.o, s, vs_base, row, kb, lane);
 }
 
 // All keys [0, kend) of the smem chunk (kend a multiple of 16); keys >= kvalid masked.
@@ -224,13 +198,7 @@ __device__ __forceinline__ void epilogue(const WarpState<D>& st, uint16_t* __res
     }
   }
   __syncwarp();
-  // lanes 0-15 store 16 tokens of row d, lanes 16-31 of row d + 1
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) {
-    const int d = 2 * i + (lane >> 4);
-    const int tok = q0 + (lane & 15);
-    if (tok < n) ob[(int64_t)d * N + tok] = epi[d * kEpiRow + (lane & 15)];
-  }
+  flush_rows<D>(epi, ob, N, q0, n, lane);
   if (t == 0) {
     if (q0 + g < n) lb[q0 + g] = (st.m[0] + __log2f(l[0])) * kLn2;
     if (q0 + g + 8 < n) lb[q0 + g + 8] = (st.m[1] + __log2f(l[1])) * kLn2;

@@ -248,6 +248,81 @@ __device__ __forceinline__ void load_rows_a(uint32_t (&a)[D / 16][4], const uint
 }
 
 // ------------------------------------------------------------------------------------------------------------
+// one warp's 16-row tile against staged [d][token] rows: the products every attention kernel is made of
+
+// The warp's transpose buffer epi ([d][16 rows], rows kEpiRow apart) -> rows row0.. of a contiguous (D, N) block
+// (token index fastest): lanes 0-15 store 16 tokens of row d, lanes 16-31 of row d + 1. Rows >= n are not stored.
+// The caller syncs the warp before (epi written) and after (epi reused).
+template <int D>
+__device__ __forceinline__ void flush_rows(const uint16_t* __restrict__ epi, uint16_t* __restrict__ ob, int64_t N,
+                                           int row0, int n, int lane) {
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) {
+    const int d = 2 * i + (lane >> 4);
+    const int tok = row0 + (lane & 15);
+    if (tok < n) ob[(int64_t)d * N + tok] = epi[d * kEpiRow + (lane & 15)];
+  }
+}
+
+// acc (16 rows x D: rows g, g+8; columns as the mma C fragments) * mul -> rows row0.. of a contiguous (D, N) block,
+// through the warp's transpose buffer; rows >= n are not stored.
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], float mul, uint16_t* __restrict__ epi,
+                                           uint16_t* __restrict__ ob, int64_t N, int row0, int n, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      epi[(i * 8 + 2 * t + (e & 1)) * kEpiRow + g + (e >> 1) * 8] = Elem<T>::from_float(acc[i][e] * mul);
+  __syncwarp();
+  flush_rows<D>(epi, ob, N, row0, n, lane);
+  __syncwarp();  // the buffer is reused by this warp's next tile
+}
+
+// x (16 x 8 tiles, x NT8) = A (16 rows x D, fragments) B^T, B^T from staged rows [d][token] at tokens tb.. by
+// ldmatrix.trans (lane l addresses row d = 32 dq + l): the forward's S = Q K^T.
+template <typename T, int D, int NT8>
+__device__ __forceinline__ void scores(float (&x)[NT8][4], const uint32_t (&a)[D / 16][4], uint32_t base, int row,
+                                       int tb, int lane) {
+#pragma unroll
+  for (int j = 0; j < NT8; ++j) {
+    x[j][0] = x[j][1] = x[j][2] = x[j][3] = 0.f;
+#pragma unroll
+    for (int dq = 0; dq < D / 32; ++dq) {
+      uint32_t b[4];
+      ldsm_x4_trans(b, base + (uint32_t)(((dq * 32 + lane) * row + tb + j * 8) * 2));
+      mma_16816<T>(x[j], a[dq * 2], b[0], b[1]);
+      mma_16816<T>(x[j], a[dq * 2 + 1], b[2], b[3]);
+    }
+  }
+}
+
+// acc (16 rows x D) += X (16 rows x 16*NT16 tokens, the fp32 accumulator tiles of scores(), re-packed as A
+// fragments in T) times the staged rows [d][token] at tokens tb.. (B by ldmatrix): the forward's O += P V.
+template <typename T, int D, int NT16>
+__device__ __forceinline__ void accumulate_rows(float (&acc)[D / 8][4], const float (&x)[2 * NT16][4], uint32_t base,
+                                                int row, int tb, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < NT16; ++kk) {
+    uint32_t a[4];
+    a[0] = Elem<T>::pack2(x[2 * kk][0], x[2 * kk][1]);
+    a[1] = Elem<T>::pack2(x[2 * kk][2], x[2 * kk][3]);
+    a[2] = Elem<T>::pack2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    a[3] = Elem<T>::pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; ++dp) {
+      const int d = (2 * dp + (lane >> 4)) * 8 + (lane & 7);
+      const int tok = tb + kk * 16 + ((lane >> 3) & 1) * 8;
+      uint32_t b[4];
+      ldsm_x4(b, base + (uint32_t)((d * row + tok) * 2));
+      mma_16816<T>(acc[2 * dp], a, b[0], b[1]);
+      mma_16816<T>(acc[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------
 // host helpers
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

@@ -37,6 +37,24 @@ kc::DeviceInfo device_info(const at::Tensor& t) {
   return d;
 }
 
+// The arguments both attention launchers take from q, k, v: pointers, strides, sizes, area, scale, dtype.
+template <typename Args>
+void set_qkv(Args& a, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t area, double scale) {
+  a.q = q.data_ptr();
+  a.k = k.data_ptr();
+  a.v = v.data_ptr();
+  a.sq = strides4(q);
+  a.sk = strides4(k);
+  a.sv = strides4(v);
+  a.batch = q.size(0);
+  a.heads = q.size(1);
+  a.head_dim = q.size(2);
+  a.tokens = q.size(3);
+  a.area = area;
+  a.scale = static_cast<float>(scale);
+  a.dtype = kernel_dtype(q.scalar_type());
+}
+
 // The checks both attention ops make on q, k, v and area (readable errors before any kernel is involved).
 void check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t area) {
   TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda(), op, ": q, k, v must be CUDA tensors, got ", q.device(),
@@ -109,23 +127,11 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
               dev.smem_per_block_optin, " bytes per block); use backend='triton'");
 
   kc::AreaAttnFwdArgs a{};
-  a.q = q.data_ptr();
-  a.k = k.data_ptr();
-  a.v = v.data_ptr();
+  set_qkv(a, q, k, v, area, scale);
   a.residual = residual.has_value() ? residual->data_ptr() : nullptr;
   a.out = out.data_ptr();
   a.lse = lse.data_ptr<float>();
-  a.sq = strides4(q);
-  a.sk = strides4(k);
-  a.sv = strides4(v);
   a.sr = residual.has_value() ? strides4(*residual) : kc::Strides4{0, 0, 0, 0};
-  a.batch = B;
-  a.heads = heads;
-  a.head_dim = D;
-  a.tokens = N;
-  a.area = area;
-  a.scale = static_cast<float>(scale);
-  a.dtype = kernel_dtype(dtype);
   C10_CUDA_CHECK(kc::area_attention_fwd(a, dev, at::cuda::getCurrentCUDAStream()));
   return {out, lse};
 }
@@ -166,9 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
   const at::Tensor lse_c = lse.contiguous();
 
   kc::AreaAttnBwdArgs a{};
-  a.q = q.data_ptr();
-  a.k = k.data_ptr();
-  a.v = v.data_ptr();
+  set_qkv(a, q, k, v, area, scale);
   a.dout = dout.data_ptr();
   a.out = out.data_ptr();
   a.residual = residual.has_value() ? residual->data_ptr() : nullptr;
@@ -177,19 +181,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
   a.dq = dq.data_ptr();
   a.dk = dk.data_ptr();
   a.dv = dv.data_ptr();
-  a.sq = strides4(q);
-  a.sk = strides4(k);
-  a.sv = strides4(v);
   a.sdout = strides4(dout);
   a.sout = strides4(out);
   a.sres = residual.has_value() ? strides4(*residual) : kc::Strides4{0, 0, 0, 0};
-  a.batch = B;
-  a.heads = heads;
-  a.head_dim = D;
-  a.tokens = N;
-  a.area = area;
-  a.scale = static_cast<float>(scale);
-  a.dtype = kernel_dtype(dtype);
   C10_CUDA_CHECK(kc::area_attention_bwd(a, dev, at::cuda::getCurrentCUDAStream()));
   return {dq, dk, dv};
 }

@@ -2,6 +2,7 @@
 // calls through ctypes with the data pointers and strides of CPU tensors. The kernel source, its host launcher
 // (tiling plan, limits) and its launch are the ones the CUDA build runs; only the CUDA runtime is emulated.
 #include "pe_add.cu"
+#include "emu_args.h"
 
 extern "C" {
 
@@ -17,8 +18,8 @@ int yf_emu_pe_add(const void* v, const void* weight, const void* bias, const voi
   a.bias = bias;
   a.x = x;
   a.out = out;
-  a.sv = {sv[0], sv[1], sv[2], sv[3]};
-  if (sx) a.sx = {sx[0], sx[1], sx[2], sx[3]};
+  a.sv = yf_emu_args::strides(sv);
+  a.sx = yf_emu_args::strides(sx);
   a.w_c = w_c;
   a.w_y = w_y;
   a.w_x = w_x;

@@ -3,14 +3,15 @@
 // Layout: q, k, v are (B, heads, D, N) with arbitrary strides (views of the qkv conv output are read in place,
 // through 64-bit offsets); area j owns tokens [j*n, (j+1)*n), n = N / area. Outputs are contiguous.
 //
-// Algorithm (forward), per (batch, head, area) and per block of BQ = 3 vectors of queries (24 with AVX2, 48 with
-// AVX-512):
+// Algorithm (forward), per (batch, head, area) and per block of BQ = NV vectors of queries: NV = 3 in the 4- and
+// 8-lane builds (12 or 24 queries: 16 registers hold the 4 x 3 tile), 4 or 5 with AVX-512 (64 or 80 queries in 32
+// registers, whichever pads the area's queries less: 400 = 5 x 80, 300 = 5 x 64):
 //   1. pack the area's K and V once into small per-thread panels (fp32, dtype conversion happens here), and
 //      the query block as Qp[d][t] pre-multiplied by scale * log2(e), so scores are in the log2 domain;
 //   2. for each key chunk of at most KC_MAX keys: S^T[s][t] = K[:, s] . Qp[:, t] and its column max
-//      (register tile: 4 keys x 3 vectors), online softmax down each column t (running max m and sum l;
+//      (register tile: 4 keys x NV vectors), online softmax down each column t (running max m and sum l;
 //      rescaling only happens when there is more than one chunk), then O[d][t] += V[d, s] P^T[s][t]
-//      (register tile: 4 head-dim rows x 3 vectors);
+//      (register tile: 4 head-dim rows x NV vectors);
 //   3. out[d][t] = O[d][t] / l[t] (+ residual), lse[t] = (m[t] + log2 l[t]) * ln 2.
 // Scores are kept transposed (keys x queries) so that every step, softmax included, is vectorised along the
 // query index and the output row out[d][t0:t0+BQ] is written contiguously. No n x n buffer exists: the
@@ -45,6 +46,10 @@
 #include <vector>
 
 #include "common.h"
+
+#ifdef Y12_HAVE_AVX2_BUILD
+#include <immintrin.h>
+#endif
 
 namespace yolov12_fast {
 
@@ -83,10 +88,16 @@ namespace {
 
 using namespace simd;
 
-// 2^x for x <= 0 (scores minus their running max); |relative error| < 2e-8 on the polynomial. Inputs below
+// 2^x for x <= 0 (scores minus their running max); |relative error| < 2e-8 on the polynomial. This is the
+// portable form (4-lane baseline build); the AVX2 and AVX-512 builds have their own below, the same polynomial with
+// fewer instructions (test_softmax_probabilities_are_accurate checks each build's). Inputs below
 // -125 give exactly 0 (a denormal or 2^-125 would be invisible next to a sum >= 1, but -inf must give 0: a key
 // scored -inf has probability 0 and must contribute 0 * x = NaN, not 2^-125 * inf, where x is infinite, as in torch).
 // The comparisons are false for NaN, which therefore passes through (NaN inputs give NaN, as in torch).
+// 2^f on [-0.5, 0.5], degree-6 fit (relative error 1.6e-8), highest power first; every build evaluates it by Horner.
+constexpr float kExp2Poly[7] = {1.5337585e-4f, 1.3399870e-3f, 9.6185198e-3f, 5.5503290e-2f,
+                                2.4022646e-1f, 6.9314718e-1f, 1.0f};
+
 template <class V> Y12_INLINE V vexp2(V x) {
   using VI = typename IntVec<V>::type;
   const auto underflow = x < vset<V>(-125.f);
@@ -95,16 +106,51 @@ template <class V> Y12_INLINE V vexp2(V x) {
   const V magic = vset<V>(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
   const V t = x + magic;
   const V f = x - (t - magic);          // in [-0.5, 0.5]
-  V p = vset<V>(1.5337585e-4f);         // 2^f, degree-6 fit on [-0.5, 0.5] (relative error 1.6e-8)
-  p = p * f + vset<V>(1.3399870e-3f);
-  p = p * f + vset<V>(9.6185198e-3f);
-  p = p * f + vset<V>(5.5503290e-2f);
-  p = p * f + vset<V>(2.4022646e-1f);
-  p = p * f + vset<V>(6.9314718e-1f);
-  p = p * f + vset<V>(1.0f);
+  V p = vset<V>(kExp2Poly[0]);
+#pragma GCC unroll 6
+  for (int i = 1; i < 7; ++i) p = p * f + vset<V>(kExp2Poly[i]);
   const VI e = ((VI)t - (VI)magic) << 23;  // the integer part, moved into the exponent field
   return underflow ? V{} : (V)((VI)p + e);
 }
+
+#ifdef Y12_HAVE_AVX2_BUILD
+// Intrinsic forms of vexp2 for the AVX2 and AVX-512 builds. The vector-extension form above compiles to 20
+// instructions per vector there (selects through mask registers, integer exponent arithmetic); the exponentials
+// were 22 % of the AVX-512 forward (P4 h2, 1 thread). These functions carry their ISA's target attribute, so they
+// cannot be always_inline into the ISA-neutral templates: the per-ISA wrappers of the cores below are `flatten`,
+// which inlines everything into them instead (measured: the forward 1.23x faster with the AVX-512 form, 1.10x
+// with the AVX2 one).
+
+// AVX2: rounding by vroundps, the underflow to exactly 0 by one AND with the compare mask (NaN inputs fail the
+// compare as unordered and pass through).
+Y12_AVX2 inline vf8 vexp2(vf8 xv) {
+  const __m256 x = _mm256_min_ps(_mm256_set1_ps(127.f), (__m256)xv);  // (min returns its second operand, a NaN x)
+  const __m256 keep = _mm256_cmp_ps((__m256)xv, _mm256_set1_ps(-125.f), _CMP_NLT_UQ);
+  const __m256 r = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(x, r);
+  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
+#pragma GCC unroll 6
+  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
+  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(r), 23);
+  const __m256 y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+  return (vf8)_mm256_and_ps(y, keep);
+}
+
+// AVX-512: the rounding (vrndscaleps), the exponent insertion (vscalefps, which needs no clamp against overflow:
+// 2^128 and up give +inf) and the underflow to exactly 0 (zero-masking) take one instruction each: 11 vector
+// operations. NaN inputs fail the compare and pass through as NaN.
+Y12_AVX512 inline vf16 vexp2(vf16 xv) {
+  const __m512 x = (__m512)xv;
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-125.f), _CMP_NLT_UQ);  // not (x < -125): NaN kept
+  // (the merge-masked form: the plain one reads an undefined register, which GCC 12 warns of)
+  const __m512 r = _mm512_mask_roundscale_ps(x, 0xFFFF, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, r);  // in [-0.5, 0.5]
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+#pragma GCC unroll 6
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
+  return (vf16)_mm512_maskz_scalef_ps(keep, p, r);
+}
+#endif
 
 constexpr float kLog2e = 1.4426950408889634f;  // 1 / ln 2
 constexpr float kLn2 = 0.6931471805599453f;
@@ -114,8 +160,8 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 constexpr int MR = 4;         // keys (or head-dim rows) per register tile
 constexpr int KC_MAX = 512;   // keys per online-softmax chunk (one chunk for n <= 512: no rescaling at all)
-constexpr int SB = 64;        // keys per step of the P V product (64 x BQ probabilities: 6 KB at most, in L1)
-template <class V> constexpr int kBQ = 3 * kLanes<V>;  // queries per block: 3 vectors
+constexpr int SB = 64;        // keys per step of the P V product (64 x BQ probabilities: 20 KB at most, in L1)
+template <class V, int NV = 3> constexpr int kBQ = NV * kLanes<V>;  // queries per block: NV vectors
 
 Y12_INLINE int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -169,46 +215,47 @@ void pack_block_dt(const T* src, int64_t sd, int64_t st, int D, int bq, int vali
 // The 4 x 3-vector register tile shared by the score and P V products: c[i][j] += sum_{k < K} a[k][i] * b[k][j]
 // with a [K][MR] (4 broadcasts per step) and b [K][BQ] (3 vectors per step); 12 accumulators, 12 FMAs per 3
 // loads and 4 broadcasts.
-template <class V, class Int>
-Y12_INLINE void mac_tile(V (&c)[MR][3], const float* __restrict a, const float* __restrict b, Int K) {
-  constexpr int W = kLanes<V>, BQ = kBQ<V>;
+template <class V, int NV, class Int>
+Y12_INLINE void mac_tile(V (&c)[MR][NV], const float* __restrict a, const float* __restrict b, Int K) {
+  constexpr int W = kLanes<V>, BQ = kBQ<V, NV>;
 #pragma GCC unroll 2
   for (Int k = 0; k < K; ++k) {
-    const V b0 = vload<V>(b + k * BQ), b1 = vload<V>(b + k * BQ + W), b2 = vload<V>(b + k * BQ + 2 * W);
+    V bv[NV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) bv[j] = vload<V>(b + k * BQ + j * W);
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       const V x = vset<V>(a[k * MR + i]);
-      c[i][0] += x * b0;
-      c[i][1] += x * b1;
-      c[i][2] += x * b2;
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) c[i][j] += x * bv[j];
     }
   }
 }
 
-template <class V>
-Y12_INLINE void store_tile(const V (&c)[MR][3], float* __restrict out) {
-  constexpr int W = kLanes<V>, BQ = kBQ<V>;
+template <class V, int NV>
+Y12_INLINE void store_tile(const V (&c)[MR][NV], float* __restrict out) {
+  constexpr int W = kLanes<V>, BQ = kBQ<V, NV>;
 #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-    for (int j = 0; j < 3; ++j) vstore(out + i * BQ + j * W, c[i][j]);
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j) vstore(out + i * BQ + j * W, c[i][j]);
 }
 
 // out[i][t] = sum_d panel[d][i] * blk[d][t] for the 4 keys of one panel: 4 x BQ outputs in 12 registers.
 // With a `colmax`, also colmax[t] = max(colmax[t], out[i][t]) over the first `nvalid` keys (the others pad).
-template <int D, class V>
+template <int D, class V, int NV = 3>
 Y12_INLINE void tile_panel_x_block(const float* __restrict blk, const float* __restrict panel, float* __restrict out,
                                    V* colmax = nullptr, int nvalid = MR) {
-  V c[MR][3] = {};
-  mac_tile<V>(c, panel, blk, D);
-  store_tile<V>(c, out);
+  V c[MR][NV] = {};
+  mac_tile<V, NV>(c, panel, blk, D);
+  store_tile<V, NV>(c, out);
   if (colmax != nullptr) {
     if (nvalid == MR) {
-#pragma GCC unroll 3
-      for (int j = 0; j < 3; ++j) colmax[j] = vmax(colmax[j], vmax(vmax(c[0][j], c[1][j]), vmax(c[2][j], c[3][j])));
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) colmax[j] = vmax(colmax[j], vmax(vmax(c[0][j], c[1][j]), vmax(c[2][j], c[3][j])));
     } else {
       for (int i = 0; i < nvalid; ++i)
-        for (int j = 0; j < 3; ++j) colmax[j] = vmax(colmax[j], c[i][j]);
+        for (int j = 0; j < NV; ++j) colmax[j] = vmax(colmax[j], c[i][j]);
     }
   }
 }
@@ -216,18 +263,18 @@ Y12_INLINE void tile_panel_x_block(const float* __restrict blk, const float* __r
 // acc[i][t] (+)= sum_{s < ns} rows[s][i] * P[s][t] for 4 rows (head-dim rows of V, or of K in the backward).
 // Blocked summation: the block's sum starts from zero and is added to acc once, so a long reduction (1600 keys
 // at 1280x1280) accumulates rounding like a sum of n / SB block sums, not like one n-term running sum.
-template <bool ACCUMULATE, class V>
+template <bool ACCUMULATE, class V, int NV = 3>
 Y12_INLINE void tile_rows_x_p(const float* __restrict P, int64_t ns, const float* __restrict rows, float* __restrict acc) {
-  constexpr int W = kLanes<V>, BQ = kBQ<V>;
-  V c[MR][3] = {};
-  mac_tile<V>(c, rows, P, ns);
+  constexpr int W = kLanes<V>, BQ = kBQ<V, NV>;
+  V c[MR][NV] = {};
+  mac_tile<V, NV>(c, rows, P, ns);
   if (ACCUMULATE) {
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 3
-      for (int j = 0; j < 3; ++j) c[i][j] += vload<V>(acc + i * BQ + j * W);
+#pragma GCC unroll 8
+      for (int j = 0; j < NV; ++j) c[i][j] += vload<V>(acc + i * BQ + j * W);
   }
-  store_tile<V>(c, acc);
+  store_tile<V, NV>(c, acc);
 }
 
 // acc[s][d0:d0+2W] += sum_t A[s][t] * Bt[t][d0:d0+2W] for the 4 rows s of A (a [keys][BQ] block), Bt [BQ][D].
@@ -275,28 +322,30 @@ struct Geometry {
 
 // One query block. Kp: key panels of the area, Vp: row panels of V, Qp: [D][BQ] scaled by scale*log2(e).
 // On return O[d][t] = softmax(.) V (normalised) and lse[t] (natural log), for all BQ columns.
-template <int D, class V>
+template <int D, class V, int NV>
 Y12_INLINE void fwd_block(const Geometry& G, const float* Kp, const float* Vp, const float* Qp, float* St, float* O,
                           float* lse) {
-  constexpr int W = kLanes<V>, BQ = kBQ<V>;
-  V m[3], l[3];
+  constexpr int W = kLanes<V>, BQ = kBQ<V, NV>;
+  V m[NV], l[NV];
   for (int64_t c0 = 0; c0 < G.n; c0 += G.kc) {
     const int64_t ns = std::min(G.kc, G.n - c0);
     // S^T = K^T Q for the chunk, 4 keys at a time, and its column max (padding keys of the last panel are
     // computed but take no part)
-    V cm[3] = {vset<V>(-INFINITY), vset<V>(-INFINITY), vset<V>(-INFINITY)};
+    V cm[NV];
+    for (int j = 0; j < NV; ++j) cm[j] = vset<V>(-INFINITY);
     for (int64_t s = 0; s < ns; s += MR)
-      tile_panel_x_block<D, V>(Qp, Kp + (c0 + s) * D, St + s * BQ, cm, static_cast<int>(std::min<int64_t>(MR, ns - s)));
+      tile_panel_x_block<D, V, NV>(Qp, Kp + (c0 + s) * D, St + s * BQ, cm,
+                                   static_cast<int>(std::min<int64_t>(MR, ns - s)));
     // rescale what earlier chunks accumulated. A query whose scores so far are all -inf (fp32 overflow of finite
     // inputs, -inf inputs) keeps m = -inf: its exponents subtract 0 instead (mu), or 2^(-inf - -inf) would make
     // NaN of keys that have probability 0; alpha is then 2^-inf = 0 on a sum and an O that are still 0.
     const V ninf = vset<V>(-INFINITY);
-    V mu[3];
+    V mu[NV];
     if (c0 == 0) {
-      for (int j = 0; j < 3; ++j) m[j] = cm[j], l[j] = V{}, mu[j] = m[j] == ninf ? V{} : m[j];
+      for (int j = 0; j < NV; ++j) m[j] = cm[j], l[j] = V{}, mu[j] = m[j] == ninf ? V{} : m[j];
     } else {
-      V alpha[3];
-      for (int j = 0; j < 3; ++j) {
+      V alpha[NV];
+      for (int j = 0; j < NV; ++j) {
         const V mn = vmax(m[j], cm[j]);
         mu[j] = mn == ninf ? V{} : mn;
         alpha[j] = vexp2(m[j] - mu[j]);
@@ -304,18 +353,18 @@ Y12_INLINE void fwd_block(const Geometry& G, const float* Kp, const float* Vp, c
         m[j] = mn;
       }
       for (int d = 0; d < D; ++d)
-        for (int j = 0; j < 3; ++j) vstore(O + d * BQ + j * W, vload<V>(O + d * BQ + j * W) * alpha[j]);
+        for (int j = 0; j < NV; ++j) vstore(O + d * BQ + j * W, vload<V>(O + d * BQ + j * W) * alpha[j]);
     }
     // P = 2^(S - m), column sums (blocked like the P V product: SB-key partial sums, then into l)
     for (int64_t sb = 0; sb < ns; sb += SB) {
-      V part[3] = {};
+      V part[NV] = {};
       for (int64_t s = sb; s < std::min<int64_t>(sb + SB, ns); ++s)
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < NV; ++j) {
           const V p = vexp2(vload<V>(St + s * BQ + j * W) - mu[j]);
           part[j] += p;
           vstore(St + s * BQ + j * W, p);
         }
-      for (int j = 0; j < 3; ++j) l[j] += part[j];
+      for (int j = 0; j < NV; ++j) l[j] += part[j];
     }
     // O += V P^T, 4 head-dim rows at a time, SB keys at a time (so that those rows of P stay in L1 while
     // every head-dim tile reads them)
@@ -323,20 +372,20 @@ Y12_INLINE void fwd_block(const Geometry& G, const float* Kp, const float* Vp, c
       const int64_t nsb = std::min<int64_t>(SB, ns - sb);
       for (int d = 0; d < D; d += MR) {
         const float* rows = Vp + d * G.npad + (c0 + sb) * MR;  // panel d / 4, from key c0 + sb on
-        if (c0 == 0 && sb == 0) tile_rows_x_p<false, V>(St + sb * BQ, nsb, rows, O + d * BQ);
-        else tile_rows_x_p<true, V>(St + sb * BQ, nsb, rows, O + d * BQ);
+        if (c0 == 0 && sb == 0) tile_rows_x_p<false, V, NV>(St + sb * BQ, nsb, rows, O + d * BQ);
+        else tile_rows_x_p<true, V, NV>(St + sb * BQ, nsb, rows, O + d * BQ);
       }
     }
   }
-  V inv[3];
-  for (int j = 0; j < 3; ++j) {
+  V inv[NV];
+  for (int j = 0; j < NV; ++j) {
     inv[j] = vset<V>(1.f) / l[j];
     V lg;  // log2 of the sum, lane by lane (once per query: not worth a vector log)
     for (int e = 0; e < W; ++e) lg[e] = std::log2(l[j][e]);
     vstore(lse + j * W, (m[j] + lg) * kLn2);
   }
   for (int d = 0; d < D; ++d)
-    for (int j = 0; j < 3; ++j) vstore(O + d * BQ + j * W, vload<V>(O + d * BQ + j * W) * inv[j]);
+    for (int j = 0; j < NV; ++j) vstore(O + d * BQ + j * W, vload<V>(O + d * BQ + j * W) * inv[j]);
 }
 
 // One query block of the backward. Kp, Vp: key panels of K and V; Kd: row panels of K; Qp: [D][BQ] scaled by
@@ -385,68 +434,64 @@ using BwdBlockFn = void (*)(const Geometry&, const float*, const float*, const f
                             const float*, const float*, const float*, const float*, float*, float*, float*, float*,
                             float*);
 
-// The two builds of each core: baseline (4 lanes) and AVX2+FMA (8 lanes).
-template <int D>
-void fwd_block_base(const Geometry& G, const float* Kp, const float* Vp, const float* Qp, float* St, float* O,
-                    float* lse) {
-  fwd_block<D, vf4>(G, Kp, Vp, Qp, St, O, lse);
-}
-template <int D>
-void bwd_block_base(const Geometry& G, const float* Kp, const float* Vp, const float* Kd, const float* Qp,
-                    const float* Qt, const float* dOp, const float* dOt, const float* lse2, const float* delta,
-                    float* St, float* dPt, float* dK, float* dV, float* dQ) {
-  bwd_block<D, vf4>(G, Kp, Vp, Kd, Qp, Qt, dOp, dOt, lse2, delta, St, dPt, dK, dV, dQ);
-}
+// The builds of each core: baseline (4 lanes), AVX2+FMA (8 lanes), AVX-512 (16 lanes). Y12_FLAT inlines the
+// core and its intrinsic vexp2 into each ISA's wrapper.
+#define Y12_FLAT __attribute__((flatten))
+#define Y12_FWD_ARGS \
+  const Geometry &G, const float *Kp, const float *Vp, const float *Qp, float *St, float *O, float *lse
+#define Y12_BWD_ARGS                                                                                               \
+  const Geometry &G, const float *Kp, const float *Vp, const float *Kd, const float *Qp, const float *Qt,          \
+      const float *dOp, const float *dOt, const float *lse2, const float *delta, float *St, float *dPt, float *dK, \
+      float *dV, float *dQ
+#define Y12_BWD_PASS G, Kp, Vp, Kd, Qp, Qt, dOp, dOt, lse2, delta, St, dPt, dK, dV, dQ
+template <int D> void fwd_block_base(Y12_FWD_ARGS) { fwd_block<D, vf4, 3>(G, Kp, Vp, Qp, St, O, lse); }
+template <int D> void bwd_block_base(Y12_BWD_ARGS) { bwd_block<D, vf4>(Y12_BWD_PASS); }
 #ifdef Y12_HAVE_AVX2_BUILD
 template <int D>
-Y12_AVX2 void fwd_block_avx2(const Geometry& G, const float* Kp, const float* Vp, const float* Qp, float* St,
-                             float* O, float* lse) {
-  fwd_block<D, vf8>(G, Kp, Vp, Qp, St, O, lse);
-}
-template <int D>
-Y12_AVX2 void bwd_block_avx2(const Geometry& G, const float* Kp, const float* Vp, const float* Kd, const float* Qp,
-                             const float* Qt, const float* dOp, const float* dOt, const float* lse2,
-                             const float* delta, float* St, float* dPt, float* dK, float* dV, float* dQ) {
-  bwd_block<D, vf8>(G, Kp, Vp, Kd, Qp, Qt, dOp, dOt, lse2, delta, St, dPt, dK, dV, dQ);
-}
-template <int D>
-Y12_AVX512 void fwd_block_avx512(const Geometry& G, const float* Kp, const float* Vp, const float* Qp, float* St,
-                                 float* O, float* lse) {
-  fwd_block<D, vf16>(G, Kp, Vp, Qp, St, O, lse);
-}
-template <int D>
-Y12_AVX512 void bwd_block_avx512(const Geometry& G, const float* Kp, const float* Vp, const float* Kd,
-                                 const float* Qp, const float* Qt, const float* dOp, const float* dOt,
-                                 const float* lse2, const float* delta, float* St, float* dPt, float* dK, float* dV,
-                                 float* dQ) {
-  bwd_block<D, vf16>(G, Kp, Vp, Kd, Qp, Qt, dOp, dOt, lse2, delta, St, dPt, dK, dV, dQ);
-}
+Y12_AVX2 Y12_FLAT void fwd_block_avx2(Y12_FWD_ARGS) { fwd_block<D, vf8, 3>(G, Kp, Vp, Qp, St, O, lse); }
+template <int D> Y12_AVX2 Y12_FLAT void bwd_block_avx2(Y12_BWD_ARGS) { bwd_block<D, vf8>(Y12_BWD_PASS); }
+template <int D, int NV>
+Y12_AVX512 Y12_FLAT void fwd_block_avx512(Y12_FWD_ARGS) { fwd_block<D, vf16, NV>(G, Kp, Vp, Qp, St, O, lse); }
+template <int D> Y12_AVX512 Y12_FLAT void bwd_block_avx512(Y12_BWD_ARGS) { bwd_block<D, vf16>(Y12_BWD_PASS); }
 #endif
+#undef Y12_FWD_ARGS
+#undef Y12_BWD_ARGS
+#undef Y12_BWD_PASS
 
 // The core for head dim D on this CPU, and its query-block width.
 struct Kernels {
   FwdBlockFn fwd;
   BwdBlockFn bwd;
-  int bq;
+  int bq;      // the backward's query block
+  int fwd_bq;  // the forward's
 };
 
 template <int D>
-Kernels kernels_d() {
+Kernels kernels_d(int64_t n) {
+  Kernels k{&fwd_block_base<D>, &bwd_block_base<D>, kBQ<vf4>, kBQ<vf4>};
 #ifdef Y12_HAVE_AVX2_BUILD
-  // the backward's dK / dV tile spans 2 vectors of head dims: 32 at 16 lanes, so head_dim 16 stays 8-wide
-  if constexpr (D % (2 * kLanes<vf16>) == 0)
-    if (cpu_isa::use_avx512()) return {&fwd_block_avx512<D>, &bwd_block_avx512<D>, kBQ<vf16>};
-  if (cpu_isa::use_avx2()) return {&fwd_block_avx2<D>, &bwd_block_avx2<D>, kBQ<vf8>};
+  if (cpu_isa::use_avx2()) k = {&fwd_block_avx2<D>, &bwd_block_avx2<D>, kBQ<vf8>, kBQ<vf8>};
+  if (cpu_isa::use_avx512()) {
+    // the forward's query block: 4 or 5 vectors (64 or 80 queries), whichever pads the area's n queries less
+    // (400 -> 5 x 80; 300 -> 5 x 64; 49 -> 1 x 64); 4 on a tie, which measured faster (fewer live registers)
+    const int64_t pad4 = (n + 63) / 64 * 64, pad5 = (n + 79) / 80 * 80;
+    if (pad5 < pad4) k.fwd = &fwd_block_avx512<D, 5>, k.fwd_bq = kBQ<vf16, 5>;
+    else k.fwd = &fwd_block_avx512<D, 4>, k.fwd_bq = kBQ<vf16, 4>;
+    // the backward's 16-lane build only from head_dim 64 on: its dK / dV tile spans 2 vectors of head dims, and
+    // at head_dim 32 (one pass of that tile, 8 accumulators) it measured slower than the 8-lane build (P4 h2,
+    // 1 thread, Xeon: 5.3 vs 4.6 ms); 64: equal; 128: 16.0 vs 18.7 ms
+    if constexpr (D >= 64) k.bwd = &bwd_block_avx512<D>, k.bq = kBQ<vf16>;
+  }
 #endif
-  return {&fwd_block_base<D>, &bwd_block_base<D>, kBQ<vf4>};
+  return k;
 }
 
-Kernels kernels_for(int64_t D) {
+Kernels kernels_for(int64_t D, int64_t n) {
   switch (D) {
-    case 16: return kernels_d<16>();
-    case 32: return kernels_d<32>();
-    case 64: return kernels_d<64>();
-    default: return kernels_d<128>();
+    case 16: return kernels_d<16>(n);
+    case 32: return kernels_d<32>(n);
+    case 64: return kernels_d<64>(n);
+    default: return kernels_d<128>(n);
   }
 }
 
@@ -470,7 +515,7 @@ struct FwdArgs {
 template <typename T>
 void fwd_blocks(const FwdArgs<T>& A, int64_t begin, int64_t end) {
   const Geometry G(A.n);
-  const int D = static_cast<int>(A.D), bq = A.kern.bq;
+  const int D = static_cast<int>(A.D), bq = A.kern.fwd_bq;
   const int64_t n = A.n;
   std::vector<float> kbuf(G.npad * D), vbuf(G.npad * D), qbuf(D * bq), sbuf(G.kc * bq), obuf(D * bq), lbuf(bq);
   int64_t packed = -1;
@@ -626,8 +671,8 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cpu(const at::Tensor& q, c
   at::Tensor out = at::empty({B, H, D, N}, q.options());
   at::Tensor lse = at::empty({B, H, N}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};
-  const Kernels kern = kernels_for(D);
-  const int64_t n = N / area, nqb = (n + kern.bq - 1) / kern.bq, seqs = B * H * area;
+  const Kernels kern = kernels_for(D, N / area);
+  const int64_t n = N / area, nqb = (n + kern.fwd_bq - 1) / kern.fwd_bq, seqs = B * H * area;
   dispatch_dtype(q.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     FwdArgs<T> A;
@@ -672,7 +717,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cpu(
     A.lse = lse.const_data_ptr<float>(), A.lse_sb = lse.stride(0), A.lse_sh = lse.stride(1), A.lse_st = lse.stride(2);
     A.dq = dq.data_ptr<T>(), A.dk = dk.data_ptr<T>(), A.dv = dv.data_ptr<T>();
     A.H = H, A.D = D, A.N = N, A.n = N / area, A.area = area, A.scale = static_cast<float>(scale);
-    A.kern = kernels_for(D);
+    A.kern = kernels_for(D, N / area);
     at::parallel_for(0, B * H * area, 1, [&](int64_t b0, int64_t b1) { bwd_items<T>(A, b0, b1); });
   });
   return {dq, dk, dv};

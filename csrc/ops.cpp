@@ -19,6 +19,9 @@ TORCH_LIBRARY_FRAGMENT(yolov12_fast, m) {
   // out = x + depthwise_conv2d(v, weight, bias, padding=k//2) over the (H, W) map; v, x: (B, heads, head_dim, N=H*W)
   // any strides, weight (heads*head_dim, 1, k, k); returns contiguous (B, heads, head_dim, N)
   m.def("pe_add_cxx(Tensor v, Tensor weight, Tensor? bias, Tensor? x, int H, int W) -> Tensor");
+  // pe_add's weight and bias gradients: (dw (heads*head_dim, 1, k, k), db (heads*head_dim,)) in v's dtype, for dout and
+  // v (B, heads, head_dim, N=H*W) of any strides (CPU; the input gradient is pe_add_cxx on dout, kernel flipped)
+  m.def("pe_add_wgrad_cxx(Tensor dout, Tensor v, int k, int H, int W) -> (Tensor, Tensor)");
 }
 
 #define YF_STR2(x) #x

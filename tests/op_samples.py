@@ -36,6 +36,10 @@ def samples(op_name: str, backend: str, device="cpu", dtype=torch.float32):
         w = torch.randn(64, 1, 7, 7, dtype=dtype, device=device)
         out.append((v, w, torch.randn(64, dtype=dtype, device=device), torch.randn(v.shape, dtype=dtype, device=device), 4, 6, backend))
         out.append((v, torch.randn(64, 1, 5, 5, dtype=dtype, device=device), None, None, 4, 6, backend))
+        q, k, v = _qkv(dtype=dtype, device=device, grad=True)
+        w = torch.randn(64, 1, 5, 5, dtype=dtype, device=device, requires_grad=True)
+        bias = torch.randn(64, dtype=dtype, device=device, requires_grad=True)
+        out.append((v, w, bias, torch.randn(v.shape, dtype=dtype, device=device, requires_grad=True), 4, 6, backend))
     elif op_name in ("mlp_residual", "mlp_residual_out"):
         C, HID = 32, 70
         for grad, cl in ((False, False), (True, True)):
@@ -73,4 +77,8 @@ def samples(op_name: str, backend: str, device="cpu", dtype=torch.float32):
     elif op_name == "pe_add_cxx":
         q, k, v = _qkv(dtype=dtype, device=device)
         out.append((v, torch.randn(64, 1, 7, 7, dtype=dtype, device=device), None, torch.randn(v.shape, dtype=dtype, device=device), 4, 6))
+    elif op_name == "pe_add_wgrad_cxx":
+        q, k, v = _qkv(dtype=dtype, device=device)
+        out.append((torch.randn(v.shape, dtype=dtype, device=device), v, 7, 4, 6))
+        out.append((torch.randn(v.shape, dtype=dtype, device=device).transpose(2, 3).contiguous().transpose(2, 3), v, 3, 4, 6))
     return out

@@ -277,6 +277,56 @@ def test_pe_add(case, dtype):
     assert_close_to_oracle(out, naive, pe(torch.float64), f"pe {case} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", PE_CASES, ids=lambda c: f"{c[0]}-B{c[1]}h{c[2]}d{c[3]}-{c[4]}x{c[5]}-k{c[6]}"
+                         f"{'-bias' if c[7] else ''}{'-x' if c[8] else ''}")
+def test_pe_add_backward(case, dtype):
+    """yolov12_fast.pe_add(backend="cpp")'s backward: dv by the forward kernel on dout with the kernel flipped, dw and
+    db by pe_add_wgrad_cxx, against float64 autograd of the conv; the yardstick is ATen's backward in fp32 (its CPU
+    half convolution runs through fp32 too)."""
+    layout, B, heads, D, H, W, ks, has_bias, has_x = case
+    C = heads * D
+    _, _, v = make_qkv(layout, B, heads, D, H, W, dtype)
+    v = v.detach().requires_grad_(True)  # a strided view's values, as a leaf of its own
+    weight = (torch.randn(C, 1, ks, ks) / ks).to(dtype).requires_grad_(True)
+    bias = torch.randn(C, dtype=dtype, requires_grad=True) if has_bias else None
+    x = make_residual(B, heads, D, H, W, dtype).detach().requires_grad_(True) if has_x else None
+    out = yolov12_fast.pe_add(v, weight, bias, H, W, x=x, backend="cpp")
+    dout = torch.randn(B, C, H, W, dtype=dtype).to(memory_format=torch.channels_last).view(v.shape)
+    leaves = [t for t in (v, weight, bias, x) if t is not None]
+    grads = torch.autograd.grad(out, leaves, dout)
+
+    def conv_grads(dt):
+        ls = [t.detach().to(dt).requires_grad_(True) for t in leaves]
+        lv, lw = ls[0], ls[1]
+        lb = ls[2] if has_bias else None
+        y = F.conv2d(lv.reshape(B, C, H, W), lw, lb, padding=ks // 2, groups=C).reshape(v.shape)
+        if has_x:
+            y = y + ls[-1]
+        return torch.autograd.grad(y, ls, dout.to(dt))
+
+    oracle, naive = conv_grads(torch.float64), conv_grads(torch.float32)
+    for name, g, n_, o in zip(("dv", "dw", "db", "dx") if has_bias else ("dv", "dw", "dx"), grads, naive, oracle):
+        assert g.dtype == dtype and g.shape == o.shape
+        assert_close_to_oracle(g, n_.to(dtype), o, f"pe backward {name} {case} {dtype}")
+
+
+def test_pe_add_wgrad_cxx_refuses_bad_input():
+    v = torch.randn(1, 2, 16, 20)
+    with pytest.raises(RuntimeError, match="must equal the token count"):
+        ops.pe_add_wgrad_cxx(v, v, 7, 4, 6)
+    with pytest.raises(RuntimeError, match="odd and positive"):
+        ops.pe_add_wgrad_cxx(v, v, 4, 4, 5)
+    with pytest.raises(RuntimeError, match="dout must have v's shape"):
+        ops.pe_add_wgrad_cxx(v[:, :1], v, 7, 4, 5)
+    with pytest.raises(RuntimeError, match="cast dout"):
+        ops.pe_add_wgrad_cxx(v.half(), v, 7, 4, 5)
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        ops.pe_add_wgrad_cxx(v.double(), v.double(), 7, 4, 5)
+    dw, db = ops.pe_add_wgrad_cxx(v[:0], v[:0], 7, 4, 5)  # empty batch: zero gradients
+    assert dw.shape == (32, 1, 7, 7) and db.shape == (32,) and not dw.any() and not db.any()
+
+
 def test_pe_add_strided_weight_and_bias():
     """A transposed (non-contiguous) depthwise weight and a strided bias are read through their strides."""
     B, heads, D, H, W, ks = 1, 2, 16, 9, 11, 7

@@ -725,7 +725,7 @@ def _endurance_steps():
             out.backward(torch.ones_like(out))
         return step
 
-    def pe_bwd(backend):  # pe_add forward + backward (the backward is ATen's depthwise conv backward: slow)
+    def pe_bwd(backend):  # pe_add forward + backward (C++ kernels for cpp; ATen's depthwise conv backward otherwise)
         def step(i):
             _, q, k, v, area, H, W, w, b = inputs[i % n]
             vv, ww, bb = (t.detach().requires_grad_(True) for t in (v, w, b))

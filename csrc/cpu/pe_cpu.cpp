@@ -8,6 +8,15 @@
 // registers over the k*k taps (8 independent FMA chains hide the FMA latency; one load per FMA, from L1).
 // SIMD (common.h): GCC vector extensions templated on the width, built 8-wide inside a target("avx2,fma")
 // function chosen at run time and 4-wide as baseline code.
+//
+// And of yolov12_fast::pe_add_wgrad_cxx, the backward's weight and bias gradients (the input gradient is this
+// same forward kernel run on dout with the kernel flipped: a stride-1, same-padded correlation's transpose):
+//   dw[c, 0, i, j] = sum_b sum_{y,x} dout[b, c, y, x] * v[b, c, y + i - k/2, x + j - k/2]  (zero outside the map)
+//   db[c]          = sum_b sum_{y,x} dout[b, c, y, x]
+// One channel per task, images summed in order (deterministic, independent of the thread count). Each image's v
+// plane goes into the forward's zero-bordered buffer, dout into rows zero-padded to whole vectors; each tap row i
+// and group of 4 tap columns keeps 4 vector accumulators over the plane (5 loads per 4 FMAs, all from L1).
+// ATen's CPU depthwise convolution backward took 4.7 ms for a P4 h2 map (64 x 40 x 40, 7 x 7), 23x this kernel.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -92,6 +102,126 @@ PlaneFn plane_kernel() {
   return &dwconv_plane_base;
 }
 
+bool is_float_type(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
+
+// ---------------------------------------------------------------------------------------------------------
+// backward: weight and bias gradients
+
+constexpr int TJ = 4;  // tap columns per accumulator group
+
+// dw[i * k + j] += sum_{y < H, x} d[y][x] * vbuf[y + i][x + j] (d: H rows of `dstride` floats, zero beyond W;
+// vbuf: the zero-bordered plane). The last group of tap columns computes up to TJ - 1 unused taps, which read
+// past the row end (the buffer has slack for them) and are dropped.
+template <class V>
+Y12_INLINE void wgrad_plane(const PlaneGeometry& G, const float* vbuf, const float* d, int64_t dstride, float* dw) {
+  constexpr int L = kLanes<V>;
+  const int64_t k = G.k, S = G.stride;
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j0 = 0; j0 < k; j0 += TJ) {
+      V acc[TJ] = {};
+      for (int64_t y = 0; y < G.H; ++y) {
+        const float* dr = d + y * dstride;
+        const float* vr = vbuf + (y + i) * S + j0;
+        for (int64_t x0 = 0; x0 < dstride; x0 += L) {
+          const V dv = vload<V>(dr + x0);
+#pragma GCC unroll 4
+          for (int j = 0; j < TJ; ++j) acc[j] += dv * vload<V>(vr + x0 + j);
+        }
+      }
+      for (int j = 0; j < TJ && j0 + j < k; ++j) {
+        float sum = 0.f;
+        for (int e = 0; e < L; ++e) sum += acc[j][e];
+        dw[i * k + j0 + j] += sum;
+      }
+    }
+}
+
+using WgradFn = void (*)(const PlaneGeometry&, const float*, const float*, int64_t, float*);
+void wgrad_plane_base(const PlaneGeometry& G, const float* vbuf, const float* d, int64_t ds, float* dw) {
+  wgrad_plane<vf4>(G, vbuf, d, ds, dw);
+}
+#ifdef Y12_HAVE_AVX2_BUILD
+Y12_AVX2 void wgrad_plane_avx2(const PlaneGeometry& G, const float* vbuf, const float* d, int64_t ds, float* dw) {
+  wgrad_plane<vf8>(G, vbuf, d, ds, dw);
+}
+#endif
+
+// A (B, heads, D, N) tensor of any strides, plane by plane.
+template <typename T>
+struct Planes {
+  const T* p = nullptr;
+  int64_t sb = 0, sh = 0, sd = 0, st = 0, D = 1;
+  explicit Planes(const at::Tensor& t)
+      : p(t.const_data_ptr<T>()), sb(t.stride(0)), sh(t.stride(1)), sd(t.stride(2)), st(t.stride(3)), D(t.size(2)) {}
+  const T* plane(int64_t b, int64_t c) const { return p + b * sb + (c / D) * sh + (c % D) * sd; }
+};
+
+template <typename T>
+void wgrad_channels(const Planes<T>& dout, const Planes<T>& v, int64_t B, const PlaneGeometry& G, T* dw, T* db,
+                    int64_t c0, int64_t c1) {
+  WgradFn fn = &wgrad_plane_base;
+  int64_t L = kLanes<vf4>;
+#ifdef Y12_HAVE_AVX2_BUILD
+  if (cpu_isa::use_avx2()) fn = &wgrad_plane_avx2, L = kLanes<vf8>;
+#endif
+  const int64_t k = G.k, dstride = (G.W + L - 1) / L * L;
+  std::vector<float> vbuf(G.rows * G.stride + 2 * TJ, 0.f), dbuf(G.H * dstride, 0.f), acc(k * k);
+  for (int64_t c = c0; c < c1; ++c) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    double bias_grad = 0.0;  // sums B*H*W values: accumulated in double, rounded once
+    for (int64_t b = 0; b < B; ++b) {
+      const T* vs = v.plane(b, c);
+      const T* ds = dout.plane(b, c);
+      for (int64_t y = 0; y < G.H; ++y) {
+        load_row(vs + y * G.W * v.st, v.st, G.W, vbuf.data() + (y + G.pad) * G.stride + G.pad);
+        float* drow = dbuf.data() + y * dstride;
+        load_row(ds + y * G.W * dout.st, dout.st, G.W, drow);
+        float rs = 0.f;
+        for (int64_t x = 0; x < G.W; ++x) rs += drow[x];
+        bias_grad += rs;
+      }
+      fn(G, vbuf.data(), dbuf.data(), dstride, acc.data());
+    }
+    for (int64_t t = 0; t < k * k; ++t) dw[c * k * k + t] = static_cast<T>(acc[t]);
+    db[c] = static_cast<T>(bias_grad);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> pe_add_wgrad_cpu(const at::Tensor& dout, const at::Tensor& v, int64_t k, int64_t H,
+                                                    int64_t W) {
+  const char* op = "pe_add_wgrad_cxx";
+  TORCH_CHECK(v.dim() == 4 && dout.dim() == 4, op, ": v and dout must be 4-D (B, heads, head_dim, N = H*W), got ",
+              v.sizes(), " and ", dout.sizes());
+  TORCH_CHECK(dout.sizes() == v.sizes(), op, ": dout must have v's shape ", v.sizes(), ", got ", dout.sizes());
+  TORCH_CHECK(v.device().is_cpu() && dout.device().is_cpu(), op,
+              ": this is the CPU kernel; v and dout must be CPU tensors, got ", v.device(), " and ", dout.device());
+  TORCH_CHECK(is_float_type(v.scalar_type()), op, ": v has dtype ", v.scalar_type(),
+              "; use float32, float16 or bfloat16");
+  TORCH_CHECK(dout.scalar_type() == v.scalar_type(), op, ": dout dtype ", dout.scalar_type(), " differs from v's ",
+              v.scalar_type(), " (cast dout with .to(v.dtype))");
+  TORCH_CHECK(k >= 1 && k % 2 == 1, op, ": the kernel size k must be odd and positive, got ", k);
+  const int64_t B = v.size(0), heads = v.size(1), D = v.size(2), N = v.size(3), C = heads * D;
+  TORCH_CHECK(H >= 0 && W >= 0 && H * W == N, op, ": H * W = ", H, " * ", W, " must equal the token count N = ", N,
+              " of v (B, heads, head_dim, N)");
+  at::Tensor dw = at::zeros({C, 1, k, k}, v.options());
+  at::Tensor db = at::zeros({C}, v.options());
+  if (B == 0 || C == 0 || N == 0) return {dw, db};
+  const PlaneGeometry G(H, W, k);
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    const Planes<T> dp(dout), vp(v);
+    T* dwp = dw.data_ptr<T>();
+    T* dbp = db.data_ptr<T>();
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { wgrad_channels<T>(dp, vp, B, G, dwp, dbp, c0, c1); });
+  };
+  switch (v.scalar_type()) {
+    case at::kFloat: run(float{}); break;
+    case at::kHalf: run(at::Half{}); break;
+    default: run(at::BFloat16{}); break;
+  }
+  return {dw, db};
+}
+
 template <typename T>
 struct PeArgs {
   const T* v = nullptr;
@@ -130,8 +260,6 @@ void pe_planes(const PeArgs<T>& A, const PlaneGeometry& G, const W* weight, cons
       for (int64_t t = 0; t < N; ++t) dst[t] = static_cast<T>(acc[t]);
   }
 }
-
-bool is_float_type(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
 
 at::Tensor pe_add_cpu(const at::Tensor& v, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       const std::optional<at::Tensor>& x, int64_t H, int64_t W) {
@@ -198,6 +326,9 @@ at::Tensor pe_add_cpu(const at::Tensor& v, const at::Tensor& weight, const std::
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(yolov12_fast, CPU, m) { m.impl("pe_add_cxx", &pe_add_cpu); }
+TORCH_LIBRARY_IMPL(yolov12_fast, CPU, m) {
+  m.impl("pe_add_cxx", &pe_add_cpu);
+  m.impl("pe_add_wgrad_cxx", &pe_add_wgrad_cpu);
+}
 
 }  // namespace yolov12_fast

@@ -57,12 +57,24 @@ def _pe_add_fake(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[
     return v.new_empty(B, nh, D, N)
 
 
+def _pe_wgrad_fake(dout: Tensor, v: Tensor, k: int, H: int, W: int):
+    _check(v.dim() == 4 and dout.shape == v.shape,
+           lambda: f"pe_add_wgrad_cxx: v and dout must be 4-D (B, heads, head_dim, N) of one shape, got "
+                   f"{tuple(v.shape)} and {tuple(dout.shape)}")
+    _check(dout.dtype == v.dtype, lambda: f"pe_add_wgrad_cxx: dout dtype {dout.dtype} differs from v's {v.dtype}")
+    _check(k >= 1 and k % 2 == 1, lambda: f"pe_add_wgrad_cxx: the kernel size k must be odd and positive, got {k}")
+    B, nh, D, N = v.shape
+    _check(H * W == N, lambda: f"pe_add_wgrad_cxx: H*W = {H}*{W} must equal the token count N = {N}")
+    return v.new_empty(nh * D, 1, k, k), v.new_empty(nh * D)
+
+
 def register_fakes() -> None:
     """Register the fake kernels of the `_cxx` ops (idempotent; needs the extension loaded)."""
     global _registered
     if _registered:
         return
-    fakes = {"area_attention_fwd_cxx": _fwd_fake, "area_attention_bwd_cxx": _bwd_fake, "pe_add_cxx": _pe_add_fake}
+    fakes = {"area_attention_fwd_cxx": _fwd_fake, "area_attention_bwd_cxx": _bwd_fake, "pe_add_cxx": _pe_add_fake,
+             "pe_add_wgrad_cxx": _pe_wgrad_fake}
     for name, fake in fakes.items():
         if hasattr(torch.ops.yolov12_fast, name):  # a build older than its schema lacks it: nothing to fake
             torch.library.register_fake(f"yolov12_fast::{name}")(fake)

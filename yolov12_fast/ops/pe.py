@@ -6,8 +6,10 @@ view of the interleaved `qkv` output is read in place); weight is (heads*head_di
 the output is contiguous (B, heads, head_dim, N). x may be None (no add).
 
 Backends: "triton", "cpp" (C++ CPU), "cuda" (CUDA C++), "reference" (torch conv2d), "auto" (C++ on CPU; on GPU
-the reference (cuDNN) until a GPU benchmark shows a fused kernel faster). The backward uses ATen's
-convolution backward (cuDNN on GPU): training speed is the attention kernels' job, not this op's.
+the reference (cuDNN) until a GPU benchmark shows a fused kernel faster). The backward: on CPU with the "cpp"
+backend the C++ kernels (the input gradient is pe_add_cxx itself on dout with the kernel flipped, the weight and
+bias gradients pe_add_wgrad_cxx; 15x ATen's CPU depthwise convolution backward at P4 h2), elsewhere ATen's
+convolution backward (cuDNN on GPU).
 """
 
 from __future__ import annotations
@@ -146,16 +148,25 @@ def _setup_context(ctx, inputs, output):
     v, weight, bias, x, H, W, backend = inputs
     ctx.save_for_backward(v, weight)
     ctx.H, ctx.W, ctx.has_bias, ctx.has_x = H, W, bias is not None, x is not None
+    ctx.cpp = resolve_backend(backend, v.device, v.dtype, weight.shape[-1]) == "cpp"
 
 
 def _backward(ctx, dout):
     v, weight = ctx.saved_tensors
     H, W = ctx.H, ctx.W
     k = weight.shape[-1]
+    need_v, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+    if ctx.cpp:
+        dout = dout.to(v.dtype)
+        dv = (torch.ops.yolov12_fast.pe_add_cxx(dout, weight.flip((-2, -1)).contiguous(), None, None, H, W)
+              if need_v else None)
+        dw, db = torch.ops.yolov12_fast.pe_add_wgrad_cxx(dout, v, k, H, W) if need_w or need_b else (None, None)
+        return (dv, dw.to(weight.dtype) if need_w else None, db if need_b else None, dout if ctx.has_x else None,
+                None, None, None)
     dv, dw, db = torch.ops.aten.convolution_backward(
         _nchw(dout, H, W).contiguous(), _nchw(v, H, W), weight, [weight.shape[0]] if ctx.has_bias else None,
         [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0],
-        [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]])
+        [need_v, need_w, need_b])
     dv = dv.reshape(v.shape) if dv is not None else None
     return dv, dw, db if ctx.has_bias else None, dout if ctx.has_x else None, None, None, None
 

@@ -138,6 +138,22 @@ def test_softmax_probabilities_are_accurate(n):
     assert_close_to_oracle(out, naive, o64, f"probabilities n={n}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_one_token_areas_have_zero_query_and_key_gradients(dtype):
+    """A 1-token area: P = 1 and O = V, so dS = P (dP - Delta) = 0 and dq = dk = 0 exactly in exact arithmetic. The
+    kernel sums Delta = sum_d dO O like its dP = sum_d V dO tile (same order, same FMA contraction), so they cancel
+    exactly here too. (Found by the long property run: Delta summed without FMA next to an FMA-summed dP left dq of
+    1e-5 where autograd gives exactly 0.)"""
+    q, k, v = make_qkv("interleaved", 2, 3, 32, 2, 2, dtype)
+    q, k = q * 3, k * 3  # amp 3: calibrated models' logit scale
+    out, lse = ops.area_attention_fwd_cxx(q, k, v, 4, 32 ** -0.5, None)
+    dout = torch.randn(out.shape, dtype=dtype) * 3
+    dq, dk, dv = ops.area_attention_bwd_cxx(dout, q, k, v, out, None, lse, 4, 32 ** -0.5)
+    assert torch.equal(out, v.contiguous())
+    torch.testing.assert_close(dv, dout)  # P = 2^(S - lse log2 e): 1 within an ulp (lse is stored in natural log)
+    assert not dq.any() and not dk.any(), f"max |dq| {dq.abs().max().item():.3g}, |dk| {dk.abs().max().item():.3g}"
+
+
 def test_large_scores_are_stable():
     """Scores of several hundred (q, k scaled up): no overflow, the softmax stays a softmax."""
     q, k, v = make_qkv("interleaved", 1, 2, 32, 20, 30, torch.float32)
@@ -382,6 +398,7 @@ T.test_forward_and_lse(T.CASES[7], torch.float32, False)
 T.test_forward_and_lse(T.CASES[4], torch.float16, False)
 T.test_pe_add(T.PE_CASES[2], torch.float32)
 T.test_softmax_probabilities_are_accurate(400)
+T.test_one_token_areas_have_zero_query_and_key_gradients(torch.float32)
 # and outputs on the parent's inputs, for the parent to compare with its own build's
 q, k, v, w = torch.load(sys.argv[2])
 out, lse = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, 4, 0.2, None)

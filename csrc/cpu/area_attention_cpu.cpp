@@ -19,12 +19,13 @@
 //
 // Backward (flash-attention style, recomputing P from lse), per (batch, head, area) in one task so that dK
 // and dV accumulate without atomics: for each query block, S and dP = V^T dO are recomputed with the
-// forward's score tile, dS = P (dP - Delta), then dV += P dO^T, dK += dS Q^T (4 keys x 2 vectors of head
-// dims, contraction over the query block) and dQ = dS^T K (the forward's P V tile).
+// forward's score tile, dS = P (dP - Delta), then dV += P dO^T, dK += dS Q^T (4 keys, 8 with AVX-512, x 2
+// vectors of head dims, contraction over the query block) and dQ = dS^T K (the forward's P V tile). The query
+// blocks are the forward's.
 //
-// SIMD (common.h): the compute cores are written once with GCC vector extensions and compiled twice, 8 x fp32
-// for AVX2+FMA and 4 x fp32 as baseline code (SSE2 on x86-64, NEON on aarch64), whose 16 registers hold the
-// same 4 x 3 tile. One 8-wide build for both would spill the tile out of SSE's 16 xmm registers (measured 25x
+// SIMD (common.h): the compute cores are written once with GCC vector extensions and compiled three times:
+// 16 x fp32 for AVX-512 (head_dim >= 32), 8 x fp32 for AVX2+FMA and 4 x fp32 as baseline code (SSE2 on x86-64,
+// NEON on aarch64), whose 16 registers hold the same 4 x 3 tile. One 8-wide build for both would spill the tile out of SSE's 16 xmm registers (measured 25x
 // slower than AVX2). Only the cores are ISA-specific: packing, dtype conversion and the epilogues are plain
 // baseline code.
 //
@@ -277,29 +278,31 @@ Y12_INLINE void tile_rows_x_p(const float* __restrict P, int64_t ns, const float
   store_tile<V, NV>(c, acc);
 }
 
-// acc[s][d0:d0+2W] += sum_t A[s][t] * Bt[t][d0:d0+2W] for the 4 rows s of A (a [keys][BQ] block), Bt [BQ][D].
-template <int D, class V>
+// acc[s][d0:d0+2W] += sum_t A[s][t] * Bt[t][d0:d0+2W] for the KR rows s of A (a [keys][BQ] block, BQ = NV vectors),
+// Bt [BQ][D]: KR x 2 accumulators (8 with KR = 4 in 16 registers; 16 with KR = 8 in AVX-512's 32, 10 loads per
+// 16 FMAs instead of 6 per 8).
+template <int D, class V, int NV = 3, int KR = MR>
 Y12_INLINE void tile_keys_x_blockT(const float* __restrict Ab, const float* __restrict Bt, float* __restrict acc) {
-  constexpr int W = kLanes<V>, BQ = kBQ<V>;
+  constexpr int W = kLanes<V>, BQ = kBQ<V, NV>;
 #pragma GCC unroll 1
   for (int d0 = 0; d0 < D; d0 += 2 * W) {
-    V c[MR][2];
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i)
+    V c[KR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < KR; ++i)
 #pragma GCC unroll 2
       for (int j = 0; j < 2; ++j) c[i][j] = vload<V>(acc + i * D + d0 + j * W);
 #pragma GCC unroll 2
     for (int t = 0; t < BQ; ++t) {
       const V b0 = vload<V>(Bt + t * D + d0), b1 = vload<V>(Bt + t * D + d0 + W);
-#pragma GCC unroll 4
-      for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 8
+      for (int i = 0; i < KR; ++i) {
         const V a = vset<V>(Ab[i * BQ + t]);
         c[i][0] += a * b0;
         c[i][1] += a * b1;
       }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int i = 0; i < KR; ++i)
 #pragma GCC unroll 2
       for (int j = 0; j < 2; ++j) vstore(acc + i * D + d0 + j * W, c[i][j]);
   }
@@ -389,42 +392,54 @@ Y12_INLINE void fwd_block(const Geometry& G, const float* Kp, const float* Vp, c
 }
 
 // One query block of the backward. Kp, Vp: key panels of K and V; Kd: row panels of K; Qp: [D][BQ] scaled by
-// scale*log2(e); Qt: [BQ][D] unscaled; dOp [D][BQ], dOt [BQ][D]; lse2, delta [BQ] (lse in log2 units).
+// scale*log2(e); Qt: [BQ][D] unscaled; dOp [D][BQ], dOt [BQ][D]; Op [D][BQ] the forward's output (minus any
+// residual); lse2 [BQ] (lse in log2 units).
 // Accumulates dK += dS Q^T and dV += P dO^T into [npad][D] scratch; writes dQ[D][BQ] = dS K (all unscaled).
-template <int D, class V>
+template <int D, class V, int NV = 3, int KR = MR>
 Y12_INLINE void bwd_block(const Geometry& G, const float* Kp, const float* Vp, const float* Kd, const float* Qp,
-                          const float* Qt, const float* dOp, const float* dOt, const float* lse2, const float* delta,
+                          const float* Qt, const float* dOp, const float* dOt, const float* lse2, const float* Op,
                           float* St, float* dPt, float* dK, float* dV, float* dQ) {
-  constexpr int W = kLanes<V>, BQ = kBQ<V>;
+  constexpr int W = kLanes<V>, BQ = kBQ<V, NV>;
   using VI = typename IntVec<V>::type;
-  V vl[3], vd[3];
-  for (int j = 0; j < 3; ++j) vl[j] = vload<V>(lse2 + j * W), vd[j] = vload<V>(delta + j * W);
-  // padding columns (a partial last block): P and dS are set to 0 there by a select, which a NaN cannot survive
-  float col_is_pad[BQ];
-  for (int t = 0; t < BQ; ++t) col_is_pad[t] = t < G.valid_cols ? 0.f : 1.f;
-  VI pad[3];
-  for (int j = 0; j < 3; ++j) pad[j] = vload<V>(col_is_pad + j * W) != V{};
+  V vl[NV], vd[NV];
+  for (int j = 0; j < NV; ++j) vl[j] = vload<V>(lse2 + j * W), vd[j] = V{};
+  // Delta = sum_d dO O, summed in the order and with the contraction of the dP tile's sums (dP = sum_d V dO), so
+  // that dP - Delta cancels exactly where it does in exact arithmetic: a 1-token area has P = 1, O = V, dS = 0
+  for (int d = 0; d < D; ++d)
+    for (int j = 0; j < NV; ++j) vd[j] += vload<V>(dOp + d * BQ + j * W) * vload<V>(Op + d * BQ + j * W);
+  // padding columns (a partial last block): P and dS are set to 0 there by an AND with a lane mask, which a NaN
+  // cannot survive. (Not a vector select: GCC lowered `mask ? V{} : x` lane by lane in the AVX-512 build, which made
+  // that loop 7x slower there.)
+  int32_t col_bits[BQ];
+  for (int t = 0; t < BQ; ++t) col_bits[t] = t < G.valid_cols ? -1 : 0;
+  VI keep[NV];
+  for (int j = 0; j < NV; ++j) std::memcpy(&keep[j], col_bits + j * W, sizeof(VI));
   for (int64_t c0 = 0; c0 < G.n; c0 += G.kc) {
     const int64_t ns = std::min(G.kc, G.n - c0), nsp = round_up(ns, MR);
     for (int64_t s = 0; s < ns; s += MR) {
-      tile_panel_x_block<D, V>(Qp, Kp + (c0 + s) * D, St + s * BQ);
-      tile_panel_x_block<D, V>(dOp, Vp + (c0 + s) * D, dPt + s * BQ);
+      tile_panel_x_block<D, V, NV>(Qp, Kp + (c0 + s) * D, St + s * BQ);
+      tile_panel_x_block<D, V, NV>(dOp, Vp + (c0 + s) * D, dPt + s * BQ);
     }
     for (int64_t s = 0; s < nsp; ++s)
-      for (int j = 0; j < 3; ++j) {
-        const V p = pad[j] ? V{} : vexp2(vload<V>(St + s * BQ + j * W) - vl[j]);
+      for (int j = 0; j < NV; ++j) {
+        const V p = (V)((VI)vexp2(vload<V>(St + s * BQ + j * W) - vl[j]) & keep[j]);
         const V ds = p * (vload<V>(dPt + s * BQ + j * W) - vd[j]);
         vstore(St + s * BQ + j * W, p);
-        vstore(dPt + s * BQ + j * W, pad[j] ? V{} : ds);
+        vstore(dPt + s * BQ + j * W, (V)((VI)ds & keep[j]));
       }
-    for (int64_t s = 0; s < nsp; s += MR) {
-      tile_keys_x_blockT<D, V>(St + s * BQ, dOt, dV + (c0 + s) * D);  // dV += P dO^T
-      tile_keys_x_blockT<D, V>(dPt + s * BQ, Qt, dK + (c0 + s) * D);  // dK += dS Q^T
+    int64_t s = 0;
+    for (; s + KR <= nsp; s += KR) {
+      tile_keys_x_blockT<D, V, NV, KR>(St + s * BQ, dOt, dV + (c0 + s) * D);  // dV += P dO^T
+      tile_keys_x_blockT<D, V, NV, KR>(dPt + s * BQ, Qt, dK + (c0 + s) * D);  // dK += dS Q^T
+    }
+    for (; s < nsp; s += MR) {
+      tile_keys_x_blockT<D, V, NV, MR>(St + s * BQ, dOt, dV + (c0 + s) * D);
+      tile_keys_x_blockT<D, V, NV, MR>(dPt + s * BQ, Qt, dK + (c0 + s) * D);
     }
     for (int d = 0; d < D; d += MR) {  // dQ += K dS
       const float* rows = Kd + d * G.npad + c0 * MR;
-      if (c0 == 0) tile_rows_x_p<false, V>(dPt, ns, rows, dQ + d * BQ);
-      else tile_rows_x_p<true, V>(dPt, ns, rows, dQ + d * BQ);
+      if (c0 == 0) tile_rows_x_p<false, V, NV>(dPt, ns, rows, dQ + d * BQ);
+      else tile_rows_x_p<true, V, NV>(dPt, ns, rows, dQ + d * BQ);
     }
   }
 }
@@ -441,9 +456,9 @@ using BwdBlockFn = void (*)(const Geometry&, const float*, const float*, const f
   const Geometry &G, const float *Kp, const float *Vp, const float *Qp, float *St, float *O, float *lse
 #define Y12_BWD_ARGS                                                                                               \
   const Geometry &G, const float *Kp, const float *Vp, const float *Kd, const float *Qp, const float *Qt,          \
-      const float *dOp, const float *dOt, const float *lse2, const float *delta, float *St, float *dPt, float *dK, \
+      const float *dOp, const float *dOt, const float *lse2, const float *Op, float *St, float *dPt, float *dK,    \
       float *dV, float *dQ
-#define Y12_BWD_PASS G, Kp, Vp, Kd, Qp, Qt, dOp, dOt, lse2, delta, St, dPt, dK, dV, dQ
+#define Y12_BWD_PASS G, Kp, Vp, Kd, Qp, Qt, dOp, dOt, lse2, Op, St, dPt, dK, dV, dQ
 template <int D> void fwd_block_base(Y12_FWD_ARGS) { fwd_block<D, vf4, 3>(G, Kp, Vp, Qp, St, O, lse); }
 template <int D> void bwd_block_base(Y12_BWD_ARGS) { bwd_block<D, vf4>(Y12_BWD_PASS); }
 #ifdef Y12_HAVE_AVX2_BUILD
@@ -452,7 +467,8 @@ Y12_AVX2 Y12_FLAT void fwd_block_avx2(Y12_FWD_ARGS) { fwd_block<D, vf8, 3>(G, Kp
 template <int D> Y12_AVX2 Y12_FLAT void bwd_block_avx2(Y12_BWD_ARGS) { bwd_block<D, vf8>(Y12_BWD_PASS); }
 template <int D, int NV>
 Y12_AVX512 Y12_FLAT void fwd_block_avx512(Y12_FWD_ARGS) { fwd_block<D, vf16, NV>(G, Kp, Vp, Qp, St, O, lse); }
-template <int D> Y12_AVX512 Y12_FLAT void bwd_block_avx512(Y12_BWD_ARGS) { bwd_block<D, vf16>(Y12_BWD_PASS); }
+template <int D, int NV>
+Y12_AVX512 Y12_FLAT void bwd_block_avx512(Y12_BWD_ARGS) { bwd_block<D, vf16, NV, 8>(Y12_BWD_PASS); }
 #endif
 #undef Y12_FWD_ARGS
 #undef Y12_BWD_ARGS
@@ -472,15 +488,16 @@ Kernels kernels_d(int64_t n) {
 #ifdef Y12_HAVE_AVX2_BUILD
   if (cpu_isa::use_avx2()) k = {&fwd_block_avx2<D>, &bwd_block_avx2<D>, kBQ<vf8>, kBQ<vf8>};
   if (cpu_isa::use_avx512()) {
-    // the forward's query block: 4 or 5 vectors (64 or 80 queries), whichever pads the area's n queries less
-    // (400 -> 5 x 80; 300 -> 5 x 64; 49 -> 1 x 64); 4 on a tie, which measured faster (fewer live registers)
+    // the query block: 4 or 5 vectors (64 or 80 queries), whichever pads the area's n queries less (400 -> 5 x 80;
+    // 300 -> 5 x 64; 49 -> 1 x 64); 4 on a tie, which measured faster (fewer live registers)
     const int64_t pad4 = (n + 63) / 64 * 64, pad5 = (n + 79) / 80 * 80;
     if (pad5 < pad4) k.fwd = &fwd_block_avx512<D, 5>, k.fwd_bq = kBQ<vf16, 5>;
     else k.fwd = &fwd_block_avx512<D, 4>, k.fwd_bq = kBQ<vf16, 4>;
-    // the backward's 16-lane build only from head_dim 64 on: its dK / dV tile spans 2 vectors of head dims, and
-    // at head_dim 32 (one pass of that tile, 8 accumulators) it measured slower than the 8-lane build (P4 h2,
-    // 1 thread, Xeon: 5.3 vs 4.6 ms); 64: equal; 128: 16.0 vs 18.7 ms
-    if constexpr (D >= 64) k.bwd = &bwd_block_avx512<D>, k.bq = kBQ<vf16>;
+    // the backward's dK / dV tile spans 2 vectors of head dims: 32 at 16 lanes, so head_dim 16 stays 8-wide
+    if constexpr (D >= 32) {
+      if (pad5 < pad4) k.bwd = &bwd_block_avx512<D, 5>, k.bq = kBQ<vf16, 5>;
+      else k.bwd = &bwd_block_avx512<D, 4>, k.bq = kBQ<vf16, 4>;
+    }
   }
 #endif
   return k;
@@ -570,7 +587,7 @@ void bwd_items(const BwdArgs<T>& A, int64_t begin, int64_t end) {
   const float qscale = A.scale * kLog2e;
   std::vector<float> kbuf(npad * D), vbuf(npad * D), kdbuf(npad * D), dkbuf(npad * D), dvbuf(npad * D);
   std::vector<float> qbuf(D * bq), qtbuf(bq * D), dobuf(D * bq), dotbuf(bq * D), sbuf(G.kc * bq), dpbuf(G.kc * bq),
-      dqbuf(D * bq), lse2(bq), delta(bq);
+      dqbuf(D * bq), lse2(bq), obuf(D * bq);
   float *Qp = qbuf.data(), *Qt = qtbuf.data(), *dOp = dobuf.data(), *dOt = dotbuf.data();
 
   for (int64_t bha = begin; bha < end; ++bha) {
@@ -592,24 +609,21 @@ void bwd_items(const BwdArgs<T>& A, int64_t begin, int64_t end) {
           Qt[t * D + d] = t < valid ? static_cast<float>(qsrc[d * A.q.sd + t * A.q.st]) : 0.f;
           dOt[t * D + d] = dOp[d * bq + t];
         }
-      // Delta[t] = sum_d dO (out - residual); lse in log2 units (padding columns: 0, they contribute nothing)
+      // the forward's output without the residual, [D][bq]; lse in log2 units (padding columns: 0, they
+      // contribute nothing)
       const T* osrc = A.out.at(b, h) + t0 * A.out.st;
       const T* rsrc = A.has_res ? A.res.at(b, h) + t0 * A.res.st : nullptr;
       const float* lsrc = A.lse + b * A.lse_sb + h * A.lse_sh + t0 * A.lse_st;
-      for (int t = 0; t < bq; ++t) {
-        float acc = 0.f;
-        if (t < valid)
-          for (int d = 0; d < D; ++d) {
-            float o = static_cast<float>(osrc[d * A.out.sd + t * A.out.st]);
-            if (rsrc != nullptr) o -= static_cast<float>(rsrc[d * A.res.sd + t * A.res.st]);
-            acc += dOp[d * bq + t] * o;
-          }
-        delta[t] = acc;
-        lse2[t] = t < valid ? lsrc[t * A.lse_st] * kLog2e : 0.f;
-      }
+      for (int d = 0; d < D; ++d)
+        for (int t = 0; t < bq; ++t) {
+          float o = t < valid ? static_cast<float>(osrc[d * A.out.sd + t * A.out.st]) : 0.f;
+          if (rsrc != nullptr && t < valid) o -= static_cast<float>(rsrc[d * A.res.sd + t * A.res.st]);
+          obuf[d * bq + t] = o;
+        }
+      for (int t = 0; t < bq; ++t) lse2[t] = t < valid ? lsrc[t * A.lse_st] * kLog2e : 0.f;
       Geometry Gb = G;
       Gb.valid_cols = valid;
-      A.kern.bwd(Gb, kbuf.data(), vbuf.data(), kdbuf.data(), Qp, Qt, dOp, dOt, lse2.data(), delta.data(),
+      A.kern.bwd(Gb, kbuf.data(), vbuf.data(), kdbuf.data(), Qp, Qt, dOp, dOt, lse2.data(), obuf.data(),
                  sbuf.data(), dpbuf.data(), dkbuf.data(), dvbuf.data(), dqbuf.data());
       T* dq = A.dq + (b * A.H + h) * D * A.N + t0;
       for (int d = 0; d < D; ++d)

@@ -432,6 +432,43 @@ def test_the_attention_cores_run_the_widest_build_this_cpu_has():
     assert C.CPU_ATTENTION_ISA == _expected_isa(os.environ.get("YOLOV12_FAST_CPU_CAPABILITY"))
 
 
+def _disassembly(pattern: str) -> dict:
+    """{function name: its disassembly} for the functions of the built extension whose names match `pattern`."""
+    import re
+    import shutil
+
+    import yolov12_fast._C as C
+
+    if shutil.which("objdump") is None:
+        pytest.skip("no objdump (binutils) to read the extension with")
+    dis = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", C.__file__], capture_output=True, text=True,
+                         timeout=300).stdout
+    funcs = {}
+    for chunk in re.split(r"\n(?=[0-9a-f]+ <)", dis):
+        name = chunk.split("\n", 1)[0]
+        if re.search(pattern, name):
+            funcs[name] = chunk
+    return funcs
+
+
+def test_the_simd_cores_compile_to_vector_code():
+    """Every ISA build of the attention and PE cores is vector code: no lane-by-lane lowering (GCC once turned a
+    vector select in the AVX-512 backward into per-lane branches on mask lanes moved to general registers,
+    vpextrd: 7x slower, silently), the AVX-512 builds use zmm registers and the vscalefps exp2, the AVX2 builds
+    ymm FMAs. Read from the disassembly of the built extension."""
+    funcs = _disassembly(r"yolov12_fast::.*(fwd_block|bwd_block|wgrad_plane|dwconv_plane)_(base|avx2|avx512)")
+    kinds = {k: [n for n in funcs if f"_{k}<" in n or f"_{k}(" in n] for k in ("base", "avx2", "avx512")}
+    if not kinds["avx2"]:
+        pytest.skip("a build without the x86-64 AVX2 / AVX-512 cores (not GCC on x86-64)")
+    assert len(kinds["avx512"]) >= 8 and len(kinds["base"]) >= 8, sorted(funcs)
+    for name, body in funcs.items():
+        assert "pextr" not in body, f"{name}: lanes moved to general registers one by one (scalarised vector code)"
+    for name in kinds["avx512"]:
+        assert "%zmm" in funcs[name] and "vscalefps" in funcs[name], name
+    for name in kinds["avx2"]:
+        assert "%ymm" in funcs[name] and "vfmadd" in funcs[name] and "%zmm" not in funcs[name], name
+
+
 @pytest.mark.parametrize("capability", ["default", "avx2"])
 def test_narrower_builds(tmp_path, capability):
     """The builds of the attention cores narrower than this machine's, forced with YOLOV12_FAST_CPU_CAPABILITY in a

@@ -19,6 +19,7 @@ import copy
 import os
 import socket
 import threading
+import warnings
 
 import pytest
 import torch
@@ -112,8 +113,20 @@ def _worker(rank: int, kind: str, backend: str, port: int, out_dir: str, recompu
 
 
 def _run_ddp(kind: str, backend: str, tmp_path, recompute: str = "auto", find_unused: bool = False) -> None:
-    mp.spawn(_worker, args=(kind, backend, _free_port(), str(tmp_path), recompute, find_unused), nprocs=WORLD,
-             join=True)
+    # A worker killed by a signal (not an exception or a failed check: those fail at once) gets one more try, on a
+    # fresh port: seen once in CI (a clean clone, 2 cores), rank 1 aborted with "terminate called without an active
+    # exception" from inside gloo's TCP transport, and did not recur in 17 reruns here, loaded or not (gloo's
+    # transport can std::terminate on connection errors: pytorch/pytorch#188266). Our kernels are deterministic with
+    # one thread per rank; a crash of theirs repeats and still fails.
+    for attempt in (1, 2):
+        try:
+            mp.spawn(_worker, args=(kind, backend, _free_port(), str(tmp_path), recompute, find_unused),
+                     nprocs=WORLD, join=True)
+            break
+        except mp.ProcessExitedException as e:
+            if attempt == 2 or e.signal_name is None:
+                raise
+            warnings.warn(f"DDP worker died by a signal ({e}); retrying once")
     ref = torch.load(tmp_path / "ref.pt")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     init, _ = _build(kind, "reference")

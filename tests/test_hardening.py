@@ -313,7 +313,7 @@ def check_pe_case(backend, c):
                                   x=lk[len(srcs) + 2], backend=backend)
     assert out.shape == (B, heads, D, N) and out.dtype == dtype and out.is_contiguous()
     assert_close_to_oracle(out.detach(), on.detach(), o64.detach(), f"pe out {backend} {c}")
-    with _one_thread():  # the backward is ATen's depthwise conv backward, whatever the backend
+    with _one_thread():  # the backward: the C++ kernels for cpp, ATen's depthwise conv backward otherwise
         gk = grads_of(out, lk)
     for i, (g, gn_i, go) in enumerate(zip(gk, gn, g64)):
         assert_close_to_oracle(g, gn_i, go, f"pe grad {i} {backend} {c}")

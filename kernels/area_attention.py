@@ -238,22 +238,26 @@ def _fwd_key_tile(q, k_base, v_base, start_n, n, s_kn, s_kd, s_vn, s_vd, qk_scal
 # instead of reusing the first shape's choice. Not specialised on (do_not_specialize): one compiled kernel for all.
 # restore_value: the in-place form writes Out over the residual it reads; every timed run of the autotuner would
 # add the attention again (tests/test_area_attention.py runs the tuner with several configs under the interpreter)
+# arch (the device's compute capability x10, unused in the kernels' bodies) keys the tuned config per GPU kind: a
+# process with an A100 and a T4 would otherwise launch on the T4 a tile tuned (and pruned for shared memory) on the
+# A100, which may not fit it.
 FWD_AUTOTUNE = dict(key=["HEAD_DIM", "n", "seqs", "HAS_RESIDUAL", "DOT_PRECISION", "NEG_SCALE", "SPLIT",
-                         "DETERMINISTIC"],
+                         "DETERMINISTIC", "arch"],
                     prune_configs_by=_PRUNE, restore_value=["Out"], do_bench=_do_bench)
-BWD_AUTOTUNE = dict(key=["HEAD_DIM", "n", "seqs", "DOT_PRECISION", "SPLIT", "DETERMINISTIC"], prune_configs_by=_PRUNE,
+BWD_AUTOTUNE = dict(key=["HEAD_DIM", "n", "seqs", "DOT_PRECISION", "SPLIT", "DETERMINISTIC", "arch"],
+                    prune_configs_by=_PRUNE,
                     do_bench=_do_bench)
 
 
 @triton.autotune(configs=_configs(FWD_CONFIGS), **FWD_AUTOTUNE)
-@triton.jit(do_not_specialize=["seqs"])
+@triton.jit(do_not_specialize=["seqs", "arch"])
 def area_attention_fwd_kernel(
     Q, K, V, R, Out, Lse,
     s_qb, s_qh, s_qd, s_qn,
     s_kb, s_kh, s_kd, s_kn,
     s_vb, s_vh, s_vd, s_vn,
     s_rb, s_rh, s_rd, s_rn,
-    heads, N, n, qk_scale, seqs,
+    heads, N, n, qk_scale, seqs, arch,
     HEAD_DIM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DOT_PRECISION: tl.constexpr, NEG_SCALE: tl.constexpr,
     SPLIT: tl.constexpr, DETERMINISTIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -377,14 +381,14 @@ def _dq_key_tile(q, do, lse2, delta, k_base, v_base, start_n, n, s_kn, s_kd, s_v
 
 
 @triton.autotune(configs=_configs(BWD_CONFIGS), **BWD_AUTOTUNE)
-@triton.jit(do_not_specialize=["seqs"])
+@triton.jit(do_not_specialize=["seqs", "arch"])
 def area_attention_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV,
     s_qb, s_qh, s_qd, s_qn,
     s_kb, s_kh, s_kd, s_kn,
     s_vb, s_vh, s_vd, s_vn,
     s_dob, s_doh, s_dod, s_don,
-    heads, N, n, qk_scale, sm_scale, seqs,
+    heads, N, n, qk_scale, sm_scale, seqs, arch,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT: tl.constexpr, DETERMINISTIC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -426,14 +430,14 @@ def area_attention_bwd_dkdv_kernel(
 
 
 @triton.autotune(configs=_configs(BWD_CONFIGS), **BWD_AUTOTUNE)
-@triton.jit(do_not_specialize=["seqs"])
+@triton.jit(do_not_specialize=["seqs", "arch"])
 def area_attention_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ,
     s_qb, s_qh, s_qd, s_qn,
     s_kb, s_kh, s_kd, s_kn,
     s_vb, s_vh, s_vd, s_vn,
     s_dob, s_doh, s_dod, s_don,
-    heads, N, n, qk_scale, sm_scale, seqs,
+    heads, N, n, qk_scale, sm_scale, seqs, arch,
     HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr, SPLIT: tl.constexpr, DETERMINISTIC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -491,14 +495,17 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _launch_flags(q: torch.Tensor, prec: str) -> dict:
-    """The constexprs every attention launch shares: SPLIT (split_tiles) and DETERMINISTIC."""
+def tensor_arch(q: torch.Tensor) -> int:
+    """The compute capability x10 of q's GPU; 90 under the interpreter (as on an sm_90)."""
     if q.is_cuda:
         major, minor = torch.cuda.get_device_capability(q.device)
-        arch = 10 * major + minor
-    else:
-        arch = 90  # the interpreter: as on an sm_90
-    return {"SPLIT": split_tiles(arch, prec, q.dtype == torch.float32, q.shape[2]),
+        return 10 * major + minor
+    return 90
+
+
+def _launch_flags(q: torch.Tensor, prec: str) -> dict:
+    """The constexprs every attention launch shares: SPLIT (split_tiles) and DETERMINISTIC."""
+    return {"SPLIT": split_tiles(tensor_arch(q), prec, q.dtype == torch.float32, q.shape[2]),
             "DETERMINISTIC": torch.are_deterministic_algorithms_enabled()}
 
 
@@ -540,7 +547,7 @@ def area_attention_fwd(q, k, v, area: int, scale: float, residual=None, out=None
             area_attention_fwd_kernel[_grid(B, heads, area, n)](
                 q, k, v, r, out, lse,
                 *q.stride(), *k.stride(), *v.stride(), *r.stride(),
-                heads, N, n, scale * LOG2E, seq_bucket(B, heads, area),
+                heads, N, n, scale * LOG2E, seq_bucket(B, heads, area), tensor_arch(q),
                 HEAD_DIM=D, HAS_RESIDUAL=residual is not None, DOT_PRECISION=prec, NEG_SCALE=scale < 0,
                 **_launch_flags(q, prec), **COMPILE_OPTIONS,
             )
@@ -570,7 +577,7 @@ def area_attention_bwd(dout, q, k, v, out, residual, lse, area: int, scale: floa
                 dout, out, r, delta, *dout.stride(), *r.stride(), heads, N,
                 HEAD_DIM=D, HAS_RESIDUAL=residual is not None, BLOCK=block, **COMPILE_OPTIONS)
             common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride(), heads, N, n, scale * LOG2E, scale,
-                      seq_bucket(B, heads, area))
+                      seq_bucket(B, heads, area), tensor_arch(q))
             area_attention_bwd_dkdv_kernel[lambda meta: (B * heads, area * triton.cdiv(n, meta["BLOCK_N"]))](
                 q, k, v, dout, lse, delta, dk, dv, *common, HEAD_DIM=D, DOT_PRECISION=prec, **flags,
                 **COMPILE_OPTIONS)

@@ -480,3 +480,26 @@ def test_concurrent_first_calls_tune_safely(monkeypatch):
     assert not errors, errors
     assert sorted(done) == [1, 3, 5, 9]
     assert len(tuner.cache) == 4, "each thread's key tuned once"
+
+
+def test_tuned_configs_are_kept_per_gpu_arch(monkeypatch):
+    """The attention kernels' autotune key holds the device's compute capability (`arch`): in a process with GPUs
+    of two kinds, a shape tuned on one is tuned again on the other instead of reusing a tile chosen (and pruned for
+    shared memory) for another GPU. Two launches of one shape as on an sm_80 and an sm_90: two tuned keys."""
+    import triton
+
+    from yolov12_fast.kernels import area_attention as aa
+
+    if DEV == "cuda":
+        pytest.skip("interpreter-only: builds a tuner around the interpreted kernel, the device's arch stubbed")
+    tuner = triton.autotune(configs=[aa._cfg(32, 16, 4, 1), aa._cfg(16, 16, 4, 1)],
+                            **{**aa.FWD_AUTOTUNE, "do_bench": lambda fn, quantiles=None, **kw: [1.0] * len(quantiles)})(
+        aa.area_attention_fwd_kernel.fn)
+    monkeypatch.setattr(aa, "area_attention_fwd_kernel", tuner)
+    q, k, v = (torch.randn(1, 1, 32, 32) for _ in range(3))
+    for arch in (80, 90, 80):
+        monkeypatch.setattr(aa, "tensor_arch", lambda t, arch=arch: arch)
+        out, _ = aa.area_attention_fwd(q, k, v, 2, 32 ** -0.5)
+        torch.testing.assert_close(out, reference.area_attention(q, k, v, 2), rtol=1e-4, atol=1e-4)
+    at = tuner.keys.index("arch")
+    assert sorted(key[at] for key in tuner.cache) == [80, 90], list(tuner.cache)

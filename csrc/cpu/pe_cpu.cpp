@@ -16,7 +16,8 @@
 // One channel per task, images summed in order (deterministic, independent of the thread count). Each image's v
 // plane goes into the forward's zero-bordered buffer, dout into rows zero-padded to whole vectors; each tap row i
 // and group of 4 tap columns keeps 4 vector accumulators over the plane (5 loads per 4 FMAs, all from L1).
-// ATen's CPU depthwise convolution backward took 4.7 ms for a P4 h2 map (64 x 40 x 40, 7 x 7), 23x this kernel.
+// For a P4 h2 map (64 x 40 x 40, 7 x 7, 1 thread, Xeon): ATen's CPU depthwise convolution backward 4.7 ms for
+// all three gradients; this kernel 0.24 ms for dw and db, the flipped forward 0.23 ms for dv.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

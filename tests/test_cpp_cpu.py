@@ -72,6 +72,7 @@ CASES = [  # (layout, B, heads, D, H, W, area)
     ("turbo", 1, 1, 32, 2, 2, 4),            # 1 token per area
     ("channels_last", 1, 1, 16, 30, 40, 1),  # 1200 keys: three online-softmax chunks of 400
     ("interleaved", 1, 2, 32, 40, 40, 4),    # 400 tokens per area (640x640 P4): AVX-512 runs 80-query blocks
+    ("channels_last", 1, 1, 32, 40, 40, 1),  # 1600 keys (a 1280x1280 P4 area): 4 chunks, 80-query blocks
 ]
 CASE_IDS = [f"{c[0]}-B{c[1]}h{c[2]}d{c[3]}-{c[4]}x{c[5]}-a{c[6]}" for c in CASES]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -24,10 +24,10 @@
 // blocks are the forward's.
 //
 // SIMD (common.h): the compute cores are written once with GCC vector extensions and compiled three times:
-// 16 x fp32 for AVX-512 (head_dim >= 32), 8 x fp32 for AVX2+FMA and 4 x fp32 as baseline code (SSE2 on x86-64,
-// NEON on aarch64), whose 16 registers hold the same 4 x 3 tile. One 8-wide build for both would spill the tile out of SSE's 16 xmm registers (measured 25x
-// slower than AVX2). Only the cores are ISA-specific: packing, dtype conversion and the epilogues are plain
-// baseline code.
+// 16 x fp32 for AVX-512 (the backward from head_dim 32 on), 8 x fp32 for AVX2+FMA and 4 x fp32 as baseline code
+// (SSE2 on x86-64, NEON on aarch64), whose 16 registers hold the same 4 x 3 tile. One 8-wide build for both would
+// spill the tile out of SSE's 16 xmm registers (measured 25x slower than AVX2). Only the cores are ISA-specific:
+// packing, dtype conversion and the epilogues are plain baseline code.
 //
 // Threads: the forward splits the flat list of (sequence, query block) pairs into one contiguous range per
 // thread, so the threads get equal work even where there are fewer sequences than threads (P5: area 1, few
@@ -68,7 +68,8 @@ bool use_avx2() {
 #endif
 }
 
-const char* attention_isa() { return use_avx512() ? "avx512" : use_avx2() ? "avx2" : "baseline"; }  // head_dim >= 32
+// the forward's build (the backward at head_dim 16 stays 8-wide on AVX-512 CPUs)
+const char* attention_isa() { return use_avx512() ? "avx512" : use_avx2() ? "avx2" : "baseline"; }
 
 bool use_avx512() {
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)

@@ -86,22 +86,22 @@ Y12_INLINE void dwconv_plane(const PlaneGeometry& G, const float* buf, const flo
   }
 }
 
-using PlaneFn = void (*)(const PlaneGeometry&, const float*, const float*, float, float*);
-void dwconv_plane_base(const PlaneGeometry& G, const float* buf, const float* w, float bias, float* out) {
-  dwconv_plane<vf4>(G, buf, w, bias, out);
-}
+// The builds of a plane core NAME<V> and the run-time choice: NAME_base (4 lanes: SSE2 / NEON), on x86-64 GCC also
+// NAME_avx2 (8 lanes, target avx2 + fma); NAME_kernel() returns the one this CPU runs, plane_lanes() its width.
 #ifdef Y12_HAVE_AVX2_BUILD
-Y12_AVX2 void dwconv_plane_avx2(const PlaneGeometry& G, const float* buf, const float* w, float bias, float* out) {
-  dwconv_plane<vf8>(G, buf, w, bias, out);
-}
+#define Y12_PLANE_CORE(NAME, PARAMS, ARGS)             \
+  void NAME##_base PARAMS { NAME<vf4> ARGS; }          \
+  Y12_AVX2 void NAME##_avx2 PARAMS { NAME<vf8> ARGS; } \
+  auto NAME##_kernel() { return cpu_isa::use_avx2() ? &NAME##_avx2 : &NAME##_base; }
+#else
+#define Y12_PLANE_CORE(NAME, PARAMS, ARGS)    \
+  void NAME##_base PARAMS { NAME<vf4> ARGS; } \
+  auto NAME##_kernel() { return &NAME##_base; }
 #endif
+int64_t plane_lanes() { return cpu_isa::use_avx2() ? kLanes<vf8> : kLanes<vf4>; }
 
-PlaneFn plane_kernel() {
-#ifdef Y12_HAVE_AVX2_BUILD
-  if (cpu_isa::use_avx2()) return &dwconv_plane_avx2;
-#endif
-  return &dwconv_plane_base;
-}
+Y12_PLANE_CORE(dwconv_plane, (const PlaneGeometry& G, const float* buf, const float* w, float bias, float* out),
+               (G, buf, w, bias, out))
 
 bool is_float_type(at::ScalarType t) { return t == at::kFloat || t == at::kHalf || t == at::kBFloat16; }
 
@@ -137,15 +137,9 @@ Y12_INLINE void wgrad_plane(const PlaneGeometry& G, const float* vbuf, const flo
     }
 }
 
-using WgradFn = void (*)(const PlaneGeometry&, const float*, const float*, int64_t, float*);
-void wgrad_plane_base(const PlaneGeometry& G, const float* vbuf, const float* d, int64_t ds, float* dw) {
-  wgrad_plane<vf4>(G, vbuf, d, ds, dw);
-}
-#ifdef Y12_HAVE_AVX2_BUILD
-Y12_AVX2 void wgrad_plane_avx2(const PlaneGeometry& G, const float* vbuf, const float* d, int64_t ds, float* dw) {
-  wgrad_plane<vf8>(G, vbuf, d, ds, dw);
-}
-#endif
+Y12_PLANE_CORE(wgrad_plane, (const PlaneGeometry& G, const float* vbuf, const float* d, int64_t ds, float* dw),
+               (G, vbuf, d, ds, dw))
+#undef Y12_PLANE_CORE
 
 // A (B, heads, D, N) tensor of any strides, plane by plane.
 template <typename T>
@@ -160,11 +154,8 @@ struct Planes {
 template <typename T>
 void wgrad_channels(const Planes<T>& dout, const Planes<T>& v, int64_t B, const PlaneGeometry& G, T* dw, T* db,
                     int64_t c0, int64_t c1) {
-  WgradFn fn = &wgrad_plane_base;
-  int64_t L = kLanes<vf4>;
-#ifdef Y12_HAVE_AVX2_BUILD
-  if (cpu_isa::use_avx2()) fn = &wgrad_plane_avx2, L = kLanes<vf8>;
-#endif
+  const auto fn = wgrad_plane_kernel();
+  const int64_t L = plane_lanes();
   const int64_t k = G.k, dstride = (G.W + L - 1) / L * L;
   std::vector<float> vbuf(G.rows * G.stride + 2 * TJ, 0.f), dbuf(G.H * dstride, 0.f), acc(k * k);
   for (int64_t c = c0; c < c1; ++c) {
@@ -237,7 +228,7 @@ template <typename T, typename W>
 void pe_planes(const PeArgs<T>& A, const PlaneGeometry& G, const W* weight, const int64_t* wstr, const W* bias,
                int64_t bias_stride, int64_t begin, int64_t end) {
   const int64_t C = A.heads * A.D, N = G.H * G.W, k = G.k;
-  const PlaneFn conv = plane_kernel();
+  const auto conv = dwconv_plane_kernel();
   std::vector<float> buf(G.rows * G.stride, 0.f), res(std::is_same_v<T, float> ? 0 : N), w(k * k);
   for (int64_t plane = begin; plane < end; ++plane) {
     const int64_t b = plane / C, c = plane % C, h = c / A.D, d = c % A.D;

@@ -34,22 +34,14 @@ struct BwdConfig {
   static constexpr int kMinBlocks = D == 32 ? 2 : 1;  // as the forward: <= 128 registers for D = 32
 };
 
-struct BwdParams {
-  const uint16_t* q;
-  const uint16_t* k;
-  const uint16_t* v;
+struct BwdParams : AreaParams {  // q, k, v, where the sequences are, the staging plan (chunk = tokens per chunk)
   const uint16_t* dout;
   const float* lse;    // (B, heads, N) contiguous, natural log
   const float* delta;  // (B, heads, N) contiguous, rowsum(dO * (out - residual))
   uint16_t* dq;        // each contiguous (B, heads, D, N)
   uint16_t* dk;
   uint16_t* dv;
-  Strides4 sq, sk, sv, sdo;
-  int64_t N;
-  int heads, area, n;
-  int chunk;     // tokens per staged chunk (resident: n rounded up to 16)
-  int smem_row;  // elements per staged row (chunk + 8)
-  int resident;
+  Strides4 sdo;
   int mode_a, mode_b;  // staging modes of the two staged tensors: dK/dV: q, dout; dQ: k, v
   float scale, scale_log2;
 };
@@ -310,26 +302,14 @@ cudaError_t area_attention_bwd(const AreaAttnBwdArgs& a, const DeviceInfo& dev, 
   if (!plan.supported) return cudaErrorNotSupported;
 
   BwdParams p{};
-  p.q = static_cast<const uint16_t*>(a.q);
-  p.k = static_cast<const uint16_t*>(a.k);
-  p.v = static_cast<const uint16_t*>(a.v);
+  set_area_params(p, a, plan, n);
   p.dout = static_cast<const uint16_t*>(a.dout);
   p.lse = a.lse;
   p.delta = a.delta;
   p.dq = static_cast<uint16_t*>(a.dq);
   p.dk = static_cast<uint16_t*>(a.dk);
   p.dv = static_cast<uint16_t*>(a.dv);
-  p.sq = a.sq;
-  p.sk = a.sk;
-  p.sv = a.sv;
   p.sdo = a.sdout;
-  p.N = a.tokens;
-  p.heads = (int)a.heads;
-  p.area = (int)a.area;
-  p.n = (int)n;
-  p.chunk = plan.chunk_keys;
-  p.smem_row = plan.smem_row;
-  p.resident = plan.resident ? 1 : 0;
   p.scale = a.scale;
   p.scale_log2 = a.scale * kLog2e;
 

@@ -57,20 +57,11 @@ struct Config {
   static constexpr int kMinBlocks = D == 32 ? 2 : 1;
 };
 
-struct FwdParams {
-  const uint16_t* q;
-  const uint16_t* k;
-  const uint16_t* v;
+struct FwdParams : AreaParams {  // q, k, v, where the sequences are, the staging plan (chunk = keys per chunk)
   const uint16_t* res;  // nullptr: no residual
   uint16_t* out;
   float* lse;
-  Strides4 sq, sk, sv, sr;
-  int64_t N;         // tokens per image
-  int heads, area;
-  int n;             // tokens per area
-  int chunk_keys;    // keys per smem chunk (streaming); resident: n rounded up to 16
-  int smem_row;      // elements per smem row
-  int resident;      // 1: stage the whole area once; 0: stream chunks
+  Strides4 sr;
   int k_mode, v_mode;  // staging: 0 = d-fastest scalar, 1 = token-fastest scalar, 2/4/8 = token vectors
   float scale_log2;  // scale * log2(e)
 };
@@ -237,7 +228,7 @@ __global__ void __launch_bounds__(Config<D>::kThreads, Config<D>::kMinBlocks)
     const int n = p.n;
     const int q_tiles = (int)(((int64_t)n + 15) / 16);  // 64-bit: n may come within 15 of INT_MAX
     const int groups = (q_tiles + NW - 1) / NW;  // NW query tiles (one per warp) per group
-    const int chunks = p.resident ? 1 : (int)(((int64_t)n + p.chunk_keys - 1) / p.chunk_keys);
+    const int chunks = p.resident ? 1 : (int)(((int64_t)n + p.chunk - 1) / p.chunk);
 
     // Resident: K/V are staged once (first pass below) and the warps then run with no further barrier.
     // Streaming: for each query group the CTA moves through the K/V chunks together.
@@ -248,8 +239,8 @@ __global__ void __launch_bounds__(Config<D>::kThreads, Config<D>::kMinBlocks)
       WarpState<D> st;
       if (active) load_q<D>(st, qg, p.sq, tile * 16, n, lane);
       for (int c = 0; c < chunks; ++c) {
-        const int c0 = c * p.chunk_keys;
-        const int cvalid = min(p.chunk_keys, n - c0);
+        const int c0 = c * p.chunk;
+        const int cvalid = min(p.chunk, n - c0);
         const int cend = (cvalid + 15) & ~15;
         if (!p.resident || !staged) {  // CTA-uniform
           __syncthreads();  // every warp is done with the previous chunk
@@ -339,23 +330,11 @@ cudaError_t area_attention_fwd(const AreaAttnFwdArgs& a, const DeviceInfo& dev, 
   if (!plan.supported) return cudaErrorNotSupported;
 
   FwdParams p{};
-  p.q = static_cast<const uint16_t*>(a.q);
-  p.k = static_cast<const uint16_t*>(a.k);
-  p.v = static_cast<const uint16_t*>(a.v);
+  set_area_params(p, a, plan, n);
   p.res = static_cast<const uint16_t*>(a.residual);
   p.out = static_cast<uint16_t*>(a.out);
   p.lse = a.lse;
-  p.sq = a.sq;
-  p.sk = a.sk;
-  p.sv = a.sv;
   p.sr = a.sr;
-  p.N = a.tokens;
-  p.heads = (int)a.heads;
-  p.area = (int)a.area;
-  p.n = (int)n;
-  p.chunk_keys = plan.chunk_keys;
-  p.smem_row = plan.smem_row;
-  p.resident = plan.resident ? 1 : 0;
   p.k_mode = staging_mode(a.k, a.sk, a.batch, a.heads, n);
   p.v_mode = staging_mode(a.v, a.sv, a.batch, a.heads, n);
   p.scale_log2 = a.scale * kLog2e;

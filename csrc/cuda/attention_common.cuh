@@ -22,6 +22,39 @@ constexpr float kLog2e = 1.4426950408889634f;  // 1 / ln(2)
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kEpiRow = 24;    // per-warp epilogue buffer row: 16 tokens + 8 pad (48 bytes: conflict-free)
 
+// The kernel parameters both directions share: q, k, v with their strides, where the sequences are, and the launch
+// plan's staging (FwdParams and BwdParams extend it).
+struct AreaParams {
+  const uint16_t* q;
+  const uint16_t* k;
+  const uint16_t* v;
+  Strides4 sq, sk, sv;
+  int64_t N;     // tokens per image
+  int heads, area;
+  int n;         // tokens per area
+  int chunk;     // keys (tokens) per staged smem chunk; resident: n rounded up to 16
+  int smem_row;  // elements per staged smem row (chunk + 8)
+  int resident;  // 1: stage the whole area once; 0: stream chunks
+};
+
+// Fills the shared fields from a launcher's arguments (AreaAttnFwdArgs or AreaAttnBwdArgs) and the plan.
+template <typename Args>
+inline void set_area_params(AreaParams& p, const Args& a, const AreaAttnFwdPlan& plan, int64_t n) {
+  p.q = static_cast<const uint16_t*>(a.q);
+  p.k = static_cast<const uint16_t*>(a.k);
+  p.v = static_cast<const uint16_t*>(a.v);
+  p.sq = a.sq;
+  p.sk = a.sk;
+  p.sv = a.sv;
+  p.N = a.tokens;
+  p.heads = (int)a.heads;
+  p.area = (int)a.area;
+  p.n = (int)n;
+  p.chunk = plan.chunk_keys;
+  p.smem_row = plan.smem_row;
+  p.resident = plan.resident ? 1 : 0;
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // element types, tensor-core and ldmatrix wrappers
 
@@ -122,26 +155,21 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 // Four 8x8 b16 matrices; lanes 8m..8m+7 give the row addresses of matrix m (16 contiguous bytes each).
-// Without .trans lane i receives row i/4, columns 2(i%4), 2(i%4)+1 of each matrix; with .trans it receives
-// rows 2(i%4), 2(i%4)+1 of column i/4.
+// Without .trans (TRANS false) lane i receives row i/4, columns 2(i%4), 2(i%4)+1 of each matrix; with .trans it
+// receives rows 2(i%4), 2(i%4)+1 of column i/4.
+template <bool TRANS = false>
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
 #ifdef YOLOV12_FAST_CUDA_EMU
-  yf_emu::ldmatrix_x4(r, addr, false);
+  yf_emu::ldmatrix_x4(r, addr, TRANS);
 #else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-#ifdef YOLOV12_FAST_CUDA_EMU
-  yf_emu::ldmatrix_x4(r, addr, true);
-#else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
+#define YF_LDSM_X4(SUFFIX)                                                                   \
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4" SUFFIX ".shared.b16 {%0,%1,%2,%3}, [%4];\n" \
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                              \
+               : "r"(addr)                                                                   \
+               : "memory")
+  if constexpr (TRANS) YF_LDSM_X4(".trans");
+  else YF_LDSM_X4("");
+#undef YF_LDSM_X4
 #endif
 }
 
@@ -291,7 +319,7 @@ __device__ __forceinline__ void scores(float (&x)[NT8][4], const uint32_t (&a)[D
 #pragma unroll
     for (int dq = 0; dq < D / 32; ++dq) {
       uint32_t b[4];
-      ldsm_x4_trans(b, base + (uint32_t)(((dq * 32 + lane) * row + tb + j * 8) * 2));
+      ldsm_x4<true>(b, base + (uint32_t)(((dq * 32 + lane) * row + tb + j * 8) * 2));
       mma_16816<T>(x[j], a[dq * 2], b[0], b[1]);
       mma_16816<T>(x[j], a[dq * 2 + 1], b[2], b[3]);
     }

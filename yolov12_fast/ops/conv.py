@@ -116,14 +116,15 @@ def _backward(ctx, dout):
     pre = (torch.matmul(wm, x3) + b.view(1, C, 1)).float()  # recomputed pre-activation (B, C, N)
     s = torch.sigmoid(pre)
     dz = d3 * gamma.float().view(1, C, 1) if ctx.has_residual else d3
-    dpre = (dz * s * (1 + pre * (1 - s))).to(x.dtype)
+    dpre32 = dz * s * (1 + pre * (1 - s))
+    dpre = dpre32.to(x.dtype)  # the matmuls' operand; the bias gradient sums the float32 values (one rounding)
     dx = dw = db = dres = dgamma = None
     if ctx.needs_input_grad[0]:
         dx = torch.matmul(wm.t(), dpre).view(B, K, H, W)
     if ctx.needs_input_grad[1]:
         dw = torch.einsum("bcn,bkn->ck", dpre, x3).view(C, K, 1, 1)
     if ctx.needs_input_grad[2]:
-        db = dpre.sum((0, 2))
+        db = dpre32.sum((0, 2)).to(x.dtype)
     if ctx.has_residual and ctx.needs_input_grad[3]:
         dres = dout
     if ctx.has_residual and ctx.needs_input_grad[4]:

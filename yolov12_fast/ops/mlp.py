@@ -173,18 +173,19 @@ def _backward(ctx, dout):
     s = torch.sigmoid(hp.float())
     act = (hp.float() * s).to(x.dtype)
     da = torch.matmul(w2m.t(), d3)
-    dhp = (da.float() * s * (1 + hp.float() * (1 - s))).to(x.dtype)
+    dhp32 = da.float() * s * (1 + hp.float() * (1 - s))
+    dhp = dhp32.to(x.dtype)  # the matmuls' operand; the bias gradient sums the float32 values (one rounding)
     dx = dw1 = db1 = dw2 = db2 = None
     if ctx.needs_input_grad[0]:
         dx = dout + torch.matmul(w1m.t(), dhp).view(B, C, H, W)
     if ctx.needs_input_grad[1]:
         dw1 = torch.einsum("bhn,bcn->hc", dhp, x3).view(HID, C, 1, 1)
     if ctx.needs_input_grad[2]:
-        db1 = dhp.sum((0, 2))
+        db1 = dhp32.sum((0, 2)).to(x.dtype)
     if ctx.needs_input_grad[3]:
         dw2 = torch.einsum("bcn,bhn->ch", d3, act).view(C, HID, 1, 1)
     if ctx.needs_input_grad[4]:
-        db2 = d3.sum((0, 2))
+        db2 = d3.sum((0, 2), dtype=torch.float32).to(x.dtype)
     return dx, dw1, db1, dw2, db2, None
 
 

@@ -439,7 +439,9 @@ FUZZ_PROFILES = [pytest.param(n, id=name, marks=[pytest.mark.slow] if name == "l
 def _fuzz_settings(n):
     from hypothesis import HealthCheck, settings
 
-    return settings(max_examples=max(1, n), deadline=None, derandomize=True, database=None, print_blob=True,
+    # derandomized (CI fuzzes the same cases every run) unless YOLOV12_FAST_FUZZ_RANDOM is set, as in test_hardening
+    return settings(max_examples=max(1, n), deadline=None, derandomize=not os.environ.get("YOLOV12_FAST_FUZZ_RANDOM"),
+                    database=None, print_blob=True,
                     suppress_health_check=list(HealthCheck))
 
 

@@ -8,7 +8,8 @@ Triton launch keys independent of the batch size), determinism, and huge tensors
   kernels, triton = the interpreter on CPU, compiled on a GPU). Tolerances: tests/tolerances.py, with the naive
   same-dtype PyTorch computation as the yardstick. Examples are derandomized (every run fuzzes the same
   examples; a failure prints the reproducing example); the default run fuzzes FUZZ_EXAMPLES per backend
-  (YOLOV12_FAST_FUZZ_EXAMPLES overrides), the `slow` variants ten times as many.
+  (YOLOV12_FAST_FUZZ_EXAMPLES overrides), the `slow` variants ten times as many. YOLOV12_FAST_FUZZ_RANDOM=1 draws
+  fresh examples each run (fuzz campaigns; `--hypothesis-seed=N` makes one reproducible).
 - Huge tensors run on fake / meta tensors (no allocation) or on a sparse storage: a torch.empty of a few GB of
   address space of which only the few pages the views touch are ever written, so the resident memory stays small.
 """
@@ -59,9 +60,12 @@ else:
 FIXED_DTYPE = {"cuda": torch.float16}
 
 FUZZ_EXAMPLES = int(os.environ.get("YOLOV12_FAST_FUZZ_EXAMPLES", "30"))
+# YOLOV12_FAST_FUZZ_RANDOM=1: fresh examples per run (a fuzz campaign beyond CI's fixed set); pytest's
+# --hypothesis-seed=N then reproduces a run, and a failure prints its reproducing blob either way
+DERANDOMIZE = not os.environ.get("YOLOV12_FAST_FUZZ_RANDOM")
 _HEALTH = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large,
            HealthCheck.filter_too_much]
-FAST = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
+FAST = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, database=None, print_blob=True,
                 suppress_health_check=_HEALTH)
 
 

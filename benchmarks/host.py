@@ -65,7 +65,8 @@ def _aattn_modules(dev: torch.device, dtype: torch.dtype):
     plain = AAttn(64, 2, 1).eval()
     for m in plain.modules():
         if hasattr(m, "bn") and hasattr(m, "forward_fuse"):
-            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            with torch.no_grad():  # older ultralytics fuses with autograd on (weights that are no leaves)
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
             delattr(m, "bn")
             m.forward = m.forward_fuse
     plain = plain.to(dev, dtype)

@@ -48,7 +48,8 @@ def build(cfg: str, *, calibrate_imgsz: int | None = 640, fuse: bool = True, dev
         model = model.to(device)
         calibrate_bn(model, load_images(imgsz=calibrate_imgsz).to(device))
     if fuse:
-        model = model.fuse(verbose=False)
+        with torch.no_grad():  # older ultralytics fuses with autograd on (weights that are no leaves)
+            model = model.fuse(verbose=False)
     return model.eval().to(device=device, dtype=dtype)
 
 

@@ -236,7 +236,7 @@ def test_same_detections_after_nms_yolo12n():
         src = str(ASSETS / name)
         with exact_fp32():  # on a GPU: float32 on both sides (ultralytics' cuDNN convs would otherwise run TF32)
             a, b = plain.predict(src, conf=conf, **kw)[0].boxes, fast.predict(src, conf=conf, **kw)[0].boxes
-        assert isinstance(fast.predictor.model.backend.model.model[6], yf.nn.FastModule)
+        assert isinstance(U.predictor_module(fast.predictor).model[6], yf.nn.FastModule)
         assert len(a) >= 5, f"{name}: {len(a)} detections: the comparison would be vacuous"
         _match_detections(a, b, name)
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 import ultra_utils as U
 import yolov12_fast as yf
-from tolerances import MODEL_RTOL_FP32, TRAIN_UPDATE_RTOL, assert_close_to_oracle
+from tolerances import FACTOR, MODEL_RTOL_FP32, TRAIN_GRAD_RTOL, assert_close_to_oracle
 from yolov12_fast import reference as R
 from yolov12_fast.patch import module_kind
 
@@ -286,12 +286,13 @@ def _turbo_in_ultralytics_aattn(dim=64, heads=2, area=4):
 
     m = AAttn(dim, heads, area)
     del m.qkv
-    C = m.all_head_dim
+    C = m.num_heads * m.head_dim  # (ultralytics >= 8.3.9x also keeps it as m.all_head_dim)
     m.qk = Conv(dim, 2 * C, 1, act=False)
     m.v = Conv(dim, C, 1, act=False)
     m.proj = Conv(C, dim, 1, act=False)
     m.pe = Conv(C, dim, 5, 1, 2, g=dim, act=False)
-    del m.all_head_dim  # the authors' turbo AAttn has no such attribute
+    if hasattr(m, "all_head_dim"):
+        del m.all_head_dim  # the authors' turbo AAttn has no such attribute
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for mod in m.modules():
@@ -355,9 +356,11 @@ def test_yolo_dropin_patches_and_predicts():
     assert isinstance(y.model.model[6].m[0][0].attn, yf.nn.FastModule)
     res = y.predict(str(ASSETS / "bus.jpg"), imgsz=IMGSZ, conf=0.0, max_det=5, verbose=False)
     assert len(res) == 1 and res[0].boxes is not None
-    assert isinstance(y.predictor.model.backend.model.model[6], yf.nn.FastModule)  # predictor's fused copy
+    assert isinstance(U.predictor_module(y.predictor).model[6], yf.nn.FastModule)  # predictor's fused copy
     yf.unpatch(y)
-    assert y.predictor is None  # dropped: it held a patched copy
+    # no predictor runs a patched copy after unpatch: ultralytics >= 8.4 predicts through a fused copy, which unpatch
+    # drops; before 8.4 the predictor runs y.model itself, which unpatch restored in place
+    assert y.predictor is None or U.predictor_module(y.predictor) is y.model
     assert not any(isinstance(m, yf.nn.FastModule) for m in y.model.modules())
     yf.patch(y, backend=BACKEND)
     assert isinstance(y.model.model[8], yf.nn.FastModule)
@@ -544,43 +547,94 @@ def test_training_runs_patched_and_checkpoints_stay_plain(tmp_path, monkeypatch)
     _assert_safe_load_is_plain(tmp_path / "runs" / "t" / "weights" / "last.pt", tmp_path)
 
 
-def test_training_losses_and_updates_match_the_unpatched_model(tmp_path, monkeypatch):
+def _reordered_aattn_forward(self, x):
+    """ultralytics' AAttn (ultralytics / v1.0 layout) with the same convolutions and its attention computed in another
+    order: the scale applied to k (ultralytics scales q from 8.4, the product before), areas as a batch dimension of
+    views instead of reshaped copies. The same function, other rounding; plain autograd, no yolov12_fast kernel."""
+    B, C, H, W = x.shape
+    D, A = self.head_dim, self.area
+    q, k, v = (t.transpose(2, 3) for t in self.qkv(x).view(B, self.num_heads, 3 * D, A, H * W // A).split(D, dim=2))
+    o = v @ (q.transpose(-1, -2) @ (k * D ** -0.5)).softmax(dim=-1).transpose(-1, -2)  # (B, heads, A, D, n)
+    return self.proj(o.transpose(2, 3).reshape(B, C, H, W) + self.pe(v.transpose(2, 3).reshape(B, C, H, W)))
+
+
+def test_training_losses_and_gradients_match_the_unpatched_model(tmp_path, monkeypatch):
     """Four optimizer steps of yolo12n through ultralytics' trainer (seeded, deterministic, fp32 CPU): the patched
-    model's per-step losses and its parameter updates match the unpatched model's. The trainer builds both models
-    from the same seed; an unpatched rerun is bitwise identical (checked), so every difference is ours. The patched
-    model recomputes its ABlock MLPs in backward (recompute="mlp", what "auto" does on CUDA; on CPU "auto" keeps
-    everything, the path every other training test runs)."""
+    model's per-step losses match the unpatched model's, and at the first optimizer step so do every parameter's
+    gradient and every BatchNorm statistic (updated once per forward: a recomputing backward must not update them
+    again). The patched model recomputes its ABlock MLPs in backward (recompute="mlp", what "auto" does on CUDA; on
+    CPU "auto" keeps everything, the path every other training test runs). The trainer builds every model from the
+    same seed; an unpatched rerun is bitwise identical (checked), so every difference is ours.
+
+    Each gradient / statistic tensor may differ by TRAIN_GRAD_RTOL of its size or, where the unpatched model is
+    itself that sensitive to rounding, by FACTOR times what a rounding-level change of the reference makes: the
+    unpatched model with its attention computed in another order (_reordered_aattn_forward). Some gradients are
+    sums that cancel to rounding noise (the key bias: softmax ignores a shift of every key; BatchNorm biases whose
+    effect the next training-mode BatchNorm removes). The first step's gradients are compared rather than the
+    parameters after several steps: the optimizer (AdamW, ultralytics' choice for short runs, scales each gradient
+    by its own running size) and the tiny-image training-mode BatchNorm amplify rounding from step to step, by an
+    amount that differs between ultralytics versions (up to 2x the update of some tensors, for either model)."""
     from ultralytics import YOLO
+    from ultralytics.nn.modules.block import AAttn
 
     monkeypatch.chdir(tmp_path)
     data = _tiny_dataset(tmp_path / "data", copies=2)  # 4 images, batch 2: 2 steps per epoch
 
     def run(model):
-        losses, params = [], {}
+        losses, first = [], {}
         items = lambda t: t.loss_items.values() if isinstance(t.loss_items, dict) else t.loss_items
         model.add_callback("on_train_batch_end", lambda t: losses.append(torch.tensor([float(v) for v in items(t)])))
-        snap = lambda t: {k: v.detach().clone() for k, v in t.model.state_dict().items() if v.is_floating_point()}
-        model.add_callback("on_pretrain_routine_end", lambda t: params.__setitem__("start", snap(t)))
-        model.add_callback("on_train_end", lambda t: params.__setitem__("end", snap(t)))
+
+        def catch_first_step(trainer):  # the gradients and BatchNorm statistics the first optimizer step sees
+            step = trainer.optimizer_step
+
+            def first_step():
+                if not first:
+                    m = trainer.model
+                    no_grad = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+                    assert not no_grad, f"trainable parameters without a gradient: {no_grad}"
+                    first.update({f"{n} grad": p.grad.detach().clone() for n, p in m.named_parameters()
+                                  if p.grad is not None})
+                    first.update({n: b.detach().clone() for n, b in m.named_buffers()})
+                step()
+
+            trainer.optimizer_step = first_step
+
+        model.add_callback("on_pretrain_routine_end", catch_first_step)
         model.train(data=str(data), epochs=2, imgsz=64, batch=2, workers=0, device="cpu", amp=False, plots=False,
                     val=False, seed=0, deterministic=True, project=str(tmp_path / "runs"), name="t", exist_ok=True,
                     verbose=False)
-        return torch.stack(losses), {k: params["end"][k] - params["start"][k] for k in params["end"]}
+        return torch.stack(losses), first
 
-    loss_a, upd_a = run(YOLO("yolo12n.yaml"))
-    loss_b, _ = run(YOLO("yolo12n.yaml"))
-    loss_f, upd_f = run(yf.YOLO("yolo12n.yaml", backend=BACKEND, recompute="mlp"))
+    run(YOLO("yolo12n.yaml"))  # some ultralytics versions (8.4.0) set up differently on the first run of a process
+    loss_a, first_a = run(YOLO("yolo12n.yaml"))
+    loss_b, first_b = run(YOLO("yolo12n.yaml"))
+    loss_f, first_f = run(yf.YOLO("yolo12n.yaml", backend=BACKEND, recompute="mlp"))
+    with monkeypatch.context() as m:
+        m.setattr(AAttn, "forward", _reordered_aattn_forward)
+        loss_r, first_r = run(YOLO("yolo12n.yaml"))
     assert loss_a.shape == (4, 3) and torch.isfinite(loss_a).all()
-    assert torch.equal(loss_a, loss_b), "the unpatched run is not reproducible: the comparison would mean nothing"
-    rel = ((loss_f - loss_a).abs() / loss_a.abs()).max().item()
-    assert rel <= MODEL_RTOL_FP32, f"per-step losses differ by {rel:.3g} relative (bound {MODEL_RTOL_FP32})"
-    assert upd_f.keys() == upd_a.keys()
-    moved = [k for k in upd_a if upd_a[k].abs().max() > 0]
-    assert any(".m.0.0.attn." in k for k in moved), "the attention parameters were not trained"
-    for k in moved:
-        scale = upd_a[k].abs().max().item()
-        err = (upd_f[k] - upd_a[k]).abs().max().item()
-        assert err <= TRAIN_UPDATE_RTOL * scale + 1e-7, f"{k}: update differs by {err:.3g} (update size {scale:.3g})"
+    assert torch.equal(loss_a, loss_b) and all(torch.equal(first_a[k], first_b[k]) for k in first_a), (
+        "the unpatched run is not reproducible: the comparison would mean nothing")
+    assert not torch.equal(loss_r, loss_a), "the reordered reference ran ultralytics' own forward"
+    rel = lambda loss: ((loss - loss_a).abs() / loss_a.abs()).max().item()
+    assert rel(loss_f) <= max(MODEL_RTOL_FP32, FACTOR[torch.float32] * rel(loss_r)), (
+        f"per-step losses differ by {rel(loss_f):.3g} relative (bound {MODEL_RTOL_FP32}; the reordered reference "
+        f"{rel(loss_r):.3g})")
+    assert first_f.keys() == first_a.keys() == first_r.keys()
+    assert any(".m.0.0.attn.qkv." in k and k.endswith(" grad") and first_a[k].abs().max() > 0 for k in first_a)
+    relaxed = []
+    for k in first_a:
+        if not first_a[k].is_floating_point():  # num_batches_tracked: one forward per step
+            assert torch.equal(first_f[k], first_a[k]), f"{k}: {first_f[k]} != {first_a[k]}"
+            continue
+        scale = first_a[k].abs().max().item()
+        err = (first_f[k] - first_a[k]).abs().max().item()
+        yardstick = (first_r[k] - first_a[k]).abs().max().item()
+        assert err <= max(TRAIN_GRAD_RTOL * scale, FACTOR[torch.float32] * yardstick), (
+            f"{k}: differs by {err:.3g} (size {scale:.3g}; the reordered reference differs by {yardstick:.3g})")
+        relaxed += [k] if err > TRAIN_GRAD_RTOL * scale else []
+    assert len(relaxed) <= len(first_a) // 20, f"{len(relaxed)} of {len(first_a)} tensors only within the yardstick"
 
 
 def test_trainer_callback_reaches_ddp_workers(tmp_path):

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from yolov12_fast._tolerances import ATOL_FLOOR, FACTOR, MODEL_RTOL_FP32, ROUNDOFF_ULPS, TRAIN_UPDATE_RTOL  # noqa: F401  (the one table)
+from yolov12_fast._tolerances import ATOL_FLOOR, FACTOR, MODEL_RTOL_FP32, ROUNDOFF_ULPS, TRAIN_GRAD_RTOL  # noqa: F401  (the one table)
 from yolov12_fast._tolerances import floor as roundoff_floor
 
 

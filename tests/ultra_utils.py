@@ -98,6 +98,16 @@ def build_model(scale: str, variant: str = "ultralytics", imgsz=640, fused: bool
 # Capturing layer inputs
 # --------------------------------------------------------------------------------------------------------------
 
+def predictor_module(predictor) -> nn.Module:
+    """The nn.Module an ultralytics predictor calls (predictor.model.backend.model from 8.4, predictor.model.model
+    before), found the way yolov12_fast.YOLO finds it."""
+    from yolov12_fast.model import _predictor_module_slot
+
+    holder, attr = _predictor_module_slot(predictor)
+    assert holder is not None, f"no PyTorch module in predictor.model ({type(predictor.model).__name__})"
+    return getattr(holder, attr)
+
+
 def _first_tensor(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 

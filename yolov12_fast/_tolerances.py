@@ -34,7 +34,7 @@ def floor(dtype: torch.dtype, oracle: torch.Tensor) -> torch.Tensor:
 # unit-scale activations accumulated through tens of layers.
 MODEL_RTOL_FP32 = 1e-3
 
-# Training steps (fp32 CPU, a few optimizer steps through ultralytics' trainer): each parameter tensor's update may
-# differ from the unpatched model's by this fraction of that update's size (kernel rounding, amplified by Adam's
-# normalisation of tiny gradients).
-TRAIN_UPDATE_RTOL = 1e-2
+# Training (fp32 CPU, through ultralytics' trainer): at the first optimizer step each parameter's gradient and each
+# BatchNorm statistic may differ from the unpatched model's by this fraction of the tensor's size, or by FACTOR x
+# what a rounding-level reordering of the reference's attention changes (gradients that cancel to rounding noise).
+TRAIN_GRAD_RTOL = 1e-2

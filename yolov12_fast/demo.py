@@ -77,7 +77,8 @@ def run(args) -> int:
     x = load_images([image], args.imgsz)
     if str(args.model).endswith((".yaml", ".yml")):
         calibrate_bn(model, x)
-    model = model.fuse(verbose=False).eval().to(device)
+    with torch.no_grad():  # ultralytics < 8.3.9x fuses with autograd on: weights that are no leaves, which predict() rejects
+        model = model.fuse(verbose=False).eval().to(device)
     x = x.to(device)
 
     paths = [("ultralytics (reference)", None)]

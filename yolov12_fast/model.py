@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import functools
 
+import torch
+
 try:
     from ultralytics import YOLO as _UltralyticsYOLO
-    from ultralytics.utils.torch_utils import unwrap_model
 except ImportError as e:
     raise ImportError("yolov12_fast.YOLO is ultralytics' YOLO with the fast modules: install ultralytics, "
                       "`pip install 'ultralytics>=8.3.78'` (or, in the clone, `pip install --no-build-isolation -e '.[ultralytics]'`), "
@@ -151,9 +152,21 @@ class YOLO(_UltralyticsYOLO):
         cbs.append(cb)
 
 
+def _unwrap(m):
+    """The model inside torch.compile (`_orig_mod`) and DataParallel / DistributedDataParallel (`.module`) wrappers.
+    Ours, not ultralytics' `unwrap_model`: that arrived after 8.3.78, the oldest ultralytics this library supports."""
+    while True:
+        if isinstance(getattr(m, "_orig_mod", None), torch.nn.Module):
+            m = m._orig_mod
+        elif isinstance(m, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            m = m.module
+        else:
+            return m
+
+
 def _patch_trainer(trainer, backend: str, recompute: str = "auto") -> None:
     """Trainer callback: patch the model the trainer built and its EMA; checkpoint with the original classes."""
-    patch(unwrap_model(trainer.model), backend=backend, recompute=recompute)
+    patch(_unwrap(trainer.model), backend=backend, recompute=recompute)
     ema = getattr(trainer, "ema", None)
     if ema is not None and getattr(ema, "ema", None) is not None:
         patch(ema.ema, backend=backend, recompute=recompute)

@@ -147,7 +147,7 @@ def to_turbo(model: nn.Module, scale: str) -> nn.Module:
             dim = old.attn.qkv.conv.in_channels
             blk = ABlock(dim, old.attn.num_heads, mlp_ratio, old.attn.area)
             blk.attn = TurboAAttn(dim, old.attn.num_heads, old.attn.area)
-            blk.attn.apply(ABlock._init_weights)  # same init as the ultralytics ABlock's convs
+            blk.attn.apply(blk._init_weights)  # same init as the ultralytics ABlock's convs (a method before 8.3.8x)
             pair[i] = blk
     return model
 

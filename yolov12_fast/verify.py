@@ -275,6 +275,9 @@ def _final_parts(task: str, out, nc: int) -> list:
         return [("probs", probs)] + ([("logits", logits)] if isinstance(logits, type(probs)) else [])
     first = out[0] if isinstance(out, (tuple, list)) else out
     pred, proto = (first[0], first[1]) if isinstance(first, (tuple, list)) else (first, None)
+    if proto is None and task == "segment" and isinstance(out, (tuple, list)) and len(out) > 1:
+        rest = out[1]  # ultralytics before 8.4: (prediction, (feature maps, mask coefs, prototypes))
+        proto = rest[-1] if isinstance(rest, (tuple, list)) and getattr(rest[-1], "dim", lambda: 0)() == 4 else None
     parts = [("boxes", pred[:, :4]), ("scores", pred[:, 4:4 + nc])]
     if pred.shape[1] > 4 + nc:
         parts.append((TASK_EXTRA.get(task, "extra"), pred[:, 4 + nc:]))
@@ -357,7 +360,9 @@ def _nms(pred, conf: float, iou: float, nc: int = 0, rotated: bool = False):
         from ultralytics.utils.nms import non_max_suppression
     except ImportError:  # older ultralytics
         from ultralytics.utils.ops import non_max_suppression
-    return non_max_suppression(pred.float(), conf_thres=conf, iou_thres=iou, max_det=300, nc=nc,
+    # a copy: ultralytics before 8.4 converts the boxes to xyxy in place in the tensor it is given, and verify runs
+    # NMS twice on one prediction when the first threshold finds nothing (the second run then read xyxy as xywh)
+    return non_max_suppression(pred.float().clone(), conf_thres=conf, iou_thres=iou, max_det=300, nc=nc,
                                rotated=rotated)[0].cpu().double()
 
 
@@ -490,11 +495,12 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
     imgs = load_images(paths, hw)
 
     base, layout, weights, random_weights = _load(model, variant, imgs, seed)
-    if fuse:
-        base.fuse(verbose=False)
-    base.eval()
-    for p in base.parameters():
+    for p in base.parameters():  # before fuse(): ultralytics < 8.3.9x fuses with grad on, leaving non-leaf weights
         p.requires_grad_(False)
+    if fuse:
+        with torch.no_grad():
+            base.fuse(verbose=False)
+    base.eval()
 
     ref = turbo_reference(yolov12_fast.unpatch(copy.deepcopy(base)))
     if any(isinstance(m, FastModule) for m in ref.modules()):

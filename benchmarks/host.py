@@ -43,11 +43,11 @@ def _stubs(device: torch.device):
     stack = contextlib.ExitStack()
     stack.enter_context(mock.patch.object(tk, "area_attention_fwd", lambda q, k, v, area, scale, residual=None,
                                           out=None: (out, None)))
-    stack.enter_context(mock.patch.object(aa, "_usable", lambda b, d: (True, "") if b == "triton"
-                                          else real_usable(b, d)))
+    stack.enter_context(mock.patch.object(aa, "_usable", lambda b, d, dt=None: (True, "") if b == "triton"
+                                          else real_usable(b, d, dt)))
     stack.enter_context(mock.patch.object(aa, "_auto_order", lambda device, dtype, head_dim: ("triton",)))
-    stack.enter_context(mock.patch.object(pe, "_usable", lambda b, d: (False, "stubbed") if b == "cpp"
-                                          else real_usable(b, d)))  # PE: the reference (cuDNN on a GPU)
+    stack.enter_context(mock.patch.object(pe, "_usable", lambda b, d, dt=None: (False, "stubbed") if b == "cpp"
+                                          else real_usable(b, d, dt)))  # PE: the reference (cuDNN on a GPU)
     stack.enter_context(mock.patch.object(pe, "_reference", lambda v, w, b, x, H, W: torch.empty_like(
         v, memory_format=torch.contiguous_format)))
     return stack

@@ -249,7 +249,27 @@ BWD_AUTOTUNE = dict(key=["HEAD_DIM", "n", "seqs", "DOT_PRECISION", "SPLIT", "DET
                     do_bench=_do_bench)
 
 
-@triton.autotune(configs=_configs(FWD_CONFIGS), **FWD_AUTOTUNE)
+
+def _autotune(configs, **kw):
+    """triton.autotune with our timer (`do_bench`) on every Triton version. Triton 3.2 (torch 2.6's) accepts
+    do_bench in autotune() but does not hand it to its Autotuner, which then takes the driver's timer: it times a
+    lone config and configs under CUDA graph capture (what _do_bench avoids), and asks the GPU driver for the timer
+    when this module is imported, which raises where there is no GPU (the CPU interpreter). The Autotuner itself
+    takes do_bench on every version."""
+    def decorator(fn):
+        try:
+            tuner = triton.autotune(configs, **kw)(fn)
+        except RuntimeError:  # triton 3.2 without a GPU driver: build the Autotuner with the timer directly
+            from triton.runtime.autotuner import Autotuner
+
+            tuner = Autotuner(fn, fn.arg_names, configs, kw["key"], kw.get("reset_to_zero"), kw.get("restore_value"),
+                              prune_configs_by=kw.get("prune_configs_by"), do_bench=kw["do_bench"])
+        tuner.do_bench = kw["do_bench"]  # triton 3.2 dropped it
+        return tuner
+    return decorator
+
+
+@_autotune(configs=_configs(FWD_CONFIGS), **FWD_AUTOTUNE)
 @triton.jit(do_not_specialize=["seqs", "arch"])
 def area_attention_fwd_kernel(
     Q, K, V, R, Out, Lse,
@@ -380,7 +400,7 @@ def _dq_key_tile(q, do, lse2, delta, k_base, v_base, start_n, n, s_kn, s_kd, s_v
     return tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=DOT_PRECISION)
 
 
-@triton.autotune(configs=_configs(BWD_CONFIGS), **BWD_AUTOTUNE)
+@_autotune(configs=_configs(BWD_CONFIGS), **BWD_AUTOTUNE)
 @triton.jit(do_not_specialize=["seqs", "arch"])
 def area_attention_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DK, DV,
@@ -429,7 +449,7 @@ def area_attention_bwd_dkdv_kernel(
     tl.store(DV + out_base + out_off, dv.to(DV.dtype.element_ty), mask=mask_n[:, None])
 
 
-@triton.autotune(configs=_configs(BWD_CONFIGS), **BWD_AUTOTUNE)
+@_autotune(configs=_configs(BWD_CONFIGS), **BWD_AUTOTUNE)
 @triton.jit(do_not_specialize=["seqs", "arch"])
 def area_attention_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQ,

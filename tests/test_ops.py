@@ -142,6 +142,43 @@ def test_auto_table(monkeypatch):
     assert aa._auto_order(torch.device("cpu"), torch.float32, 32)[0] == "cpp"
 
 
+def test_triton_releases_that_cannot_compile_for_turing(monkeypatch):
+    """_backends.TRITON_TURING_GAPS (found by compiling every kernel variant with triton 3.2, 3.3, 3.4 and 3.8): on
+    sm_75, auto passes over Triton in the dtypes that triton release cannot compile (float32 on triton 3.2 falls to
+    the reference, float16 on 3.3 takes the CUDA C++ kernel or the reference), an explicit backend='triton' says why
+    and what to install, instead of a compiler crash at the first launch; sm_80+ and other releases are untouched."""
+    from yolov12_fast import _backends
+    from yolov12_fast.ops import mlp as mlp_op
+    from yolov12_fast.ops import pe
+
+    dev = torch.device("cuda", 0)
+    monkeypatch.setattr(aa, "_warned", {"cuda"})  # auto's one-time "no fused kernel" warning: not this test's subject
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_backends, "can_use_triton", lambda device=None: (True, ""))
+    monkeypatch.setattr(_backends, "can_use_cuda_ext", lambda device=None: (False, "not built"))
+    for ver, cap, dtype, gap in (((3, 2), (7, 5), torch.float32, True), ((3, 2), (7, 5), torch.float16, False),
+                                 ((3, 3), (7, 5), torch.float16, True), ((3, 3), (7, 5), torch.bfloat16, True),
+                                 ((3, 3), (7, 5), torch.float32, False), ((3, 2), (8, 0), torch.float32, False),
+                                 ((3, 4), (7, 5), torch.float16, False), ((3, 8), (7, 5), torch.float32, False)):
+        monkeypatch.setattr(_backends, "triton_version", lambda ver=ver: ver)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
+        what = f"triton {ver} sm_{cap} {dtype}"
+        assert aa.resolve_backend("auto", dev, dtype, 32) == ("reference" if gap else "triton"), what
+        if not gap:
+            assert aa.resolve_backend("triton", dev, dtype, 32) == "triton", what
+            continue
+        assert "cannot compile" in _backends.triton_gap(dev, dtype), what
+        for resolve in (lambda: aa.resolve_backend("triton", dev, dtype, 32),
+                        lambda: pe.resolve_backend("triton", dev, dtype, 7),
+                        lambda: mlp_op.resolve_backend("triton", dev, dtype=dtype)):
+            with pytest.raises(RuntimeError, match=r"cannot compile .* install triton >= 3\.4"):
+                resolve()
+    monkeypatch.setattr(_backends, "can_use_cuda_ext", lambda device=None: (True, ""))  # fp16 on 3.3: CUDA C++
+    monkeypatch.setattr(_backends, "triton_version", lambda: (3, 3))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert aa.resolve_backend("auto", dev, torch.float16, 32) == "cuda"
+
+
 def test_auto_backward_table(monkeypatch):
     """Having picked the CUDA C++ forward, auto trains through the CUDA C++ backward on Turing (AUTO_CUDA_BACKWARD:
     Triton's dots run on FMA units there) and keeps the measured Triton backward elsewhere; never on CPU."""
@@ -159,7 +196,7 @@ def test_pe_auto_table(monkeypatch):
 
     dev = torch.device("cuda", 0)
     real = pe._usable
-    monkeypatch.setattr(pe, "_usable", lambda b, d: (True, "") if b == "cuda" else real(b, d))
+    monkeypatch.setattr(pe, "_usable", lambda b, d, dt=None: (True, "") if b == "cuda" else real(b, d, dt))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     assert pe.resolve_backend("auto", dev, torch.float16, 7) == "cuda"
     assert pe.resolve_backend("auto", dev, torch.float16, 5) == "cuda"
@@ -169,7 +206,7 @@ def test_pe_auto_table(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert pe.resolve_backend("auto", dev, torch.float16, 7) == "reference"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(pe, "_usable", lambda b, d: (False, "no extension") if b == "cuda" else real(b, d))
+    monkeypatch.setattr(pe, "_usable", lambda b, d, dt=None: (False, "no extension") if b == "cuda" else real(b, d, dt))
     assert pe.resolve_backend("auto", dev, torch.float16, 7) == "reference"  # extension missing: cuDNN
 
 
@@ -251,7 +288,7 @@ def test_the_auto_fallback_warning_points_at_the_callers_line(monkeypatch):
     import warnings
 
     monkeypatch.setattr(aa, "_warned", set())
-    monkeypatch.setattr(aa, "_usable", lambda b, d: (b == "reference", "disabled by the test"))
+    monkeypatch.setattr(aa, "_usable", lambda b, d, dt=None: (b == "reference", "disabled by the test"))
     q, k, v = (torch.randn(1, 2, 32, 16) for _ in range(3))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

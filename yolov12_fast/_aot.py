@@ -136,6 +136,21 @@ def _variants(module: str, arch: int, head_dims):
     return list(importlib.import_module(module).aot_variants(arch, head_dims=head_dims))
 
 
+def _ast_source(ASTSource, v: dict):
+    """The compiler's source object for variant `v` (written in triton >= 3.3's terms: constexprs by name in the
+    signature, divisibility attributes per parameter path). Triton 3.2, torch 2.6's, takes the constexprs as
+    `constants`, only the other parameters in the signature and the attributes as an AttrsDescriptor."""
+    import inspect
+
+    if "constexprs" in inspect.signature(ASTSource.__init__).parameters:
+        return ASTSource(fn=v["fn"], signature=v["signature"], constexprs=v["constexprs"], attrs=v["attrs"])
+    from triton.backends.compiler import AttrsDescriptor
+
+    hints = {path[0]: 16 for path, attrs in v["attrs"].items() if ["tt.divisibility", 16] in attrs}
+    return ASTSource(fn=v["fn"], signature={k: t for k, t in v["signature"].items() if t != "constexpr"},
+                     constants=dict(v["constexprs"]), attrs=AttrsDescriptor.from_hints(hints))
+
+
 def compile_variant(args) -> dict:
     module, index, arch, head_dims = args
     import tempfile
@@ -149,8 +164,7 @@ def compile_variant(args) -> dict:
     row = {"kernel": v["name"], "arch": f"sm_{arch}", "dtype": v["dtype"]}
     t0 = time.perf_counter()
     try:
-        k = triton.compile(ASTSource(fn=v["fn"], signature=v["signature"], constexprs=v["constexprs"], attrs=v["attrs"]),
-                           target=GPUTarget("cuda", arch, 32),
+        k = triton.compile(_ast_source(ASTSource, v), target=GPUTarget("cuda", arch, 32),
                            options={"num_warps": v["num_warps"], "num_stages": v["num_stages"],
                                     **COMPILE_OPTIONS})
     except Exception as e:  # a variant that does not compile is a finding, reported in the table

@@ -72,6 +72,38 @@ def can_use_triton(device: torch.device | str | None = None) -> tuple[bool, str]
     return _triton_import()
 
 
+# Triton releases whose compiler fails on some of our kernels for Turing (sm_75) in some dtypes, found by compiling
+# every kernel variant ahead of time with each release (`python -m yolov12_fast._aot` with that triton installed):
+# 3.2 (torch 2.6) fails the float32 and bfloat16 attention, MLP and cv2 kernels ("IndexError: map::at", a PTX codegen
+# error), 3.3 (torch 2.7) the float16 and bfloat16 ones (ConvertTritonGPUToLLVM); 3.4 and 3.8 compile all, and every
+# release compiles all of them for sm_80 and sm_90.
+TRITON_TURING_GAPS = {(3, 2): (torch.float32, torch.bfloat16), (3, 3): (torch.float16, torch.bfloat16)}
+
+
+@functools.lru_cache(maxsize=None)
+def triton_version() -> tuple[int, int] | None:
+    try:
+        from importlib.metadata import version
+
+        major, minor = version("triton").split(".")[:2]
+        return int(major), int(minor)
+    except Exception:  # not installed, or a version string we cannot read
+        return None
+
+
+def triton_gap(device: torch.device, dtype: torch.dtype | None) -> str:
+    """Why the installed Triton cannot compile our kernels for this GPU in this dtype ("" when it can)."""
+    if device.type != "cuda" or dtype is None or not torch.cuda.is_available():
+        return ""
+    cc = torch.cuda.get_device_capability(device)
+    ver = triton_version()
+    if cc >= (8, 0) or dtype not in TRITON_TURING_GAPS.get(ver, ()):
+        return ""
+    return (f"triton {ver[0]}.{ver[1]} cannot compile these kernels in {str(dtype).replace('torch.', '')} for "
+            f"sm_{cc[0]}{cc[1]} (a compiler bug of that release); install triton >= 3.4 (it comes with torch >= 2.8), "
+            "or use backend='cuda' (float16 / bfloat16 attention and PE) or 'reference'")
+
+
 @functools.lru_cache(maxsize=None)
 def _extension() -> tuple[object | None, str]:
     try:

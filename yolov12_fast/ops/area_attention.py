@@ -134,27 +134,29 @@ def resolve_backend(backend: str, device: torch.device, dtype: Optional[torch.dt
     if backend == "auto":
         order = _auto_order(device, dtype, head_dim)
         for b in order:
-            if _usable(b, device)[0]:
+            if _usable(b, device, dtype)[0]:
                 return b
         if device.type not in _warned:
             _warned.add(device.type)
-            reasons = "; ".join(f"{b}: {_usable(b, device)[1]}" for b in order)
+            reasons = "; ".join(f"{b}: {_usable(b, device, dtype)[1]}" for b in order)
             warnings.warn(f"yolov12_fast: no fused area-attention kernel can run on {device.type} ({reasons}); "
                           "falling back to the plain-PyTorch reference", RuntimeWarning,
                           stacklevel=_backends.user_stacklevel())
         return "reference"
-    ok, why = _usable(backend, device)
+    ok, why = _usable(backend, device, dtype)
     if not ok:
         raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run on {device.type}: {why} "
                            f"(backend='auto' picks what runs on {device.type}; a model patched for the GPU runs after .cuda())")
     return backend
 
 
-def _usable(backend: str, device: torch.device) -> tuple[bool, str]:
+def _usable(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> tuple[bool, str]:
+    """Whether `backend` can run here (and for inputs of `dtype`, when given), and why not."""
     if backend == "reference":
         return True, ""
     if backend == "triton":
-        return _backends.can_use_triton(device)
+        gap = _backends.triton_gap(device, dtype)
+        return (False, gap) if gap else _backends.can_use_triton(device)
     if backend == "cpp":
         if device.type != "cpu":
             return False, "the C++ CPU kernels take CPU tensors; use 'cuda' or 'triton' for CUDA tensors"
@@ -265,7 +267,7 @@ def area_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     if b == "cuda" and backend == "auto" and not cuda_backward_by_default(q.device):
         # auto's backward stays where it was measured: the Triton kernels, fed the CUDA forward's lse (same
         # contract). backend="cuda" chosen explicitly trains through the CUDA C++ backward.
-        b = "triton" if _usable("triton", q.device)[0] else "reference"
+        b = "triton" if _usable("triton", q.device, q.dtype)[0] else "reference"
     if q.numel() == 0:
         return tuple(torch.zeros_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     if b == "triton":

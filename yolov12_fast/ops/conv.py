@@ -65,7 +65,7 @@ def _reference(x, w, b, residual, gamma):
 def conv1x1_silu_residual(x: Tensor, w: Tensor, b: Tensor, residual: Optional[Tensor], gamma: Optional[Tensor],
                           backend: str) -> Tensor:
     check_inputs(x, w, b, residual, gamma, backend)
-    be = resolve_backend(backend, x.device, OP)
+    be = resolve_backend(backend, x.device, OP, x.dtype)
     if x.numel() == 0 or w.shape[0] == 0:
         return _empty(x, w, residual)
     if be == "triton":

@@ -57,7 +57,8 @@ def check_like_x(op: str, x: Tensor, **tensors: Tensor) -> None:
                              f"{t.dtype}, {t.device}; fold BatchNorm and cast the weights with x")
 
 
-def resolve_backend(backend: str, device: torch.device, op: str = "mlp_residual") -> str:
+def resolve_backend(backend: str, device: torch.device, op: str = "mlp_residual",
+                    dtype: Optional[torch.dtype] = None) -> str:
     """The backend a fused pointwise-conv op (mlp_residual, conv1x1_silu_residual) runs: 'auto' takes the
     reference until a GPU benchmark (benchmarks ops suite) measures the fused Triton kernel faster than cuDNN."""
     if backend == "auto":
@@ -65,7 +66,7 @@ def resolve_backend(backend: str, device: torch.device, op: str = "mlp_residual"
     if backend in ("cpp", "cuda"):
         raise RuntimeError(f"yolov12_fast: {op} has no {backend!r} kernel; use backend='triton' (fused) or "
                            "'reference' (torch 1x1 convs), or 'auto'")
-    ok, why = _usable(backend, device)
+    ok, why = _usable(backend, device, dtype)
     if not ok:
         raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run {op} on {device.type}: {why} "
                            f"(backend='auto' picks what runs on {device.type}; a model patched for the GPU runs after .cuda())")
@@ -111,7 +112,7 @@ def _reference(x, w1, b1, w2, b2):
 
 
 def _run(x, w1, b1, w2, b2, backend, out):
-    b = resolve_backend(backend, x.device)
+    b = resolve_backend(backend, x.device, dtype=x.dtype)
     if x.numel() == 0:
         return out if out is not None else torch.empty_like(x, memory_format=_format(x))
     if b == "triton":

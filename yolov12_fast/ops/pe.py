@@ -86,7 +86,7 @@ def resolve_backend(backend: str, device: torch.device, dtype: Optional[torch.dt
                 and _usable("cuda", device)[0]):
             return "cuda"
         return "reference"
-    ok, why = _usable(backend, device)
+    ok, why = _usable(backend, device, dtype)
     if not ok:
         raise RuntimeError(f"yolov12_fast: backend {backend!r} cannot run pe_add on {device.type}: {why} "
                            f"(backend='auto' picks what runs on {device.type}; a model patched for the GPU runs after .cuda())")

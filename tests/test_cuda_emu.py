@@ -8,7 +8,9 @@ runtime is replaced (cuda_emu.h: each CTA's threads are std::threads sharing its
 of the numerics, every call checks what compute-sanitizer's memcheck would on a GPU, as far as a CPU can see it:
 the output is written inside a guard buffer whose sentinels must survive (no write outside it, every element
 written), v and x are views into NaN-filled storage (a read outside the view's elements, or of a shared-memory cell
-never staged, which the emulator fills with NaN, turns the result NaN). Compiled with the host C++ compiler against
+never staged, which the emulator fills with NaN, turns the result NaN). Beyond that, the kernels run under
+AddressSanitizer (memcheck: test_kernels_under_address_sanitizer) and ThreadSanitizer (racecheck, with a launch's CTAs
+running at once: test_kernels_under_thread_sanitizer). Compiled with the host C++ compiler against
 the CUDA headers (a CUDA toolkit or the nvidia wheels torch ships with); skipped where neither is present. The GPU
 tests (test_cuda_kernels.py) still run the compiled kernel where a GPU is."""
 
@@ -685,3 +687,73 @@ def test_kernels_under_address_sanitizer(tmp_path):
     assert clean.returncode == 0 and "AddressSanitizer" not in clean.stderr, clean.stderr[-4000:]
     bad = child(2)
     assert bad.returncode == 23 and "heap-buffer-overflow" in bad.stderr, (bad.returncode, bad.stderr[-3000:])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# racecheck on the CPU: the emulated kernels in a program built with ThreadSanitizer (tests/cuda_emu/race_check.cpp)
+
+TSAN_REPORT = "WARNING: ThreadSanitizer: data race"
+
+
+@pytest.fixture(scope="module")
+def race_check(tmp_path_factory):
+    lib = subprocess.run([CXX, "-print-file-name=libtsan.so"], capture_output=True, text=True).stdout.strip()
+    if not (os.path.isabs(lib) and os.path.exists(lib)):
+        pytest.skip(f"{CXX} has no ThreadSanitizer runtime (libtsan.so)")
+    exe = str(tmp_path_factory.mktemp("race_check") / "race_check")
+    cmd = [CXX, "-std=c++20", "-O1", "-g", "-pthread", "-fsanitize=thread", "-Wall", "-Wno-unknown-pragmas",
+           "-DYOLOV12_FAST_CUDA_EMU", "-DYF_EMU_RACE_CHECK", "-I", EMU, "-I", CUDA_SRC, "-I", CUDA_INCLUDE,
+           os.path.join(EMU, "race_check.cpp"),
+           "-o", exe]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0 and "warning" not in r.stderr, f"building the race check failed:\n{' '.join(cmd)}\n{r.stderr}"
+
+    def run(*args, halt=False):
+        env = dict(os.environ, TSAN_OPTIONS=f"halt_on_error={int(halt)} second_deadlock_stack=1")
+        return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=900)
+
+    return run
+
+
+def _race_check_clean(race_check, *args):
+    r = race_check(*args)
+    out = r.stdout
+    assert r.returncode == 0 and "ThreadSanitizer" not in r.stderr, r.stderr[-6000:]
+    assert "FAILED" not in out and "UNSUPPORTED" not in out, out
+    # every suite ran, each plan kind, the query split and a CTA that runs several query groups
+    for what in ("pe ", "fwd ", "bwd "):
+        assert sum(line.startswith(what) for line in out.splitlines()) >= 4, out
+    assert " resident" in out and " streamed" in out and "grid 1 x 2 CTAs" in out and "grid 1 x 1 CTAs" in out, out
+    return out
+
+
+def test_kernels_under_thread_sanitizer(race_check):
+    """The CUDA C++ kernels checked the way compute-sanitizer's racecheck would on a GPU: PE, attention forward and
+    backward (resident and streamed plans, the query split over CTAs and a CTA looping over query groups, areas that
+    cut rows, partial tiles, each layout, dtype and head_dim) run in the emulator under ThreadSanitizer, the CTAs of a
+    launch at the same time: no two threads touch one shared-memory or global location, one of them writing, without
+    a barrier between them. Planted bugs are reported, so the check can fail: a barrier missing after staging (read
+    after write: PE, forward, backward), between chunks (write after read on the streamed plan), before the warp's
+    transposed store, and CTAs that all do the same query tiles (write after write between CTAs)."""
+    _race_check_clean(race_check, "all")
+    planted = [("pe", "--skip-syncthreads", "1", "pe_add_kernel"),
+               ("fwd", "--skip-syncthreads", "2", "area_attention_fwd_kernel"),
+               ("fwd", "--skip-syncthreads", "3", "area_attention_fwd_kernel"),
+               ("fwd", "--skip-syncwarp", "1", "area_attention_fwd_kernel"),
+               ("fwd", "--alias-block-y", None, "area_attention_fwd_kernel"),
+               ("bwd", "--skip-syncthreads", "2", "area_attention_bwd"),
+               ("bwd", "--skip-syncwarp", "1", "area_attention_bwd"),
+               ("bwd", "--alias-block-y", None, "area_attention_bwd")]
+    for what, opt, val, kernel in planted:
+        r = race_check(what, opt, *([val] if val else []), halt=True)
+        report = r.stderr[r.stderr.find(TSAN_REPORT):][:6000]
+        assert r.returncode == 66 and TSAN_REPORT in r.stderr, (what, opt, val, r.returncode, r.stderr[-3000:])
+        assert f"yolov12_fast::cuda::detail::{kernel}" in report, (what, opt, val, report)
+
+
+@pytest.mark.slow
+def test_kernels_under_thread_sanitizer_at_640(race_check):
+    """The race check with the shapes of 640 added (400 tokens per area, resident on sm_90 and streamed on sm_75, 462
+    tokens in four chunks): a few minutes more."""
+    out = _race_check_clean(race_check, "all", "full")
+    assert "20x20 area1 residual sm75 streamed" in out and "21x22 area1 sm75 streamed" in out, out

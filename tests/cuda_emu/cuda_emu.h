@@ -3,7 +3,7 @@
 // compiler.
 //
 // What it does: a launch runs its CTAs one after another; a CTA runs as blockDim.x * y * z std::threads that share
-// the CTA's dynamic shared memory and meet at a std::barrier in __syncthreads(). So code that forgets a barrier
+// the CTA's dynamic shared memory and meet at a barrier in __syncthreads(). So code that forgets a barrier
 // races here as on a GPU, code that returns early before a barrier other threads still reach does not deadlock
 // (an exiting thread drops out of the barrier, as a GPU thread does), and every index, halo and mask computation
 // runs exactly as written. Warp collectives run through a per-warp barrier and exchange buffer (double-buffered:
@@ -21,6 +21,8 @@
 #include <vector_types.h>
 
 #include <barrier>
+#include <condition_variable>
+#include <mutex>
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
@@ -39,10 +41,65 @@ struct Index {
   unsigned x = 0, y = 0, z = 0;
 };
 
+#ifdef YF_EMU_RACE_CHECK
+// The race check's barrier for `count` threads (a mutex and a condition variable), with std::barrier's
+// arrive_and_wait and arrive_and_drop. Not std::barrier: libstdc++ waits through a process-wide table of atomics
+// shared by unrelated barriers, which ThreadSanitizer takes for synchronisation between threads that never met
+// (CTAs that never share a barrier then look ordered, and races between them go unreported); a mutex of its own
+// orders only its own users. Slower than std::barrier (the numerics tests keep that).
+class Barrier {
+ public:
+  explicit Barrier(int count) : expected_(count) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const unsigned long gen = generation_;
+    if (++arrived_ == expected_) {
+      next_phase();
+    } else {
+      cv_.wait(lock, [&] { return generation_ != gen; });
+    }
+  }
+  void arrive_and_drop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    --expected_;
+    if (arrived_ == expected_ && expected_ > 0) next_phase();
+  }
+
+ private:
+  void next_phase() {
+    arrived_ = 0;
+    ++generation_;
+    cv_.notify_all();
+  }
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int expected_, arrived_ = 0;
+  unsigned long generation_ = 0;
+};
+#else
+using Barrier = std::barrier<>;
+#endif
+
 inline thread_local Index thread_idx, block_idx;
 inline Index block_dim{1, 1, 1}, grid_dim{1, 1, 1};
-inline std::barrier<>* cta_barrier = nullptr;
-inline unsigned char* dynamic_smem = nullptr;
+inline thread_local Barrier* cta_barrier = nullptr;  // this thread's CTA's
+inline thread_local unsigned char* dynamic_smem = nullptr;
+
+// Knobs for the race check (tests/cuda_emu/race_check.cpp; the defaults are the plain emulator):
+// ctas_at_once: how many CTAs of a launch run at the same time, each with its own shared memory and barrier (1: one
+//   after another). More than one lets ThreadSanitizer see races between CTAs through global memory.
+// skip_syncthreads / skip_syncwarp: k > 0 makes every thread skip its k-th __syncthreads() / __syncwarp() (a barrier
+//   missing from the kernel: the planted bug the race check must catch).
+// alias_block_y: every CTA sees blockIdx.y = 0 (CTAs that should split the work all do the same part: planted
+//   write-write races between CTAs).
+inline unsigned ctas_at_once = 1;
+inline int skip_syncthreads = 0, skip_syncwarp = 0;
+inline bool alias_block_y = false;
+inline thread_local int syncthreads_seen = 0, syncwarp_seen = 0;
+
+inline void syncthreads() {
+  if (++syncthreads_seen != skip_syncthreads) cta_barrier->arrive_and_wait();
+}
 
 template <typename T>
 inline T ldg(const T* p) {
@@ -52,7 +109,7 @@ inline T ldg(const T* p) {
 // One warp of the running CTA: its barrier and two exchange buffers of 16 words per lane.
 struct Warp {
   explicit Warp(int lanes) : bar(lanes) {}
-  std::barrier<> bar;
+  Barrier bar;
   uint32_t slots[2][32][16] = {};
 };
 inline thread_local Warp* warp = nullptr;
@@ -87,7 +144,9 @@ inline float shfl_xor(float v, int mask) {
   return out;
 }
 
-inline void syncwarp() { warp->bar.arrive_and_wait(); }
+inline void syncwarp() {
+  if (++syncwarp_seen != skip_syncwarp) warp->bar.arrive_and_wait();
+}
 
 template <typename T>
 inline float b16_to_float(uint16_t b);
@@ -194,7 +253,7 @@ inline float ex2_approx_ftz(float x) {
 #define gridDim (yf_emu::grid_dim)
 #undef __noinline__
 #define __noinline__ __attribute__((noinline))
-#define __syncthreads() (yf_emu::cta_barrier->arrive_and_wait())
+#define __syncthreads() (yf_emu::syncthreads())
 #define __syncwarp(...) (yf_emu::syncwarp())
 #define __shfl_xor_sync(mask, v, lane_mask) (yf_emu::shfl_xor((v), (lane_mask)))
 #define __ldg(p) (yf_emu::ldg(p))
@@ -237,8 +296,10 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, K*
 namespace yolov12_fast {
 namespace cuda {
 
-// The emulated kernel<<<grid, block, smem, stream>>>(args...): synchronous, CTA by CTA. Shared memory is filled
-// with a NaN pattern first, so a kernel that reads a cell it never wrote gets NaN in its output.
+// The emulated kernel<<<grid, block, smem, stream>>>(args...): synchronous. CTAs run ctas_at_once at a time (one
+// after another by default), each CTA's threads as std::threads. Each CTA's shared memory is its own allocation of
+// exactly `smem` bytes (AddressSanitizer sees an access past it), filled with a NaN pattern first, so a kernel that
+// reads a cell it never wrote gets NaN in its output.
 template <typename... Params, typename... Args>
 inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
                                  Args&&... args) {
@@ -247,37 +308,49 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
     return cudaErrorInvalidConfiguration;
   yf_emu::block_dim = {block.x, block.y, block.z};
   yf_emu::grid_dim = {grid.x, grid.y, grid.z};
-  std::vector<float> shared((smem + sizeof(float) - 1) / sizeof(float) + 4);
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::fill(shared.begin(), shared.end(), std::nanf(""));
-        yf_emu::dynamic_smem = reinterpret_cast<unsigned char*>(shared.data());
-        std::barrier<> bar(threads);
-        yf_emu::cta_barrier = &bar;
-        std::vector<std::unique_ptr<yf_emu::Warp>> warps;
-        for (unsigned w = 0; w < (threads + 31) / 32; ++w)
-          warps.push_back(std::make_unique<yf_emu::Warp>((int)std::min(32u, threads - 32 * w)));
-        std::vector<std::thread> pool;
-        pool.reserve(threads);
-        for (unsigned tz = 0; tz < block.z; ++tz)
-          for (unsigned ty = 0; ty < block.y; ++ty)
-            for (unsigned tx = 0; tx < block.x; ++tx)
-              pool.emplace_back([&, tx, ty, tz, bx, by, bz] {
-                yf_emu::thread_idx = {tx, ty, tz};
-                yf_emu::block_idx = {bx, by, bz};
-                const unsigned linear = tx + block.x * (ty + block.y * tz);
-                yf_emu::warp = warps[linear / 32].get();
-                yf_emu::lane = (int)(linear % 32);
-                yf_emu::parity = 0;
-                kernel(args...);
-                yf_emu::warp->bar.arrive_and_drop();
-                bar.arrive_and_drop();
-              });
-        for (auto& t : pool) t.join();
-      }
-  yf_emu::cta_barrier = nullptr;
-  yf_emu::dynamic_smem = nullptr;
+  const float nan = std::nanf("");
+  struct Cta {
+    yf_emu::Index idx;
+    std::unique_ptr<unsigned char[]> smem;
+    std::unique_ptr<yf_emu::Barrier> bar;
+    std::vector<std::unique_ptr<yf_emu::Warp>> warps;
+  };
+  const unsigned total = grid.x * grid.y * grid.z, wave = std::max(1u, yf_emu::ctas_at_once);
+  for (unsigned first = 0; first < total; first += wave) {
+    std::vector<Cta> ctas(std::min(wave, total - first));
+    std::vector<std::thread> pool;
+    pool.reserve(ctas.size() * threads);
+    for (unsigned c = 0; c < ctas.size(); ++c) {
+      Cta& cta = ctas[c];
+      const unsigned lin = first + c;
+      cta.idx = {lin % grid.x, (lin / grid.x) % grid.y, lin / (grid.x * grid.y)};
+      cta.smem.reset(new unsigned char[std::max<size_t>(smem, 1)]);
+      for (size_t b = 0; b + sizeof(float) <= smem; b += sizeof(float)) std::memcpy(cta.smem.get() + b, &nan, 4);
+      cta.bar = std::make_unique<yf_emu::Barrier>(threads);
+      for (unsigned w = 0; w < (threads + 31) / 32; ++w)
+        cta.warps.push_back(std::make_unique<yf_emu::Warp>((int)std::min(32u, threads - 32 * w)));
+    }
+    for (Cta& cta : ctas)
+      for (unsigned tz = 0; tz < block.z; ++tz)
+        for (unsigned ty = 0; ty < block.y; ++ty)
+          for (unsigned tx = 0; tx < block.x; ++tx)
+            pool.emplace_back([&, tx, ty, tz] {
+              yf_emu::thread_idx = {tx, ty, tz};
+              yf_emu::block_idx = cta.idx;
+              if (yf_emu::alias_block_y) yf_emu::block_idx.y = 0;
+              yf_emu::dynamic_smem = cta.smem.get();
+              yf_emu::cta_barrier = cta.bar.get();
+              const unsigned linear = tx + block.x * (ty + block.y * tz);
+              yf_emu::warp = cta.warps[linear / 32].get();
+              yf_emu::lane = (int)(linear % 32);
+              yf_emu::parity = 0;
+              yf_emu::syncthreads_seen = yf_emu::syncwarp_seen = 0;
+              kernel(args...);
+              yf_emu::warp->bar.arrive_and_drop();
+              cta.bar->arrive_and_drop();
+            });
+    for (auto& t : pool) t.join();
+  }
   return cudaSuccess;
 }
 

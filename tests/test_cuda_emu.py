@@ -281,6 +281,10 @@ def _attention_so(so: ctypes.CDLL) -> ctypes.CDLL:
                                                                            ctypes.POINTER(ctypes.c_int)]
     so.yf_emu_attention_bwd_plan.restype = None
     so.yf_emu_attention_bwd_plan.argtypes = so.yf_emu_attention_plan.argtypes
+    so.yf_emu_ldmatrix_stats.restype = None
+    so.yf_emu_ldmatrix_stats.argtypes = [ctypes.POINTER(ctypes.c_longlong), ctypes.c_int]
+    so.yf_emu_ldmatrix_probe.restype = ctypes.c_int
+    so.yf_emu_ldmatrix_probe.argtypes = [ctypes.c_uint, ctypes.c_int]
     return so
 
 
@@ -346,6 +350,34 @@ def _check_attention(out, lse, q, k, v, area, residual, what):
     assert_close_to_oracle(lse, naive_lse.float(), l64, f"{what}: lse", factor=FACTOR[q.dtype])
 
 
+def _ldmatrix_stats(emu_attn, reset=False):
+    """(matrices loaded, extra shared-memory wavefronts from bank conflicts) of the emulated ldmatrix calls since the
+    last reset (cuda_emu.h's count_ldmatrix_conflicts)."""
+    out = (ctypes.c_longlong * 2)()
+    emu_attn.yf_emu_ldmatrix_stats(out, int(reset))
+    return out[0], out[1]
+
+
+def _assert_conflict_free(emu_attn, what):
+    """Every ldmatrix of the launches since the last reset read its 8 rows in one wavefront: the staged K / V rows are
+    an odd number of 16-byte units long (smem_row = chunk + 8 elements), so 8 consecutive rows fall in 8 different
+    bank quads. A plan with an even row length would serialise each K / V read 2-8x (test_ldmatrix_conflict_counter)."""
+    matrices, extra = _ldmatrix_stats(emu_attn)
+    assert matrices > 0 and extra == 0, f"{what}: {extra} extra shared-memory wavefronts over {matrices} ldmatrix " \
+                                        f"matrices (bank conflicts)"
+
+
+def test_ldmatrix_conflict_counter(emu_attn):
+    """The counter itself: 32 rows 144 bytes apart (9 units of 16 bytes) load conflict-free, 128 bytes apart all 8
+    rows of each matrix share a bank quad (7 extra wavefronts per matrix), 256 bytes apart too, 64 bytes apart 2 quads
+    alternate (3 extra); both ldmatrix forms."""
+    for trans in (0, 1):
+        for stride, extra in ((144, 0), (16, 0), (128, 7 * 4), (256, 7 * 4), (64, 3 * 4), (80, 0)):
+            _ldmatrix_stats(emu_attn, reset=True)
+            assert emu_attn.yf_emu_ldmatrix_probe(stride, trans) == 0
+            assert _ldmatrix_stats(emu_attn) == (4, extra), (stride, trans)
+
+
 # (layout, dtype, head_dim, B, heads, H, W, area, residual, device): the shapes of 640 (P5: 20x20 area 1 = 400; P4:
 # 40x40 area 4 = 400 in areas of 10 rows), areas that cut rows (6x10 area 4: 15 tokens), tokens per area that are not
 # a multiple of 16 (49, 15), one token per area, batch 3, both dtypes and head_dims, every staging layout, a
@@ -371,9 +403,12 @@ def test_attention_kernel_matches_the_oracle(emu_attn, layout, dtype, D, B, head
     res = torch.randn(B, heads, D, H * W).to(dtype).transpose(2, 3).contiguous().transpose(2, 3) if with_res else None
     plan = _attention_plan(emu_attn, H * W // area, D, device)
     assert plan["supported"]
+    _ldmatrix_stats(emu_attn, reset=True)
     out, lse = run_attention(emu_attn, q, k, v, area, res, device)
-    _check_attention(out, lse, q, k, v, area, res, f"{layout} {dtype} D{D} {H}x{W}/{area} "
-                     f"{'resident' if plan['resident'] else 'streamed'} on cc {device[1]}.{device[2]}")
+    what = (f"{layout} {dtype} D{D} {H}x{W}/{area} {'resident' if plan['resident'] else 'streamed'} on cc "
+            f"{device[1]}.{device[2]}")
+    _check_attention(out, lse, q, k, v, area, res, what)
+    _assert_conflict_free(emu_attn, what)
 
 
 @pytest.mark.parametrize("case", [c for c in ATTENTION_CASES if c[1] == torch.float16],
@@ -569,9 +604,12 @@ def test_attention_backward_matches_the_oracle(emu_attn, layout, dtype, D, B, he
         dout = dout.transpose(2, 3).contiguous().transpose(2, 3)
     res = torch.randn(q.shape, generator=g).to(dtype) if with_res else None
     plan = _attention_plan(emu_attn, H * W // area, D, device, bwd=True)
+    _ldmatrix_stats(emu_attn, reset=True)
     grads = run_attention_bwd(emu_attn, q, k, v, dout, area, res, device)
-    _check_backward(grads, q, k, v, dout, area, f"backward {layout} {dtype} D{D} {H}x{W}/{area} "
-                    f"{'resident' if plan['resident'] else 'streamed'} on cc {device[1]}.{device[2]}")
+    what = (f"backward {layout} {dtype} D{D} {H}x{W}/{area} {'resident' if plan['resident'] else 'streamed'} on cc "
+            f"{device[1]}.{device[2]}")
+    _check_backward(grads, q, k, v, dout, area, what)
+    _assert_conflict_free(emu_attn, what)
 
 
 @pytest.mark.parametrize("case", [c for c in ATTENTION_CASES if c[1] == torch.float16 and c[5] * c[6] < 1600],

@@ -59,4 +59,28 @@ void yf_emu_attention_bwd_plan(int64_t n, int64_t head_dim, const int* dev, int*
   plan_out(kc::area_attention_bwd_plan(n, head_dim, device(dev)), out);
 }
 
+// The emulated ldmatrix calls since the last reset: matrices loaded and extra shared-memory wavefronts from bank
+// conflicts (cuda_emu.h) -> out[0], out[1].
+void yf_emu_ldmatrix_stats(long long* out, int reset) {
+  out[0] = yf_emu::ldmatrix_matrices.load();
+  out[1] = yf_emu::ldmatrix_extra_wavefronts.load();
+  if (reset) yf_emu::ldmatrix_matrices = yf_emu::ldmatrix_extra_wavefronts = 0;
+}
+
+}  // extern "C"
+
+namespace {
+__global__ void ldmatrix_probe_kernel(uint32_t row_stride_bytes, bool trans) {
+  uint32_t r[4];
+  yf_emu::ldmatrix_x4(r, (threadIdx.x & 31) * row_stride_bytes, trans);
+}
+}  // namespace
+
+extern "C" {
+// One warp's ldmatrix.x4 of 32 rows `row_stride_bytes` apart (the counter's own check): returns the launch's error.
+int yf_emu_ldmatrix_probe(unsigned row_stride_bytes, int trans) {
+  return static_cast<int>(yolov12_fast::cuda::launch_kernel(ldmatrix_probe_kernel, dim3(1), dim3(32),
+                                                             32 * row_stride_bytes, nullptr, row_stride_bytes,
+                                                             trans != 0));
+}
 }  // extern "C"

@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -210,9 +211,35 @@ inline uint16_t smem_b16(uint32_t byte_addr) {
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8m..8m+7 give the row addresses of matrix m. Without
 // .trans lane i receives row i/4, columns 2(i%4), 2(i%4)+1 of each matrix; with .trans rows 2(i%4), 2(i%4)+1 of
 // column i/4.
+//
+// Bank conflicts: the hardware reads each 8x8 matrix (8 rows of 16 bytes) in one shared-memory wavefront when the
+// rows fall in 8 different 16-byte bank quads ((address / 16) % 8), and in one more wavefront for each further
+// distinct row sharing a quad. ldmatrix_matrices counts the matrices loaded, ldmatrix_extra_wavefronts those extra
+// wavefronts (0: conflict-free).
+inline std::atomic<long long> ldmatrix_matrices{0}, ldmatrix_extra_wavefronts{0};
+
+inline void count_ldmatrix_conflicts(uint32_t (*slot)[16]) {
+  long long extra = 0;
+  for (int m = 0; m < 4; ++m) {
+    uint32_t rows[8];
+    int distinct = 0, per_quad[8] = {};
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t seg = slot[8 * m + j][0] >> 4;
+      if (std::find(rows, rows + distinct, seg) == rows + distinct) {
+        rows[distinct++] = seg;
+        ++per_quad[seg & 7];
+      }
+    }
+    extra += *std::max_element(per_quad, per_quad + 8) - 1;
+  }
+  ldmatrix_matrices.fetch_add(4, std::memory_order_relaxed);
+  ldmatrix_extra_wavefronts.fetch_add(extra, std::memory_order_relaxed);
+}
+
 inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, bool trans) {
   exchange(&addr, 1, [&](uint32_t(*slot)[16]) {
     const int i = lane;
+    if (i == 0) count_ldmatrix_conflicts(slot);
     for (int m = 0; m < 4; ++m) {
       uint16_t lo, hi;
       if (!trans) {

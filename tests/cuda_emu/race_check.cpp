@@ -13,7 +13,7 @@
 // crashes at start-up). It makes its own inputs (random, in the views the modules pass: the interleaved qkv conv
 // output, turbo's qk / v, channels_last), so it needs nothing but the kernels and the emulator.
 //
-// usage: race_check [pe|fwd|bwd|all] [full] [--skip-syncthreads K] [--skip-syncwarp K] [--alias-block-y] [--ctas N]
+// usage: race_check [pe|fwd|bwd|all] [full | random COUNT [--seed S]] [--skip-syncthreads K] [--skip-syncwarp K] [--alias-block-y] [--ctas N]
 // The options plant bugs (cuda_emu.h) in the kernels of the suite named (pe, fwd or bwd): every thread skips its K-th
 // barrier, or every CTA sees blockIdx.y = 0 (CTAs meant to split the query tiles all do the same ones).
 // Prints one line per case run; exit status 0, or ThreadSanitizer's (66) when it reported a race.
@@ -176,12 +176,45 @@ void attention_cases(bool backward, bool full) {
       attention_case(backward, c.layout, c.dtype, c.D, c.B, c.heads, c.H, c.W, c.area, c.with_res, c.dev);
 }
 
+// `random COUNT`: COUNT cases drawn at random (seeded by --seed): PE maps and kernel sizes; attention and its backward
+// over layouts, dtypes, head_dims, batch / heads 1-2, 1-4 areas of up to ~200 tokens, every device kind (cases a
+// device has no plan for are drawn again). A fuzz campaign beyond the fixed cases, not run in CI.
+void random_cases(int count, bool pe, bool fwd, bool bwd) {
+  const int* devices[] = {SM90, SM80, SM75, SMALL, TINY, SMALLER};
+  const char* layouts[] = {"interleaved", "turbo", "channels_last"};
+  auto pick = [](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int i = 0; i < count; ++i) {
+    if (pe) {
+      const int ks[] = {3, 5, 7};
+      pe_case(pick(1, 2), pick(1, 2), pick(1, 3), pick(1, 24), pick(1, 140), ks[pick(0, 2)], pick(0, 1), pick(0, 1));
+    }
+    if (!fwd && !bwd) continue;
+    for (;;) {
+      // n tokens per area, the map H x W with W any divisor of area * n: areas cut rows where W does not divide n
+      const int64_t D = pick(0, 1) ? 64 : 32, area = pick(1, 4), n = pick(1, 200), N = area * n;
+      std::vector<int64_t> divisors;
+      for (int64_t w = 1; w <= N; ++w)
+        if (N % w == 0) divisors.push_back(w);
+      const int64_t W = divisors[pick(0, (int)divisors.size() - 1)];
+      const int* dev = devices[pick(0, 5)];
+      const int dtype = dev[1] < 8 ? 0 : pick(0, 1);
+      int plan[6];
+      yf_emu_attention_bwd_plan(n, D, dev, plan);
+      if (!plan[0]) continue;
+      attention_case(bwd && (!fwd || pick(0, 1)), layouts[pick(0, 2)], dtype, D, pick(1, 2), pick(1, 2), N / W, W,
+                     area, pick(0, 1), dev);
+      break;
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::string what = "all";
   bool full = false;
+  int random = 0;
   yf_emu::ctas_at_once = 4;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -190,11 +223,17 @@ int main(int argc, char** argv) {
     else if (a == "--alias-block-y") plant_alias = true;
     else if (a == "--ctas" && i + 1 < argc) yf_emu::ctas_at_once = std::atoi(argv[++i]);
     else if (a == "full") full = true;
+    else if (a == "random" && i + 1 < argc) random = std::atoi(argv[++i]);
+    else if (a == "--seed" && i + 1 < argc) rng.seed(std::atoi(argv[++i]));
     else if (a == "pe" || a == "fwd" || a == "bwd" || a == "all") what = a;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
     }
+  }
+  if (random > 0) {
+    random_cases(random, what == "pe" || what == "all", what == "fwd" || what == "all", what == "bwd" || what == "all");
+    return failures ? 1 : 0;
   }
   if (what == "pe" || what == "all") {
     pe_case(1, 2, 2, 20, 20, 7, 0, true);

@@ -672,13 +672,19 @@ def _libasan() -> str | None:
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
-def asan_child(pe_path: str, attention_path: str, overrun: int = 0) -> None:
+def asan_child(pe_path: str, attention_path: str, overrun: int = 0, smem_short: int = 0) -> None:
     """Run in a child process with libasan preloaded (test_kernels_under_address_sanitizer): PE, attention forward
     and backward over layouts, dtypes, head_dims and plans, on inputs that are views of exact-size allocations (the
     interleaved / turbo / channels_last conv outputs themselves), so a read or write past any tensor is a
     heap-buffer-overflow report. `overrun` > 0 tells the forward kernel there are that many more tokens than the
-    tensors hold: the planted bug the check must catch."""
+    tensors hold: the planted bug the check must catch; `smem_short` > 0 gives each CTA that many bytes less shared
+    memory than its launch asks for (a plan that under-sizes shared memory)."""
     pe, att = _pe_lib(ctypes.CDLL(pe_path)), _attention_so(ctypes.CDLL(attention_path))
+    if smem_short:  # P5 at 640: 25 query tiles, so every warp of the CTA writes its transposing buffer, the last one
+        att.yf_emu_set_smem_shortfall(ctypes.c_int64(smem_short))
+        q, k, v = _qkv("interleaved", 1, 1, 32, 20, 20, torch.float16, seed=0)
+        run_attention(att, q, k, v, 1, None, SM90)
+        return
     if overrun:
         q, k, v = _qkv("interleaved", 1, 1, 32, 6, 10, torch.float16, seed=0)
         out, lse = torch.empty(q.shape, dtype=q.dtype), torch.empty(1, 1, 60)
@@ -705,8 +711,9 @@ def asan_child(pe_path: str, attention_path: str, overrun: int = 0) -> None:
 def test_kernels_under_address_sanitizer(tmp_path):
     """The CUDA C++ kernels' global-memory accesses checked the way compute-sanitizer's memcheck would on a GPU: the
     emulated builds with -fsanitize=address in a child process (libasan preloaded), every input a view of its own
-    exact-size allocation. A clean run reports nothing; a forward told of 2 tokens more than the tensors hold is
-    reported (heap-buffer-overflow), so the check can fail."""
+    exact-size allocation, and each CTA's shared memory too. A clean run reports nothing; a forward told of 2 tokens
+    more than the tensors hold is reported (heap-buffer-overflow), so the check can fail, and so is a CTA given 64
+    bytes less shared memory than its plan asks for."""
     asan = _libasan()
     if asan is None:
         pytest.skip(f"{CXX} has no libasan.so")
@@ -716,15 +723,19 @@ def test_kernels_under_address_sanitizer(tmp_path):
     env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=23")
     tests_dir = os.path.dirname(os.path.abspath(__file__))
 
-    def child(overrun):
+    def child(overrun, smem_short=0):
         code = (f"import sys; sys.path[:0] = [{tests_dir!r}]; import test_cuda_emu as t; "
-                f"t.asan_child({pe_lib!r}, {att_lib!r}, {overrun})")
+                f"t.asan_child({pe_lib!r}, {att_lib!r}, {overrun}, {smem_short})")
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
 
     clean = child(0)
     assert clean.returncode == 0 and "AddressSanitizer" not in clean.stderr, clean.stderr[-4000:]
     bad = child(2)
     assert bad.returncode == 23 and "heap-buffer-overflow" in bad.stderr, (bad.returncode, bad.stderr[-3000:])
+    # shared memory too: each CTA's is its own exact-size allocation, so 64 bytes short is reported in the kernel
+    short = child(0, 64)
+    assert short.returncode == 23 and "heap-buffer-overflow" in short.stderr, (short.returncode, short.stderr[-3000:])
+    assert "area_attention_fwd_kernel" in short.stderr, short.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,9 @@ void yf_emu_attention_bwd_plan(int64_t n, int64_t head_dim, const int* dev, int*
   plan_out(kc::area_attention_bwd_plan(n, head_dim, device(dev)), out);
 }
 
+// Launches from now on allocate `bytes` less shared memory than they ask for (cuda_emu.h's smem_shortfall).
+void yf_emu_set_smem_shortfall(int64_t bytes) { yf_emu::smem_shortfall = static_cast<size_t>(bytes); }
+
 // The emulated ldmatrix calls since the last reset: matrices loaded and extra shared-memory wavefronts from bank
 // conflicts (cuda_emu.h) -> out[0], out[1].
 void yf_emu_ldmatrix_stats(long long* out, int reset) {

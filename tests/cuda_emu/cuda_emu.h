@@ -93,7 +93,10 @@ inline thread_local unsigned char* dynamic_smem = nullptr;
 //   missing from the kernel: the planted bug the race check must catch).
 // alias_block_y: every CTA sees blockIdx.y = 0 (CTAs that should split the work all do the same part: planted
 //   write-write races between CTAs).
+// smem_shortfall: each CTA's shared memory is allocated that many bytes short of what the launch asked for (a plan
+//   that under-sizes shared memory: the planted bug the AddressSanitizer check must catch).
 inline unsigned ctas_at_once = 1;
+inline size_t smem_shortfall = 0;
 inline int skip_syncthreads = 0, skip_syncwarp = 0;
 inline bool alias_block_y = false;
 inline thread_local int syncthreads_seen = 0, syncwarp_seen = 0;
@@ -351,8 +354,9 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
       Cta& cta = ctas[c];
       const unsigned lin = first + c;
       cta.idx = {lin % grid.x, (lin / grid.x) % grid.y, lin / (grid.x * grid.y)};
-      cta.smem.reset(new unsigned char[std::max<size_t>(smem, 1)]);
-      for (size_t b = 0; b + sizeof(float) <= smem; b += sizeof(float)) std::memcpy(cta.smem.get() + b, &nan, 4);
+      const size_t bytes = smem > yf_emu::smem_shortfall ? smem - yf_emu::smem_shortfall : 1;
+      cta.smem.reset(new unsigned char[bytes]);
+      for (size_t b = 0; b + sizeof(float) <= bytes; b += sizeof(float)) std::memcpy(cta.smem.get() + b, &nan, 4);
       cta.bar = std::make_unique<yf_emu::Barrier>(threads);
       for (unsigned w = 0; w < (threads + 31) / 32; ++w)
         cta.warps.push_back(std::make_unique<yf_emu::Warp>((int)std::min(32u, threads - 32 * w)));

@@ -9,9 +9,9 @@
 // separates, as the emulated collectives meet at the warp's barrier; atomics (the kernels use none).
 //
 // Build with -DYF_EMU_RACE_CHECK (the emulator's mutex barrier: see cuda_emu.h).
-// A standalone program, not a Python extension: libtsan cannot be preloaded into the Python interpreter here (it
-// crashes at start-up). It makes its own inputs (random, in the views the modules pass: the interleaved qkv conv
-// output, turbo's qk / v, channels_last), so it needs nothing but the kernels and the emulator.
+// A standalone program, not a library loaded into Python: nothing but the kernels and the emulator is instrumented or
+// running (no interpreter, torch or OpenMP threads whose synchronisation ThreadSanitizer cannot see). It makes its own
+// inputs: random, in the views the modules pass (the interleaved qkv conv output, turbo's qk / v, channels_last).
 //
 // usage: race_check [pe|fwd|bwd|all] [full | random COUNT [--seed S]] [--skip-syncthreads K] [--skip-syncwarp K] [--alias-block-y] [--ctas N]
 // The options plant bugs (cuda_emu.h) in the kernels of the suite named (pe, fwd or bwd): every thread skips its K-th

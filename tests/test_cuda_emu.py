@@ -698,14 +698,22 @@ def _libasan() -> str | None:
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
-def asan_child(pe_path: str, attention_path: str, overrun: int = 0, smem_short: int = 0) -> None:
+def asan_child(pe_path: str, attention_path: str, overrun: int = 0, smem_short: int = 0, misalign: int = 0) -> None:
     """Run in a child process with libasan preloaded (test_kernels_under_address_sanitizer): PE, attention forward
     and backward over layouts, dtypes, head_dims and plans, on inputs that are views of exact-size allocations (the
     interleaved / turbo / channels_last conv outputs themselves), so a read or write past any tensor is a
     heap-buffer-overflow report. `overrun` > 0 tells the forward kernel there are that many more tokens than the
     tensors hold: the planted bug the check must catch; `smem_short` > 0 gives each CTA that many bytes less shared
-    memory than its launch asks for (a plan that under-sizes shared memory)."""
+    memory than its launch asks for (a plan that under-sizes shared memory); `misalign` > 0 hands the forward a q that
+    many bytes off its elements' alignment (loads a GPU would fault on as misaligned)."""
     pe, att = _pe_lib(ctypes.CDLL(pe_path)), _attention_so(ctypes.CDLL(attention_path))
+    if misalign:
+        q, k, v = _qkv("interleaved", 1, 1, 32, 6, 10, torch.float16, seed=0)
+        out, lse = torch.empty(q.shape, dtype=q.dtype), torch.empty(1, 1, 60)
+        att.yf_emu_attention_fwd(q.data_ptr() + misalign, k.data_ptr(), v.data_ptr(), None, out.data_ptr(),
+                                 ctypes.cast(lse.data_ptr(), ctypes.POINTER(ctypes.c_float)), _strides(q), _strides(k),
+                                 _strides(v), None, 1, 1, 32, 60, 1, 32 ** -0.5, 0, (ctypes.c_int * 5)(*SM90))
+        return
     if smem_short:  # P5 at 640: 25 query tiles, so every warp of the CTA writes its transposing buffer, the last one
         att.yf_emu_set_smem_shortfall(ctypes.c_int64(smem_short))
         q, k, v = _qkv("interleaved", 1, 1, 32, 20, 20, torch.float16, seed=0)
@@ -726,7 +734,7 @@ def asan_child(pe_path: str, attention_path: str, overrun: int = 0, smem_short: 
             ("interleaved", torch.float16, 32, 1, 2, 20, 20, 1, SM90),
             ("turbo", torch.bfloat16, 32, 2, 1, 6, 10, 4, SM80),
             ("channels_last", torch.float16, 64, 1, 1, 20, 20, 1, SM75),  # streamed chunks
-            ("misaligned", torch.bfloat16, 64, 1, 2, 7, 7, 1, SM90)):
+            ("misaligned", torch.bfloat16, 64, 1, 2, 8, 8, 1, SM90)):  # 64 tokens: only the base rules out vectors
         q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=1)
         dout = torch.randn(q.shape).to(dtype)
         res = torch.randn(q.shape).to(dtype)
@@ -737,31 +745,38 @@ def asan_child(pe_path: str, attention_path: str, overrun: int = 0, smem_short: 
 def test_kernels_under_address_sanitizer(tmp_path):
     """The CUDA C++ kernels' global-memory accesses checked the way compute-sanitizer's memcheck would on a GPU: the
     emulated builds with -fsanitize=address in a child process (libasan preloaded), every input a view of its own
-    exact-size allocation, and each CTA's shared memory too. A clean run reports nothing; a forward told of 2 tokens
-    more than the tensors hold is reported (heap-buffer-overflow), so the check can fail, and so is a CTA given 64
-    bytes less shared memory than its plan asks for."""
+    exact-size allocation, and each CTA's shared memory too; UndefinedBehaviorSanitizer in the same build checks the
+    alignment of every typed load and store (the vector loads of the staging paths: a GPU faults on a misaligned one)
+    and integer overflow in the index arithmetic. A clean run reports nothing; a forward told of 2 tokens more than
+    the tensors hold is reported (heap-buffer-overflow), so the check can fail, and so are a CTA given 64 bytes less
+    shared memory than its plan asks for and a q one byte off its elements' alignment."""
     asan = _libasan()
     if asan is None:
         pytest.skip(f"{CXX} has no libasan.so")
-    flags = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
+    flags = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
     pe_lib = _compile(str(tmp_path / "pe_asan.so"), "pe_emu", flags=flags)
     att_lib = _compile(str(tmp_path / "attention_asan.so"), "attention_emu", flags=flags)
-    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=23")
+    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=23",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     tests_dir = os.path.dirname(os.path.abspath(__file__))
 
-    def child(overrun, smem_short=0):
+    def child(overrun, smem_short=0, misalign=0):
         code = (f"import sys; sys.path[:0] = [{tests_dir!r}]; import test_cuda_emu as t; "
-                f"t.asan_child({pe_lib!r}, {att_lib!r}, {overrun}, {smem_short})")
+                f"t.asan_child({pe_lib!r}, {att_lib!r}, {overrun}, {smem_short}, {misalign})")
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
 
     clean = child(0)
     assert clean.returncode == 0 and "AddressSanitizer" not in clean.stderr, clean.stderr[-4000:]
+    assert "runtime error" not in clean.stderr, clean.stderr[-4000:]  # UndefinedBehaviorSanitizer
     bad = child(2)
     assert bad.returncode == 23 and "heap-buffer-overflow" in bad.stderr, (bad.returncode, bad.stderr[-3000:])
     # shared memory too: each CTA's is its own exact-size allocation, so 64 bytes short is reported in the kernel
     short = child(0, 64)
     assert short.returncode == 23 and "heap-buffer-overflow" in short.stderr, (short.returncode, short.stderr[-3000:])
     assert "area_attention_fwd_kernel" in short.stderr, short.stderr[-3000:]
+    # and misaligned loads (UndefinedBehaviorSanitizer's alignment check): q one byte off its 2-byte elements
+    odd = child(0, 0, 1)
+    assert odd.returncode != 0 and "runtime error: load of misaligned address" in odd.stderr, odd.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,11 +2,11 @@
 // the CUDA runtime when YOLOV12_FAST_CUDA_EMU is defined, and the kernel source compiles with a host C++20
 // compiler.
 //
-// What it does: a launch runs its CTAs one after another; a CTA runs as blockDim.x * y * z std::threads that share
-// the CTA's dynamic shared memory and meet at a barrier in __syncthreads(). So code that forgets a barrier
-// races here as on a GPU, code that returns early before a barrier other threads still reach does not deadlock
-// (an exiting thread drops out of the barrier, as a GPU thread does), and every index, halo and mask computation
-// runs exactly as written. Warp collectives run through a per-warp barrier and exchange buffer (double-buffered:
+// What it does: a launch runs its CTAs one after another (the race check runs several at once: ctas_at_once); a CTA
+// runs as blockDim.x * y * z std::threads that share the CTA's dynamic shared memory and meet at a barrier in
+// __syncthreads(). So code that forgets a barrier races here as on a GPU, code that returns early before a barrier
+// other threads still reach does not deadlock (an exiting thread drops out of the barrier, as a GPU thread does),
+// and every index, halo and mask computation runs exactly as written. Warp collectives run through a per-warp barrier and exchange buffer (double-buffered:
 // one barrier per collective; every lane of a warp must make the same collective calls, as mma.sync and the
 // *_sync intrinsics require): __syncwarp, __shfl_xor_sync, and the kernels' tensor-core wrappers (mma m16n8k16,
 // ldmatrix x4 and x4.trans with the PTX ISA's fragment layouts, fp32 accumulation). Not emulated: other inline PTX,

@@ -48,10 +48,52 @@ def test_every_variant_compiles_for_every_arch(aot_rows):
     assert {r["arch"] for r in aot_rows} == {"sm_75", "sm_80", "sm_90"}
 
 
+# Spills that a Triton release's toolchain brings into variants that compile spill-free with the release CI pins
+# (torch 2.14.1's triton 3.8): {triton "major.minor": {(kernel, arch): (most spill bytes, most spill instructions
+# inside a loop)}}. Triton 3.9 compiles sm_90 with its ptxas 13.4 and --regAllocOptLevel=2 (its workaround for a
+# ptxas 13 bug), which holds these variants to 128 registers (3.8: 164 for the dK/dV tile, 128 for the PE) and spills
+# 4-12 bytes: stored and reloaded outside the dK/dV hot loop, one 4-byte reload per row of taps in the PE (whose
+# loop runs 5 times a program). Seen in their SASS on 2026-11-27 (torch 2.13.0+cpu with triton 3.9.0). A spill
+# that grows, moves into a loop or appears elsewhere still fails the test.
+TOOLCHAIN_SPILLS = {
+    "3.9": {
+        ("area_attention_bwd_dkdv_kernel[fp16,d32,n16,BLOCK_M=32/BLOCK_N=32,w4s2]", "sm_90"): (8, 0),
+        ("area_attention_bwd_dkdv_kernel[bf16,d32,n16,BLOCK_M=32/BLOCK_N=32,w4s2]", "sm_90"): (8, 0),
+        ("pe_add_kernel[fp16,d32,k5,BLOCK_T=64,w4s1]", "sm_90"): (8, 1),
+        ("pe_add_kernel[fp16,d64,k5,BLOCK_T=32,w4s1]", "sm_90"): (8, 1),
+    },
+}
+
+
 def test_no_spills_for_head_dim_up_to_64_on_sm80_sm90(aot_rows):
-    spilling = [(r["kernel"], r["arch"], r["spills"]) for r in aot_rows
+    import triton
+
+    known = TOOLCHAIN_SPILLS.get(".".join(triton.__version__.split(".")[:2]), {})
+    spilling = [(r["kernel"], r["arch"], r["spills"], r["loop_spill_instr"]) for r in aot_rows
                 if r["arch"] in ("sm_80", "sm_90") and _must_not_spill(r) and r["spills"] > 0]
-    assert not spilling, f"spills: {spilling[:5]}"
+    unexplained = [s for s in spilling if not (s[:2] in known and s[2] <= known[s[:2]][0]
+                                               and s[3] <= known[s[:2]][1])]
+    assert not unexplained, (f"spills (kernel, arch, bytes, spill instructions in loops) with triton "
+                             f"{triton.__version__}: {unexplained[:5]}")
+    if spilling:
+        print(f"\ntriton {triton.__version__}'s toolchain spills, as TOOLCHAIN_SPILLS records: {spilling}")
+
+
+def test_loop_spill_count_on_known_sass():
+    """loop_spills counts local-memory instructions between a backward branch and its target, not elsewhere."""
+    from yolov12_fast._aot import loop_spills
+
+    sass = """
+        /*0100*/                   STL [R1], R6 ;
+        /*0110*/                   FFMA R24, R25, R26, R27 ;
+        /*0120*/                   LDL R70, [R1] ;
+        /*0130*/              @P1 BRA 0x110 ;
+        /*0140*/                   LDL.LU R4, [R1+0x4] ;
+        /*0150*/                   BRA 0x150;
+"""
+    assert loop_spills(sass) == 1
+    assert loop_spills(sass.replace("BRA 0x110", "BRA 0x100")) == 2
+    assert loop_spills(sass.replace("@P1 BRA 0x110", "@P1 BRA 0x140")) == 0  # a forward branch is no loop
 
 
 def test_tensor_cores_on_sm80_sm90(aot_rows):

@@ -45,7 +45,20 @@ def _sass_counts(cubin_path: str) -> dict:
     ops = re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)", sass)
     count = lambda *names: sum(1 for o in ops if o in names)
     return {"mma": count("HMMA", "HGMMA", "IMMA"), "wgmma": count("HGMMA"), "spill_instr": count("STL", "LDL"),
-            "loop": hot_loop(sass)}
+            "loop_spill_instr": loop_spills(sass), "loop": hot_loop(sass)}
+
+
+def loop_spills(sass: str) -> int:
+    """Spill instructions (LDL / STL: local memory) inside any loop of the SASS (between a backward branch and its
+    target): those cost every iteration; a spill outside every loop costs once per program."""
+    ins = [(int(a, 16), op, args) for a, op, args in re.findall(
+        r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(?:\.[A-Za-z0-9_]+)*\s*([^;]*);", sass)]
+    loops = []
+    for addr, op, args in ins:
+        target = re.search(r"0x([0-9a-f]+)", args) if op == "BRA" else None
+        if target is not None and int(target.group(1), 16) < addr:
+            loops.append((int(target.group(1), 16), addr))
+    return sum(1 for addr, op, _ in ins if op in ("LDL", "STL") and any(lo <= addr <= hi for lo, hi in loops))
 
 
 # --------------------------------------------------------------------------------------------------------------

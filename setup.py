@@ -1,9 +1,11 @@
-"""Builds yolov12_fast._C from csrc/: CUDAExtension when a CUDA toolkit and a CUDA build of torch are present,
-CppExtension otherwise, nothing with YOLOV12_FAST_NO_EXT=1. Metadata lives in pyproject.toml.
+"""Builds yolov12_fast._C from csrc/: CUDAExtension when a CUDA build of torch and a CUDA toolkit of the same major
+version are present, CppExtension otherwise (the reason recorded: `yolov12-fast info` says it), nothing with
+YOLOV12_FAST_NO_EXT=1. Metadata lives in pyproject.toml.
 
 Environment:
   YOLOV12_FAST_NO_EXT=1        pure-Python install (Triton and reference backends only)
   YOLOV12_FAST_NO_CUDA=1       build the C++ CPU kernels only, even where CUDA is available
+  YOLOV12_FAST_REQUIRE_CUDA=1  fail (saying why) instead of building without the CUDA kernels
   TORCH_CUDA_ARCH_LIST         CUDA archs (default "7.5;8.0+PTX;9.0a": the PTX JIT-compiles on newer GPUs)
   YOLOV12_FAST_PTXAS_VERBOSE=1 pass -Xptxas -v to nvcc (register/spill report per kernel)
 """
@@ -22,6 +24,22 @@ BUILD_COMMANDS = ("bdist_wheel", "build_ext", "build", "install", "develop", "ed
 
 def _flag(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _nvcc_release(cuda_home):
+    """The CUDA toolkit's release ("13.0") from `nvcc --version`; None without a toolkit or a readable nvcc."""
+    import re
+    import subprocess
+
+    if not cuda_home:
+        return None
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
 
 
 def _ext_modules():
@@ -51,7 +69,16 @@ def _ext_modules():
     # formatting an integer into an error message segfaults. --exclude-libs keeps a static copy private to _C;
     # it changes nothing when libstdc++ is linked as the shared library.
     ldflags = ["-fopenmp"] + (["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else [])
-    use_cuda = (torch.version.cuda is not None and ce.CUDA_HOME is not None and not _flag("YOLOV12_FAST_NO_CUDA"))
+    spec = importlib.util.spec_from_file_location("_archs", os.path.join(ROOT, "yolov12_fast", "_archs.py"))
+    archs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(archs)
+    use_cuda, no_cuda_why = archs.cuda_plan(torch.version.cuda, ce.CUDA_HOME, _nvcc_release(ce.CUDA_HOME),
+                                            _flag("YOLOV12_FAST_NO_CUDA"), _flag("YOLOV12_FAST_REQUIRE_CUDA"))
+    if no_cuda_why is not None:
+        define_macros.append(("YOLOV12_FAST_NO_CUDA_WHY", no_cuda_why))
+        if no_cuda_why.startswith("mismatch"):  # pip shows this with -v; `yolov12-fast info` says it at any time
+            print(f"yolov12_fast: building the C++ CPU kernels only: {archs.no_cuda_reason(no_cuda_why, ce.CUDA_HOME)}"
+                  f" (YOLOV12_FAST_REQUIRE_CUDA=1 makes this an error)", file=sys.stderr)
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0+PTX;9.0a")
         sources += rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu")
@@ -61,17 +88,14 @@ def _ext_modules():
         define_macros.append(("YOLOV12_FAST_WITH_CUDA", None))
         # the arch list this build compiled for, as one shell-safe identifier (yolov12_fast._C.CUDA_ARCHS, decoded by
         # _backends.built_cuda_arch_list): "7.5;8.0+PTX;9.0a" -> A7d5_8d0PTX_9d0a
-        spec = importlib.util.spec_from_file_location("_archs", os.path.join(ROOT, "yolov12_fast", "_archs.py"))
-        archs = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(archs)
         define_macros.append(("YOLOV12_FAST_CUDA_ARCHS", archs.encode(os.environ["TORCH_CUDA_ARCH_LIST"])))
         # pip's CUDA wheels keep headers (cusparse.h, ...) that torch's CUDA headers include under nvidia/cu*/include
         include_dirs = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "cu*", "include")))
         ext = ce.CUDAExtension("yolov12_fast._C", sources, define_macros=define_macros, include_dirs=include_dirs,
                                extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=ldflags)
     else:
-        ext = ce.CppExtension("yolov12_fast._C", sources, extra_compile_args={"cxx": cxx},
-                              extra_link_args=ldflags)
+        ext = ce.CppExtension("yolov12_fast._C", sources, define_macros=define_macros,
+                              extra_compile_args={"cxx": cxx}, extra_link_args=ldflags)
     return [ext], {"build_ext": ce.BuildExtension.with_options(use_ninja=True)}
 
 

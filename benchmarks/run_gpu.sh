@@ -93,7 +93,8 @@ build() {
     fi
     export MAX_JOBS=${MAX_JOBS:-$(nproc)}
     say "building yolov12_fast._C for sm ${TORCH_CUDA_ARCH_LIST} (pip install --no-build-isolation --no-deps -e .)"
-    if ! tmo 420 $PY -m pip install -q --no-build-isolation --no-deps -e .; then
+    # REQUIRE_CUDA: a toolkit torch cannot build with stops here, saying why, instead of a C++-only build
+    if ! YOLOV12_FAST_REQUIRE_CUDA=1 tmo 420 $PY -m pip install -q --no-build-isolation --no-deps -e .; then
         say "BUILD FAILED: installing without the extension (YOLOV12_FAST_NO_EXT=1) so the Triton kernels still run"
         YOLOV12_FAST_NO_EXT=1 tmo 120 $PY -m pip install -q --no-build-isolation --no-deps -e . || return 1
     fi

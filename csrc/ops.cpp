@@ -73,6 +73,10 @@ extern "C" PyMODINIT_FUNC PyInit__C(void) {
 #endif
 #else
   PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+#ifdef YOLOV12_FAST_NO_CUDA_WHY
+  // why setup.py built without the CUDA kernels, as one identifier (yolov12_fast._archs.no_cuda_reason says it)
+  PyModule_AddStringConstant(m, "NO_CUDA_WHY", YF_STR(YOLOV12_FAST_NO_CUDA_WHY));
+#endif
 #endif
   // the build of the C++ CPU attention cores this process runs: "avx512", "avx2" or "baseline"
   // (YOLOV12_FAST_CPU_CAPABILITY=avx2 / default narrows it; read once, at import)

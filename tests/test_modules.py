@@ -762,7 +762,10 @@ def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend, use_trito
         return gm.forward
 
     compiled = torch.compile(fast, backend=count, fullgraph=True)
-    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+    names = torch._dynamo.config.get_config_copy()  # torch < 2.7 calls the recompile limit the cache size limit
+    limit = (dict(recompile_limit=1, fail_on_recompile_limit_hit=True) if "recompile_limit" in names
+             else dict(cache_size_limit=1, fail_on_cache_limit_hit=True))
+    with torch._dynamo.config.patch(**limit):
         for b in (2, 3, 5):
             x = torch.randn(b, args[0], 6, 10)
             torch._dynamo.mark_dynamic(x, 0)

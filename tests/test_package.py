@@ -259,6 +259,93 @@ def test_built_arch_list_round_trips(monkeypatch, archs, token):
     assert _backends.built_cuda_arch_list() == archs.replace(" ", ";")
 
 
+@pytest.mark.parametrize("torch_cuda,home,nvcc,opt_out,expect", [
+    ("13.0", "/usr/local/cuda", "13.0", False, (True, None)),
+    ("12.8", "/usr/local/cuda", "12.4", False, (True, None)),  # minor versions may differ (torch only warns)
+    ("12.4", "/usr/local/cuda", "13.0", False, (False, "mismatch_K13d0_T12d4")),
+    ("13.0", "/opt/cuda-11.8", "11.8", False, (False, "mismatch_K11d8_T13d0")),
+    ("12.6", None, None, False, (False, "nokit_T12d6")),
+    (None, "/usr/local/cuda", "13.0", False, (False, "cputorch")),
+    ("13.0", "/usr/local/cuda", "13.0", True, (False, "optout")),
+])
+def test_cuda_build_plan(torch_cuda, home, nvcc, opt_out, expect):
+    """setup.py's decision: the CUDA kernels where torch is a CUDA build and the toolkit has its major version (torch
+    refuses any other: the install used to fail there with torch's message alone); otherwise the C++ kernels with the
+    reason recorded as an identifier, which `info` turns into what was found and what to do. With
+    YOLOV12_FAST_REQUIRE_CUDA=1 the same reason stops the build instead."""
+    from yolov12_fast._archs import cuda_plan, no_cuda_reason
+
+    assert cuda_plan(torch_cuda, home, nvcc, opt_out, False) == expect
+    why = expect[1]
+    if why is None:
+        assert cuda_plan(torch_cuda, home, nvcc, opt_out, True) == expect
+        return
+    assert why.isidentifier()
+    words = no_cuda_reason(why, home)
+    if why.startswith("mismatch"):
+        assert f"is {nvcc} but torch was built with CUDA {torch_cuda}" in words and home in words
+        assert f"install a CUDA {torch_cuda.split('.')[0]}.x toolkit" in words and "CUDA_HOME" in words
+    elif why.startswith("nokit"):
+        assert f"CUDA {torch_cuda}" in words and "no CUDA toolkit (nvcc)" in words
+    elif why == "cputorch":
+        assert "CPU build" in words
+    else:
+        assert "YOLOV12_FAST_NO_CUDA=1" in words
+    if why != "optout":  # asked for the CUDA kernels: the reason, as an error
+        import re
+
+        with pytest.raises(SystemExit, match=re.escape("REQUIRE_CUDA=1 but the CUDA kernels cannot be built: " + words)):
+            cuda_plan(torch_cuda, home, nvcc, opt_out, True)
+
+
+def test_setup_reports_a_toolkit_of_another_major_version(tmp_path):
+    """setup.py end to end, up to the build: a CUDA_HOME whose nvcc is another major version than torch's CUDA gives
+    the C++-only plan and says why on stderr; with YOLOV12_FAST_REQUIRE_CUDA=1 it exits with the reason."""
+    import torch
+
+    if torch.version.cuda is None:
+        pytest.skip("a CPU build of torch: setup.py takes the C++ path whatever the toolkit (test_cuda_build_plan)")
+    major = int(torch.version.cuda.split(".")[0])
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {major - 1}.8, V{major - 1}.8.89'\n")
+    nvcc.chmod(0o755)
+    env = dict(os.environ, CUDA_HOME=str(tmp_path / "cuda"))
+    env.pop("YOLOV12_FAST_NO_CUDA", None)
+    p = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (f"building the C++ CPU kernels only: the CUDA toolkit at {tmp_path / 'cuda'} is {major - 1}.8 but torch "
+            f"was built with CUDA {torch.version.cuda}") in p.stderr, p.stderr[-3000:]
+    p = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(env, YOLOV12_FAST_REQUIRE_CUDA="1"), timeout=300)
+    assert p.returncode != 0 and "YOLOV12_FAST_REQUIRE_CUDA=1 but the CUDA kernels cannot be built" in p.stderr
+
+
+def test_the_build_records_why_it_has_no_cuda(monkeypatch):
+    """The installed extension says why it has no CUDA kernels, and the backend check passes that on (`info`'s
+    "cuda (CUDA C++) no: ..." line): a CPU build of torch records cputorch (CI's second venv), a CUDA build records
+    nothing. A recorded mismatch reads as what to install."""
+    import types
+
+    import torch
+
+    from yolov12_fast import _backends
+
+    mod, why = _backends._extension()
+    if mod is None:
+        pytest.skip(f"no compiled extension: {why}")
+    if torch.version.cuda is None:
+        assert mod.WITH_CUDA == 0 and mod.NO_CUDA_WHY == "cputorch"
+        assert "torch is a CPU build" in _backends.can_use_cuda_ext()[1]
+    elif mod.WITH_CUDA:
+        assert not hasattr(mod, "NO_CUDA_WHY")
+    monkeypatch.setattr(_backends, "_extension", lambda: (types.SimpleNamespace(WITH_CUDA=0,
+                                                                                NO_CUDA_WHY="mismatch_K13d0_T12d4"), ""))
+    ok, why = _backends.can_use_cuda_ext()
+    assert not ok and "toolkit is 13.0 but torch was built with CUDA 12.4" in why and "CUDA 12.x toolkit" in why
+
+
 def test_wheel_layout_and_installed_smoke(tmp_path):
     """Build the wheel (pure Python, to keep it quick), install it into a directory and use it from elsewhere."""
     env = dict(os.environ, YOLOV12_FAST_NO_EXT="1")

@@ -56,6 +56,11 @@ def test_every_variant_compiles_for_every_arch(aot_rows):
 # loop runs 5 times a program). Seen in their SASS on 2026-11-27 (torch 2.13.0+cpu with triton 3.9.0). A spill
 # that grows, moves into a loop or appears elsewhere still fails the test.
 TOOLCHAIN_SPILLS = {
+    # triton 3.2 (torch 2.6, the oldest accepted): the channels-last 64x32 dK/dV tile spills 8 bytes on sm_90, outside
+    # its loop (seen 2026-11-27; that release also cannot compile the Turing variants: README, torch / Triton)
+    "3.2": {
+        ("area_attention_bwd_dkdv_kernel[fp16,d32,n16,cl,BLOCK_M=64/BLOCK_N=32,w4s2]", "sm_90"): (8, 0),
+    },
     "3.9": {
         ("area_attention_bwd_dkdv_kernel[fp16,d32,n16,BLOCK_M=32/BLOCK_N=32,w4s2]", "sm_90"): (8, 0),
         ("area_attention_bwd_dkdv_kernel[bf16,d32,n16,BLOCK_M=32/BLOCK_N=32,w4s2]", "sm_90"): (8, 0),

@@ -20,3 +20,58 @@ def decode(token: str) -> str | None:
         return None
     archs = [re.sub(r"^(\d+)d(\d+)", r"\1.\2", a).replace("PTX", "+PTX") for a in token[1:].split("_") if a]
     return ";".join(archs) or None
+
+
+# Why a build has no CUDA code, the same way: setup.py decides (cuda_plan), passes the reason as one identifier
+# (-D YOLOV12_FAST_NO_CUDA_WHY=...), csrc/ops.cpp exposes it as yolov12_fast._C.NO_CUDA_WHY, and `info` / the
+# backend checks say it in words (no_cuda_reason).
+
+def _v(version: str) -> str:
+    return version.replace(".", "d")
+
+
+def cuda_plan(torch_cuda: str | None, cuda_home: str | None, nvcc_release: str | None, opt_out: bool,
+              require: bool) -> tuple[bool, str | None]:
+    """(build the CUDA kernels?, why not as a token) for torch's CUDA version (None: a CPU build of torch), the CUDA
+    toolkit found (CUDA_HOME, None: none) and its nvcc's release ("13.0"), YOLOV12_FAST_NO_CUDA and
+    YOLOV12_FAST_REQUIRE_CUDA. torch refuses to build against a toolkit of another major version than its own; rather
+    than failing the whole install, the build then leaves the CUDA kernels out (the GPU runs the Triton ones) and
+    records why, unless YOLOV12_FAST_REQUIRE_CUDA=1 asks for the CUDA kernels or nothing (SystemExit with the fix)."""
+    if torch_cuda is None:
+        why = "cputorch"
+    elif opt_out:
+        why = "optout"
+    elif cuda_home is None or not nvcc_release:
+        why = f"nokit_T{_v(torch_cuda)}"
+    elif nvcc_release.split(".")[0] != torch_cuda.split(".")[0]:
+        why = f"mismatch_K{_v(nvcc_release)}_T{_v(torch_cuda)}"
+    else:
+        return True, None
+    if require and why not in ("optout",):
+        raise SystemExit(f"yolov12_fast: YOLOV12_FAST_REQUIRE_CUDA=1 but the CUDA kernels cannot be built: "
+                         f"{no_cuda_reason(why, cuda_home)}")
+    return False, why
+
+
+def no_cuda_reason(token: str | None, cuda_home: str | None = None) -> str:
+    """The words for a cuda_plan token (what was found, and what to do for the CUDA C++ kernels)."""
+    token = token or ""
+    tail = ("then reinstall yolov12_fast (`pip install --no-build-isolation -e .` in the clone); meanwhile GPUs run "
+            "the Triton kernels")
+    m = re.fullmatch(r"mismatch_K(\d+)d(\d+)_T(\d+)d(\d+)", token)
+    if m:
+        kit, tc = f"{m[1]}.{m[2]}", f"{m[3]}.{m[4]}"
+        where = f" at {cuda_home}" if cuda_home else ""
+        return (f"the CUDA toolkit{where} is {kit} but torch was built with CUDA {tc}, and torch builds extensions "
+                f"only with a toolkit of its own major version: install a CUDA {m[3]}.x toolkit (or torch built for "
+                f"CUDA {m[1]}) and point CUDA_HOME at it, {tail}")
+    m = re.fullmatch(r"nokit_T(\d+)d(\d+)", token)
+    if m:
+        return (f"torch has CUDA {m[1]}.{m[2]} but no CUDA toolkit (nvcc) was found at build time: install a CUDA "
+                f"{m[1]}.x toolkit and set CUDA_HOME, {tail}")
+    if token == "cputorch":
+        return ("torch is a CPU build (torch.version.cuda is None), which runs no GPU: for GPUs install a CUDA build "
+                "of torch, then reinstall yolov12_fast (`pip install --no-build-isolation -e .` in the clone)")
+    if token == "optout":
+        return "built with YOLOV12_FAST_NO_CUDA=1 (C++ CPU kernels only)"
+    return "no CUDA toolkit or a CPU build of torch at build time"  # builds from before the reason was recorded

@@ -153,7 +153,9 @@ def can_use_cuda_ext(device: torch.device | str | None = None) -> tuple[bool, st
     if mod is None:
         return False, why
     if not getattr(mod, "WITH_CUDA", False):
-        return False, "yolov12_fast._C was built without CUDA (no CUDA toolkit or a CPU build of torch at build time)"
+        from ._archs import no_cuda_reason
+
+        return False, f"yolov12_fast._C was built without CUDA: {no_cuda_reason(getattr(mod, 'NO_CUDA_WHY', None))}"
     if not torch.cuda.is_available():
         return False, "no CUDA device is visible"
     if device is not None and torch.device(device).type == "cuda":

@@ -73,7 +73,8 @@ def _ext_modules():
     archs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(archs)
     use_cuda, no_cuda_why = archs.cuda_plan(torch.version.cuda, ce.CUDA_HOME, _nvcc_release(ce.CUDA_HOME),
-                                            _flag("YOLOV12_FAST_NO_CUDA"), _flag("YOLOV12_FAST_REQUIRE_CUDA"))
+                                            _flag("YOLOV12_FAST_NO_CUDA"), _flag("YOLOV12_FAST_REQUIRE_CUDA"),
+                                            getattr(torch.version, "hip", None))
     if no_cuda_why is not None:
         define_macros.append(("YOLOV12_FAST_NO_CUDA_WHY", no_cuda_why))
         if no_cuda_why.startswith("mismatch"):  # pip shows this with -v; `yolov12-fast info` says it at any time

@@ -266,6 +266,7 @@ def test_built_arch_list_round_trips(monkeypatch, archs, token):
     ("13.0", "/opt/cuda-11.8", "11.8", False, (False, "mismatch_K11d8_T13d0")),
     ("12.6", None, None, False, (False, "nokit_T12d6")),
     (None, "/usr/local/cuda", "13.0", False, (False, "cputorch")),
+    ("rocm", None, None, False, (False, "rocm")),
     ("13.0", "/usr/local/cuda", "13.0", True, (False, "optout")),
 ])
 def test_cuda_build_plan(torch_cuda, home, nvcc, opt_out, expect):
@@ -275,7 +276,9 @@ def test_cuda_build_plan(torch_cuda, home, nvcc, opt_out, expect):
     YOLOV12_FAST_REQUIRE_CUDA=1 the same reason stops the build instead."""
     from yolov12_fast._archs import cuda_plan, no_cuda_reason
 
-    assert cuda_plan(torch_cuda, home, nvcc, opt_out, False) == expect
+    hip = "6.2" if torch_cuda == "rocm" else None  # a ROCm torch: torch.version.cuda None, torch.version.hip set
+    torch_cuda = None if hip else torch_cuda
+    assert cuda_plan(torch_cuda, home, nvcc, opt_out, False, hip) == expect
     why = expect[1]
     if why is None:
         assert cuda_plan(torch_cuda, home, nvcc, opt_out, True) == expect
@@ -289,13 +292,15 @@ def test_cuda_build_plan(torch_cuda, home, nvcc, opt_out, expect):
         assert f"CUDA {torch_cuda}" in words and "no CUDA toolkit (nvcc)" in words
     elif why == "cputorch":
         assert "CPU build" in words
+    elif why == "rocm":
+        assert "ROCm build" in words and "NVIDIA" in words
     else:
         assert "YOLOV12_FAST_NO_CUDA=1" in words
     if why != "optout":  # asked for the CUDA kernels: the reason, as an error
         import re
 
         with pytest.raises(SystemExit, match=re.escape("REQUIRE_CUDA=1 but the CUDA kernels cannot be built: " + words)):
-            cuda_plan(torch_cuda, home, nvcc, opt_out, True)
+            cuda_plan(torch_cuda, home, nvcc, opt_out, True, hip)
 
 
 def test_setup_reports_a_toolkit_of_another_major_version(tmp_path):

@@ -31,14 +31,14 @@ def _v(version: str) -> str:
 
 
 def cuda_plan(torch_cuda: str | None, cuda_home: str | None, nvcc_release: str | None, opt_out: bool,
-              require: bool) -> tuple[bool, str | None]:
+              require: bool, torch_hip: str | None = None) -> tuple[bool, str | None]:
     """(build the CUDA kernels?, why not as a token) for torch's CUDA version (None: a CPU build of torch), the CUDA
     toolkit found (CUDA_HOME, None: none) and its nvcc's release ("13.0"), YOLOV12_FAST_NO_CUDA and
     YOLOV12_FAST_REQUIRE_CUDA. torch refuses to build against a toolkit of another major version than its own; rather
     than failing the whole install, the build then leaves the CUDA kernels out (the GPU runs the Triton ones) and
     records why, unless YOLOV12_FAST_REQUIRE_CUDA=1 asks for the CUDA kernels or nothing (SystemExit with the fix)."""
     if torch_cuda is None:
-        why = "cputorch"
+        why = "rocm" if torch_hip else "cputorch"
     elif opt_out:
         why = "optout"
     elif cuda_home is None or not nvcc_release:
@@ -56,7 +56,7 @@ def cuda_plan(torch_cuda: str | None, cuda_home: str | None, nvcc_release: str |
 def no_cuda_reason(token: str | None, cuda_home: str | None = None) -> str:
     """The words for a cuda_plan token (what was found, and what to do for the CUDA C++ kernels)."""
     token = token or ""
-    tail = ("then reinstall yolov12_fast (`pip install --no-build-isolation -e .` in the clone); meanwhile GPUs run "
+    tail = ("then reinstall yolov12_fast (`pip install --no-build-isolation`, with `-e .` in a clone); meanwhile GPUs run "
             "the Triton kernels")
     m = re.fullmatch(r"mismatch_K(\d+)d(\d+)_T(\d+)d(\d+)", token)
     if m:
@@ -71,7 +71,10 @@ def no_cuda_reason(token: str | None, cuda_home: str | None = None) -> str:
                 f"{m[1]}.x toolkit and set CUDA_HOME, {tail}")
     if token == "cputorch":
         return ("torch is a CPU build (torch.version.cuda is None), which runs no GPU: for GPUs install a CUDA build "
-                "of torch, then reinstall yolov12_fast (`pip install --no-build-isolation -e .` in the clone)")
+                "of torch, then reinstall yolov12_fast (`pip install --no-build-isolation`, with `-e .` in a clone)")
+    if token == "rocm":
+        return ("torch is a ROCm build: the CUDA C++ kernels are for NVIDIA GPUs (the C++ CPU kernels are built; this "
+                "project does not test AMD GPUs)")
     if token == "optout":
         return "built with YOLOV12_FAST_NO_CUDA=1 (C++ CPU kernels only)"
     return "no CUDA toolkit or a CPU build of torch at build time"  # builds from before the reason was recorded

@@ -474,6 +474,42 @@ def test_onnx_export_of_patched_yolo12n(tmp_path, monkeypatch):
     assert_outputs_close(got, _forward(plain, x), "onnxruntime vs ultralytics")
 
 
+_TS_LOADER = textwrap.dedent("""
+    import json, sys
+    import torch
+    args = json.loads(sys.argv[1])
+    m = torch.jit.load(args["ts"])
+    with torch.no_grad():
+        out = m(torch.load(args["x"]))
+    torch.save(out[0] if isinstance(out, (tuple, list)) else out, args["out"])
+    print("IMPORTS_YOLOV12_FAST", any(k.split(".")[0] == "yolov12_fast" for k in sys.modules))
+""")
+
+
+def test_torchscript_export_of_patched_yolo12n(tmp_path, monkeypatch):
+    """ultralytics' TorchScript export (torch.jit.trace) of the drop-in: the fast modules trace the reference math,
+    so the file holds no yolov12_fast op and loads and runs in a process that never imports yolov12_fast, with the
+    unpatched model's output (README: export)."""
+    from test_modules import assert_outputs_close
+
+    monkeypatch.chdir(tmp_path)
+    plain = _small_model()
+    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
+    y.model = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    path = y.export(format="torchscript", imgsz=IMGSZ)
+    assert isinstance(y.model.model[6], yf.nn.FastModule)  # exporting left the model patched
+    assert "yolov12_fast::" not in str(torch.jit.load(path).inlined_graph)  # no custom op (class names stay)
+    x = U.images(IMGSZ)[:1]
+    torch.save(x, tmp_path / "x.pt")
+    env = dict(os.environ, PYTHONPATH=_path_without_this_repo())
+    r = subprocess.run([sys.executable, "-c", _TS_LOADER, json.dumps({"ts": str(path), "x": str(tmp_path / "x.pt"),
+                                                                      "out": str(tmp_path / "out.pt")})],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "IMPORTS_YOLOV12_FAST False" in r.stdout, r.stdout
+    assert_outputs_close(torch.load(tmp_path / "out.pt"), _forward(plain, x), "TorchScript vs ultralytics")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # training through ultralytics' trainer (smoke): the trainer's model and EMA run patched, checkpoints stay plain
 

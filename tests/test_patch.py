@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -508,6 +509,27 @@ def test_torchscript_export_of_patched_yolo12n(tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr[-4000:]
     assert "IMPORTS_YOLOV12_FAST False" in r.stdout, r.stdout
     assert_outputs_close(torch.load(tmp_path / "out.pt"), _forward(plain, x), "TorchScript vs ultralytics")
+
+
+def test_openvino_export_of_patched_yolo12n(tmp_path, monkeypatch):
+    """ultralytics' OpenVINO export (openvino's PyTorch frontend traces the module) of the drop-in: it converts (a
+    yolov12_fast op would have no OpenVINO conversion) and OpenVINO's CPU plugin, held to fp32 (its default on CPUs
+    with bf16 units is bf16: errors of ~70 in box pixels for the plain model too), reproduces the unpatched model."""
+    import openvino as ov  # a test extra, like onnxruntime
+
+    from test_modules import assert_outputs_close
+
+    monkeypatch.chdir(tmp_path)
+    plain = _small_model()
+    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
+    y.model = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    path = y.export(format="openvino", imgsz=IMGSZ)
+    assert isinstance(y.model.model[6], yf.nn.FastModule)  # exporting left the model patched
+    (xml,) = Path(path).glob("*.xml")
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = U.images(IMGSZ)[:1]
+    got = torch.from_numpy(compiled(x.numpy())[0])
+    assert_outputs_close(got, _forward(plain, x), "OpenVINO vs ultralytics")
 
 
 # --------------------------------------------------------------------------------------------------------------

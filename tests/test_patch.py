@@ -453,6 +453,18 @@ def test_checkpoints_load_with_plain_ultralytics(tmp_path):
 # ONNX export: the fast modules decompose into standard operators while traced
 
 
+def _export_patched(tmp_path, monkeypatch, **kwargs):
+    """ultralytics' exporter on the drop-in of a small yolo12n, in tmp_path: (the unpatched model, the exported
+    file); exporting must leave the model patched."""
+    monkeypatch.chdir(tmp_path)
+    plain = _small_model()
+    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
+    y.model = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    path = y.export(imgsz=IMGSZ, **kwargs)
+    assert isinstance(y.model.model[6], yf.nn.FastModule)
+    return plain, path
+
+
 def test_onnx_export_of_patched_yolo12n(tmp_path, monkeypatch):
     """ultralytics' exporter (deep copy, fuse, torch.onnx.export tracing) on the drop-in: the graph holds only
     standard ONNX operators and onnxruntime reproduces the unpatched model."""
@@ -461,12 +473,7 @@ def test_onnx_export_of_patched_yolo12n(tmp_path, monkeypatch):
 
     from test_modules import assert_outputs_close
 
-    monkeypatch.chdir(tmp_path)
-    plain = _small_model()
-    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
-    y.model = yf.patch(copy.deepcopy(plain), backend=BACKEND)
-    path = y.export(format="onnx", imgsz=IMGSZ, simplify=False, dynamic=False)
-    assert isinstance(y.model.model[6], yf.nn.FastModule)  # exporting left the model patched
+    plain, path = _export_patched(tmp_path, monkeypatch, format="onnx", simplify=False, dynamic=False)
     graph = onnx.load(path).graph
     assert {n.domain for n in graph.node} <= {"", "ai.onnx"}, {n.domain for n in graph.node}
     x = U.images(IMGSZ)[:1]
@@ -493,12 +500,7 @@ def test_torchscript_export_of_patched_yolo12n(tmp_path, monkeypatch):
     unpatched model's output (README: export)."""
     from test_modules import assert_outputs_close
 
-    monkeypatch.chdir(tmp_path)
-    plain = _small_model()
-    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
-    y.model = yf.patch(copy.deepcopy(plain), backend=BACKEND)
-    path = y.export(format="torchscript", imgsz=IMGSZ)
-    assert isinstance(y.model.model[6], yf.nn.FastModule)  # exporting left the model patched
+    plain, path = _export_patched(tmp_path, monkeypatch, format="torchscript")
     assert "yolov12_fast::" not in str(torch.jit.load(path).inlined_graph)  # no custom op (class names stay)
     x = U.images(IMGSZ)[:1]
     torch.save(x, tmp_path / "x.pt")
@@ -519,12 +521,7 @@ def test_openvino_export_of_patched_yolo12n(tmp_path, monkeypatch):
 
     from test_modules import assert_outputs_close
 
-    monkeypatch.chdir(tmp_path)
-    plain = _small_model()
-    y = yf.YOLO("yolo12n.yaml", backend=BACKEND)
-    y.model = yf.patch(copy.deepcopy(plain), backend=BACKEND)
-    path = y.export(format="openvino", imgsz=IMGSZ)
-    assert isinstance(y.model.model[6], yf.nn.FastModule)  # exporting left the model patched
+    plain, path = _export_patched(tmp_path, monkeypatch, format="openvino")
     (xml,) = Path(path).glob("*.xml")
     compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     x = U.images(IMGSZ)[:1]

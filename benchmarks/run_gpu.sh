@@ -5,7 +5,8 @@
 #   bash benchmarks/run_gpu.sh part2   # build if needed, ops at 1280 / 480x640 / 384x640, blocks, model, report
 #   bash benchmarks/run_gpu.sh all     # tests, part1, part2, one after the other (about 26 minutes)
 #   bash benchmarks/run_gpu.sh quick   # for a short GPU lease (~9 min): build, every kernel once against the
-#                                      # reference, the core numerics tests, the headline ops cases and yolo11n/12n at
+#                                      # reference, the core numerics tests, compute-sanitizer memcheck and racecheck
+#                                      # (a minute each), the headline ops cases and yolo11n/12n at
 #                                      # 640 (no torch.compile baselines). Then, with time left: tests, part1, part2
 #   bash benchmarks/run_gpu.sh tests   # build if needed, the numerics suite on the GPU (compiled Triton, CUDA C++:
 #                                      # every test file whose DEV is cuda there) then compute-sanitizer memcheck and
@@ -207,7 +208,10 @@ main() {
         part2) host_time; bench 25 ops --cases "$PART2_OPS"; bench 35 blocks; bench 100 model ;;
         tests) full_gpu_tests; sanitize ;;
         quick) export YOLOV12_FAST_BENCH_COMPILE_S=0
-               quick_checks; host_time 30; kernel_profile 45; bench 50 ceilings ops --cases "$QUICK_OPS"
+               quick_checks
+               # compute-sanitizer had never run on a GPU: memcheck and racecheck, a minute each, before the timings
+               SANITIZER_TIMEOUT_S=${SANITIZER_TIMEOUT_S:-60} sanitize
+               host_time 20; kernel_profile 30; bench 50 ceilings ops --cases "$QUICK_OPS"
                bench 100 model --cases "$QUICK_MODEL" ;;
     esac
     report_and_copy

@@ -181,9 +181,10 @@ def test_triton_releases_that_cannot_compile_for_turing(monkeypatch):
 
 def test_auto_backward_table(monkeypatch):
     """Having picked the CUDA C++ forward, auto trains through the CUDA C++ backward on Turing (AUTO_CUDA_BACKWARD:
-    Triton's dots run on FMA units there) and keeps the measured Triton backward elsewhere; never on CPU."""
+    Triton's dots run on FMA units there) and on Hopper (measured faster there), and keeps the Triton backward on the
+    sm_80+ classes no GPU run has timed (Ampere, Ada, Blackwell); never on CPU."""
     dev = torch.device("cuda", 0)
-    for cap, want in (((7, 5), True), ((8, 0), False), ((8, 6), False), ((9, 0), False), ((12, 0), False)):
+    for cap, want in (((7, 5), True), ((8, 0), False), ((8, 6), False), ((9, 0), True), ((12, 0), False)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, cap=cap: cap)
         assert aa.cuda_backward_by_default(dev) is want, cap
     assert aa.cuda_backward_by_default(torch.device("cpu")) is False

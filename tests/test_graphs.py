@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -230,7 +231,7 @@ def test_a_module_that_cannot_be_captured_stays_eager_with_a_warning():
         def forward(self, x):
             return x * float(x.sum().item())  # a host sync: illegal while capturing
 
-    g = yf.cuda_graphs(Syncs())
+    g = yf.cuda_graphs(Syncs().eval())  # eval: a train-mode module is never captured (its own test below)
     x = torch.randn(4, device="cuda")
     with torch.inference_mode():
         y0 = g(x)  # first call of the signature: eager
@@ -253,13 +254,36 @@ def test_a_forward_that_changes_its_buffers_is_not_replayed():
             self.calls += 1
             return x * 2
 
-    g = yf.cuda_graphs(Counts().cuda())
+    g = yf.cuda_graphs(Counts().cuda().eval())
     x = torch.randn(4, device="cuda")
     with torch.inference_mode():
         g(x)
         with pytest.warns(RuntimeWarning, match="changes the module's parameters or buffers in place"):
             g(x)
     assert g.num_graphs == 0
+
+
+@pytest.mark.gpu
+def test_a_train_mode_module_runs_eagerly_with_one_warning():
+    """A module left in training mode is never captured (a replay would skip what train mode does per call:
+    BatchNorm statistics, dropout); under no_grad on CUDA that would silently give no speed-up, so it warns once,
+    saying to call .eval(). (Found on the H100: two tests here wrapped train-mode modules and never captured.)"""
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).cuda()
+    g = yf.cuda_graphs(m)
+    x = torch.randn(2, 4, device="cuda")
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match=r"training mode.*\.eval\(\)"):
+            y = g(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(3):
+                y = g(x)  # once only, and still eager
+        assert g.num_graphs == 0
+        torch.testing.assert_close(y, m(x))
+        m.eval()
+        for _ in range(3):
+            g(x)
+    assert g.num_graphs == 1
 
 
 @pytest.mark.gpu

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import yolov12_fast
-from yolov12_fast.utils import num_threads
+from yolov12_fast.utils import exact_fp32, num_threads
 from yolov12_fast import _backends, reference
 from tolerances import ATOL_FLOOR, assert_close_to_oracle
 
@@ -540,8 +540,11 @@ def test_export_patched_a2c2f_dynamic_batch(backend, tmp_path):
         _check_block(exported, plain, xb, f"exported B={B} {backend}")
         if "loaded" in progs:  # the same graph: the same bits
             torch.testing.assert_close(progs["loaded"].module()(xb), exported, rtol=0, atol=0)
-            # decomposed batch_norm rounds differently: fp32 closeness
-            torch.testing.assert_close(progs["decomposed"].module()(xb), exported)
+            # decomposed batch_norm rounds differently: fp32 closeness, so both in float32 on a GPU too (cuDNN's
+            # default TF32 convolutions round their inputs to 10 bits: an ulp apart there can end 1e-3 apart; the
+            # likely cause of this test's failure on the H100, 2026-11-27)
+            with exact_fp32():
+                torch.testing.assert_close(progs["decomposed"].module()(xb), ep.module()(xb))
 
 
 def test_export_patched_a2c2f_dynamic_height_and_width():

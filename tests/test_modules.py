@@ -230,8 +230,12 @@ def test_same_detections_after_nms_yolo12n():
     fast = YOLO("yolo12n.yaml")
     fast.model = yf.patch(U.build_model("n", "ultralytics", 640), backend=BACKEND)
     # random weights: class scores are tiny (bus up to 0.27, zidane up to 8e-4), hence the low thresholds; max_det
-    # far above the count, so the max_det cut cannot split equal scores
-    kw = dict(iou=0.7, max_det=1000, verbose=False, imgsz=640)
+    # far above the count, so the max_det cut cannot split equal scores. On the CPU (device pinned): a random-weight
+    # yolo12n amplifies rounding ~200x from its first attention layer to the output (the H100 log
+    # benchmarks/results/logs/nvidia-h100-2026-11-26/model-layers-chaos.log: 2e-4 after layer 6 in float32 with the
+    # Triton kernels, 4.7e-2 at the output), so on a GPU this comparison would test the model's conditioning, not
+    # the kernels; the GPU kernels are checked layer by layer on ultralytics' own inputs by test_model_numerics
+    kw = dict(iou=0.7, max_det=1000, verbose=False, imgsz=640, device="cpu")
     for name, conf in (("bus.jpg", 2e-3), ("zidane.jpg", 2e-4)):  # one at a time: each its own letterbox
         src = str(ASSETS / name)
         with exact_fp32():  # on a GPU: float32 on both sides (ultralytics' cuDNN convs would otherwise run TF32)

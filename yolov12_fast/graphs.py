@@ -164,6 +164,7 @@ class CUDAGraphed(nn.Module):
         self.__dict__["_seen"] = {}  # signatures seen once (captured at their second call)
         self.__dict__["_captures"] = 0  # since the last reset(): a cap stops capture thrash
         self.__dict__["_thrash_warned"] = False
+        self.__dict__["_train_warned"] = False
         self.__dict__["_lock"] = threading.RLock()
 
     # -- attributes of the wrapped module (ultralytics reads stride, names, yaml, ...) --------------------------
@@ -259,6 +260,8 @@ class CUDAGraphed(nn.Module):
 
     def forward(self, *args, **kwargs):
         if not self._eligible(args, kwargs):
+            if self.module.training and not self.__dict__.get("_train_warned"):
+                self._warn_train_mode(args)
             return self.module(*args, **kwargs)
         with self.__dict__["_lock"]:  # one copy-in / replay / copy-out at a time (the static buffers are shared)
             return self._replay_or_capture(args[0], kwargs)
@@ -301,6 +304,16 @@ class CUDAGraphed(nn.Module):
             g.static_in.copy_(x)
             g.graph.replay()
             return _clone(g.static_out)
+
+    def _warn_train_mode(self, args) -> None:
+        """Once: a train-mode module called for inference on CUDA is never captured, which would otherwise go
+        unnoticed (no error, no speed-up)."""
+        x = args[0] if len(args) == 1 else None
+        if isinstance(x, torch.Tensor) and x.is_cuda and not torch.is_grad_enabled():
+            self.__dict__["_train_warned"] = True
+            warnings.warn(f"yolov12_fast.cuda_graphs: {type(self.module).__name__} is in training mode, so its calls "
+                          "run eagerly (a graph replay would skip what train mode does per call: BatchNorm statistics, "
+                          "dropout); call .eval() on it for inference with graph replays", RuntimeWarning, stacklevel=4)
 
     def _capture(self, x: torch.Tensor, kwargs: dict):
         with torch.cuda.device(x.device):  # capture and its pool on the input's device, whatever the current one

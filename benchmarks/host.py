@@ -1,6 +1,7 @@
 """Host time of AAttn's inference path: the custom-op layer vs the op bodies called directly.
 
     python -m benchmarks.host [--device cpu|cuda] [--repeat N]
+    python -m benchmarks.host --model [BATCHES] [--device cpu|cuda] [--calls N]   (whole yolo12n, see model_host)
 
 A batch-1 forward of a small YOLO12 on a GPU is host-bound: the GPU finishes each kernel before Python has issued the
 next, so every microsecond of Python per call is latency. In eager inference AAttn calls the op bodies
@@ -150,6 +151,79 @@ def hot_spots(device: str = "cpu", calls: int = 2000, top: int = 25) -> str:
         + "\n".join(line for line in buf.getvalue().splitlines()[6:] if line.strip())
 
 
+def _sync_sites(model, x) -> dict:
+    """{"file:line": count} of the synchronizing CUDA calls one forward makes (torch's sync debug mode warns at each:
+    a host-device sync inside a forward serialises host and GPU, so eager time = host time + GPU time instead of
+    the larger of the two). Empty on CPU (nothing to sync with)."""
+    if x.device.type != "cuda":
+        return {}
+    import warnings
+    from collections import Counter
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return dict(Counter(f"{w.filename}:{w.lineno}" for w in seen if "synchroniz" in str(w.message)))
+
+
+def model_host(device: str = "cpu", batches=(1, 32), calls: int = 20, imgsz: int = 640, top: int = 20,
+               cfg: str = "yolo12n") -> dict:
+    """Host time of whole-model inference, ultralytics' fused `cfg` against its patched copy (auto backends), per
+    batch: `call_ms` (from an idle GPU until model(x) returns: the host's time to issue the forward, when nothing
+    in it waits for the GPU), `total_ms` (until the GPU is done), `sync_sites` (where one forward synchronises).
+    On a GPU, a forward whose call_ms is near total_ms at a batch where the GPU work dominates (batch 32) waits for
+    the GPU somewhere inside: sync_sites says where. Also a cProfile of the patched model's batch-1 calls (the
+    functions with the most own time). fp16 on CUDA, fp32 on CPU (real kernels on both)."""
+    import copy
+    import cProfile
+    import io
+    import pstats
+
+    import yolov12_fast
+
+    from . import yolo
+
+    dev = torch.device(device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    plain = yolo.build(cfg, calibrate_imgsz=imgsz, device=dev, dtype=dtype)
+    models = {"ultralytics": plain, "patched": yolov12_fast.patch(copy.deepcopy(plain))}
+    out = {"rows": []}
+    with torch.inference_mode():
+        for batch in batches:
+            x = torch.rand(batch, 3, imgsz, imgsz, device=dev, dtype=dtype)
+            for name, m in models.items():
+                for _ in range(3):
+                    m(x)
+                call, total = [], []
+                for _ in range(calls):
+                    sync()
+                    t0 = time.perf_counter()
+                    m(x)
+                    t1 = time.perf_counter()
+                    sync()
+                    call.append((t1 - t0) * 1e3)
+                    total.append((time.perf_counter() - t0) * 1e3)
+                out["rows"].append({"model": name, "batch": batch, "call_ms": statistics.median(call),
+                                    "total_ms": statistics.median(total), "sync_sites": _sync_sites(m, x)})
+        x = torch.rand(1, 3, imgsz, imgsz, device=dev, dtype=dtype)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            models["patched"](x)
+        prof.disable()
+        sync()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    out["profile"] = "\n".join(line for line in buf.getvalue().splitlines()[6:] if line.strip())
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.host", description=__doc__.split("\n\n")[1])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -158,8 +232,24 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: host time is one thread's; more only adds contention)")
     p.add_argument("--hot-spots", action="store_true", help="also print a cProfile of the patched AAttn calls")
+    p.add_argument("--model", nargs="?", const="1,32", default=None, metavar="BATCHES",
+                   help="instead: host time of a whole yolo12n forward, ultralytics vs patched, at these batches "
+                        "(default 1,32; --calls forwards each, default 20 here), the syncs inside one forward, and a "
+                        "cProfile of the patched batch-1 forward")
+    p.add_argument("--imgsz", type=int, default=640, help="--model's image size")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
+    if a.model is not None:
+        calls = a.calls if "--calls" in (argv if argv is not None else __import__("sys").argv) else 20
+        r = model_host(a.device, tuple(int(b) for b in a.model.split(",")), calls, a.imgsz)
+        print(f"yolo12n {a.imgsz}x{a.imgsz} inference on {a.device} (torch threads {torch.get_num_threads()}), median "
+              f"of {calls} forwards: call = until model(x) returns, total = until the device is done")
+        for row in r["rows"]:
+            print(f"  {row['model']:<12} batch {row['batch']:>3}: call {row['call_ms']:8.2f} ms, total "
+                  f"{row['total_ms']:8.2f} ms, syncs in one forward: {sum(row['sync_sites'].values())} "
+                  f"{row['sync_sites'] or ''}")
+        print(f"patched batch-1 forwards under cProfile, top by own time:\n{r['profile']}")
+        return 0
     print(f"timing AAttn's inference path: {a.repeat} rounds x {a.calls} calls of 4 variants ...", flush=True)
     r = measure(a.device, a.repeat, a.calls)
     what = "real kernels, host-bound" if a.device == "cuda" else "kernels stubbed"

@@ -713,6 +713,23 @@ def test_host_time_measures_both_paths_and_restores_the_kernels(capsys):
     assert "modules.py" in out and "(forward)" in out  # the patched module's own frames are listed
 
 
+def test_model_host_time_reports_both_models_per_batch(capsys):
+    """benchmarks/host.py --model (whole-yolo12n host time, ultralytics vs patched, and the syncs inside a forward;
+    made for the GPU, where the H100 run of 2026-11-27 measured the patched model's eager batch-32 forward at 2x
+    its CUDA-graph replay) runs here: a row per (model, batch) whose device time is at least its host time, no
+    syncs on the CPU, and the profile lists the patched modules' frames."""
+    from benchmarks import host
+
+    r = host.model_host("cpu", batches=(1, 2), calls=1, imgsz=64)
+    assert [(row["model"], row["batch"]) for row in r["rows"]] == [
+        ("ultralytics", 1), ("patched", 1), ("ultralytics", 2), ("patched", 2)]
+    assert all(0 < row["call_ms"] <= row["total_ms"] and row["sync_sites"] == {} for row in r["rows"]), r["rows"]
+    assert "yolov12_fast/nn/modules.py" in r["profile"], r["profile"]
+    assert host.main(["--device", "cpu", "--model", "1", "--calls", "1", "--imgsz", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "patched      batch   1: call" in out and "cProfile" in out
+
+
 def test_exp2_ceiling_kernel_counts_and_computes(tmp_path):
     """The exp2-rate kernel of the ceilings suite (GPU only; here under the interpreter): each element runs 4
     chains of `iters` exp2(a) - 1 steps, so it computes 4 * iters * numel exponentials, and what it stores is that

@@ -288,7 +288,8 @@ def _attention_so(so: ctypes.CDLL) -> ctypes.CDLL:
     return so
 
 
-def run_attention(emu_attn, q, k, v, area, residual=None, device=SM90, *, expect_error: bool = False):
+def run_attention(emu_attn, q, k, v, area, residual=None, device=SM90, *, expect_error: bool = False,
+                  scale: float | None = None):
     """The emulated CUDA forward: (out, lse). out and lse sit inside sentinel-filled guard buffers (no write may land
     outside them, every element must be written)."""
     B, heads, D, N = q.shape
@@ -301,8 +302,8 @@ def run_attention(emu_attn, q, k, v, area, residual=None, device=SM90, *, expect
     rc = emu_attn.yf_emu_attention_fwd(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), None if residual is None else residual.data_ptr(), out.data_ptr(),
         ctypes.cast(lse.data_ptr(), ctypes.POINTER(ctypes.c_float)), _strides(q), _strides(k), _strides(v),
-        _strides(residual), B, heads, D, N, area, D ** -0.5, {torch.float16: 0, torch.bfloat16: 1}.get(q.dtype, 2),
-        dev)
+        _strides(residual), B, heads, D, N, area, D ** -0.5 if scale is None else scale,
+        {torch.float16: 0, torch.bfloat16: 1}.get(q.dtype, 2), dev)
     if expect_error:
         return rc
     assert rc == 0, f"the launcher returned cudaError {rc}"
@@ -339,11 +340,11 @@ def _qkv(layout, B, heads, D, H, W, dtype, seed):
     raise ValueError(layout)
 
 
-def _check_attention(out, lse, q, k, v, area, residual, what):
-    D = q.shape[2]
-    o64, l64 = reference.area_attention_lse(q.double(), k.double(), v.double(), area, D ** -0.5)
+def _check_attention(out, lse, q, k, v, area, residual, what, scale: float | None = None):
+    scale = q.shape[2] ** -0.5 if scale is None else scale
+    o64, l64 = reference.area_attention_lse(q.double(), k.double(), v.double(), area, scale)
     r64 = residual.double() if residual is not None else 0
-    naive_out, naive_lse = reference.area_attention_lse(q, k, v, area, D ** -0.5)  # the same-dtype math
+    naive_out, naive_lse = reference.area_attention_lse(q, k, v, area, scale)  # the same-dtype math
     if residual is not None:
         naive_out = naive_out + residual
     assert_close_to_oracle(out, naive_out, o64 + r64, f"{what}: out")
@@ -438,6 +439,22 @@ def test_attention_kernel_query_split_and_nan_rows(emu_attn):
     qf[0, 0, 3, 123] = 0.0
     ref_out, ref_lse = run_attention(emu_attn, qf, k, v, 1, None, SM90)  # no split, no NaN
     assert torch.equal(out[..., rows], ref_out[..., rows]) and torch.equal(lse[..., rows], ref_lse[..., rows])
+
+
+@pytest.mark.parametrize("scale", [0.3, -0.4, 0.0], ids=["positive", "negative", "zero"])
+@pytest.mark.parametrize("n", [128, 144, 140, 77], ids=["full-64-key-blocks", "an-unmasked-16-key-tail",
+                                                         "a-masked-tail", "a-masked-tail-after-one-block"])
+def test_attention_kernel_scale_sign_and_key_blocks(emu_attn, scale, n):
+    """The kernel folds the scale into the exponent (p = exp2(s * c - m), m = c * max(raw) for c >= 0, c * min(raw)
+    for c < 0) and masks only the block holding the last valid key: any scale sign (0 too), tokens per area filling
+    whole 64-key blocks, leaving an unmasked 16-key tail, or a partial last 16 keys. Scores spread over about
+    +-100 in base 2, where a max taken on the wrong side overflows exp2 (2^128) and a mask skipped reads zero-filled
+    keys as score 0 (every real score is pushed below 0 here, so such a key would dominate)."""
+    q, k, v = _qkv("interleaved", 1, 2, 32, 1, n, torch.float16, seed=n)
+    q, k = q * 4, k * 4
+    q[:, :, 0], k[:, :, 0] = 20.0, -20.0  # every raw score about -400 plus the spread (about +-90)
+    out, lse = run_attention(emu_attn, q, k, v, 1, None, SM90, scale=scale)
+    _check_attention(out, lse, q, k, v, 1, None, f"scale {scale} n {n}", scale=scale)
 
 
 def test_attention_kernel_refuses_what_it_has_no_code_for(emu_attn):

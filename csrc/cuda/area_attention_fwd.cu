@@ -15,8 +15,10 @@
 //               B = K^T fragments by ldmatrix.trans from the [d][key] rows.
 //   O = P V   : A = P re-packed from the S accumulators (FA2's register reuse),
 //               B = V fragments by ldmatrix (non-transposed) from the same [d][key] rows.
-// Online softmax in base 2: scores are multiplied by scale*log2(e) in fp32 (after the fp32-accumulated QK^T,
-// so nothing can overflow where fp32 would not), p = exp2(s - m). lse = (m + log2 l) * ln 2.
+// Online softmax in base 2 on the raw fp32-accumulated scores s: the row max of the scaled scores is taken as
+// c * max(s) (c * min(s) for a negative scale; c = scale * log2 e, in fp32, so nothing overflows where fp32 would
+// not), and p = exp2(s * c - m) is one FFMA + ex2 per score. lse = (m + log2 l) * ln 2. Only the block holding
+// the last valid key of a chunk is masked.
 // Epilogue per warp: O / l (+ residual, in fp32), rounded once to the input dtype, transposed through a small
 // per-warp smem buffer and stored contiguous (B, heads, D, N) with 32-byte row segments; lse (B, heads, N) fp32.
 //
@@ -88,39 +90,46 @@ __device__ __forceinline__ void load_q(WarpState<D>& st, const uint16_t* __restr
   st.l[0] = st.l[1] = 0.f;
 }
 
-// Keys [kb, kb + 16*NT16) of the smem chunk; keys >= kvalid are masked (they are zero-filled in smem).
-template <typename T, int D, int NT16>
+// Keys [kb, kb + 16*NT16) of the smem chunk. MASK: keys >= kvalid are masked (they are zero-filled in smem);
+// only the block that holds the chunk's last valid key needs it. POS: scale_log2 >= 0.
+// The scale is folded into the exponent, p = exp2(s * c - m) as one FFMA on the raw score s (c = scale * log2 e):
+// the row max of the scaled scores is c * max(raw) for c >= 0 and c * min(raw) for c < 0, so the raw scores are
+// never multiplied one by one. Per score an unmasked block thus issues FMNMX, FFMA, MUFU, FADD (it was FMUL, the
+// mask's index compare and FSEL, FMNMX, FADD, MUFU, FADD): the 64-key block loop of the head_dim-32 SASS went from
+// 359 to 260 instructions per warp on sm_90a (358 -> 260 sm_80, 427 -> 329 sm_75), from issue-bound to ex2-bound
+// by _aot's pipe model on sm_80/sm_90 (a predicted 1.3x there; Turing stays tensor-bound).
+template <typename T, int D, int NT16, bool MASK, bool POS>
 __device__ __forceinline__ void attend_block(WarpState<D>& st, uint32_t ks_base, uint32_t vs_base, int row, int kb,
                                              int kvalid, float scale_log2, int lane) {
   constexpr int NT8 = NT16 * 2;
   const int t = lane & 3;
+  constexpr float kFar = POS ? -INFINITY : INFINITY;  // the raw score a masked key stands for
 
   // S = Q K^T: per 8-key tile, one ldmatrix.trans.x4 brings K^T fragments for 32 d (lane l addresses row d = l).
   float s[NT8][4];
   scores<T, D, NT8>(s, st.qa, ks_base, row, kb, lane);
 
-  // online softmax (base 2)
-  const bool need_mask = kb + NT8 * 8 > kvalid;
-  float mx[2] = {-INFINITY, -INFINITY};
+  // online softmax (base 2), on the raw scores
+  float mx[2] = {kFar, kFar};
 #pragma unroll
   for (int j = 0; j < NT8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      float x = s[j][e] * scale_log2;
-      if (need_mask && kb + j * 8 + 2 * t + (e & 1) >= kvalid) x = -INFINITY;
+      float x = s[j][e];
+      if (MASK && kb + j * 8 + 2 * t + (e & 1) >= kvalid) x = kFar;
       s[j][e] = x;
-      mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      mx[e >> 1] = POS ? fmaxf(mx[e >> 1], x) : fminf(mx[e >> 1], x);
     }
   }
-  // A row whose scores so far are all -inf (fp32 overflow of finite inputs, -inf inputs) keeps m = -inf: its
+  // A row whose scaled scores so far are all -inf (fp32 overflow of finite inputs, -inf inputs) keeps m = -inf: its
   // exponents subtract the lowest finite float instead (mu), or 2^(-inf - -inf) would make NaN of keys that have
   // probability 0 (-inf - mu is still -inf).
   float alpha[2], mu[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    const float m_new = fmaxf(st.m[r], mx[r]);
+    mx[r] = POS ? fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1)) : fminf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = POS ? fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2)) : fminf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    const float m_new = fmaxf(st.m[r], mx[r] * scale_log2);
     mu[r] = fmaxf(m_new, -FLT_MAX);
     alpha[r] = fast_exp2(st.m[r] - mu[r]);  // 0 while m = -inf (the first block, or all -inf so far)
     st.m[r] = m_new;
@@ -130,7 +139,9 @@ __device__ __forceinline__ void attend_block(WarpState<D>& st, uint32_t ks_base,
   for (int j = 0; j < NT8; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float p = fast_exp2(s[j][e] - mu[e >> 1]);
+      // a masked key: exponent -inf (not fma(-inf, c, .): NaN when c = 0)
+      const float x = (MASK && s[j][e] == kFar) ? -INFINITY : fmaf(s[j][e], scale_log2, -mu[e >> 1]);
+      const float p = fast_exp2(x);
       s[j][e] = p;
       sum[e >> 1] += p;
     }
@@ -150,15 +161,27 @@ __device__ __forceinline__ void attend_block(WarpState<D>& st, uint32_t ks_base,
   accumulate_rows<T, D, NT16>(st.o, s, vs_base, row, kb, lane);
 }
 
-// All keys [0, kend) of the smem chunk (kend a multiple of 16); keys >= kvalid masked.
+// All keys [0, kend) of the smem chunk (kend a multiple of 16); keys >= kvalid masked (in the last block only).
+template <typename T, int D, bool POS>
+__device__ __forceinline__ void attend_keys(WarpState<D>& st, uint32_t ks_base, uint32_t vs_base, int row, int kend,
+                                            int kvalid, float scale_log2, int lane) {
+  int kb = 0;
+  for (; kb + kKeyBlock <= kvalid; kb += kKeyBlock)  // full blocks: no mask
+    attend_block<T, D, kKeyBlock / 16, false, POS>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
+  for (; kb + 16 <= kvalid; kb += 16)
+    attend_block<T, D, 1, false, POS>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
+  if (kb < kend)  // the partial last 16 keys
+    attend_block<T, D, 1, true, POS>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void attend_chunk(WarpState<D>& st, const uint16_t* Ks, const uint16_t* Vs, int row,
                                              int kend, int kvalid, float scale_log2, int lane) {
   const uint32_t ks_base = smem_addr(Ks), vs_base = smem_addr(Vs);
-  int kb = 0;
-  for (; kb + kKeyBlock <= kend; kb += kKeyBlock)
-    attend_block<T, D, kKeyBlock / 16>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
-  for (; kb < kend; kb += 16) attend_block<T, D, 1>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
+  if (scale_log2 >= 0.f)  // uniform over the launch
+    attend_keys<T, D, true>(st, ks_base, vs_base, row, kend, kvalid, scale_log2, lane);
+  else
+    attend_keys<T, D, false>(st, ks_base, vs_base, row, kend, kvalid, scale_log2, lane);
 }
 
 // O / l (+ residual) -> out rows q0..q0+15 of the area (contiguous (B, heads, D, N)), lse.

@@ -808,6 +808,11 @@ def test_run_gpu_tests_part_covers_every_file_with_gpu_tests():
     assert all((root / f).is_file() for f in listed), listed
     with_gpu = {f"tests/{p.name}" for p in (root / "tests").glob("test_*.py") if "pytest.mark.gpu" in p.read_text()}
     assert with_gpu - {"tests/test_benchmarks.py"} <= listed, sorted(with_gpu - listed)
+    # `quick` (its core numerics tests) then `rest` on one lease: together they run every listed file
+    rest = set(re.search(r'REST_TEST_FILES="([^"]*)"', script).group(1).split())
+    quick = re.search(r"quick_checks\(\) \{.*?\n\}", script, re.S).group(0)
+    quick_files = set(re.findall(r"tests/test_\w+\.py", quick))
+    assert rest <= listed and listed <= rest | quick_files, sorted(listed - rest - quick_files)
 
 
 def test_report_renders_the_newest_file_unless_asked_for_all(tmp_path, monkeypatch):

@@ -1,6 +1,8 @@
 """Every registered yolov12_fast:: op: opcheck (schema, fake kernel, autograd registration, AOT dispatch) on
 each backend that runs here, clear errors on bad input, the auto-backend table, and torch.compile."""
 
+import contextlib
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -310,3 +312,94 @@ def test_fast_check_raises_like_torch_check_and_skips_only_true():
         check(False, lambda: "what to do")
     with pytest.raises(TypeError, match="cond must be a bool"):
         check(1, lambda: "truthy int")  # not the True singleton: torch._check decides (and refuses a non-bool)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# eager training without the custom-op layer (ops.area_attention.EagerAreaAttention, ops.pe.EagerPeAdd)
+
+
+class _PassThrough(torch.utils._python_dispatch.TorchDispatchMode):
+    """Watches nothing, changes nothing; while it is active the functional API must take the custom ops."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def _grad_backends():
+    return [b for b in ("reference", "cpp", "triton") if aa._usable(b, torch.device("cpu"), torch.float32)[0]]
+
+
+def _counting(monkeypatch, cls):
+    calls = []
+    real = cls.apply
+    monkeypatch.setattr(cls, "apply", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("backend", _grad_backends())
+def test_eager_training_skips_the_attention_op_layer_with_the_same_results(backend, with_residual, monkeypatch):
+    """In eager training functional.area_attention runs the op's bodies as an autograd.Function (half the host time
+    of the custom-op layer per forward + backward); anything that watches the ops (here a pass-through
+    TorchDispatchMode) gets the op itself. Both give the same output and gradients, bit for bit, on every backend
+    that runs here (q, k, v as views of one interleaved qkv tensor, areas that cut rows)."""
+    calls = _counting(monkeypatch, aa.EagerAreaAttention)
+    qkv0 = torch.randn(3, 2 * 96, 5, 6)
+    res0 = torch.randn(3, 2, 32, 30)
+    dout = torch.randn(3, 2, 32, 30)
+    results = []
+    for watched in (False, True):
+        qkv = qkv0.clone().requires_grad_(True)
+        res = res0.clone().requires_grad_(True) if with_residual else None
+        q, k, v = qkv.view(3, 2, 96, 30).split(32, dim=2)
+        with _PassThrough() if watched else contextlib.nullcontext():
+            out = yolov12_fast.area_attention(q, k, v, 3, residual=res, backend=backend)
+            out.backward(dout)
+        results.append([out.detach(), qkv.grad] + ([res.grad] if with_residual else []))
+        assert len(calls) == 1, (watched, calls)  # the eager run took the Function, the watched one the op
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    if with_residual:  # the Function itself with the residual inside the kernel (as the op can be called)
+        grads = []
+        for f in (aa.EagerAreaAttention.apply, torch.ops.yolov12_fast.area_attention_fwd):
+            qkv, res = qkv0.clone().requires_grad_(True), res0.clone().requires_grad_(True)
+            q, k, v = qkv.view(3, 2, 96, 30).split(32, dim=2)
+            out = f(q, k, v, 3, 0.2, res, backend)[0]
+            out.backward(dout)
+            grads.append((out.detach(), qkv.grad, res.grad))
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("backend", _grad_backends())
+def test_eager_training_skips_the_pe_op_layer_with_the_same_results(backend, monkeypatch):
+    from yolov12_fast.ops import pe
+
+    """The same for functional.pe_add (depthwise 7x7 + bias + x): the eager Function and the op agree bit for bit,
+    gradients of v, x, the weight and the bias included."""
+    calls = _counting(monkeypatch, pe.EagerPeAdd)
+    v0, x0 = torch.randn(2, 3, 32, 6 * 7), torch.randn(2, 3, 32, 6 * 7)
+    w0, b0 = torch.randn(96, 1, 7, 7) * 0.1, torch.randn(96)
+    dout = torch.randn(2, 3, 32, 42)
+    results = []
+    for watched in (False, True):
+        v, x, w, b = (t.clone().requires_grad_(True) for t in (v0, x0, w0, b0))
+        with _PassThrough() if watched else contextlib.nullcontext():
+            out = yolov12_fast.pe_add(v, w, b, 6, 7, x=x, backend=backend)
+            out.backward(dout)
+        results.append([out.detach(), v.grad, x.grad, w.grad, b.grad])
+        assert len(calls) == 1, (watched, calls)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_double_backward_through_attention_says_it_is_not_supported():
+    """Neither the op nor the eager Function has a double backward (the backward kernels have no autograd): a second
+    differentiation through the gradients raises, from the Function with a message that says what to use."""
+    q, k, v = (torch.randn(1, 2, 32, 8, requires_grad=True) for _ in range(3))
+    g, = torch.autograd.grad(yolov12_fast.area_attention(q, k, v, 1).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward .* is not supported.*yolov12_fast.reference"):
+        torch.autograd.grad((g * g).sum(), q)
+    with _PassThrough():
+        g, = torch.autograd.grad(yolov12_fast.area_attention(q, k, v, 1).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        torch.autograd.grad((g * g).sum(), q)

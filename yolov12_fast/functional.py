@@ -7,7 +7,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _backends
 from .ops import area_attention as _aa
+from .ops import pe as _pe
 
 
 def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[float] = None,
@@ -34,8 +36,16 @@ def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[f
         # rounded fp16/bf16 `out` costs up to an ulp of `out` in the softmax gradient. Add outside the kernel,
         # with the kernel's checks (no broadcasting or dtype promotion that the inference path would refuse).
         _aa.check_residual(q, residual)
-        return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, None, backend)[0] + residual
-    return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, int(area), scale, residual, backend)[0]
+        return _attention_fwd(q, k, v, int(area), scale, None, backend) + residual
+    return _attention_fwd(q, k, v, int(area), scale, residual, backend)
+
+
+def _attention_fwd(q, k, v, area: int, scale: float, residual, backend: str) -> Tensor:
+    """yolov12_fast::area_attention_fwd's output; in eager training through the same bodies without the custom-op
+    layer (ops.area_attention.EagerAreaAttention), the host time a small training step on a GPU is bound by."""
+    if _backends.eager_autograd(q, k, v, residual) and any(t.requires_grad for t in (q, k, v)):
+        return _aa.EagerAreaAttention.apply(q, k, v, area, scale, residual, backend)[0]
+    return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, area, scale, residual, backend)[0]
 
 
 def area_attention_add_(residual: Tensor, q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[float] = None,
@@ -67,6 +77,9 @@ def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], H: int, W: int, x:
     """
     # H, W stay symbolic under torch.export (int() of a SymInt would pin the exported program to the example size)
     H, W = (d if isinstance(d, torch.SymInt) else int(d) for d in (H, W))
+    if _backends.eager_autograd(v, weight, bias, x) and any(
+            t is not None and t.requires_grad for t in (v, weight, bias, x)):
+        return _pe.EagerPeAdd.apply(v, weight, bias, x, H, W, backend)  # eager training: no custom-op layer
     return torch.ops.yolov12_fast.pe_add(v, weight, bias, x, H, W, backend)
 
 

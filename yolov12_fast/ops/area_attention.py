@@ -265,6 +265,11 @@ def area_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tenso
     _check(dout.shape == q.shape and out.shape == q.shape, lambda: "area_attention_bwd: dout and out must have q's shape")
     _check(lse.shape == (q.shape[0], q.shape[1], q.shape[3]) and lse.dtype == torch.float32,
                  lambda: "area_attention_bwd: lse must be float32 (B, heads, N)")
+    return _bwd(dout, q, k, v, out, residual, lse, area, scale, backend)
+
+
+def _bwd(dout, q, k, v, out, residual, lse, area, scale, backend):
+    """The backward's body (inputs checked): (dq, dk, dv) on the backend `backend` resolves to."""
     dout = dout.to(q.dtype)
     b = resolve_backend(backend, q.device, q.dtype, q.shape[2])
     if b == "cuda" and backend == "auto" and not cuda_backward_by_default(q.device):
@@ -305,6 +310,48 @@ def _backward(ctx, dout, dlse):
 
 
 area_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class EagerAreaAttention(torch.autograd.Function):
+    """yolov12_fast::area_attention_fwd with its registered autograd, as a plain autograd.Function over the same
+    bodies (_fwd, _bwd): what functional.area_attention runs in eager training (_backends.eager_autograd), without
+    the custom-op layer's host time. Same kernels, same results; anything that traces takes the op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, area, scale, residual, backend):
+        check_inputs(q, k, v, area, residual, backend)
+        if q.numel() == 0:
+            out = torch.empty_like(q, memory_format=torch.contiguous_format)
+            lse = q.new_empty(q.shape[0], q.shape[1], q.shape[3], dtype=torch.float32)
+        else:
+            out, lse = _fwd(q, k, v, area, scale, residual, resolve_backend(backend, q.device, q.dtype, q.shape[2]))
+        ctx.save_for_backward(q, k, v, out, lse, residual)
+        ctx.area, ctx.scale, ctx.backend, ctx.has_residual = area, scale, backend, residual is not None
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse, residual = ctx.saved_tensors
+        with torch.no_grad():
+            grads = _bwd(dout, q, k, v, out, residual, lse, ctx.area, ctx.scale, ctx.backend)
+        if torch.is_grad_enabled():  # create_graph=True: a second backward through these fails, as through the op
+            grads = no_double_backward(grads, (q, k, v), "area_attention")
+        return (*grads, None, None, dout if ctx.has_residual else None, None)
+
+
+def no_double_backward(grads, inputs, op: str) -> tuple:
+    """`grads` (from a backward run with create_graph=True) made to raise a clear error if anything differentiates
+    through them: each is tied to the op's `inputs` through an autograd node that raises when reached (the fused
+    backward kernels have no autograd of their own; through the custom op autograd says the same)."""
+    delayed = getattr(getattr(torch._C, "_functions", None), "DelayedError", None)
+    anchors = [t for t in inputs if t is not None and t.requires_grad]
+    if delayed is None or not anchors:  # (a torch without it: the gradients carry no graph)
+        return tuple(grads)
+    msg = (f"yolov12_fast {op}: double backward (differentiating its gradients) is not supported: its backward "
+           "kernels have no autograd of their own; for higher-order gradients use the plain-PyTorch math of "
+           "yolov12_fast.reference")
+    return tuple(None if g is None else delayed(msg, 1 + len(anchors))(g.detach(), *anchors)[0] for g in grads)
 
 
 def default_scale(head_dim: int) -> float:

@@ -67,7 +67,7 @@ def check_inputs(v: Tensor, weight: Tensor, bias: Optional[Tensor], x: Optional[
 
 # Where "auto" runs the CUDA C++ PE kernel instead of cuDNN's depthwise conv + add, per (arch class, dtype):
 # measured in benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-26 (pe-cuda 1.84x cuDNN at batch 1, 1.06x at 32, with
-# the first, 32x32-tile kernel; its plane-fitted successor is checked on the CPU emulator, not yet timed on a GPU).
+# the first, 32x32-tile kernel) and -27 (its plane-fitted successor: 3.6x / 3.9x, 6.8 / 135 us at P4 h8).
 # Elsewhere on a GPU auto keeps cuDNN until a run measures the kernel faster there; on CPU the C++ kernel.
 AUTO_CUDA_PE = {("sm90", torch.float16)}
 CUDA_PE_KSIZES = (3, 5, 7)
@@ -172,3 +172,19 @@ def _backward(ctx, dout):
 
 
 pe_add.register_autograd(_backward, setup_context=_setup_context)
+
+
+class EagerPeAdd(torch.autograd.Function):
+    """yolov12_fast::pe_add with its registered autograd, as a plain autograd.Function over the same bodies (run,
+    _backward): what functional.pe_add runs in eager training (_backends.eager_autograd), without the custom-op
+    layer's host time. Same kernels, same results, the same double-backward behaviour (the backward is the op's)."""
+
+    @staticmethod
+    def forward(ctx, v, weight, bias, x, H, W, backend):
+        check_inputs(v, weight, bias, x, H, W, backend)
+        b = resolve_backend(backend, v.device, v.dtype, weight.shape[-1])
+        ctx.save_for_backward(v, weight)
+        ctx.H, ctx.W, ctx.has_bias, ctx.has_x, ctx.cpp = H, W, bias is not None, x is not None, b == "cpp"
+        return run(v, weight, bias, x, H, W, b)
+
+    backward = staticmethod(_backward)

@@ -171,11 +171,22 @@ def _sync_sites(model, x) -> dict:
     return dict(Counter(f"{w.filename}:{w.lineno}" for w in seen if "synchroniz" in str(w.message)))
 
 
+def _allocator_counts(dev: torch.device) -> dict:
+    """cudaMalloc / cudaFree calls of torch's caching allocator so far (a cudaFree synchronises the device, as a
+    sync inside the forward would: torch's sync debug mode does not report it). Empty on CPU."""
+    if dev.type != "cuda":
+        return {}
+    st = torch.cuda.memory_stats(dev)
+    return {k: st.get(k, 0) for k in ("num_device_alloc", "num_device_free", "num_alloc_retries")}
+
+
 def model_host(device: str = "cpu", batches=(1, 32), calls: int = 20, imgsz: int = 640, top: int = 20,
                cfg: str = "yolo12n") -> dict:
     """Host time of whole-model inference, ultralytics' fused `cfg` against its patched copy (auto backends), per
     batch: `call_ms` (from an idle GPU until model(x) returns: the host's time to issue the forward, when nothing
-    in it waits for the GPU), `total_ms` (until the GPU is done), `sync_sites` (where one forward synchronises).
+    in it waits for the GPU), `total_ms` (until the GPU is done), `sync_sites` (where one forward synchronises),
+    `device_mallocs_per_call` (the caching allocator's cudaMalloc / cudaFree per forward in steady state: a cudaFree
+    synchronises too).
     On a GPU, a forward whose call_ms is near total_ms at a batch where the GPU work dominates (batch 32) waits for
     the GPU somewhere inside: sync_sites says where. Also a cProfile of the patched model's batch-1 calls (the
     functions with the most own time). fp16 on CUDA, fp32 on CPU (real kernels on both)."""
@@ -201,6 +212,7 @@ def model_host(device: str = "cpu", batches=(1, 32), calls: int = 20, imgsz: int
                 for _ in range(3):
                     m(x)
                 call, total = [], []
+                before = _allocator_counts(dev)
                 for _ in range(calls):
                     sync()
                     t0 = time.perf_counter()
@@ -209,8 +221,10 @@ def model_host(device: str = "cpu", batches=(1, 32), calls: int = 20, imgsz: int
                     sync()
                     call.append((t1 - t0) * 1e3)
                     total.append((time.perf_counter() - t0) * 1e3)
+                after = _allocator_counts(dev)
                 out["rows"].append({"model": name, "batch": batch, "call_ms": statistics.median(call),
-                                    "total_ms": statistics.median(total), "sync_sites": _sync_sites(m, x)})
+                                    "total_ms": statistics.median(total), "sync_sites": _sync_sites(m, x),
+                                    "device_mallocs_per_call": {k: (after[k] - before[k]) / calls for k in after}})
         x = torch.rand(1, 3, imgsz, imgsz, device=dev, dtype=dtype)
         prof = cProfile.Profile()
         prof.enable()
@@ -247,7 +261,8 @@ def main(argv=None) -> int:
         for row in r["rows"]:
             print(f"  {row['model']:<12} batch {row['batch']:>3}: call {row['call_ms']:8.2f} ms, total "
                   f"{row['total_ms']:8.2f} ms, syncs in one forward: {sum(row['sync_sites'].values())} "
-                  f"{row['sync_sites'] or ''}")
+                  f"{row['sync_sites'] or ''}" + (f", device allocator calls per forward: {row['device_mallocs_per_call']}"
+                                                  if row["device_mallocs_per_call"] else ""))
         print(f"patched batch-1 forwards under cProfile, top by own time:\n{r['profile']}")
         return 0
     print(f"timing AAttn's inference path: {a.repeat} rounds x {a.calls} calls of 4 variants ...", flush=True)

@@ -334,23 +334,33 @@ def _load_cuda_compile():
 
 
 def cuda_ptxas() -> list:
-    """Rows (source, kernel, arch, regs, stack, spill bytes, static smem) from nvcc -Xptxas -v for every csrc/cuda/*.cu."""
+    """Rows (source, kernel, arch, regs, stack, spill bytes, static smem) from nvcc -Xptxas -v for every csrc/cuda/*.cu,
+    and for the tensor-core kernels their innermost key-block loop's instructions (cuobjdump, _aot.inner_mma_loop)."""
     tc = _load_cuda_compile()
     if tc.NVCC is None:
         raise RuntimeError("nvcc not found (set CUDA_HOME or install the CUDA toolkit)")
+    from yolov12_fast import _aot
+
+    cuobjdump = tc._find_cuobjdump(tc.NVCC)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="yolov12_fast_ptxas_") as d:
         jobs = [(s, a) for s in tc.SOURCES for a in tc.ARCHS]
         with ThreadPoolExecutor(max_workers=2) as ex:
             compiled = list(ex.map(lambda sa: tc._compile(sa[0], sa[1], d), jobs))
-    rows = []
-    for c in compiled:
-        if c.returncode != 0:
-            rows.append({"source": os.path.basename(c.source), "arch": c.arch, "ok": False, "error": c.log[-500:]})
-            continue
-        for k in sorted(c.kernels, key=lambda k: k.name):
-            rows.append({"source": os.path.basename(c.source), "kernel": k.name, "arch": c.arch, "ok": True,
-                         "regs": k.regs, "stack": k.stack, "spills": max(k.spill_stores, 0) + max(k.spill_loads, 0),
-                         "smem": k.smem})
+        for c in compiled:
+            if c.returncode != 0:
+                rows.append({"source": os.path.basename(c.source), "arch": c.arch, "ok": False, "error": c.log[-500:]})
+                continue
+            sass = tc._sass(cuobjdump, c.cubin) if cuobjdump else {}
+            for k in sorted(c.kernels, key=lambda k: k.name):
+                row = {"source": os.path.basename(c.source), "kernel": k.name, "arch": c.arch, "ok": True,
+                       "regs": k.regs, "stack": k.stack, "spills": max(k.spill_stores, 0) + max(k.spill_loads, 0),
+                       "smem": k.smem}
+                # the tensor-core kernels' key-block loop (instructions a warp and iteration), guarded by compare()
+                loop = _aot.inner_mma_loop(sass.get(k.mangled, ""))
+                if loop:
+                    row["loop_instr"], row["loop_mma"] = loop["instr"], loop["mma"]
+                rows.append(row)
     return rows
 
 

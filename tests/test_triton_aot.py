@@ -199,6 +199,34 @@ def test_hot_loop_model_on_known_sass():
     assert hot_loop(SASS_LOOP.replace("HMMA", "HADD2")) is None  # no tensor-core loop: no model
 
 
+SASS_NESTED = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDS R2, [R3] ;
+        /*0020*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+        /*0030*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+        /*0040*/                   MUFU.EX2 R5, R5 ;
+        /*0050*/               @P0 BRA 0x20 ;
+        /*0060*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+        /*0070*/                   FSEL R5, R5, -INF , P1 ;
+        /*0080*/               @P1 BRA 0x60 ;
+        /*0090*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*00a0*/               @P2 BRA 0x10 ;
+        /*00b0*/                   EXIT ;
+"""
+
+
+def test_inner_mma_loop_picks_the_innermost_loop_with_the_most_mma():
+    """The CUDA attention kernels unroll a 64-key, a 16-key and a masked 16-key block loop (per scale sign) inside
+    the sweep over key chunks: proxies record the key-block loop (inner_mma_loop), not the outer sweep hot_loop
+    picks (it holds the most tensor-core instructions)."""
+    from yolov12_fast._aot import hot_loop, inner_mma_loop
+
+    assert hot_loop(SASS_NESTED)["instr"] == 10 and hot_loop(SASS_NESTED)["mma"] == 3  # 0x10-0xa0
+    inner = inner_mma_loop(SASS_NESTED)
+    assert inner["instr"] == 4 and inner["mma"] == 2 and inner["mufu"] == 1  # 0x20-0x50, not 0x60-0x80
+    assert inner_mma_loop(SASS_NESTED.replace("HMMA", "HADD2")) is None
+
+
 def test_attention_hot_loops_take_no_masks_and_vector_loads(aot_rows):
     """The YOLO shape class (fp16/bf16, head_dim 32, tokens per area a multiple of 16: 400, 1600, 240) on sm_80 and
     sm_90: the hot loop applies no per-score masks (SPLIT: full tiles unmasked, the partial tile after the loop)

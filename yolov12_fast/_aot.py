@@ -83,23 +83,51 @@ _ALU_OPS = ("FMNMX", "FSEL", "FSETP", "FSET", "ISETP", "LOP3", "SEL", "IADD3", "
             "PLOP3", "F2FP", "IABS", "LOP")
 
 
-def hot_loop(sass: str) -> dict | None:
-    """Instruction mix of the hot loop (see above): counts per pipe, tensor-core FLOPs per warp per iteration, and
-    the loop's scalar (2-byte) global loads and shared stores, which a vectorised tile load does not have."""
-    ins = [(int(a, 16), op, mods, args) for a, op, mods, args in re.findall(
+def _sass_instructions(sass: str) -> list:
+    return [(int(a, 16), op, mods, args) for a, op, mods, args in re.findall(
         r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s*([^;]*);", sass)]
-    best = None
+
+
+def _mma_loops(ins: list) -> list:
+    """(start, end, tensor-core instruction count) of every loop (a backward branch and its target) with any."""
+    loops = []
     for addr, op, _, args in ins:
         target = re.search(r"0x([0-9a-f]+)", args) if op == "BRA" else None
         if target is None or int(target.group(1), 16) >= addr:
             continue
-        body = [i for i in ins if int(target.group(1), 16) <= i[0] <= addr]
-        mma = sum(1 for i in body if i[1] in ("HMMA", "HGMMA"))
-        if best is None or mma > best[0]:
-            best = (mma, body)
-    if best is None or best[0] == 0:
+        lo = int(target.group(1), 16)
+        mma = sum(1 for i in ins if lo <= i[0] <= addr and i[1] in ("HMMA", "HGMMA"))
+        if mma:
+            loops.append((lo, addr, mma))
+    return loops
+
+
+def hot_loop(sass: str) -> dict | None:
+    """Instruction mix of the hot loop (see above): counts per pipe, tensor-core FLOPs per warp per iteration, and
+    the loop's scalar (2-byte) global loads and shared stores, which a vectorised tile load does not have."""
+    ins = _sass_instructions(sass)
+    loops = _mma_loops(ins)
+    if not loops:
         return None
-    body = best[1]
+    lo, hi, _ = max(loops, key=lambda t: t[2])  # the first of the most tensor-core instructions
+    return _loop_mix([i for i in ins if lo <= i[0] <= hi])
+
+
+def inner_mma_loop(sass: str) -> dict | None:
+    """hot_loop's mix for the innermost loop with the most tensor-core instructions (one holding no other such
+    loop): for code that unrolls several loop bodies inside an outer loop (the CUDA attention kernels' 64-key,
+    16-key and masked key blocks, per scale sign), the key-block loop itself rather than the whole sweep."""
+    ins = _sass_instructions(sass)
+    loops = _mma_loops(ins)
+    inner = [(lo, hi, m) for lo, hi, m in loops
+             if not any((lo2, hi2) != (lo, hi) and lo <= lo2 and hi2 <= hi for lo2, hi2, _ in loops)]
+    if not inner:
+        return None
+    lo, hi, _ = max(inner, key=lambda t: (t[2], -(t[1] - t[0])))
+    return _loop_mix([i for i in ins if lo <= i[0] <= hi])
+
+
+def _loop_mix(body: list) -> dict:
     mix = {"instr": len(body), "fma": 0, "alu": 0, "mufu": 0, "mma": 0, "tensor_flops": 0.0, "tensor_sync_flops": 0.0,
            "fsel": 0, "scalar_ldg": 0, "scalar_sts": 0}
     for _, op, mods, _ in body:

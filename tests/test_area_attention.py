@@ -7,7 +7,7 @@ import torch
 
 import yolov12_fast
 from yolov12_fast import reference
-from tolerances import ATOL_FLOOR, assert_close_to_oracle
+from tolerances import ATOL_FLOOR, assert_close_to_oracle, flash_style_backward
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -146,8 +146,8 @@ def test_gradients_through_strided_views_and_a_strided_dout(backend, layout):
 def test_backward_with_every_score_far_below_zero(backend):
     """Every score about -280 (lse about -280): the backward's P = exp2(s - lse) of padding keys in a partial tile
     is exp2(+280) = inf, and inf * 0 is NaN unless those keys are masked. 20 keys: a full tile and a partial one.
-    The yardstick includes the fused kernels' own formulation done naively (_flash_style_backward): dq's first
-    component is 0 by cancellation (every k has -40 there), which autograd's single P keeps but a P recomputed from
+    The yardstick includes the fused kernels' own formulation done naively (tolerances.flash_style_backward): dq's
+    first component is 0 by cancellation (every k has -40 there), which autograd's single P keeps but a P recomputed from
     the stored lse, at |score| ~ 400 in base 2, does not (found on the H100: fp32 Triton dq 1.5e-4 there, autograd
     4.5e-6, this formulation 0.7-1.9e-3)."""
     B, heads, D, N = 1, 1, 32, 20
@@ -161,24 +161,9 @@ def test_backward_with_every_score_far_below_zero(backend):
     l64 = [t.double().requires_grad_(True) for t in (q, k, v)]
     g64 = torch.autograd.grad(reference.area_attention(*l64, 1), l64, dout.double())
     naive = reference.area_attention_backward(dout, q, k, v, 1)
-    flash_style = _flash_style_backward(dout, q, k, v)
+    flash_style = flash_style_backward(dout, q, k, v)
     for name, g, gn, gf, go in zip("qkv", grads, naive, flash_style, g64):
         assert_close_to_oracle(g, (gn, gf), go, f"d{name} {backend}")
-
-
-def _flash_style_backward(dout, q, k, v):
-    """Gradients of single-area attention the way the fused kernels take them, naively in the inputs' dtype: the
-    forward keeps out and the row lse of its scores (q scaled first, as ultralytics does); the backward recomputes
-    P = exp(s - lse) from scores taken in another order (scale applied after the dot, as the kernels do), so P no
-    longer sums to exactly 1 where |s| is large, and delta = rowsum(dout * out)."""
-    scale = q.shape[2] ** -0.5
-    out, lse = reference.area_attention_lse(q, k, v, 1)
-    qa, ka, va, doa, oa = (t.transpose(-1, -2) for t in (q, k, v, dout, out))  # (B, heads, N, D)
-    p = torch.exp((qa @ ka.transpose(-1, -2)) * scale - lse.unsqueeze(-1))
-    dp = doa @ va.transpose(-1, -2)
-    ds = p * (dp - (doa * oa).sum(-1, keepdim=True))
-    return tuple(t.transpose(-1, -2) for t in ((ds @ ka) * scale, (ds.transpose(-1, -2) @ qa) * scale,
-                                               p.transpose(-1, -2) @ doa))
 
 
 def test_forward_matches_oracle_with_residual_and_custom_scale():

@@ -15,6 +15,7 @@ import torch
 
 from yolov12_fast._tolerances import ATOL_FLOOR, FACTOR, MODEL_RTOL_FP32, ROUNDOFF_ULPS, TRAIN_GRAD_RTOL  # noqa: F401  (the one table)
 from yolov12_fast._tolerances import floor as roundoff_floor
+from yolov12_fast import reference as _reference
 
 
 def assert_close_to_oracle(actual: torch.Tensor, naive: torch.Tensor | Sequence[torch.Tensor], oracle: torch.Tensor,
@@ -43,3 +44,18 @@ def assert_close_to_oracle(actual: torch.Tensor, naive: torch.Tensor | Sequence[
             f"{bound[tuple(idx[0])].item():.3g}); max error {err.max().item():.3g}; first at {idx}: got "
             f"{[actual[tuple(i)].item() for i in idx]}, want {[oracle[tuple(i)].item() for i in idx]}")
     return bound.max().item() if bound.numel() else factor * naive_err + ATOL_FLOOR[dtype]
+
+
+def flash_style_backward(dout, q, k, v):
+    """Gradients of single-area attention the way the fused kernels take them, naively in the inputs' dtype: the
+    forward keeps out and the row lse of its scores (q scaled first, as ultralytics does); the backward recomputes
+    P = exp(s - lse) from scores taken in another order (scale applied after the dot, as the kernels do), so P no
+    longer sums to exactly 1 where |s| is large, and delta = rowsum(dout * out)."""
+    scale = q.shape[2] ** -0.5
+    out, lse = _reference.area_attention_lse(q, k, v, 1)
+    qa, ka, va, doa, oa = (t.transpose(-1, -2) for t in (q, k, v, dout, out))  # (B, heads, N, D)
+    p = torch.exp((qa @ ka.transpose(-1, -2)) * scale - lse.unsqueeze(-1))
+    dp = doa @ va.transpose(-1, -2)
+    ds = p * (dp - (doa * oa).sum(-1, keepdim=True))
+    return tuple(t.transpose(-1, -2) for t in ((ds @ ka) * scale, (ds.transpose(-1, -2) @ qa) * scale,
+                                               p.transpose(-1, -2) @ doa))

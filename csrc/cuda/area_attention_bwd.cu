@@ -25,6 +25,15 @@ namespace cuda {
 namespace detail {
 
 constexpr int kBwdBlock = 32;  // tokens swept per step (the tail of an area goes 16 at a time)
+// Unmasked code for the full blocks, the mask in the block holding the chunk's last valid token only: sm_80 / sm_90
+// (the d32 sweep loops went from 162 / 250 to 128 / 177 SASS instructions on sm_80, 179 / 266 to 130 / 177 on
+// sm_90a, dQ / dK-dV). Turing (and its emulator build) keeps one masked block code: at its 128-register bound the
+// extra block codes spill (8 bytes in the dK/dV kernel).
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800) || defined(YF_EMU_SM75)
+constexpr bool kBwdSplitMask = false;
+#else
+constexpr bool kBwdSplitMask = true;
+#endif
 
 template <int D>
 struct BwdConfig {
@@ -89,10 +98,11 @@ struct BwdTile {
   float ls[2], dl[2];                    // dQ: lse * log2e (at least -FLT_MAX) and Delta of rows g, g + 8
 };
 
-// Tokens [tb, tb + 16*NT16) of the staged chunk (queries for dK/dV, keys for dQ); those >= tvalid contribute
-// nothing. xs, ys: shared addresses of the two staged tensors; ls / dl: lse * log2e and Delta of the chunk's
-// queries (dK/dV only).
-template <typename T, int D, bool DKDV, int NT16>
+// Tokens [tb, tb + 16*NT16) of the staged chunk (queries for dK/dV, keys for dQ); MASK: those >= tvalid contribute
+// nothing (only the block holding the chunk's last valid token needs it: its zero-filled tokens would otherwise
+// count with P = 2^(0 - lse)). xs, ys: shared addresses of the two staged tensors; ls / dl: lse * log2e and Delta of
+// the chunk's queries (dK/dV only).
+template <typename T, int D, bool DKDV, int NT16, bool MASK>
 __device__ __forceinline__ void bwd_block(BwdTile<D>& w, uint32_t xs, uint32_t ys, const float* ls, const float* dl,
                                           int row, int tb, int tvalid, float scale_log2, int lane) {
   constexpr int NT8 = NT16 * 2;
@@ -106,7 +116,7 @@ __device__ __forceinline__ void bwd_block(BwdTile<D>& w, uint32_t xs, uint32_t y
     for (int e = 0; e < 4; ++e) {
       const int ti = tb + j * 8 + 2 * t + (e & 1);  // the staged token of this element
       float pe = 0.f, dse = 0.f;
-      if (ti < tvalid) {  // a row of -inf scores: lse = -inf, clamped, P = 0
+      if (!MASK || ti < tvalid) {  // a row of -inf scores: lse = -inf, clamped, P = 0
         const float lse2 = DKDV ? fmaxf(ls[ti], -FLT_MAX) : w.ls[e >> 1];
         pe = fast_exp2(p[j][e] * scale_log2 - lse2);
         dse = pe * (dp[j][e] - (DKDV ? dl[ti] : w.dl[e >> 1]));
@@ -205,9 +215,19 @@ __global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBloc
         }
         if (active) {
           int tb = 0;
-          for (; tb + kBwdBlock <= cend; tb += kBwdBlock)
-            bwd_block<T, D, DKDV, kBwdBlock / 16>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
-          for (; tb < cend; tb += 16) bwd_block<T, D, DKDV, 1>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
+          if constexpr (kBwdSplitMask) {
+            for (; tb + kBwdBlock <= cvalid; tb += kBwdBlock)  // full blocks: no mask
+              bwd_block<T, D, DKDV, kBwdBlock / 16, false>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
+            for (; tb + 16 <= cvalid; tb += 16)
+              bwd_block<T, D, DKDV, 1, false>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
+            if (tb < cend)  // the partial last 16 tokens
+              bwd_block<T, D, DKDV, 1, true>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
+          } else {
+            for (; tb + kBwdBlock <= cend; tb += kBwdBlock)
+              bwd_block<T, D, DKDV, kBwdBlock / 16, true>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
+            for (; tb < cend; tb += 16)
+              bwd_block<T, D, DKDV, 1, true>(w, xs, ys, Ls, Dl, row, tb, cvalid, p.scale_log2, lane);
+          }
         }
       }
       if (active) {

@@ -126,7 +126,9 @@ full_gpu_tests() {
     local t=${FULL_TEST_TIMEOUT_S:-340} files=${1:-$GPU_TEST_FILES}  # the H100 of 2026-11-27 had run ~96 % of
     say "GPU numerics suite ($files), at most $t s"                   # GPU_TEST_FILES after 290 s
     # shellcheck disable=SC2086
-    tmo "$t" $PY -m pytest $files -q -p no:cacheprovider --no-header -rfE --durations=15 2>&1 \
+    # -v: one line per test, so a run cut by the timeout (SIGKILL skips pytest's summary, as on the H100 of
+    # 2026-11-27 at 230 s) still names each test that failed
+    tmo "$t" $PY -m pytest $files -v -p no:cacheprovider --no-header -rfE --durations=15 2>&1 \
         | tee "$LOGDIR/pytest-gpu-full-$STAMP.log" | tail -60
     say "GPU numerics suite exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-full-$STAMP.log)"
     pack_logs
@@ -147,7 +149,7 @@ quick_checks() {  # every kernel family once against the reference, then the cor
     say "core numerics tests exit status ${PIPESTATUS[0]} (124 = timed out; log: $LOGDIR/pytest-gpu-core-$STAMP.log)"
     pack_logs
     say "CUDA graphs wrapper and capture tests, at most 60 s"
-    tmo 60 $PY -m pytest tests/test_graphs.py tests/test_cuda_graphs.py -m gpu -q -p no:cacheprovider --no-header -rfE \
+    tmo 60 $PY -m pytest tests/test_graphs.py tests/test_cuda_graphs.py -m gpu -v -p no:cacheprovider --no-header -rfE \
         2>&1 | tee "$LOGDIR/pytest-gpu-graphs-$STAMP.log" | tail -15
     say "graphs tests exit status ${PIPESTATUS[0]} (log: $LOGDIR/pytest-gpu-graphs-$STAMP.log)"
     pack_logs

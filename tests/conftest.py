@@ -77,4 +77,21 @@ def _seed(request):
     """Fresh random inputs per test, reproducible from the test id (printed on failure by pytest)."""
     seed = zlib.crc32(request.node.nodeid.encode())  # stable across processes (str hash() is salted)
     torch.manual_seed(seed)
-    return seed
+    yield seed
+    _check_cuda_rng_usable()
+
+
+def _check_cuda_rng_usable():
+    """A test must not leave the CUDA random generator broken for the tests after it. A CUDA graph capture that fails
+    in capture_end leaves torch's default generator in capture mode (torch <= 2.11 at least); every later random op
+    on the device then raises "Offset increment outside graph capture encountered unexpectedly". On the H100
+    (2026-11-27) one such test failed some 60 tests after it, which hid the culprit: this check fails the test that
+    did it, at its teardown."""
+    if not (HAS_CUDA and torch.cuda.is_initialized()):
+        return
+    state = torch.cuda.get_rng_state()
+    try:
+        torch.empty(1, device="cuda").uniform_()
+    except RuntimeError as e:
+        pytest.fail(f"this test left the CUDA random generator unusable for the tests after it: {e}")
+    torch.cuda.set_rng_state(state)  # the check draws nothing the tests see

@@ -338,6 +338,7 @@ class CUDAGraphed(nn.Module):
         except Exception as e:  # noqa: BLE001 - a capture failure leaves the module eager, with a warning
             torch.cuda.set_stream(stream)  # torch leaves its capture stream current when capture_end raises
             torch.cuda.synchronize(x.device)
+            _recover_from_failed_capture(graph, x.device)
             return self._disable(f"{type(e).__name__}: {e}")
         after = self._probe()
         if before is not None and after[4] != before[4]:  # the forward changed a parameter / buffer in place
@@ -364,6 +365,34 @@ class CUDAGraphed(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_graphs={self.max_graphs}, graphs={self.num_graphs}"
+
+
+_FAILED_CAPTURES: list = []  # graphs whose capture failed, kept alive: see _recover_from_failed_capture
+
+
+def _recover_from_failed_capture(graph: "torch.cuda.CUDAGraph", device: torch.device) -> None:
+    """Undo what a failed capture leaves behind, so that the user's program runs on as if it had not been tried.
+
+    When the stream capture is invalidated (a host sync, an op that cannot be captured), torch's capture_end raises
+    before its clean-up (torch 2.11 at least):
+    - the device's default CUDA generator stays in capture mode: every later random op on the device raises
+      "Offset increment outside graph capture encountered unexpectedly" (found on the H100, 2026-11-27: after one
+      failed capture, every torch.randn of the test session failed). A capture that succeeds ends that mode: one
+      tiny graph is captured here (an add, no random number drawn: the random stream is unchanged) and dropped;
+    - the caching allocator keeps the graph's pool open with a filter that refers to the graph object: the failed
+      graph is kept alive (one per failed wrapper, which then stays eager) so that the filter never reads freed
+      memory."""
+    _FAILED_CAPTURES.append(graph)
+    try:
+        with torch.cuda.device(device):
+            target = torch.zeros(1, device=device)
+            fix = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(fix, capture_error_mode="thread_local"):
+                target.add_(1)
+            del fix
+    except Exception as e:  # noqa: BLE001 - say so; the module still runs eagerly
+        warnings.warn(f"yolov12_fast.cuda_graphs: could not reset torch's CUDA state after a failed capture ({e}); "
+                      "random ops on this device may fail from now on", RuntimeWarning, stacklevel=6)
 
 
 def cuda_graphs(module: nn.Module, max_graphs: int = 4, warmup: int = 3, check_state: bool = True) -> CUDAGraphed:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.host [--device cpu|cuda] [--repeat N]
     python -m benchmarks.host --model [BATCHES] [--device cpu|cuda] [--calls N]   (whole yolo12n, see model_host)
+    python -m benchmarks.host --step [REGEX] [--device cpu|cuda]   (the ops suite's fwd+bwd steps, see step_host)
 
 A batch-1 forward of a small YOLO12 on a GPU is host-bound: the GPU finishes each kernel before Python has issued the
 next, so every microsecond of Python per call is latency. In eager inference AAttn calls the op bodies
@@ -238,6 +239,53 @@ def model_host(device: str = "cpu", batches=(1, 32), calls: int = 20, imgsz: int
     return out
 
 
+def step_host(device: str = "cuda", pattern: str = r"^fwdbwd P[45] 640x640 h[48] b32 ",
+              providers=("ultralytics", "flash", "sdpa", "cuda", "auto"), steps: int = 20) -> list:
+    """Where a training step's time goes, for the ops suite's attention cases matching `pattern` (default its fwd+bwd
+    rows at batch 32): per provider, `call_ms` (from an idle GPU until forward + backward return: the host's time to
+    issue them, if nothing inside waits for the GPU), `total_ms` (until the GPU is done), the syncs one step makes and
+    the caching allocator's cudaMalloc / cudaFree per step. On the H100 (2026-11-27b) these rows took 2-3x their
+    kernels' time (fwdbwd P5 h4 b32, CUDA: 0.94 ms for 0.36 ms of kernels; flash likewise, ultralytics not): this says
+    whether the host, a sync or the allocator is the gap. fp16 on CUDA, fp32 on CPU."""
+    import re
+
+    from . import baselines as bl
+    from . import ops
+
+    dev = torch.device(device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rows = []
+    for case in [c for c in ops.attention_cases(dev, quick=False) if re.search(pattern, c.name)]:
+        backward = case.pass_ == "fwdbwd"
+        args = ops._inputs(case, dev, dtype, backward)
+        dout = torch.randn(case.batch, case.C, case.H, case.W, device=dev, dtype=dtype) if backward else None
+        for name in providers:
+            p = bl.ATTENTION_PROVIDERS.get(name)
+            ok, why = p.available(dev, dtype, backward, False) if p else (False, "no such provider")
+            if not ok:
+                rows.append({"case": case.name, "provider": name, "skipped": why})
+                continue
+            step = ops._callable(p.fn, case, args, dout)
+            for _ in range(3):
+                step()
+            call, total = [], []
+            before = _allocator_counts(dev)
+            for _ in range(steps):
+                sync()
+                t0 = time.perf_counter()
+                step()
+                t1 = time.perf_counter()
+                sync()
+                call.append((t1 - t0) * 1e3)
+                total.append((time.perf_counter() - t0) * 1e3)
+            after = _allocator_counts(dev)
+            rows.append({"case": case.name, "provider": name, "call_ms": statistics.median(call),
+                         "total_ms": statistics.median(total), "sync_sites": _sync_sites(lambda _x: step(), args[0]),
+                         "device_mallocs_per_call": {k: (after[k] - before[k]) / steps for k in after}})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.host", description=__doc__.split("\n\n")[1])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -251,8 +299,24 @@ def main(argv=None) -> int:
                         "(default 1,32; --calls forwards each, default 20 here), the syncs inside one forward, and a "
                         "cProfile of the patched batch-1 forward")
     p.add_argument("--imgsz", type=int, default=640, help="--model's image size")
+    p.add_argument("--step", nargs="?", const=r"^fwdbwd P[45] 640x640 h[48] b32 ", default=None, metavar="REGEX",
+                   help="instead: host vs device time, syncs and allocator calls of the ops suite's attention cases "
+                        "matching REGEX (default its fwd+bwd rows at batch 32), per provider")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, a.threads))
+    if a.step is not None:
+        rows = step_host(a.device, a.step)
+        print(f"ops attention cases on {a.device}, median of 20 calls: call = until forward (+ backward) return, "
+              "total = until the device is done")
+        for row in rows:
+            if "skipped" in row:
+                print(f"  {row['case']:<32} {row['provider']:<12} skipped: {row['skipped']}")
+                continue
+            print(f"  {row['case']:<32} {row['provider']:<12} call {row['call_ms']:7.3f} ms, total "
+                  f"{row['total_ms']:7.3f} ms, syncs per call: {sum(row['sync_sites'].values())} "
+                  f"{row['sync_sites'] or ''}" + (f", device allocator calls per call: {row['device_mallocs_per_call']}"
+                                                  if row["device_mallocs_per_call"] else ""))
+        return 0
     if a.model is not None:
         calls = a.calls if "--calls" in (argv if argv is not None else __import__("sys").argv) else 20
         r = model_host(a.device, tuple(int(b) for b in a.model.split(",")), calls, a.imgsz)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from yolov12_fast.ops.area_attention import cuda_backward_by_default
 from yolov12_fast.utils import exact_fp32
 
 from . import baselines as bl
@@ -321,7 +322,8 @@ def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) ->
                 elif p.backend is not None:
                     extra["backend_ran"] = bl.resolved_backends(p.backend, ctx.device, dtype, case.head_dim)
                     if backward and p.backend == "auto" and "attention=cuda" in extra["backend_ran"]:
-                        extra["backend_ran"] += " (attention backward: triton)"  # auto's measured backward
+                        bwd = "cuda" if cuda_backward_by_default(ctx.device) else "triton"
+                        extra["backend_ran"] += f" (attention backward: {bwd})"  # auto's backward on this device
                 else:
                     extra["backend_ran"] = "eager matmul+softmax"
                 call = _callable(fn, case, args, dout)

@@ -162,6 +162,12 @@ host_time() {  # AAttn's host time per inference call, through the ops vs direct
     pack_logs
 }
 
+step_host_time() {  # the fwd+bwd rows at batch 32: host vs device time, syncs and allocator calls, per provider
+    say "host vs device time of the ops suite's fwd+bwd steps (python -m benchmarks.host --step)"
+    tmo "${1:-60}" $PY -m benchmarks.host --device cuda --step 2>&1 | tee "$LOGDIR/host-step-$STAMP.log" | tail -25
+    pack_logs
+}
+
 model_host_time() {  # whole yolo12n: host time of a forward, ultralytics vs patched, batch 1 and 32, the syncs inside
     say "host time and syncs of a whole yolo12n forward (python -m benchmarks.host --model)"
     tmo "${1:-60}" $PY -m benchmarks.host --device cuda --model 2>&1 | tee "$LOGDIR/host-model-$STAMP.log" | tail -45
@@ -243,7 +249,7 @@ main() {
                quick_checks
                # compute-sanitizer had never run on a GPU: memcheck and racecheck, a minute each, before the timings
                SANITIZER_TIMEOUT_S=${SANITIZER_TIMEOUT_S:-60} sanitize
-               model_host_time 45; kernel_profile 30; bench 50 ceilings ops --cases "$QUICK_OPS"
+               model_host_time 45; step_host_time 40; kernel_profile 30; bench 50 ceilings ops --cases "$QUICK_OPS"
                bench 100 model --cases "$QUICK_MODEL" ;;
     esac
     report_and_copy

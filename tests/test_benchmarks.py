@@ -731,6 +731,24 @@ def test_model_host_time_reports_both_models_per_batch(capsys):
     assert "patched      batch   1: call" in out and "cProfile" in out
 
 
+def test_step_host_time_reports_each_provider_or_why_not(capsys):
+    """benchmarks/host.py --step (host vs device time of the ops suite's fwd+bwd steps, per provider; made for the
+    GPU, where the H100 run of 2026-11-27b measured them at 2-3x their kernels' time) runs here: a row per provider
+    of the matching case, timed ones with device time >= host time and no syncs on the CPU, the others saying why."""
+    from benchmarks import host
+
+    rows = host.step_host("cpu", r"^fwdbwd P5 640x640 h4 b1 ", providers=("ultralytics", "cuda", "auto"), steps=1)
+    assert [(r["case"], r["provider"]) for r in rows] == [
+        ("fwdbwd P5 640x640 h4 b1 (n=400)", p) for p in ("ultralytics", "cuda", "auto")], rows
+    timed = [r for r in rows if "skipped" not in r]
+    assert [r["provider"] for r in timed] == ["ultralytics", "auto"], rows  # the CUDA kernels need CUDA tensors
+    assert all(0 < r["call_ms"] <= r["total_ms"] and r["sync_sites"] == {} for r in timed), timed
+    assert "CUDA" in rows[1]["skipped"]
+    assert host.main(["--device", "cpu", "--step", r"^fwdbwd P5 640x640 h4 b1 "]) == 0
+    out = capsys.readouterr().out
+    assert "fwdbwd P5 640x640 h4 b1 (n=400)  auto         call" in out
+
+
 def test_exp2_ceiling_kernel_counts_and_computes(tmp_path):
     """The exp2-rate kernel of the ceilings suite (GPU only; here under the interpreter): each element runs 4
     chains of `iters` exp2(a) - 1 steps, so it computes 4 * iters * numel exponentials, and what it stores is that

@@ -278,3 +278,53 @@ def test_exp2_ceiling_kernel_measures_the_special_function_unit(arch):
     assert p.returncode == 0, p.stderr[-3000:]
     loops, in_loop, total = map(int, p.stdout.split())
     assert loops >= 1 and in_loop >= 4, f"sm_{arch}: {loops} loops, {in_loop} MUFU.EX2 in the loop ({total} in all)"
+
+
+PE_LAYOUT_SCRIPT = r"""
+import os, re, sys
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, sys.argv[1])
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from yolov12_fast import _aot
+from yolov12_fast.kernels import pe
+from yolov12_fast.kernels.area_attention import COMPILE_OPTIONS
+v = next(v for v in pe.aot_variants(90, dtypes=(torch.float16,), head_dims=(32,)) if ",k7," in v["name"])
+k = triton.compile(_aot._ast_source(ASTSource, v), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": v["num_warps"], "num_stages": v["num_stages"], **COMPILE_OPTIONS})
+ir = k.asm["ttgir"]
+layouts = dict(re.findall(r"^(#\w+) = (#ttg\.blocked<.*>)$", ir, re.M))
+loads = re.findall(r"tt\.load .*-> tensor<32x64xf16, (#\w+)>|tt\.load .*: tensor<32x64x!tt\.ptr<f16>, (#\w+)>", ir)
+print(triton.__version__)
+for a, b in loads:
+    print(layouts.get(a or b, a or b))
+"""
+
+
+def _triton_builds():
+    """The installed Triton, and the one under $YOLOV12_FAST_EXTRA_TRITON (CI unpacks there the Triton that the GPU
+    machines' torch 2.11 pins, 3.6, whose code generation differs)."""
+    extra = os.environ.get("YOLOV12_FAST_EXTRA_TRITON")
+    return ["installed"] + ([extra] if extra else [])
+
+
+@pytest.mark.parametrize("triton_path", _triton_builds())
+def test_pe_kernel_lays_each_warp_along_the_tokens(triton_path):
+    """The PE kernel's V loads (a 32-channel x 64-token tile per tap, tokens contiguous in memory) must put a warp's
+    32 lanes on 32 consecutive tokens: one 64-byte row per load. Written with the tap's token as yy * W + xx, Triton
+    3.6 could not see the tokens contiguous and put each warp across 32 channels (32 sectors per load, through a
+    shared-memory layout conversion): the H100 measured that kernel at 2.3-2.4 ms at P4 h8 batch 32, 17x the CUDA
+    kernel (benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-27b). Checked in the compiled TTGIR (sm_90)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if triton_path != "installed":
+        env["PYTHONPATH"] = triton_path + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", PE_LAYOUT_SCRIPT, root], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    version, *layouts = p.stdout.strip().splitlines()
+    assert layouts, f"triton {version}: no 32x64 fp16 load found in the PE kernel's TTGIR"
+    for layout in layouts:
+        assert "threadsPerWarp = [1, 32]" in layout and "order = [1, 0]" in layout, \
+            f"triton {version}: a V load of the PE kernel is not laid along the tokens: {layout}"

@@ -162,6 +162,12 @@ host_time() {  # AAttn's host time per inference call, through the ops vs direct
     pack_logs
 }
 
+fwd_warps_sweep() {  # the CUDA forward's warps per CTA, timed per count (each checked against the default's output)
+    say "CUDA attention forward by warps per CTA (python -m benchmarks.fwd_warps)"
+    tmo "${1:-60}" $PY -m benchmarks.fwd_warps 2>&1 | tee "$LOGDIR/fwd-warps-$STAMP.log" | tail -15
+    pack_logs
+}
+
 step_host_time() {  # the fwd+bwd rows at batch 32: host vs device time, syncs and allocator calls, per provider
     say "host vs device time of the ops suite's fwd+bwd steps (python -m benchmarks.host --step)"
     tmo "${1:-60}" $PY -m benchmarks.host --device cuda --step 2>&1 | tee "$LOGDIR/host-step-$STAMP.log" | tail -25
@@ -249,7 +255,8 @@ main() {
                quick_checks
                # compute-sanitizer had never run on a GPU: memcheck and racecheck, a minute each, before the timings
                SANITIZER_TIMEOUT_S=${SANITIZER_TIMEOUT_S:-60} sanitize
-               model_host_time 45; step_host_time 40; kernel_profile 30; bench 50 ceilings ops --cases "$QUICK_OPS"
+               model_host_time 45; step_host_time 40; kernel_profile 30; fwd_warps_sweep 40
+               bench 50 ceilings ops --cases "$QUICK_OPS"
                bench 100 model --cases "$QUICK_MODEL" ;;
     esac
     report_and_copy

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -747,6 +748,21 @@ def test_step_host_time_reports_each_provider_or_why_not(capsys):
     assert host.main(["--device", "cpu", "--step", r"^fwdbwd P5 640x640 h4 b1 "]) == 0
     out = capsys.readouterr().out
     assert "fwdbwd P5 640x640 h4 b1 (n=400)  auto         call" in out
+
+
+def test_fwd_warps_sweep_checks_each_count_against_the_default(capsys):
+    """benchmarks/fwd_warps.py (the CUDA forward's warps per CTA, timed per count on a GPU; each count's output must
+    equal the default's bit for bit) runs its plumbing here on the C++ CPU kernel, where the count has no effect: a
+    row per matching case with a time per count; without a GPU its command says why and exits 2."""
+    pytest.importorskip("yolov12_fast._C")
+    from benchmarks import fwd_warps
+
+    rows = fwd_warps.sweep(warps=(4, 13), pattern=r"^fwd P5 640x640 h4 b1 ", dtype=torch.float32, device="cpu")
+    assert [r["case"] for r in rows] == ["fwd P5 640x640 h4 b1 (n=400)"]
+    assert set(rows[0]["warps"]) == {4, 13} and all(t > 0 for t in rows[0]["warps"].values()) and rows[0]["default_ms"] > 0
+    assert fwd_warps.ENV not in os.environ  # the sweep leaves the knob as it found it
+    if not torch.cuda.is_available():
+        assert fwd_warps.main([]) == 2 and "needs a CUDA GPU" in capsys.readouterr().out
 
 
 def test_exp2_ceiling_kernel_counts_and_computes(tmp_path):

@@ -274,6 +274,8 @@ def _attention_so(so: ctypes.CDLL) -> ctypes.CDLL:
     so.yf_emu_attention_fwd.restype = ctypes.c_int
     so.yf_emu_attention_fwd.argtypes = [vp] * 6 + [p64] * 4 + [i64] * 5 + [ctypes.c_float, ctypes.c_int,
                                                                           ctypes.POINTER(ctypes.c_int)]
+    so.yf_emu_set_fwd_warps.restype = None
+    so.yf_emu_set_fwd_warps.argtypes = [ctypes.c_int]
     so.yf_emu_attention_plan.restype = None
     so.yf_emu_attention_plan.argtypes = [i64, i64, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
     so.yf_emu_attention_bwd.restype = ctypes.c_int
@@ -455,6 +457,56 @@ def test_attention_kernel_scale_sign_and_key_blocks(emu_attn, scale, n):
     q[:, :, 0], k[:, :, 0] = 20.0, -20.0  # every raw score about -400 plus the spread (about +-90)
     out, lse = run_attention(emu_attn, q, k, v, 1, None, SM90, scale=scale)
     _check_attention(out, lse, q, k, v, 1, None, f"scale {scale} n {n}", scale=scale)
+
+
+@pytest.mark.parametrize("warps,case", [
+    (5, ("interleaved", torch.float16, 32, 1, 1, 40, 40, 4, True, SM90)),  # 25 tiles per area: 5 full rounds
+    (13, ("channels_last", torch.float16, 32, 1, 2, 20, 20, 1, False, SM75)),  # 2 rounds, the last of 12 tiles
+    (16, ("interleaved", torch.float16, 32, 1, 1, 40, 40, 1, False, SM80)),  # 1600 tokens streamed, 16 warps
+    (1, ("turbo", torch.bfloat16, 32, 3, 2, 6, 10, 4, False, SM80)),  # one warp does every tile, areas cut rows
+    (3, ("misaligned", torch.bfloat16, 64, 2, 1, 6, 10, 4, True, SM90)),  # head_dim 64 (at most 4 warps)
+], ids=lambda x: str(x) if isinstance(x, int) else f"{x[0]}-D{x[2]}-{x[5]}x{x[6]}-area{x[7]}")
+def test_attention_kernel_any_warps_per_cta(emu_attn, warps, case):
+    """The forward's warps per CTA are a launch parameter (AreaAttnFwdArgs::warps, $YOLOV12_FAST_CUDA_FWD_WARPS on
+    the GPU: benchmarks/fwd_warps.py times each count): the staging loops stride by the CTA's size, each warp's
+    epilogue buffer and the query tiles follow the count. Counts that divide the tiles and ones that leave a partial
+    last round, resident and streamed, match the oracle; the plan's shared memory follows the count."""
+    layout, dtype, D, B, heads, H, W, area, with_res, device = case
+    q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=warps)
+    res = torch.randn(B, heads, D, H * W).to(dtype) if with_res else None
+    emu_attn.yf_emu_set_fwd_warps(warps)
+    try:
+        plan = _attention_plan(emu_attn, H * W // area, D, device)
+        assert plan["supported"] and plan["warps"] == warps
+        assert plan["smem_bytes"] == 2 * D * 2 * plan["smem_row"] + warps * D * 24 * 2
+        out, lse = run_attention(emu_attn, q, k, v, area, res, device)
+    finally:
+        emu_attn.yf_emu_set_fwd_warps(0)
+    _check_attention(out, lse, q, k, v, area, res, f"{warps} warps, {layout} D{D} {H}x{W}/{area}")
+
+
+def test_attention_kernel_refuses_warp_counts_it_cannot_launch(emu_attn, emu_attn_sm75):
+    """More warps than the kernel's launch bounds allow (16 for head_dim 32, 4 for 64), a negative count, or any
+    count but the default for Turing code (its warps are a compile-time 8: a launch of 5 warps would leave 3 warps'
+    query tiles unwritten): the launcher refuses (cudaErrorInvalidValue) instead of launching what would fail, spill
+    or compute a wrong answer."""
+    q, k, v = _qkv("interleaved", 1, 1, 32, 20, 20, torch.float16, seed=2)
+    emu_attn_sm75.yf_emu_set_fwd_warps(5)
+    try:
+        assert run_attention(emu_attn_sm75, q, k, v, 1, None, SM75, expect_error=True) == INVALID_VALUE
+    finally:
+        emu_attn_sm75.yf_emu_set_fwd_warps(0)
+    out, lse = run_attention(emu_attn_sm75, q, k, v, 1, None, SM75)  # the default still runs there
+    _check_attention(out, lse, q, k, v, 1, None, "sm_75 branch after a refused warp count")
+    q, k, v = _qkv("interleaved", 1, 1, 32, 4, 4, torch.float16, seed=1)
+    q64, k64, v64 = _qkv("interleaved", 1, 1, 64, 4, 4, torch.float16, seed=1)
+    for warps, args in ((17, (q, k, v)), (-1, (q, k, v)), (5, (q64, k64, v64))):
+        emu_attn.yf_emu_set_fwd_warps(warps)
+        try:
+            assert run_attention(emu_attn, *args, 1, None, SM90, expect_error=True) == INVALID_VALUE, warps
+            assert not _attention_plan(emu_attn, 16, args[0].shape[2], SM90)["supported"]
+        finally:
+            emu_attn.yf_emu_set_fwd_warps(0)
 
 
 def test_attention_kernel_refuses_what_it_has_no_code_for(emu_attn):

@@ -22,8 +22,8 @@
 // Epilogue per warp: O / l (+ residual, in fp32), rounded once to the input dtype, transposed through a small
 // per-warp smem buffer and stored contiguous (B, heads, D, N) with 32-byte row segments; lse (B, heads, N) fp32.
 //
-// Warps: 8 per CTA for D = 32 (<= 128 registers, 2 CTAs/SM by registers), 4 for D = 64; each warp owns 16 query
-// rows at a time and steps through the keys 64 at a time (16 at a time for the tail; the partial tail is masked).
+// Warps: 8 per CTA for D = 32 by default (<= 128 registers, 2 CTAs/SM by registers; 1-16 by AreaAttnFwdArgs::warps),
+// 4 for D = 64; each warp owns 16 query rows at a time and steps through the keys 64 at a time (16 at a time for the tail; the partial tail is masked).
 // sm_75 has no m16n8k16 for f16: each product is two m16n8k8. bf16 needs sm_80 (the sm_75 bf16 kernel is a trap).
 // Shared memory per CTA: 2 * D * (chunk_keys + 8) * 2 bytes (K and V) + warps * D * 24 * 2 bytes (epilogue).
 // D = 32: n = 400 resident takes 51 KB + 12 KB (fits sm_75's 64 KB); n = 1600 takes 201 KB + 12 KB (resident on
@@ -52,11 +52,25 @@ constexpr int kKeyBlock = 64;  // keys per online-softmax step (the tail of an a
 template <int D>
 struct Config {
   static_assert(D == 32 || D == 64, "head_dim 32 or 64");
+  // Warps per CTA are a launch parameter (AreaAttnFwdArgs::warps; the plan's default kWarps): each warp owns 16
+  // query rows at a time, so the warps an area's query tiles spread over decide how many rounds a CTA takes (at n =
+  // 400, 25 tiles: 8 warps take 4 rounds with one warp busy in the last, 5 warps 5 full rounds, 13 warps 2), and
+  // with the arch's registers and shared memory how many CTAs share an SM. benchmarks/fwd_warps.py times them.
   static constexpr int kWarps = D == 32 ? 8 : 4;
-  static constexpr int kThreads = kWarps * 32;
-  // Register budget: 8 warps x 2 CTAs at <= 128 registers for D = 32; D = 64 (more accumulators) may use up to
-  // 255 so that nothing spills.
+  static constexpr int kMaxWarps = D == 32 ? 16 : 4;  // sm_80+ code
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800) || defined(YF_EMU_SM75)
+  // Turing code keeps kWarps fixed: its two-m16n8k8 products fill the 128 registers already, and a runtime count
+  // spilled 20 bytes there. The launcher refuses other counts for code below sm_80.
+  static constexpr bool kFixedWarps = true;
+  static constexpr int kBoundThreads = kWarps * 32;
   static constexpr int kMinBlocks = D == 32 ? 2 : 1;
+#else
+  static constexpr bool kFixedWarps = false;
+  static constexpr int kBoundThreads = kMaxWarps * 32;
+  static constexpr int kMinBlocks = 1;
+#endif
+  // Register budget: <= 128 registers for D = 32 (65536 / 512 threads on sm_80+, / (2 x 256) on Turing); D = 64
+  // (more accumulators) may use up to 255 so that nothing spills.
 };
 
 struct FwdParams : AreaParams {  // q, k, v, where the sequences are, the staging plan (chunk = keys per chunk)
@@ -224,13 +238,13 @@ __device__ __forceinline__ void epilogue(const WarpState<D>& st, uint16_t* __res
 // the kernel
 
 template <typename T, int D>
-__global__ void __launch_bounds__(Config<D>::kThreads, Config<D>::kMinBlocks)
+__global__ void __launch_bounds__(Config<D>::kBoundThreads, Config<D>::kMinBlocks)
     area_attention_fwd_kernel(const FwdParams p) {
   if constexpr (!arch_has_mma<T>()) {
     __trap();
   } else {
-    constexpr int NW = Config<D>::kWarps;
-    constexpr int NT = Config<D>::kThreads;
+    // warps per CTA: the launch's (whole warps, <= kMaxWarps); Turing code: kWarps, which the launcher guarantees
+    const int NW = Config<D>::kFixedWarps ? Config<D>::kWarps : (int)(blockDim.x >> 5);
     YF_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int row = p.smem_row;
     uint16_t* Ks = reinterpret_cast<uint16_t*>(smem_raw);
@@ -267,8 +281,8 @@ __global__ void __launch_bounds__(Config<D>::kThreads, Config<D>::kMinBlocks)
         const int cend = (cvalid + 15) & ~15;
         if (!p.resident || !staged) {  // CTA-uniform
           __syncthreads();  // every warp is done with the previous chunk
-          stage<D, NT>(Ks, kg, p.sk, p.k_mode, c0, cend, n, row);
-          stage<D, NT>(Vs, vg, p.sv, p.v_mode, c0, cend, n, row);
+          stage<D, 0>(Ks, kg, p.sk, p.k_mode, c0, cend, n, row);
+          stage<D, 0>(Vs, vg, p.sv, p.v_mode, c0, cend, n, row);
           __syncthreads();
           staged = true;
         }
@@ -302,8 +316,10 @@ template <typename T, int D>
 cudaError_t launch(const FwdParams& p, const AreaAttnFwdPlan& plan, int64_t seqs, const DeviceInfo& dev,
                    cudaStream_t stream) {
   const DType dt = std::is_same<T, __nv_bfloat16>::value ? DType::kBFloat16 : DType::kFloat16;
+  const int arch = code_arch<T, D>();
+  if (arch > 0 && arch < 80 && plan.warps != Config<D>::kWarps) return cudaErrorInvalidValue;  // Turing: fixed
   return launch_split(area_attention_fwd_kernel<T, D>, fwd_cache<T, D>(), area_attention_fwd_required_arch(dt),
-                      Config<D>::kThreads, Config<D>::kWarps, plan.smem_bytes, p.n, seqs, dev, stream, p);
+                      plan.warps * 32, plan.warps, plan.smem_bytes, p.n, seqs, dev, stream, p);
 }
 
 }  // namespace
@@ -317,10 +333,17 @@ int area_attention_fwd_code_arch(DType dtype, int64_t head_dim) {
   return -1;
 }
 
-AreaAttnFwdPlan area_attention_fwd_plan(int64_t n, int64_t head_dim, const DeviceInfo& dev) {
+int area_attention_fwd_max_warps(int64_t head_dim, int code_arch) {
+  if (head_dim != 32 && head_dim != 64) return 0;
+  if (code_arch > 0 && code_arch < 80) return head_dim == 32 ? Config<32>::kWarps : Config<64>::kWarps;
+  return head_dim == 32 ? Config<32>::kMaxWarps : Config<64>::kMaxWarps;
+}
+
+AreaAttnFwdPlan area_attention_fwd_plan(int64_t n, int64_t head_dim, const DeviceInfo& dev, int warps) {
   AreaAttnFwdPlan plan{};
   if (!area_attention_fwd_supports_head_dim(head_dim) || n < 1) return plan;
-  plan.warps = head_dim == 32 ? Config<32>::kWarps : Config<64>::kWarps;
+  if (warps < 0 || warps > area_attention_fwd_max_warps(head_dim)) return plan;
+  plan.warps = warps > 0 ? warps : head_dim == 32 ? Config<32>::kWarps : Config<64>::kWarps;
   const int64_t epi = (int64_t)plan.warps * head_dim * kEpiRow * 2;
   const int64_t per_key = 2 * head_dim * 2;  // one key of K and of V, 2-byte elements
   const int64_t n16 = round_up(n, 16);
@@ -349,8 +372,9 @@ cudaError_t area_attention_fwd(const AreaAttnFwdArgs& a, const DeviceInfo& dev, 
   const cudaError_t bad = check_attention_launch(a.batch, a.heads, a.tokens, a.area, a.dtype, dev, &seqs);
   if (bad != cudaSuccess || seqs == 0) return bad;
   const int64_t n = a.tokens / a.area;
-  const AreaAttnFwdPlan plan = area_attention_fwd_plan(n, a.head_dim, dev);
-  if (!plan.supported) return cudaErrorNotSupported;
+  const AreaAttnFwdPlan plan = area_attention_fwd_plan(n, a.head_dim, dev, a.warps);
+  if (!plan.supported) return a.warps < 0 || a.warps > area_attention_fwd_max_warps(a.head_dim)
+                                  ? cudaErrorInvalidValue : cudaErrorNotSupported;
 
   FwdParams p{};
   set_area_params(p, a, plan, n);

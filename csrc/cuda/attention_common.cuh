@@ -195,13 +195,14 @@ __device__ __forceinline__ void stage_tokens(uint16_t* __restrict__ dst, const u
                                              int64_t sn, int64_t sd, int c0, int cpad, int n, int row) {
   using V = typename VecOf<VW>::type;
   constexpr int U = 4;  // loads in flight per thread
+  const int nt = NT > 0 ? NT : (int)blockDim.x;  // NT = 0: the CTA's size is a launch parameter
   const int per_row = cpad / VW;
   const int total = D * per_row;
-  for (int base = threadIdx.x; base < total; base += NT * U) {
+  for (int base = threadIdx.x; base < total; base += nt * U) {
     V val[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
+      const int idx = base + u * nt;
       val[u] = V{};
       if (idx < total) {
         const int d = idx / per_row;
@@ -211,7 +212,7 @@ __device__ __forceinline__ void stage_tokens(uint16_t* __restrict__ dst, const u
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
+      const int idx = base + u * nt;
       if (idx < total) {
         const int d = idx / per_row;
         const int i = (idx - d * per_row) * VW;
@@ -226,19 +227,20 @@ template <int D, int NT>
 __device__ __forceinline__ void stage_dfast(uint16_t* __restrict__ dst, const uint16_t* __restrict__ src,
                                             int64_t sn, int64_t sd, int c0, int cpad, int n, int row) {
   constexpr int U = 4;
+  const int nt = NT > 0 ? NT : (int)blockDim.x;  // NT = 0: the CTA's size is a launch parameter
   const int total = D * cpad;
-  for (int base = threadIdx.x; base < total; base += NT * U) {
+  for (int base = threadIdx.x; base < total; base += nt * U) {
     uint16_t val[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
+      const int idx = base + u * nt;
       const int i = idx / D;
       val[u] = 0;
       if (idx < total && c0 + i < n) val[u] = __ldg(src + (int64_t)(c0 + i) * sn + (int64_t)(idx % D) * sd);
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int idx = base + u * NT;
+      const int idx = base + u * nt;
       if (idx < total) dst[(idx % D) * row + idx / D] = val[u];
     }
   }

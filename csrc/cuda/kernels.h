@@ -43,6 +43,7 @@ struct AreaAttnFwdArgs {
   int64_t batch, heads, head_dim, tokens, area;
   float scale;
   DType dtype;
+  int warps = 0;  // warps per CTA: 0 = the plan's default (8 for head_dim 32, 4 for 64); 1..max_warps(head_dim)
 };
 
 // How a launch is laid out; a pure function of (tokens per area, head_dim, device): host code, no CUDA calls.
@@ -57,7 +58,12 @@ struct AreaAttnFwdPlan {
 
 // head_dims the CUDA kernel is compiled for.
 bool area_attention_fwd_supports_head_dim(int64_t head_dim);
-AreaAttnFwdPlan area_attention_fwd_plan(int64_t tokens_per_area, int64_t head_dim, const DeviceInfo& dev);
+// warps: 0 = the default; outside [0, area_attention_fwd_max_warps(head_dim)] the plan is unsupported.
+AreaAttnFwdPlan area_attention_fwd_plan(int64_t tokens_per_area, int64_t head_dim, const DeviceInfo& dev,
+                                        int warps = 0);
+// The most warps per CTA the kernel takes: 16 for head_dim 32, 4 for 64 (0 otherwise); code compiled for Turing
+// (code_arch 75, area_attention_fwd_code_arch) takes only the default (8, 4).
+int area_attention_fwd_max_warps(int64_t head_dim, int code_arch = 0);
 cudaError_t area_attention_fwd(const AreaAttnFwdArgs& args, const DeviceInfo& dev, cudaStream_t stream);
 // The arch (x10) whose code the current device runs for the kernel of (dtype, head_dim): the virtual arch of the
 // PTX it came from (cudaFuncAttributes::ptxVersion), or <= 0 where the runtime cannot say. Below 80 for bf16 (75 for

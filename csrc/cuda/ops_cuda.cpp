@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <optional>
 #include <tuple>
 
@@ -102,6 +103,20 @@ kc::DeviceInfo check_device(const char* op, const at::Tensor& q) {
   return dev;
 }
 
+// Warps per CTA of the forward kernel: $YOLOV12_FAST_CUDA_FWD_WARPS when set (a tuning knob: benchmarks/fwd_warps.py
+// times each count on the GPU it runs on), else 0 (the kernel's default). Read at each call (a getenv: ~0.1 us).
+int fwd_warps(const char* op, int64_t head_dim, kc::DType dtype) {
+  const char* env = std::getenv("YOLOV12_FAST_CUDA_FWD_WARPS");
+  if (env == nullptr || *env == '\0') return 0;
+  char* end = nullptr;
+  const long w = std::strtol(env, &end, 10);
+  const int most = kc::area_attention_fwd_max_warps(head_dim, kc::area_attention_fwd_code_arch(dtype, head_dim));
+  TORCH_CHECK(end != env && *end == '\0' && w >= 0 && w <= most, op, ": YOLOV12_FAST_CUDA_FWD_WARPS=", env,
+              " is not a warp count the head_dim ", head_dim, " kernel takes (0 = default, 1..", most,
+              "); unset it or set it to one of those");
+  return (int)w;
+}
+
 std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k,
                                                             const at::Tensor& v, int64_t area, double scale,
                                                             const std::optional<at::Tensor>& residual) {
@@ -122,12 +137,14 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
   at::Tensor lse = at::empty({B, heads, N}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};  // before the plan: no tokens is no launch, not "does not fit"
 
-  const kc::AreaAttnFwdPlan plan = kc::area_attention_fwd_plan(N / area, D, dev);
+  const int warps = fwd_warps(op, D, kernel_dtype(dtype));
+  const kc::AreaAttnFwdPlan plan = kc::area_attention_fwd_plan(N / area, D, dev, warps);
   TORCH_CHECK(plan.supported, op, ": head_dim ", D, " does not fit this GPU's shared memory (",
               dev.smem_per_block_optin, " bytes per block); use backend='triton'");
 
   kc::AreaAttnFwdArgs a{};
   set_qkv(a, q, k, v, area, scale);
+  a.warps = warps;
   a.residual = residual.has_value() ? residual->data_ptr() : nullptr;
   a.out = out.data_ptr();
   a.lse = lse.data_ptr<float>();

@@ -13,6 +13,10 @@ extern "C" {
 // out, lse = area attention of (B, heads, D, N) q, k, v with element strides (arrays of 4: b, h, d, n), plus
 // residual (or nullptr); out contiguous (B, heads, D, N), lse (B, heads, N) float32. dtype: 0 float16, 1 bfloat16.
 // device: sm_count, cc_major, cc_minor, smem_per_block_optin, smem_per_sm. Returns the cudaError_t (0: success).
+// Warps per CTA of the forward launches and plans below (AreaAttnFwdArgs::warps; 0 = the kernel's default).
+static int g_fwd_warps = 0;
+void yf_emu_set_fwd_warps(int warps) { g_fwd_warps = warps; }
+
 int yf_emu_attention_fwd(const void* q, const void* k, const void* v, const void* residual, void* out, float* lse,
                          const int64_t* sq, const int64_t* sk, const int64_t* sv, const int64_t* sr, int64_t batch,
                          int64_t heads, int64_t head_dim, int64_t tokens, int64_t area, float scale, int dtype,
@@ -23,12 +27,13 @@ int yf_emu_attention_fwd(const void* q, const void* k, const void* v, const void
   a.out = out;
   a.lse = lse;
   a.sr = strides(sr);
+  a.warps = g_fwd_warps;
   return static_cast<int>(kc::area_attention_fwd(a, device(dev), nullptr));
 }
 
 // The launch plan: supported, resident, warps, chunk_keys, smem_row, smem_bytes -> out[0..6).
 void yf_emu_attention_plan(int64_t n, int64_t head_dim, const int* dev, int* out) {
-  plan_out(kc::area_attention_fwd_plan(n, head_dim, device(dev)), out);
+  plan_out(kc::area_attention_fwd_plan(n, head_dim, device(dev), g_fwd_warps), out);
 }
 
 // dq, dk, dv (each contiguous (B, heads, D, N)) from dout (strides sdo), the forward's out (strides so) with its

@@ -309,8 +309,13 @@ extern "C" inline cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 template <typename K>
 inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, K*) {
   *attr = cudaFuncAttributes{};
+#ifdef YF_EMU_SM75
+  attr->ptxVersion = 75;  // the Turing branch's build answers as Turing code
+  attr->binaryVersion = 75;
+#else
   attr->ptxVersion = 90;
   attr->binaryVersion = 90;
+#endif
   return cudaSuccess;
 }
 template <typename K>

@@ -80,9 +80,12 @@ _warned: set = set()
 # first (sm90 before sm80+). Measured entries: sm90 float16 from benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-26
 # (the CUDA C++ forward with its PE ran 1.01-2.35x faster than Triton attention + cuDNN PE in all 8 forward cases,
 # batch 1 and 32). The -27 run's profile timed the attention kernels alone: Triton's 126 us against the CUDA
-# kernel's 169 at P4 h8 batch 32 (8.8 / 11.8 us at batch 1); the CUDA kernel's hot loop was cut 28 % since
-# (predicted about equal), and the CUDA op costs the host less per call, so the entry stays until a run times the
-# new loop. (The PE is its own op with its own table: ops.pe.AUTO_CUDA_PE.) Defaults where no GPU run has measured an arch:
+# kernel's 169 at P4 h8 batch 32 (8.8 / 11.8 us at batch 1). The CUDA kernel's hot loop was cut 28 % since; the
+# -27b run timed it at 153 us (7.9 against 11.1 at batch 1; Triton 122): the prediction "about equal" missed, the
+# kernel is latency-bound (16 warps per SM, about 3x its issue bound), not issue-bound. The entry stays: the CUDA op
+# costs the host less per call, the whole-op rows (with its PE) are still 1.0-2.35x faster, and the next lever, warps
+# per CTA (benchmarks/fwd_warps.py), is timed by the next GPU run. (The PE is its own op with its own table:
+# ops.pe.AUTO_CUDA_PE.) Defaults where no GPU run has measured an arch:
 # Triton where it has tensor cores (sm_80+), the CUDA C++ kernel on Turing (sm_75: Triton's dots run on FMA units).
 AUTO_CUDA = {
     ("sm75", torch.float16): ("cuda", "triton"),

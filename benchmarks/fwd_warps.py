@@ -1,0 +1,131 @@
+"""Warps per CTA of the CUDA C++ attention forward, timed: which count suits this GPU.
+
+    python -m benchmarks.fwd_warps [--warps 4,5,8,...] [--cases REGEX]
+
+The forward kernel (csrc/cuda/area_attention_fwd.cu) gives each warp 16 query rows at a time; its warps per CTA are a
+launch parameter ($YOLOV12_FAST_CUDA_FWD_WARPS, read at each call; default 8 for head_dim 32). The count decides two
+things the kernel's speed hangs on:
+- rounds: an area of n = 400 tokens has 25 query tiles; 8 warps take 4 rounds with one warp busy in the last (25 of
+  32 warp-rounds do work), 5 warps 5 full rounds, 13 warps 2 rounds (25 of 26);
+- CTAs per SM: by shared memory (an area's K and V, 51 KB at n = 400, plus 1.5 KB per warp) and registers (<= 128
+  per thread): 2 CTAs of 8 warps per SM on an H100, 3 of 5 warps; 1 CTA on a T4 (64 KB), whatever the count.
+The H100 of 2026-11-27b ran the default kernel at 153 us at P4 h8 batch 32 (Triton's forward kernel: 122 us).
+Prediction, if the kernel is latency-bound (16 warps per SM at the default, 3x its issue bound): more warps in flight
+and no idle last round help; 5 or 6 warps on the H100 about 1.2x faster at batch 32; on a T4, 13 warps (2 rounds
+instead of 4, one CTA per SM either way) up to 1.5x.
+
+Each count's output is checked bit for bit against the default's (a tile's arithmetic does not depend on which warp
+runs it). Prints a table of microseconds per count and case (CUDA events, triton.testing.do_bench), the best count per
+case, and the speed-up over the default. CUDA only; Turing code takes only the default count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import torch
+
+ENV = "YOLOV12_FAST_CUDA_FWD_WARPS"
+DEFAULT_CASES = r"^fwd P[45] 640x640 h[48] b(1|32) "
+
+
+def _timer(dev: torch.device):
+    """Milliseconds per call: CUDA events (triton.testing.do_bench) on a GPU; on the CPU (where the count has no
+    effect: the C++ CPU kernel runs; tests/test_benchmarks.py checks the plumbing there) a median of a few calls."""
+    if dev.type == "cuda":
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100)
+    import statistics
+    import time
+
+    def cpu(fn):
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(ts)
+
+    return cpu
+
+
+def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, dtype=torch.float16,
+          device: str = "cuda") -> list:
+    """[{case, warps: {count: ms or why refused}, default_ms}] for the ops suite's forward cases matching
+    `pattern`."""
+    import yolov12_fast  # noqa: F401 - registers torch.ops.yolov12_fast
+
+    from . import ops
+
+    dev = torch.device(device)
+    bench = _timer(dev)
+    rows = []
+    prev = os.environ.get(ENV)
+    try:
+        for case in [c for c in ops.attention_cases(dev, quick=False) if re.search(pattern, c.name)]:
+            qkv, _, _ = ops._inputs(case, dev, dtype, False)
+            N = case.H * case.W
+            q, k, v = qkv.view(case.batch, case.heads, 3 * case.head_dim, N).split(case.head_dim, dim=2)
+
+            def run():
+                return torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, case.area, case.head_dim ** -0.5, None)
+
+            os.environ.pop(ENV, None)
+            ref = run()[0]
+            times = {}
+            for w in warps:
+                os.environ[ENV] = str(w)
+                try:
+                    out = run()[0]
+                except RuntimeError as e:  # a count this GPU's code does not take (Turing: only the default)
+                    times[w] = f"refused: {str(e).splitlines()[0][:80]}"
+                    continue
+                if not torch.equal(out, ref):
+                    raise AssertionError(f"{case.name}: {w} warps per CTA changed the output (max |diff| "
+                                         f"{(out.float() - ref.float()).abs().max().item():.3g})")
+                times[w] = bench(run)
+            os.environ.pop(ENV, None)
+            rows.append({"case": case.name, "warps": times, "default_ms": bench(run)})
+    finally:
+        if prev is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = prev
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.fwd_warps", description=__doc__.split("\n\n")[0])
+    p.add_argument("--warps", default="4,5,6,7,8,10,12,13,16", help="counts to time (comma-separated)")
+    p.add_argument("--cases", default=DEFAULT_CASES, help="regex over the ops suite's forward case names")
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("fwd_warps: needs a CUDA GPU (it times the CUDA C++ kernel); none is visible")
+        return 2
+    try:
+        import yolov12_fast._C  # noqa: F401
+    except ImportError as e:
+        print(f"fwd_warps: the compiled extension is missing ({e}); build it (pip install -e .)")
+        return 2
+    warps = tuple(int(w) for w in a.warps.split(","))
+    rows = sweep(warps, a.cases)
+    print(f"CUDA attention forward, us per call by warps per CTA ({torch.cuda.get_device_name()}; default 8)")
+    print(f"{'case':<32}" + "".join(f"{w:>8}" for w in warps) + "    best")
+    for r in rows:
+        timed = {w: t for w, t in r["warps"].items() if isinstance(t, float)}
+        best = min(timed, key=timed.get) if timed else None
+        cells = "".join(f"{t * 1e3:8.1f}" if isinstance(t, float) else f"{'-':>8}" for t in r["warps"].values())
+        gain = f"{best} ({r['default_ms'] / timed[best]:.2f}x the default)" if best else "-"
+        print(f"{r['case']:<32}{cells}    {gain}")
+    refused = {t for r in rows for t in r["warps"].values() if isinstance(t, str)}
+    for why in sorted(refused):
+        print(f"  -: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

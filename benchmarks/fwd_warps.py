@@ -11,8 +11,9 @@ things the kernel's speed hangs on:
   per thread): 2 CTAs of 8 warps per SM on an H100, 3 of 5 warps; 1 CTA on a T4 (64 KB), whatever the count.
 The H100 of 2026-11-27b ran the default kernel at 153 us at P4 h8 batch 32 (Triton's forward kernel: 122 us).
 Prediction, if the kernel is latency-bound (16 warps per SM at the default, 3x its issue bound): more warps in flight
-and no idle last round help; 5 or 6 warps on the H100 about 1.2x faster at batch 32; on a T4, 13 warps (2 rounds
-instead of 4, one CTA per SM either way) up to 1.5x.
+and no idle last round help; 5 or 6 warps on the H100 about 1.2x faster at batch 32. (A T4 would gain most, 2 rounds
+instead of 4 at 13 warps with one CTA per SM either way, but Turing code keeps its 8 warps: a runtime count spilled
+there within the 128 registers that give its streamed plan 2 CTAs per SM.)
 
 Each count's output is checked bit for bit against the default's (a tile's arithmetic does not depend on which warp
 runs it). Prints a table of microseconds per count and case (CUDA events, triton.testing.do_bench), the best count per

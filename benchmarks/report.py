@@ -42,10 +42,39 @@ def _f(x, fmt="{:.3g}", none="–"):
     return none if x is None else fmt.format(x)
 
 
+# A row whose timings spread this much (p80 / p20) is marked noisy: a ratio read from it is uncertain by about as much.
+# The H100 runs of 2026-11-27 had such rows (auto and cuda fwd P4 h8 b32: identical kernels, medians 0.39 and 0.27 ms,
+# the first with p20-p80 0.30-0.41).
+NOISY_SPREAD = 1.2
+
+
+def spread(r) -> float | None:
+    """p80 / p20 of an ok row (None where the row has no such timings)."""
+    if r.get("status") != "ok" or not r.get("p20_ms") or not r.get("p80_ms"):
+        return None
+    return r["p80_ms"] / r["p20_ms"]
+
+
 def _ms(r):
     if r.get("status") != "ok":
         return r.get("status", "?")
-    return f"{r['median_ms']:.4g} ({r['p20_ms']:.3g}–{r['p80_ms']:.3g})"
+    noisy = (spread(r) or 0) > NOISY_SPREAD
+    return f"{r['median_ms']:.4g} ({r['p20_ms']:.3g}–{r['p80_ms']:.3g}){' noisy' if noisy else ''}"
+
+
+def _noisy_section(rows: list) -> list:
+    noisy = [(r, spread(r)) for r in rows if (spread(r) or 0) > NOISY_SPREAD]
+    if not noisy:
+        return []
+    timed = sum(1 for r in rows if spread(r) is not None)
+    lines = ["## Noisy timings", "",
+             f"{len(noisy)} of {timed} timed rows spread more than {NOISY_SPREAD:g}x between their 20th and 80th "
+             "percentile (marked `noisy` in the tables): their medians, and the ratios and targets read from them, "
+             "are uncertain by about that much. Rerun those cases before trusting a ratio they decide.", "",
+             "| suite | case | provider | median ms | p80 / p20 |", "|---|---|---|---|---|"]
+    for r, sp in sorted(noisy, key=lambda x: -x[1]):
+        lines.append(f"| {r.get('suite')} | {r.get('case')} | {r.get('provider')} | {r['median_ms']:.4g} | {sp:.2f} |")
+    return lines + [""]
 
 
 def _speed(r, b):
@@ -171,6 +200,7 @@ def markdown(rows: list, source: str) -> str:
             if suite == "model":
                 lines += _recompute_section(srows)
     lines += _targets_section(rows)
+    lines += _noisy_section(rows)
     skipped = [r for r in rows if r.get("status") in ("skipped", "error")]
     if skipped:
         lines += ["## Skipped and failed", ""]

@@ -379,6 +379,21 @@ def test_report_renders_synthetic_rows(tmp_path):
     assert bench_main(["report", str(path)]) == 0
 
 
+def test_report_marks_noisy_rows():
+    """A row whose p80 / p20 exceeds report.NOISY_SPREAD is marked `noisy` in its table and listed, widest first,
+    under "Noisy timings"; steady rows are not (the H100's auto and cuda rows of one kernel once differed 1.43x)."""
+    def row(provider, ms, p20, p80):
+        return {"suite": "ops", "status": "ok", "device_kind": "cuda", "case": "fwd P4 h8 b32", "provider": provider,
+                "params": {"batch": 32, "pass": "fwd"}, "median_ms": ms, "p20_ms": p20, "p80_ms": p80}
+
+    rows = [row("cuda", 0.273, 0.269, 0.274), row("auto", 0.391, 0.300, 0.414), row("triton", 2.5, 2.0, 2.5)]
+    assert [report._ms(r).endswith("noisy") for r in rows] == [False, True, True]
+    md = "\n".join(report._noisy_section(rows))
+    assert "2 of 3 timed rows" in md
+    assert md.index("| auto | 0.391 | 1.38 |") < md.index("| triton | 2.5 | 1.25 |") and "| cuda |" not in md
+    assert report._noisy_section(rows[:1]) == []
+
+
 def test_auto_choices_from_measurements():
     """The report's 'what auto should pick' section: attention cuda vs triton per batch class, and a fused conv
     made the default only when >= MARGIN faster in the geometric mean and in two thirds of the cases."""

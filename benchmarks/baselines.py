@@ -160,16 +160,17 @@ def compiled_reference(mode: str = "max-autotune-no-cudagraphs") -> Callable:
 # ours
 
 
-def ours(backend: str) -> Callable:
+def ours(backend: str, pe_backend: Optional[str] = None) -> Callable:
     """yolov12_fast's AAttn middle, as the module runs it: pe_add over the v view, then area attention adding it
-    (both `backend`); in inference on the Triton backend the attention writes over the PE result in place."""
+    (both `backend`, or the PE on `pe_backend`); in inference on the Triton backend the attention writes over the PE
+    result in place."""
     import yolov12_fast
     from yolov12_fast.ops.area_attention import resolve_backend
 
     def fn(qkv, pe_w, pe_b, area: int, heads: int, head_dim: int):
         B, _, H, W = qkv.shape
         q, k, v = qkv.view(B, heads, 3 * head_dim, H * W).split(head_dim, dim=2)
-        p = yolov12_fast.pe_add(v, pe_w, pe_b, H, W, backend=backend)
+        p = yolov12_fast.pe_add(v, pe_w, pe_b, H, W, backend=pe_backend or backend)
         if not (torch.is_grad_enabled() and qkv.requires_grad) \
                 and resolve_backend(backend, q.device, q.dtype, head_dim) == "triton":
             out = yolov12_fast.area_attention_add_(p, q, k, v, area, scale=head_dim ** -0.5, backend=backend)
@@ -177,7 +178,7 @@ def ours(backend: str) -> Callable:
             out = yolov12_fast.area_attention(q, k, v, area, scale=head_dim ** -0.5, residual=p, backend=backend)
         return out.view(B, heads * head_dim, H, W)
 
-    fn.__name__ = f"ours_{backend}"
+    fn.__name__ = f"ours_{backend}" + (f"_pe_{pe_backend}" if pe_backend else "")
     return fn
 
 
@@ -238,6 +239,7 @@ class Provider:
     # (device, dtype, backward, quick) -> (ok, reason)
     available: Callable[[torch.device, torch.dtype, bool, bool], tuple]
     backend: Optional[str] = None  # yolov12_fast backend, for ours
+    pe_backend: Optional[str] = None  # the PE's, where it differs from `backend`
 
 
 def _always(*_):
@@ -289,6 +291,13 @@ def _ours_ok(backend: str):
     return check
 
 
+def _mixed_ok(device, dtype, backward, quick):
+    if device.type != "cuda":
+        return False, "the CUDA PE takes CUDA tensors"
+    ok, why = _ours_ok("cuda")(device, dtype, backward, quick)
+    return (ok, why) if not ok else _ours_ok("triton")(device, dtype, backward, quick)
+
+
 def _cpp_direct_ok(device, dtype, backward, quick):
     from yolov12_fast import _backends
 
@@ -308,6 +317,10 @@ ATTENTION_PROVIDERS = {
     "compile": Provider("compile", None, True, _compile_ok),
     "triton": Provider("triton", ours("triton"), False, _ours_ok("triton"), "triton"),
     "cuda": Provider("cuda", ours("cuda"), False, _ours_ok("cuda"), "cuda"),
+    # Triton attention with the CUDA PE: against `cuda`, the two attention kernels with the same PE (what auto's
+    # attention choice decides; the PE is its own op with its own table, ops.pe.AUTO_CUDA_PE)
+    "triton+cuda-pe": Provider("triton+cuda-pe", ours("triton", pe_backend="cuda"), False, _mixed_ok, "triton",
+                               pe_backend="cuda"),
     "cpp": Provider("cpp", ours("cpp"), False, _ours_ok("cpp"), "cpp"),
     "cpp-direct": Provider("cpp-direct", cpp_direct, False, _cpp_direct_ok, "cpp"),
     "auto": Provider("auto", ours("auto"), False, _ours_ok("auto"), "auto"),

@@ -29,6 +29,7 @@ Conventions (stated in every row through flops / bytes):
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from dataclasses import dataclass
@@ -321,6 +322,8 @@ def _run_attention(ctx: Context, cases: list, dtype, budget: Budget, threads) ->
                     extra["backend_ran"] = "sdpa " + bl.sdpa_backend(args[0].detach(), case.area, case.heads, case.head_dim)
                 elif p.backend is not None:
                     extra["backend_ran"] = bl.resolved_backends(p.backend, ctx.device, dtype, case.head_dim)
+                    if p.pe_backend:
+                        extra["backend_ran"] = re.sub(r"pe=\w+", f"pe={p.pe_backend}", extra["backend_ran"])
                     if backward and p.backend == "auto" and "attention=cuda" in extra["backend_ran"]:
                         bwd = "cuda" if cuda_backward_by_default(ctx.device) else "triton"
                         extra["backend_ran"] += f" (attention backward: {bwd})"  # auto's backward on this device

@@ -241,9 +241,12 @@ def auto_choices(rows: list) -> list:
                (r.get("params") or {}).get("pass"))][r["provider"]] = r["median_ms"]
     groups = defaultdict(list)
     for (arch, dt, case, batch, pass_), t in times.items():
-        if pass_ in ("fwd", "fwdbwd") and "triton" in t and "cuda" in t:  # attention: how much faster cuda is
-            groups[("attention " + pass_ + (" batch 1" if batch == 1 else " batch > 1"), arch, dt, "cuda vs triton")
-                   ].append(t["triton"] / t["cuda"])
+        # attention: how much faster cuda is; against Triton attention with the CUDA PE where that ran (the same PE
+        # on both sides: the attention choice alone), else against the all-Triton row
+        tri = "triton+cuda-pe" if "triton+cuda-pe" in t else "triton"
+        if pass_ in ("fwd", "fwdbwd") and tri in t and "cuda" in t:
+            groups[("attention " + pass_ + (" batch 1" if batch == 1 else " batch > 1"), arch, dt, f"cuda vs {tri}")
+                   ].append(t[tri] / t["cuda"])
         for op, (base, fused) in FUSED.items():
             for f in fused:
                 if base in t and f in t:

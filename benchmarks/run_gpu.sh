@@ -256,7 +256,7 @@ main() {
                # compute-sanitizer had never run on a GPU: memcheck and racecheck, a minute each, before the timings
                SANITIZER_TIMEOUT_S=${SANITIZER_TIMEOUT_S:-60} sanitize
                model_host_time 45; step_host_time 40; kernel_profile 30; fwd_warps_sweep 40
-               bench 50 ceilings ops --cases "$QUICK_OPS"
+               bench 75 ceilings ops --cases "$QUICK_OPS"
                bench 100 model --cases "$QUICK_MODEL" ;;
     esac
     report_and_copy

@@ -162,7 +162,10 @@ def test_model_quick(quick_cpu):
     assert not any(r["params"].get("flush_denormal") for r in rows)  # quick: no denormals-flushed rows
     p = next(r for r in rows if r["provider"] == "patched")
     assert p["check"] == "pass" and "eager" in p["speedup_vs"]
-    assert 0 < p["rel_err_naive"] < 0.1 and p["rel_err"] <= 4 * p["rel_err_naive"] + 1e-3, p  # vs the float64 model
+    # vs the float64 model. A random-weight yolo12n at 128 px amplifies fp32 rounding to percents at its output (its
+    # own error was 0.005-0.13 over unseeded inputs; 0.15 on the case's seeded input): the sanity bound only says the
+    # comparison is not noise; test_model_check_follows_the_tolerance_principle shows a 1 % weight change failing.
+    assert 0 < p["rel_err_naive"] < 0.5 and p["rel_err"] <= 4 * p["rel_err_naive"] + 1e-3, p
 
 
 def test_model_check_follows_the_tolerance_principle():
@@ -405,6 +408,9 @@ def test_auto_choices_from_measurements():
     rows = [row("fwd a b1", "triton", 2.0, batch=1), row("fwd a b1", "cuda", 1.0, batch=1),     # cuda 2x at b1
             row("fwd a b32", "triton", 1.0), row("fwd a b32", "cuda", 1.5),                     # triton at b32
             row("fwd b b32", "triton", 1.0), row("fwd b b32", "cuda", 2.0, check="FAIL (x)"),  # failed: ignored
+            # where Triton attention also ran with the CUDA PE, that row decides (the same PE on both sides)
+            row("fwd c b32", "triton", 4.0, pass_="fwdbwd"), row("fwd c b32", "triton+cuda-pe", 1.0, pass_="fwdbwd"),
+            row("fwd c b32", "cuda", 1.25, pass_="fwdbwd"),
             row("mlp n", "mlp-torch", 1.0, pass_="mlp"), row("mlp n", "mlp-triton", 0.5, pass_="mlp"),
             row("mlp x", "mlp-torch", 1.0, pass_="mlp"), row("mlp x", "mlp-triton", 1.2, pass_="mlp"),
             row("mlp y", "mlp-torch", 1.0, pass_="mlp"), row("mlp y", "mlp-triton", 0.9, pass_="mlp"),
@@ -415,6 +421,9 @@ def test_auto_choices_from_measurements():
     assert b1["suggestion"] == "cuda first" and b1["cases"] == 1 and abs(b1["geomean"] - 2.0) < 1e-9
     big = got[("attention fwd batch > 1", "cuda vs triton")]
     assert big["suggestion"] == "triton first" and big["cases"] == 1 and "triton" in big["today"]
+    mixed = got[("attention fwdbwd batch > 1", "cuda vs triton+cuda-pe")]
+    assert mixed["suggestion"] == "triton first" and abs(mixed["geomean"] - 0.8) < 1e-9  # not 4 / 1.25
+    assert ("attention fwdbwd batch > 1", "cuda vs triton") not in got
     mlp = got[("mlp", "mlp-triton vs mlp-torch")]  # ratios 2, 0.83, 1.11: geomean 1.19, faster in 2 of 3
     assert mlp["cases"] == 3 and mlp["wins"] == 2 and mlp["suggestion"] == "auto -> triton"
     assert got[("cv2", "cv2-triton vs cv2-torch")]["suggestion"] == "keep the reference (cuDNN)"  # 0.98x

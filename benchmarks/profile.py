@@ -1,6 +1,7 @@
 """Where the GPU time of an ops case goes: each provider's kernels under torch.profiler, per call.
 
     python -m benchmarks.profile [--cases REGEX] [--providers a,b] [--iters N] [--json FILE]
+    python -m benchmarks.profile --model [CFGS]   (whole-model forwards: kernels per forward by family)
 
 The ops suite times whole calls; this names the kernels inside them (device time per call, launches per call), so a
 ratio in a results file can be explained: how much of the attention op is the PE conv, the layout copies, the
@@ -72,6 +73,61 @@ def profile_call(fn, device: torch.device, iters: int) -> list:
     return sorted(((name, us, n / iters) for name, (us, n) in per.items()), key=lambda r: -r[1])
 
 
+# Kernel families of a whole-model profile (first match wins), so yolo12n and yolo11n compare at a glance.
+FAMILIES = [("attention", r"area_attention|flash|fmha|sdpa|softmax"), ("pe", r"pe_add|depthwise"),
+            ("mlp/cv2 (ours)", r"mlp_residual|conv1x1_silu"), ("conv", r"conv|cudnn|implicit|xmma|winograd|fprop"),
+            ("gemm", r"gemm|nvjet|cutlass|sm\d+_xmma"), ("copy", r"copy|cat|transpose|permute"),
+            ("elementwise", r"elementwise|vectorized|silu|add|mul|sigmoid"), ("reduce/other", r".")]
+
+
+def family(kernel: str) -> str:
+    return next(name for name, rx in FAMILIES if re.search(rx, kernel, re.I))
+
+
+def model_profile(cfgs=("yolo12n", "yolo11n"), batches=(1, 32), device: str = "cuda", iters: int = 5,
+                  imgsz: int = 640) -> list:
+    """[{model, batch, total_us, launches, families: {family: us}, kernels: [(name, us, launches)]}] per forward, for
+    ultralytics' fused model and (YOLO12) its patched copy, fp16 on CUDA (fp32 CPU ops on the CPU: a smoke test).
+    With CUDA graphs a batch-1 forward costs about its kernels' time: this says where yolo12n's goes against
+    yolo11n's (H100 2026-11-27b: 1.41 against 1.16 ms replayed). On the CPU the profiler's ops nest (aten::conv2d
+    holds aten::convolution ...), so the totals count time more than once there."""
+    import copy
+
+    import yolov12_fast
+
+    from . import model as bm
+    from . import yolo
+
+    dev = torch.device(device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    out = []
+    for cfg in cfgs:
+        eager = yolo.build(cfg, calibrate_imgsz=None, device=dev, dtype=dtype)
+        models = {cfg: eager}
+        if cfg.startswith("yolo12"):
+            models[f"{cfg} patched"] = yolov12_fast.patch(copy.deepcopy(eager))
+        for batch in batches:
+            x = bm._image(f"profile {cfg} {imgsz} b{batch}", batch, imgsz, dev, dtype)
+            for name, m in models.items():
+                with torch.inference_mode():
+                    rows = profile_call(lambda: m(x), dev, iters)
+                fam = defaultdict(float)
+                for k, us, _ in rows:
+                    fam[family(k)] += us
+                out.append({"model": name, "batch": batch, "total_us": sum(us for _, us, _ in rows),
+                            "launches": sum(n for *_, n in rows), "families": dict(fam), "kernels": rows})
+    return out
+
+
+def _print_models(rows: list, top: int) -> None:
+    for r in rows:
+        fams = ", ".join(f"{f} {us:.0f}" for f, us in sorted(r["families"].items(), key=lambda kv: -kv[1]))
+        print(f"== {r['model']} batch {r['batch']}: {r['total_us']:.0f} us of kernels, {r['launches']:.0f} launches per "
+              f"forward ({fams})")
+        for k, us, n in r["kernels"][:top]:
+            print(f"    {us:9.1f} us  x{n:<4.0f} {k[:110]}")
+
+
 def main(argv=None) -> int:
     from . import ops
 
@@ -82,7 +138,18 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=8, help="kernels listed per provider")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write every kernel row as JSON")
+    ap.add_argument("--model", nargs="?", const="yolo12n,yolo11n", default=None, metavar="CFGS",
+                    help="instead: whole-model forwards at 640 (ultralytics fused, and patched for YOLO12), batch 1 "
+                         "and 32: kernels per forward and their families")
     args = ap.parse_args(argv)
+    if args.model is not None:
+        rows = model_profile(tuple(args.model.split(",")), device=args.device, iters=args.iters)
+        _print_models(rows, args.top)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "models": rows},
+                          f, indent=1)
+        return 0
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     want = set(args.providers.split(",")) if args.providers else None

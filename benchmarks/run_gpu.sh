@@ -180,6 +180,14 @@ model_host_time() {  # whole yolo12n: host time of a forward, ultralytics vs pat
     pack_logs
 }
 
+model_kernel_profile() {  # yolo12n (ultralytics, patched) and yolo11n forwards: kernels per forward by family
+    say "kernels of whole-model forwards (python -m benchmarks.profile --model)"
+    tmo "${1:-60}" $PY -m benchmarks.profile --model --top 12 --json "$LOGDIR/profile-model-$STAMP.json" 2>&1 \
+        | grep -v "^USDT\|profiler_st" | tee "$LOGDIR/profile-model-$STAMP.log" | grep "^=="
+    pack_logs
+    return 0
+}
+
 kernel_profile() {  # which kernels each provider's call runs, and for how long (python -m benchmarks.profile)
     say "kernels per provider call (python -m benchmarks.profile)"
     tmo "${1:-60}" $PY -m benchmarks.profile --json "$LOGDIR/profile-$STAMP.json" 2>&1 | grep -v "^USDT\|profiler_st" \
@@ -255,7 +263,7 @@ main() {
                quick_checks
                # compute-sanitizer had never run on a GPU: memcheck and racecheck, a minute each, before the timings
                SANITIZER_TIMEOUT_S=${SANITIZER_TIMEOUT_S:-60} sanitize
-               model_host_time 45; step_host_time 40; kernel_profile 30; fwd_warps_sweep 40
+               model_host_time 45; step_host_time 40; kernel_profile 30; model_kernel_profile 40; fwd_warps_sweep 40
                bench 75 ceilings ops --cases "$QUICK_OPS"
                bench 100 model --cases "$QUICK_MODEL" ;;
     esac

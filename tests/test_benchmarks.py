@@ -774,6 +774,24 @@ def test_step_host_time_reports_each_provider_or_why_not(capsys):
     assert "fwdbwd P5 640x640 h4 b1 (n=400)  auto         call" in out
 
 
+def test_model_profile_lists_kernels_by_family(capsys):
+    """benchmarks/profile.py --model (a whole-model forward's kernels by family, made for the GPU: yolo12n patched
+    replays in 1.41 ms against yolo11n's 1.16 on the H100) runs here on CPU ops: a row per model and batch, the
+    patched model listed beside ultralytics', families summing to the total, the CLI printing one header per row."""
+    from benchmarks import profile
+
+    assert profile.family("void yolov12_fast::cuda::detail::area_attention_fwd_kernel<__half, 32>") == "attention"
+    assert profile.family("sm90_xmma_fprop_implicit_gemm_f16f16") == "conv"
+    assert profile.family("void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>") == "elementwise"
+    rows = profile.model_profile(("yolo12n",), batches=(1,), device="cpu", iters=1, imgsz=64)
+    assert [(r["model"], r["batch"]) for r in rows] == [("yolo12n", 1), ("yolo12n patched", 1)]
+    for r in rows:
+        assert r["total_us"] > 0 and r["launches"] > 0 and r["kernels"]
+        assert abs(sum(r["families"].values()) - r["total_us"]) < 1e-6 * r["total_us"] + 1e-6
+    profile._print_models(rows, top=2)
+    assert capsys.readouterr().out.count("== yolo12n") == 2
+
+
 def test_fwd_warps_sweep_checks_each_count_against_the_default(capsys):
     """benchmarks/fwd_warps.py (the CUDA forward's warps per CTA, timed per count on a GPU; each count's output must
     equal the default's bit for bit) runs its plumbing here on the C++ CPU kernel, where the count has no effect: a

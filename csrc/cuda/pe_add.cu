@@ -10,10 +10,10 @@
 // has (40x40 and 20x20 at 640; 80x80, 30x40, 15x20 elsewhere) take one tile per plane or nearly, instead of a 32x32
 // tile that computed 2.56x the outputs of a 40x40 plane. Each thread computes 2 adjacent columns x kPeRows rows:
 // per input row it reads k + 1 staged values (float2 loads) that feed 2 x k taps of up to kPeRows outputs.
-// The tile's input with its halo is staged in shared memory as fp32 (zero outside the image); each thread issues
-// kPeLoadBatch global loads before storing any, so a CTA waits for memory about once, not once per load (the
-// previous kernel, a serial load-store loop at 2 CTAs per SM, was latency-bound: 0.50 ms at P4 h8 batch 32 on an
-// H100 against a 26 us byte floor). fp32 accumulation; bias and x are added in fp32 and the result rounded once.
+// The tile's input with its halo is staged in shared memory as fp32 (zero outside the image), a warp per pair of
+// halo rows, their loads issued before their stores (a serial load-store loop at 2 CTAs per SM was latency-bound:
+// 0.50 ms at P4 h8 batch 32 on an H100 against a 26 us byte floor; the cell-by-cell batched walk that followed
+// measured 135 us there, about half of its instructions index arithmetic of the staging). fp32 accumulation; bias and x are added in fp32 and the result rounded once.
 #include <cstdint>
 
 #include "device.h"
@@ -26,7 +26,8 @@ namespace detail {
 constexpr int kPeRows = 4;          // output rows per thread
 constexpr int kPeMaxThreads = 256;  // threads per CTA at most
 constexpr int kPeMaxPairs = 64;     // column pairs per tile at most: tiles are at most 128 columns wide
-constexpr int kPeLoadBatch = 8;     // global loads a thread has in flight while staging
+constexpr int kPeStageRows = 2;     // halo rows a warp stages per pass (their loads in flight together)
+constexpr int kPeMaxChunks = (2 * kPeMaxPairs + 7 - 1 + 31) / 32;  // 32-column chunks of the widest halo row (k <= 7)
 
 template <typename T>
 __device__ __forceinline__ float load_f32(const T* p);
@@ -85,7 +86,6 @@ struct PeParams {
   int64_t w_c, w_y, w_x, bias_c;
   int head_dim, H, W;
   int pairs, groups, tiles_w, halo_w, halo_h;
-  int load_dy, load_dx;  // blockDim.x as a (rows, columns) step through the staged halo
 };
 
 template <typename T, int K>
@@ -101,31 +101,46 @@ __global__ void __launch_bounds__(kPeMaxThreads, 2) pe_add_kernel(const PeParams
   const int y0 = (blockIdx.x / p.tiles_w) * tile_h;
   const int H = p.H, W = p.W;
 
-  // Stage the input: halo cell (hy, hx) holds v at (y0 - P + hy, x0 - P + hx), 0 outside the image. Thread t walks
-  // the cells t, t + blockDim.x, ... in row-major order, kPeLoadBatch loads issued before their stores.
+  // Stage the input: halo cell (hy, hx) holds v at (y0 - P + hy, x0 - P + hx), 0 outside the image. Each warp takes
+  // kPeStageRows halo rows at a time, its lanes consecutive columns (hx = lane + 32 * chunk: coalesced loads,
+  // conflict-free stores). What depends on the column (its source pointer, whether it is inside the image) is
+  // computed once per thread, what depends on the row once per row: an element costs a predicate, a 64-bit add, the
+  // load, a conversion and the store. (The cell-by-cell walk it replaces spent about 40 instructions per element on
+  // index arithmetic and bounds: about half of the kernel's instructions.) A pass's loads are issued before its stores.
   {
-    const T* vb = static_cast<const T*>(p.v) + b * p.sv.b + h * p.sv.h + d * p.sv.d;
-    int hy = threadIdx.x / p.halo_w, hx = threadIdx.x - hy * p.halo_w;
-    while (hy < p.halo_h) {
-      float vals[kPeLoadBatch];
-      int at[kPeLoadBatch];
+    const T* plane = static_cast<const T*>(p.v) + b * p.sv.b + h * p.sv.h + d * p.sv.d;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int chunks = (p.halo_w + 31) >> 5;  // CTA-uniform
+    const int64_t row_step = (int64_t)W * p.sv.n;
+    const T* col[kPeMaxChunks];
+    bool col_ok[kPeMaxChunks];
 #pragma unroll
-      for (int u = 0; u < kPeLoadBatch; ++u) {
-        const int y = y0 - P + hy, x = x0 - P + hx;
-        float val = 0.f;
-        if (hy < p.halo_h && y >= 0 && y < H && x >= 0 && x < W) val = load_f32<T>(vb + ((int64_t)y * W + x) * p.sv.n);
-        vals[u] = val;
-        at[u] = hy < p.halo_h ? hy * p.halo_w + hx : -1;
-        hx += p.load_dx;
-        hy += p.load_dy;
-        if (hx >= p.halo_w) {
-          hx -= p.halo_w;
-          ++hy;
+    for (int ch = 0; ch < kPeMaxChunks; ++ch) {
+      const int hx = lane + 32 * ch, x = x0 - P + hx;
+      col_ok[ch] = ch < chunks && hx < p.halo_w && x >= 0 && x < W;
+      col[ch] = plane + (col_ok[ch] ? (int64_t)x * p.sv.n : 0);
+    }
+    for (int hy = warp * kPeStageRows; hy < p.halo_h; hy += nwarps * kPeStageRows) {
+      float vals[kPeStageRows][kPeMaxChunks];
+#pragma unroll
+      for (int r = 0; r < kPeStageRows; ++r) {
+        const int y = y0 - P + hy + r;
+        const bool row_ok = hy + r < p.halo_h && y >= 0 && y < H;
+        const int64_t off = row_ok ? (int64_t)y * row_step : 0;
+#pragma unroll
+        for (int ch = 0; ch < kPeMaxChunks; ++ch) {
+          if (ch < chunks) vals[r][ch] = (row_ok && col_ok[ch]) ? load_f32<T>(col[ch] + off) : 0.f;
         }
       }
 #pragma unroll
-      for (int u = 0; u < kPeLoadBatch; ++u)
-        if (at[u] >= 0) tile[at[u]] = vals[u];
+      for (int r = 0; r < kPeStageRows; ++r) {
+        if (hy + r < p.halo_h) {
+          float* dst = tile + (hy + r) * p.halo_w + lane;
+#pragma unroll
+          for (int ch = 0; ch < kPeMaxChunks; ++ch)
+            if (ch < chunks && lane + 32 * ch < p.halo_w) dst[32 * ch] = vals[r][ch];
+        }
+      }
     }
   }
   for (int i = threadIdx.x; i < K * K; i += blockDim.x) {
@@ -235,8 +250,6 @@ cudaError_t pe_add(const PeAddArgs& a, cudaStream_t stream) {
   p.tiles_w = plan.tiles_w;
   p.halo_w = plan.halo_w;
   p.halo_h = plan.halo_h;
-  p.load_dy = plan.threads / plan.halo_w;
-  p.load_dx = plan.threads % plan.halo_w;
   const dim3 grid((unsigned)tiles, (unsigned)channels, (unsigned)a.batch);
   switch (a.dtype) {
     case DType::kFloat16: return launch_pe_k<__half>(a.ksize, p, grid, plan, stream);

@@ -22,7 +22,9 @@ from .area_attention import COMPILE_OPTIONS, TRITON_DTYPE, aot_signature, captur
 # load is shifted by a token or more, so none vectorises and each warp-wide load of the 8 became 4 channel rows of
 # 16-byte-strided scalars (4-8 L1 wavefronts). Unspecialised, a warp's load covers 32 consecutive tokens of one
 # channel (1-2 wavefronts); the stores become coalesced scalars. sm_90 SASS, fp16 k7 d32: per 7-tap row 56 V loads
-# either way, 551 -> 534 instructions; the H100 measured the specialised kernel at 2.40 ms at P4 h8 batch 32.
+# either way, 551 -> 534 instructions; the H100 measured the specialised kernel at 2.40 ms at P4 h8 batch 32, and
+# this one at 2.39 (2026-11-27b): under Triton 3.6, the H100's, the loads went across channels either way (see the
+# tap's token below; that was the 2.4 ms). This analysis is Triton 3.8's.
 PE_NOT_SPECIALIZED = ("s_vb", "s_vh", "s_vd", "s_xb", "s_xh", "s_xd", "H", "W", "N")
 
 

@@ -263,6 +263,32 @@ def test_tensor_core_instructions_in_sass(compiled, arch):
         assert hmma == expect, f"{name} ({arch}): {hmma} HMMA instructions, expected {expect}"
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_async_staging_in_sass(compiled, arch):
+    """sm_80+ code stages K / V (forward) and the swept tensors (backward) with cp.async: LDGSTS in all three vector
+    widths (16, 8 and 4 bytes, zero-filling past the area) and the wait (LDGDEPBAR + DEPBAR) before the CTA's barrier.
+    sm_75 has no cp.async: its code keeps the register staging (no LDGSTS)."""
+    cuobjdump = _find_cuobjdump(NVCC)
+    if cuobjdump is None:
+        pytest.skip("cuobjdump not found (neither next to nvcc nor bundled with triton)")
+    for source, kernel in (("area_attention_fwd.cu", "area_attention_fwd_kernel"),
+                           ("area_attention_bwd.cu", "area_attention_bwd_kernel")):
+        c = compiled[(source, arch)]
+        assert c.returncode == 0, c.log
+        kernels = {name: text for name, text in _sass(cuobjdump, c.cubin).items() if kernel in name}
+        assert kernels, f"no {kernel} in the SASS of {source} ({arch})"
+        for name, text in kernels.items():
+            if "HMMA" not in text:  # the sm_75 bf16 trap stub
+                continue
+            ldgsts = re.findall(r"\bLDGSTS(\S*)", text)  # the opcode's modifiers (the operands say .64 too)
+            if arch == "sm_75":
+                assert not ldgsts, f"{name} ({arch}): LDGSTS in Turing code"
+                continue
+            widths = {"128" if ".128" in m else "64" if ".64" in m else "32" for m in ldgsts}
+            assert widths == {"128", "64", "32"}, f"{name} ({arch}): LDGSTS widths {sorted(widths)}, expected 32/64/128"
+            assert "LDGDEPBAR" in text and "DEPBAR.LE" in text, f"{name} ({arch}): cp.async without its wait"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # dynamic shared memory: the launch plan for every arch
 

@@ -285,6 +285,8 @@ def _attention_so(so: ctypes.CDLL) -> ctypes.CDLL:
     so.yf_emu_attention_bwd_plan.argtypes = so.yf_emu_attention_plan.argtypes
     so.yf_emu_ldmatrix_stats.restype = None
     so.yf_emu_ldmatrix_stats.argtypes = [ctypes.POINTER(ctypes.c_longlong), ctypes.c_int]
+    so.yf_emu_cp_async_stats.restype = None
+    so.yf_emu_cp_async_stats.argtypes = [ctypes.POINTER(ctypes.c_longlong), ctypes.c_int]
     so.yf_emu_ldmatrix_probe.restype = ctypes.c_int
     so.yf_emu_ldmatrix_probe.argtypes = [ctypes.c_uint, ctypes.c_int]
     return so
@@ -361,6 +363,26 @@ def _ldmatrix_stats(emu_attn, reset=False):
     return out[0], out[1]
 
 
+def _cp_async_stats(emu_attn, reset=False):
+    """(cp.async copies issued, copies a thread left unwaited at its exit) since the last reset (cuda_emu.h's
+    cp_async: the emulator carries a copy out only at the issuing thread's cp_async_wait_all)."""
+    out = (ctypes.c_longlong * 2)()
+    emu_attn.yf_emu_cp_async_stats(out, int(reset))
+    return out[0], out[1]
+
+
+def _assert_staged_async(emu_attn, layout, n, N, what):
+    """sm_80+ code stages token-contiguous views (interleaved, turbo) with an even number of tokens per area and per
+    image through cp.async (vectors of 2-8 tokens: staging_mode), every copy waited for; the others (channels_last, a
+    misaligned base, odd areas such as 15 tokens) through registers."""
+    copies, unwaited = _cp_async_stats(emu_attn)
+    assert unwaited == 0, f"{what}: {unwaited} cp.async copies never waited for"
+    if layout in ("interleaved", "turbo") and n % 2 == 0 and N % 2 == 0:
+        assert copies > 0, f"{what}: the vector staging did not go through cp.async"
+    else:
+        assert copies == 0, f"{what}: {copies} cp.async copies for a layout that has no aligned token vectors"
+
+
 def _assert_conflict_free(emu_attn, what):
     """Every ldmatrix of the launches since the last reset read its 8 rows in one wavefront: the staged K / V rows are
     an odd number of 16-byte units long (smem_row = chunk + 8 elements), so 8 consecutive rows fall in 8 different
@@ -407,11 +429,13 @@ def test_attention_kernel_matches_the_oracle(emu_attn, layout, dtype, D, B, head
     plan = _attention_plan(emu_attn, H * W // area, D, device)
     assert plan["supported"]
     _ldmatrix_stats(emu_attn, reset=True)
+    _cp_async_stats(emu_attn, reset=True)
     out, lse = run_attention(emu_attn, q, k, v, area, res, device)
     what = (f"{layout} {dtype} D{D} {H}x{W}/{area} {'resident' if plan['resident'] else 'streamed'} on cc "
             f"{device[1]}.{device[2]}")
     _check_attention(out, lse, q, k, v, area, res, what)
     _assert_conflict_free(emu_attn, what)
+    _assert_staged_async(emu_attn, layout, H * W // area, H * W, what)
 
 
 @pytest.mark.parametrize("case", [c for c in ATTENTION_CASES if c[1] == torch.float16],
@@ -674,11 +698,13 @@ def test_attention_backward_matches_the_oracle(emu_attn, layout, dtype, D, B, he
     res = torch.randn(q.shape, generator=g).to(dtype) if with_res else None
     plan = _attention_plan(emu_attn, H * W // area, D, device, bwd=True)
     _ldmatrix_stats(emu_attn, reset=True)
+    _cp_async_stats(emu_attn, reset=True)
     grads = run_attention_bwd(emu_attn, q, k, v, dout, area, res, device)
     what = (f"backward {layout} {dtype} D{D} {H}x{W}/{area} {'resident' if plan['resident'] else 'streamed'} on cc "
             f"{device[1]}.{device[2]}")
     _check_backward(grads, q, k, v, dout, area, what)
     _assert_conflict_free(emu_attn, what)
+    _assert_staged_async(emu_attn, layout, H * W // area, H * W, what)
 
 
 @pytest.mark.parametrize("turing", [False, True], ids=["sm80+", "sm75-branch"])

@@ -210,6 +210,7 @@ __global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBloc
               Dl[i] = ok ? deltag[c0 + i] : 0.f;
             }
           }
+          cp_async_wait_all();  // the two tensors' copies were in flight together (and with Ls / Dl's loads)
           __syncthreads();
           staged = true;
         }

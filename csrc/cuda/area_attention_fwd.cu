@@ -3,7 +3,8 @@
 // One CTA per (batch, head, area) [x a query split, grid.y, when there are few sequences]. YOLOv12's areas are
 // short (n = 400 tokens at 640x640, 1600 at 1280), so an area's whole K and V (n x head_dim x 2 bytes each) fit in
 // shared memory: the CTA stages them once and its warps then sweep all their query tiles with no further
-// barrier ("resident" plan). Areas too long for the arch's shared memory stream K/V through smem in chunks, all
+// barrier ("resident" plan). On sm_80+ the token-contiguous views stage through cp.async, every copy of K and V in
+// flight at once (the register path of sm_75 and of the other layouts keeps 4 loads per thread in flight). Areas too long for the arch's shared memory stream K/V through smem in chunks, all
 // warps of the CTA moving through the chunks together ("streaming" plan, FlashAttention-2 style).
 //
 // Layouts. q, k, v are (B, heads, D, N) with arbitrary element strides (views of the interleaved qkv conv
@@ -283,6 +284,7 @@ __global__ void __launch_bounds__(Config<D>::kBoundThreads, Config<D>::kMinBlock
           __syncthreads();  // every warp is done with the previous chunk
           stage<D, 0>(Ks, kg, p.sk, p.k_mode, c0, cend, n, row);
           stage<D, 0>(Vs, vg, p.sv, p.v_mode, c0, cend, n, row);
+          cp_async_wait_all();  // K and V were in flight together
           __syncthreads();
           staged = true;
         }

@@ -246,13 +246,78 @@ __device__ __forceinline__ void stage_dfast(uint16_t* __restrict__ dst, const ui
   }
 }
 
+// cp.async (sm_80+): an asynchronous BYTES-byte (4, 8 or 16) global -> shared copy that fills the destination with
+// zeros instead where !valid (src-size 0: nothing is read). The copies of a thread land only after its
+// cp_async_wait_all(); the barrier after that publishes them to the CTA. The emulator defers each copy to the wait, so
+// a kernel that reads staged data without the wait reads the NaN fill of fresh shared memory, as it could on a GPU.
+#if (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 800)) || (defined(YOLOV12_FAST_CUDA_EMU) && !defined(YF_EMU_SM75))
+#define YF_CP_ASYNC 1
+#else
+#define YF_CP_ASYNC 0
+#endif
+
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* dst, const void* src, bool valid) {
+  static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::cp_async(dst, src, BYTES, valid);
+#elif YF_CP_ASYNC
+  const uint32_t d = smem_addr(dst);
+  const int src_bytes = valid ? BYTES : 0;
+  if constexpr (BYTES == 16)  // .cg: through L2 only (staged once per CTA, no reuse from L1)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(d), "l"(src), "n"(BYTES), "r"(src_bytes)
+                 : "memory");
+#else
+  (void)dst, (void)src, (void)valid;
+  __trap();  // never called: stage() takes the register path where YF_CP_ASYNC is 0
+#endif
+}
+
+// Waits for this thread's cp.async copies (none where YF_CP_ASYNC is 0: a no-op).
+__device__ __forceinline__ void cp_async_wait_all() {
+#ifdef YOLOV12_FAST_CUDA_EMU
+  yf_emu::cp_async_wait_all();
+#elif YF_CP_ASYNC
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// stage_tokens through cp.async: every copy of the thread in flight at once (12-13 per thread for an n = 400 area's
+// K at 256 threads), where the register path has U = 4 loads in flight and waits for them before the next 4. Same
+// preconditions (VW > 1: token stride 1, a vector wholly valid or wholly past n, aligned); the destination is 16-byte
+// aligned for VW = 8 because each smem row is chunk + 8 elements (chunk a multiple of 16).
+template <int D, int NT, int VW>
+__device__ __forceinline__ void stage_tokens_async(uint16_t* __restrict__ dst, const uint16_t* __restrict__ src,
+                                                   int64_t sd, int c0, int cpad, int n, int row) {
+  const int nt = NT > 0 ? NT : (int)blockDim.x;
+  const int per_row = cpad / VW;
+  const int total = D * per_row;
+  for (int idx = threadIdx.x; idx < total; idx += nt) {
+    const int d = idx / per_row;
+    const int i = (idx - d * per_row) * VW;
+    const int key = c0 + i;
+    const bool ok = key < n;
+    cp_async<2 * VW>(dst + d * row + i, ok ? src + key + d * sd : src, ok);
+  }
+}
+
+// One tensor's chunk -> smem rows [d][token]. The caller calls cp_async_wait_all() and then __syncthreads() before
+// any thread reads the rows (the vector modes copy asynchronously on sm_80+).
 template <int D, int NT>
 __device__ __noinline__ void stage(uint16_t* dst, const uint16_t* src, const Strides4& s, int mode, int c0,
                                       int cpad, int n, int row) {
   switch (mode) {
+#if YF_CP_ASYNC
+    case 8: stage_tokens_async<D, NT, 8>(dst, src, s.d, c0, cpad, n, row); break;
+    case 4: stage_tokens_async<D, NT, 4>(dst, src, s.d, c0, cpad, n, row); break;
+    case 2: stage_tokens_async<D, NT, 2>(dst, src, s.d, c0, cpad, n, row); break;
+#else
     case 8: stage_tokens<D, NT, 8>(dst, src, 1, s.d, c0, cpad, n, row); break;
     case 4: stage_tokens<D, NT, 4>(dst, src, 1, s.d, c0, cpad, n, row); break;
     case 2: stage_tokens<D, NT, 2>(dst, src, 1, s.d, c0, cpad, n, row); break;
+#endif
     case 1: stage_tokens<D, NT, 1>(dst, src, s.n, s.d, c0, cpad, n, row); break;
     default: stage_dfast<D, NT>(dst, src, s.n, s.d, c0, cpad, n, row); break;
   }

@@ -4,9 +4,8 @@
 // Built with nvcc (setup.py, the ptxas checks of tests/test_cuda_compile.py) this is plain CUDA. Built by a host
 // compiler with YOLOV12_FAST_CUDA_EMU defined, the same kernel source runs on the CPU through "cuda_emu.h" (found on
 // the include path; tests/cuda_emu/ has it): every CTA runs as blockDim threads sharing its shared memory and a
-// barrier. That is how CI, which has no GPU, checks the numerics and the index math of the kernels that use nothing
-// beyond what the emulator provides (csrc/cuda/pe_add.cu; not the tensor-core attention kernel, whose inline PTX
-// has no CPU meaning).
+// barrier. That is how CI, which has no GPU, checks the numerics and the index math of the kernels: the inline PTX
+// they use (mma.sync, ldmatrix, ex2, cp.async) has an emulator branch next to it (attention_common.cuh).
 #pragma once
 
 #ifdef YOLOV12_FAST_CUDA_EMU

@@ -75,6 +75,14 @@ void yf_emu_ldmatrix_stats(long long* out, int reset) {
   if (reset) yf_emu::ldmatrix_matrices = yf_emu::ldmatrix_extra_wavefronts = 0;
 }
 
+// The emulated cp.async copies since the last reset -> out[0], and those a thread left unwaited at its exit -> out[1]
+// (they never landed).
+void yf_emu_cp_async_stats(long long* out, int reset) {
+  out[0] = yf_emu::cp_async_copies.load();
+  out[1] = yf_emu::cp_async_unwaited.load();
+  if (reset) yf_emu::cp_async_copies = yf_emu::cp_async_unwaited = 0;
+}
+
 }  // extern "C"
 
 namespace {

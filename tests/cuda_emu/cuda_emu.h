@@ -9,8 +9,8 @@
 // and every index, halo and mask computation runs exactly as written. Warp collectives run through a per-warp barrier and exchange buffer (double-buffered:
 // one barrier per collective; every lane of a warp must make the same collective calls, as mma.sync and the
 // *_sync intrinsics require): __syncwarp, __shfl_xor_sync, and the kernels' tensor-core wrappers (mma m16n8k16,
-// ldmatrix x4 and x4.trans with the PTX ISA's fragment layouts, fp32 accumulation). Not emulated: other inline PTX,
-// atomics, streams (a launch is synchronous), timing. Half and bfloat16 are CUDA's own host-side types
+// ldmatrix x4 and x4.trans with the PTX ISA's fragment layouts, fp32 accumulation). cp.async is deferred to the issuing thread's wait (see cp_async). Not
+// emulated: other inline PTX, atomics, streams (a launch is synchronous), timing. Half and bfloat16 are CUDA's own host-side types
 // (cuda_fp16.h / cuda_bf16.h). The host API the launchers call (device, attributes, occupancy) answers as one GPU
 // with whatever DeviceInfo the caller passes.
 #pragma once
@@ -258,6 +258,37 @@ inline void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr, bool trans) {
   });
 }
 
+// cp.async.{ca,cg}.shared.global with src-size `valid ? bytes : 0`: queued per thread and carried out at the thread's
+// cp.async.wait_all (cp_async_wait_all), not before, so shared memory read between the copy and the wait still holds
+// what it held (the launch's NaN fill); the source is read at the wait, as late as a GPU may read it. Copies still
+// queued when a thread exits never land and are counted in cp_async_unwaited (0 for a correct kernel).
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  int bytes;
+  bool valid;
+};
+inline thread_local std::vector<PendingCopy> pending_copies;
+inline std::atomic<long long> cp_async_copies{0}, cp_async_unwaited{0};
+
+inline void cp_async(void* dst, const void* src, int bytes, bool valid) {
+  pending_copies.push_back({dst, src, bytes, valid});
+  cp_async_copies.fetch_add(1, std::memory_order_relaxed);
+}
+
+inline void cp_async_wait_all() {
+  for (const PendingCopy& c : pending_copies) {
+    if (c.valid) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+    else std::memset(c.dst, 0, static_cast<size_t>(c.bytes));
+  }
+  pending_copies.clear();
+}
+
+inline void drop_pending_copies() {
+  cp_async_unwaited.fetch_add(static_cast<long long>(pending_copies.size()), std::memory_order_relaxed);
+  pending_copies.clear();
+}
+
 // ex2.approx.ftz.f32: 2^x with denormal results flushed to +0.
 inline float ex2_approx_ftz(float x) {
   const float y = std::exp2(x);
@@ -382,6 +413,7 @@ inline cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 bloc
               yf_emu::parity = 0;
               yf_emu::syncthreads_seen = yf_emu::syncwarp_seen = 0;
               kernel(args...);
+              yf_emu::drop_pending_copies();
               yf_emu::warp->bar.arrive_and_drop();
               cta.bar->arrive_and_drop();
             });

@@ -367,6 +367,55 @@ PE_PROVIDERS = {
 }
 
 # ----------------------------------------------------------------------------------------------------------------
+# PE backward (what training runs after the PE branch): dv, dw, db for dout. The inputs come as
+# (v, v_nchw, v_cl, dout, dout_cl, weight, H, W): v the strided view of qkv, its NCHW copy (what the reference's
+# forward made and autograd saved), channels_last copies of v and dout (what a channels_last model has; made once,
+# outside the timing: the strongest baseline's best case).
+
+
+def _pe_ctx(v, weight, H: int, W: int, cxx: bool):
+    """The autograd context yolov12_fast.ops.pe._backward reads, for timing that function itself."""
+    import types
+
+    return types.SimpleNamespace(saved_tensors=(v, weight), H=H, W=W, has_bias=True, has_x=False, cxx=cxx,
+                                 needs_input_grad=(True, True, True, False))
+
+
+def pebwd_ours(v, v_nchw, v_cl, dout, dout_cl, weight, H: int, W: int):
+    """Our PE backward (yolov12_fast.ops.pe._backward with the compiled kernels: the PE kernel on dout with the kernel
+    flipped for dv, pe_add_wgrad_cxx for dw and db)."""
+    from yolov12_fast.ops import pe
+
+    return pe._backward(_pe_ctx(v, weight, H, W, True), dout)[:3]
+
+
+def pebwd_aten_nchw(v, v_nchw, v_cl, dout, dout_cl, weight, H: int, W: int):
+    """ATen's convolution backward on NCHW tensors (the reference's training step; before 2026-11-27 also ours on
+    CUDA): on a GPU, ATen's own depthwise kernels."""
+    k, C = weight.shape[-1], weight.shape[0]
+    dv, dw, db = torch.ops.aten.convolution_backward(dout.reshape(v_nchw.shape), v_nchw, weight, [C], [1, 1],
+                                                     [k // 2, k // 2], [1, 1], False, [0, 0], C, [True, True, True])
+    return dv, dw, db
+
+
+def pebwd_aten_cl(v, v_nchw, v_cl, dout, dout_cl, weight, H: int, W: int):
+    """ATen's convolution backward on channels_last tensors (cuDNN's NHWC depthwise kernels on a GPU)."""
+    k, C = weight.shape[-1], weight.shape[0]
+    dv, dw, db = torch.ops.aten.convolution_backward(dout_cl, v_cl, weight, [C], [1, 1], [k // 2, k // 2], [1, 1],
+                                                     False, [0, 0], C, [True, True, True])
+    return dv, dw, db
+
+
+PEBWD_BASELINES = ("torch", "torch-cl")
+
+PEBWD_PROVIDERS = {
+    "torch": Provider("torch", pebwd_aten_nchw, True, _always),
+    "torch-cl": Provider("torch-cl", pebwd_aten_cl, True, _always),
+    "cuda": Provider("cuda", pebwd_ours, False, _backend_ok("cuda"), "cuda"),
+    "cpp": Provider("cpp", pebwd_ours, False, _backend_ok("cpp"), "cpp"),
+}
+
+# ----------------------------------------------------------------------------------------------------------------
 # ABlock MLP
 
 
@@ -416,5 +465,5 @@ CV2_PROVIDERS = fused_providers(cv2_torch, "conv1x1_silu_residual")
 
 __all__ = ["ultralytics_eager", "authors_flash", "sdpa", "sdpa_backend", "flash_impl", "compiled_reference", "ours",
            "cpp_direct", "resolved_backends", "pe_torch", "pe_ours", "Provider", "ATTENTION_PROVIDERS",
-           "ATTENTION_BASELINES", "PE_PROVIDERS", "PE_BASELINES", "mlp_torch", "ours_fn", "fused_providers", "MLP_PROVIDERS",
+           "ATTENTION_BASELINES", "PE_PROVIDERS", "PE_BASELINES", "PEBWD_PROVIDERS", "PEBWD_BASELINES", "mlp_torch", "ours_fn", "fused_providers", "MLP_PROVIDERS",
            "MLP_BASELINES", "cv2_torch", "CV2_PROVIDERS", "CV2_BASELINES", "reset_triton_tiles", "triton_tiles"]

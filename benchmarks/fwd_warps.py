@@ -1,4 +1,4 @@
-"""Warps per CTA of the CUDA C++ attention forward, timed: which count suits this GPU.
+"""Warps per CTA of the CUDA C++ attention forward, and its K / V staging, timed: which suits this GPU.
 
     python -m benchmarks.fwd_warps [--warps 4,5,8,...] [--cases REGEX]
 
@@ -15,7 +15,14 @@ and no idle last round help; 5 or 6 warps on the H100 about 1.2x faster at batch
 instead of 4 at 13 warps with one CTA per SM either way, but Turing code keeps its 8 warps: a runtime count spilled
 there within the 128 registers that give its streamed plan 2 CTAs per SM.)
 
-Each count's output is checked bit for bit against the default's (a tile's arithmetic does not depend on which warp
+Staging: on sm_80+ the kernels copy K and V into shared memory with cp.async, every copy of a thread in flight at
+once ($YOLOV12_FAST_CUDA_STAGING unset or "async"); "registers" keeps the older path, 4 loads per thread in flight
+and then stored (4 dependent memory round trips per CTA for an n = 400 area at 256 threads, where cp.async takes one).
+The `registers` column times that path at the default warps. Prediction (3fcda2a): cp.async about 1-2 us faster at
+batch 1 (11.1 us on the H100 of 2026-11-27b), where every CTA stages once and then computes one tile per warp; a few
+per cent at batch 32, where a second CTA per SM computes while one stages.
+
+Each count's output (and the register staging's) is checked bit for bit against the default's (a tile's arithmetic does not depend on which warp
 runs it). Prints a table of microseconds per count and case (CUDA events, triton.testing.do_bench), the best count per
 case, and the speed-up over the default. CUDA only; Turing code takes only the default count.
 """
@@ -30,6 +37,7 @@ import sys
 import torch
 
 ENV = "YOLOV12_FAST_CUDA_FWD_WARPS"
+STAGING_ENV = "YOLOV12_FAST_CUDA_STAGING"
 DEFAULT_CASES = r"^fwd P[45] 640x640 h[48] b(1|32) "
 
 
@@ -56,8 +64,8 @@ def _timer(dev: torch.device):
 
 def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, dtype=torch.float16,
           device: str = "cuda") -> list:
-    """[{case, warps: {count: ms or why refused}, default_ms}] for the ops suite's forward cases matching
-    `pattern`."""
+    """[{case, warps: {count: ms or why refused}, default_ms, registers_ms}] for the ops suite's forward cases
+    matching `pattern` (registers_ms: the default count with register staging)."""
     import yolov12_fast  # noqa: F401 - registers torch.ops.yolov12_fast
 
     from . import ops
@@ -65,7 +73,7 @@ def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, d
     dev = torch.device(device)
     bench = _timer(dev)
     rows = []
-    prev = os.environ.get(ENV)
+    prev = {e: os.environ.get(e) for e in (ENV, STAGING_ENV)}
     try:
         for case in [c for c in ops.attention_cases(dev, quick=False) if re.search(pattern, c.name)]:
             qkv, _, _ = ops._inputs(case, dev, dtype, False)
@@ -76,6 +84,7 @@ def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, d
                 return torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, case.area, case.head_dim ** -0.5, None)
 
             os.environ.pop(ENV, None)
+            os.environ.pop(STAGING_ENV, None)
             ref = run()[0]
             times = {}
             for w in warps:
@@ -90,12 +99,21 @@ def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, d
                                          f"{(out.float() - ref.float()).abs().max().item():.3g})")
                 times[w] = bench(run)
             os.environ.pop(ENV, None)
-            rows.append({"case": case.name, "warps": times, "default_ms": bench(run)})
+            default_ms = bench(run)
+            os.environ[STAGING_ENV] = "registers"
+            out = run()[0]
+            if not torch.equal(out, ref):
+                raise AssertionError(f"{case.name}: register staging changed the output (max |diff| "
+                                     f"{(out.float() - ref.float()).abs().max().item():.3g})")
+            registers_ms = bench(run)
+            os.environ.pop(STAGING_ENV, None)
+            rows.append({"case": case.name, "warps": times, "default_ms": default_ms, "registers_ms": registers_ms})
     finally:
-        if prev is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = prev
+        for e, val in prev.items():
+            if val is None:
+                os.environ.pop(e, None)
+            else:
+                os.environ[e] = val
     return rows
 
 
@@ -114,14 +132,16 @@ def main(argv=None) -> int:
         return 2
     warps = tuple(int(w) for w in a.warps.split(","))
     rows = sweep(warps, a.cases)
-    print(f"CUDA attention forward, us per call by warps per CTA ({torch.cuda.get_device_name()}; default 8)")
-    print(f"{'case':<32}" + "".join(f"{w:>8}" for w in warps) + "    best")
+    print(f"CUDA attention forward, us per call by warps per CTA ({torch.cuda.get_device_name()}; default 8, "
+          f"cp.async staging; `registers`: the default count with register staging)")
+    print(f"{'case':<32}" + "".join(f"{w:>8}" for w in warps) + f"{'default':>9}{'registers':>10}    best")
     for r in rows:
         timed = {w: t for w, t in r["warps"].items() if isinstance(t, float)}
         best = min(timed, key=timed.get) if timed else None
         cells = "".join(f"{t * 1e3:8.1f}" if isinstance(t, float) else f"{'-':>8}" for t in r["warps"].values())
         gain = f"{best} ({r['default_ms'] / timed[best]:.2f}x the default)" if best else "-"
-        print(f"{r['case']:<32}{cells}    {gain}")
+        staging = f"{r['default_ms'] * 1e3:9.1f}{r['registers_ms'] * 1e3:10.1f}"
+        print(f"{r['case']:<32}{cells}{staging}    {gain}; cp.async {r['registers_ms'] / r['default_ms']:.2f}x registers")
     refused = {t for r in rows for t in r["warps"].values() if isinstance(t, str)}
     for why in sorted(refused):
         print(f"  -: {why}")

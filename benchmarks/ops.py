@@ -29,6 +29,7 @@ Conventions (stated in every row through flops / bytes):
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 import zlib
@@ -83,8 +84,8 @@ class Case:
 
     @property
     def name(self) -> str:
-        if self.pass_ == "pe":  # the PE conv runs over the whole map: no areas
-            return f"pe {self.level} {self.imgsz} h{self.heads} b{self.batch} ({self.H}x{self.W} map)"
+        if self.pass_ in ("pe", "pebwd"):  # the PE conv runs over the whole map: no areas
+            return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} ({self.H}x{self.W} map)"
         return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} (n={self.n})"
 
     @property
@@ -149,6 +150,13 @@ def pe_cases(device: torch.device, quick: bool) -> list:
             H, W, area, heads = _shape("640x640", level)
             cases.extend(Case("pe", "640x640", level, H, W, area, h, b) for h in heads)
     return cases
+
+
+def pebwd_cases(device: torch.device, quick: bool) -> list:
+    """The PE backward at the PE cases' shapes (batches 8 and 32 on a GPU: training batches)."""
+    if quick:
+        return [Case("pebwd", "tiny", "tiny", 8, 8, 1, 2, 1)]
+    return [dataclasses.replace(c, pass_="pebwd") for c in pe_cases(device, quick) if device.type == "cpu" or c.batch > 1]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,6 +247,7 @@ def run(ctx: Context) -> list:
     dtype = torch.float16 if ctx.device.type == "cuda" else torch.float32
     cases = [c for c in attention_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     pes = [c for c in pe_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
+    pebwds = [c for c in pebwd_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     mlps = [c for c in mlp_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
     cv2s = [c for c in cv2_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
 
@@ -246,6 +255,7 @@ def run(ctx: Context) -> list:
         ctx.ceilings()
         return (_run_attention(ctx, cases, dtype, budget, threads=threads)
                 + _run_pe(ctx, pes, dtype, budget, threads=threads)
+                + _run_pebwd(ctx, pebwds, dtype, budget)
                 + _run_mlp(ctx, mlps, dtype, budget, threads=threads) + _run_cv2(ctx, cv2s, dtype, budget))
 
     if ctx.device.type == "cuda":
@@ -385,6 +395,32 @@ def _run_pe(ctx: Context, cases: list, dtype, budget: Budget, threads) -> list:
     return _run_simple(ctx, cases, dtype, budget, "pe", bl.PE_PROVIDERS, bl.PE_BASELINES, setup, "F.conv2d + add")
 
 
+def _run_pebwd(ctx: Context, cases: list, dtype, budget: Budget) -> list:
+    """PE backward rows (`pebwd-*`): dv, dw, db for a random dout, ours against ATen's convolution backward on NCHW
+    tensors (the reference's) and on channels_last ones (cuDNN's NHWC kernels on a GPU), each checked against the
+    float32 / float64 gradients."""
+    def setup(case):
+        qkv, w, _ = _inputs(case, ctx.device, dtype, False)
+        N = case.H * case.W
+        v = qkv.view(case.batch, case.heads, 3 * case.head_dim, N)[:, :, 2 * case.head_dim:]
+        g = torch.Generator(device="cpu").manual_seed(seed(case) + 1)
+        dout = torch.randn(case.batch, case.heads, case.head_dim, N, generator=g).to(ctx.device, dtype)
+        shape = (case.batch, case.C, case.H, case.W)
+        v_nchw = v.reshape(shape).contiguous()
+        v_cl, dout_cl = (t.reshape(shape).contiguous(memory_format=torch.channels_last) for t in (v, dout))
+        bcn = case.batch * case.C * N
+        flops = 2 * 2.0 * bcn * PE_K * PE_K + bcn  # dv and dw: k*k multiply-adds per element each; db
+        nbytes = 4 * bcn * torch.finfo(dtype).bits // 8  # dout read twice (dv, dw), v read, dv written
+        hi = torch.float64 if ctx.device.type == "cpu" else torch.float32
+        with exact_fp32():
+            ref = bl.pebwd_aten_nchw(*(t.to(hi) for t in (v, v_nchw, v_cl, dout, dout_cl, w)), case.H, case.W)
+        oracle = torch.cat([t.reshape(-1).cpu().double() for t in ref])
+        return (v, v_nchw, v_cl, dout, dout_cl, w, case.H, case.W), oracle, flops, nbytes
+
+    return _run_simple(ctx, cases, dtype, budget, "pebwd", bl.PEBWD_PROVIDERS, bl.PEBWD_BASELINES, setup,
+                       "aten convolution_backward")
+
+
 @dataclass(frozen=True)
 class MlpCase:
     """ABlock's MLP + residual at one layer of one scale: C channels, HID hidden, an H x W map."""
@@ -503,9 +539,16 @@ def _run_cv2(ctx: Context, cases: list, dtype, budget: Budget) -> list:
                        "conv1x1 + silu (+ addcmul)")
 
 
+def _flat(res) -> torch.Tensor:
+    """A provider's result as one float64 CPU vector: a tensor, or a tuple of them (gradients) concatenated."""
+    if isinstance(res, (tuple, list)):
+        return torch.cat([t.reshape(-1).cpu().double() for t in res])
+    return res.cpu().double()
+
+
 def _run_simple(ctx: Context, cases: list, dtype, budget: Budget, prefix: str, providers: dict, baselines,
                 setup, torch_ran: str) -> list:
-    """Forward-only ops (PE, MLP): each provider checked against the oracle (bound: 4x the first baseline's
+    """Single-call ops (PE, its backward, MLP, cv2): each provider checked against the oracle (bound: 4x the first baseline's
     same-dtype error + a floor), then timed (GPU: per provider; CPU: interleaved rounds)."""
     all_rows = []
     for case in ctx.tqdm(cases, desc=f"ops {prefix}"):
@@ -515,7 +558,7 @@ def _run_simple(ctx: Context, cases: list, dtype, budget: Budget, prefix: str, p
             all_rows += rows
             continue
         args, oracle, flops, nbytes = setup(case)
-        naive_err = (providers[baselines[0]].fn(*args).cpu().double() - oracle).abs().max().item()
+        naive_err = (_flat(providers[baselines[0]].fn(*args)) - oracle).abs().max().item()
         rows, fns, meta = [], {}, {}
         for name, p in providers.items():
             ok, why = p.available(ctx.device, dtype, False, ctx.quick)
@@ -525,8 +568,7 @@ def _run_simple(ctx: Context, cases: list, dtype, budget: Budget, prefix: str, p
                 continue
             call = (lambda f: lambda: f(*args))(p.fn)
             try:
-                res = call()
-                err = (res.cpu().double() - oracle).abs().max().item()
+                err = (_flat(call()) - oracle).abs().max().item()
                 lim = bound(naive_err, oracle, dtype)
                 extra = {"max_abs_err": err, "check": "pass" if err <= lim else f"FAIL (max |err| {err:.3g} > {lim:.3g})",
                          "backend_ran": torch_ran if p.backend is None else bl.resolved_backends(p.backend, ctx.device)}

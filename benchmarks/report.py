@@ -115,7 +115,8 @@ def _columns(suite: str, rows: list, fused: str | None = None) -> list:
         return base + [("ms", _ms), ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}")),
                        ("exp2 G/s", lambda r: _f(r.get("exp2_gps"), "{:.4g}"))]
     if suite == "ops":
-        bl = [f"{fused}-torch"] if fused else ["ultralytics", "flash", "sdpa", "compile"]
+        bl = ([f"{fused}-torch"] + (["pebwd-torch-cl"] if fused == "pebwd" else [])) if fused else \
+            ["ultralytics", "flash", "sdpa", "compile"]
         ran = lambda r: (r.get("backend_ran") or "") + (f" [{r['tiles']}]" if r.get("tiles") else "")
         return base + [("ran", ran), ("ms (p20–p80)", _ms),
                        ("TFLOP/s", lambda r: _f(r.get("tflops"))), ("GB/s", lambda r: _f(r.get("gbps"), "{:.3g}")),
@@ -184,13 +185,14 @@ def markdown(rows: list, source: str) -> str:
         if not srows:
             continue
         if suite == "ops":
-            fused = {p: [r for r in srows if r["provider"].startswith(p + "-")] for p in FUSED}
-            att = [r for r in srows if not any(r["provider"].startswith(p + "-") for p in FUSED)]
+            fused = {p: [r for r in srows if r["provider"].startswith(p + "-")] for p in (*FUSED, "pebwd")}
+            att = [r for r in srows if not any(r["provider"].startswith(p + "-") for p in fused)]
             if att:
                 lines += ["## ops: area attention (qkv conv output -> proj input, PE included)", ""]
                 lines += _table(att, _columns(suite, att)) + [""]
             titles = {"pe": "PE branch (depthwise 7x7 + bias + add)", "mlp": "ABlock MLP + residual",
-                      "cv2": "A2C2f cv2 (+ the L/X residual)"}
+                      "cv2": "A2C2f cv2 (+ the L/X residual)",
+                      "pebwd": "PE branch backward (dv, dw, db; torch-cl: ATen on channels_last copies made untimed)"}
             for p, prow in fused.items():
                 if prow:
                     lines += [f"## ops: {titles[p]}", ""] + _table(prow, _columns(suite, prow, fused=p)) + [""]

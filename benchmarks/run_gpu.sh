@@ -55,8 +55,8 @@ tmo() { local t=$1; shift; [ "$t" -gt "$(left)" ] && t=$(left); [ "$t" -lt 10 ] 
 PART1_OPS='640x640|^mlp |^cv2 '
 PART2_OPS='^fwd.* (1280x1280|480x640|384x640) '
 # quick: the issue targets' headline shapes (P4/P5 at 640, heads 4/8, batch 1 and 32, forward and forward+backward; PE;
-# the n and x MLP / cv2 at batch 32) and the yolo11n / yolo12n models at 640
-QUICK_OPS='^fwd(bwd)? P[45] 640x640 h[48] b(1|32) |^pe P4 640x640 h8 b(1|32) |^(mlp|cv2) P4 (n|x) .* b32 '
+# its backward at batch 32; the n and x MLP / cv2 at batch 32) and the yolo11n / yolo12n models at 640
+QUICK_OPS='^fwd(bwd)? P[45] 640x640 h[48] b(1|32) |^pe P4 640x640 h8 b(1|32) |^pebwd P[45] 640x640 h8 b32 |^(mlp|cv2) P4 (n|x) .* b32 '
 QUICK_MODEL='^yolo1[12]n 640 '
 
 left() { echo $(( DEADLINE - ($(date +%s) - START) )); }

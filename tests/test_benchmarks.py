@@ -71,7 +71,8 @@ def test_ceilings_quick(quick_cpu):
 
 
 def test_ops_quick(quick_cpu):
-    rows = [r for r in quick_cpu if r["suite"] == "ops" and not r["provider"].startswith(("pe-", "mlp-", "cv2-"))]
+    rows = [r for r in quick_cpu if r["suite"] == "ops"
+            and not r["provider"].startswith(("pe-", "pebwd-", "mlp-", "cv2-"))]
     cases = {r["case"] for r in rows}
     assert len(cases) == 3
     for case in cases:
@@ -91,6 +92,12 @@ def test_ops_quick(quick_cpu):
     pe = [r for r in quick_cpu if r["suite"] == "ops" and r["provider"].startswith("pe-")]
     assert {r["provider"] for r in _ok(pe)} >= {"pe-torch", "pe-auto"}
     assert all(r["check"] == "pass" for r in _ok(pe))
+    pebwd = [r for r in quick_cpu if r["suite"] == "ops" and r["provider"].startswith("pebwd-")]
+    assert {r["provider"] for r in _ok(pebwd)} >= {"pebwd-torch", "pebwd-torch-cl"} | ({"pebwd-cpp"} if HAS_CPP else set())
+    assert all(r["check"] == "pass" and r["tflops"] > 0 and r["case"].startswith("pebwd ") for r in _ok(pebwd))
+    assert next(r for r in pebwd if r["provider"] == "pebwd-cuda")["status"] == "skipped"  # a GPU's
+    if HAS_CPP:  # ours against both ATen layouts, in the same run
+        assert {"pebwd-torch", "pebwd-torch-cl"} <= set(next(r for r in pebwd if r["provider"] == "pebwd-cpp")["speedup_vs"])
     mlp = [r for r in quick_cpu if r["suite"] == "ops" and r["provider"].startswith("mlp-")]
     assert {r["provider"] for r in _ok(mlp)} >= {"mlp-torch", "mlp-auto"}
     assert all(r["check"] == "pass" and r["tflops"] > 0 for r in _ok(mlp))
@@ -793,8 +800,8 @@ def test_model_profile_lists_kernels_by_family(capsys):
 
 
 def test_fwd_warps_sweep_checks_each_count_against_the_default(capsys):
-    """benchmarks/fwd_warps.py (the CUDA forward's warps per CTA, timed per count on a GPU; each count's output must
-    equal the default's bit for bit) runs its plumbing here on the C++ CPU kernel, where the count has no effect: a
+    """benchmarks/fwd_warps.py (the CUDA forward's warps per CTA and its staging, timed on a GPU; each count's output
+    and the register staging's must equal the default's bit for bit) runs its plumbing here on the C++ CPU kernel, where the count has no effect: a
     row per matching case with a time per count; without a GPU its command says why and exits 2."""
     pytest.importorskip("yolov12_fast._C")
     from benchmarks import fwd_warps
@@ -802,7 +809,8 @@ def test_fwd_warps_sweep_checks_each_count_against_the_default(capsys):
     rows = fwd_warps.sweep(warps=(4, 13), pattern=r"^fwd P5 640x640 h4 b1 ", dtype=torch.float32, device="cpu")
     assert [r["case"] for r in rows] == ["fwd P5 640x640 h4 b1 (n=400)"]
     assert set(rows[0]["warps"]) == {4, 13} and all(t > 0 for t in rows[0]["warps"].values()) and rows[0]["default_ms"] > 0
-    assert fwd_warps.ENV not in os.environ  # the sweep leaves the knob as it found it
+    assert rows[0]["registers_ms"] > 0  # the staging A/B (the default count, register staging)
+    assert fwd_warps.ENV not in os.environ and fwd_warps.STAGING_ENV not in os.environ  # the knobs as it found them
     if not torch.cuda.is_available():
         assert fwd_warps.main([]) == 2 and "needs a CUDA GPU" in capsys.readouterr().out
 

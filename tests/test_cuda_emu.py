@@ -81,6 +81,11 @@ def _pe_lib(so: ctypes.CDLL) -> ctypes.CDLL:
     so.yf_emu_pe_add.restype = ctypes.c_int
     so.yf_emu_pe_add.argtypes = [vp, vp, vp, vp, vp, ctypes.POINTER(i64), ctypes.POINTER(i64), i64, i64, i64, i64,
                                  i64, i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
+    so.yf_emu_pe_wgrad.restype = ctypes.c_int
+    so.yf_emu_pe_wgrad.argtypes = [vp, vp, vp, ctypes.POINTER(i64), ctypes.POINTER(i64), i64, i64, i64, i64, i64,
+                                   ctypes.c_int, ctypes.c_int]
+    so.yf_emu_pe_wgrad_tiles.restype = i64
+    so.yf_emu_pe_wgrad_tiles.argtypes = [i64, i64, ctypes.c_int]
     so.yf_emu_pe_plan.restype = None
     so.yf_emu_pe_plan.argtypes = [i64, i64, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
     return so
@@ -208,6 +213,71 @@ def test_pe_kernel_empty_batch_launches_nothing(emu):
     assert run_pe(emu, v[:0], w, b, x[:0], 4, 4).numel() == 0
 
 
+def run_pe_wgrad(emu, dout, v, k, H, W):
+    """The emulated weight-gradient kernel, then what the glue (pe_add_wgrad_cuda) does with its per (image, tile)
+    sums: summed over images and tiles in float32 and rounded to v's dtype. The sums sit in a sentinel-guarded buffer
+    (no write outside it, every element written). Returns (dw (C, 1, k, k), db (C,))."""
+    B, nh, D, N = v.shape
+    C = nh * D
+    rows = B * emu.yf_emu_pe_wgrad_tiles(H, W, k)
+    n = rows * C * (k * k + 1)
+    guard = torch.full((n + 128,), SENTINEL, dtype=torch.float32)
+    partial = guard[64:64 + n].view(rows, C, k * k + 1)
+    rc = emu.yf_emu_pe_wgrad(dout.data_ptr(), v.data_ptr(), partial.data_ptr(), _strides(dout), _strides(v), B, nh,
+                             D, H, W, k, DTYPE_CODE[v.dtype])
+    assert rc == 0, f"the launcher returned cudaError {rc}"
+    assert (guard[:64] == SENTINEL).all() and (guard[64 + n:] == SENTINEL).all(), "a write outside the sums"
+    assert not (partial == SENTINEL).any(), "sums the kernel never wrote"
+    sums = partial.sum(0)
+    return sums[:, :k * k].reshape(C, 1, k, k).to(v.dtype), sums[:, k * k].to(v.dtype)
+
+
+def wgrad_oracle(dout, v, k, H, W, dtype):
+    """(dw, db) of the depthwise conv by autograd in `dtype` (float64: the oracle; float32: the yardstick, which for
+    16-bit inputs is what a conv with fp32 accumulation gives, rounded to the inputs' dtype)."""
+    B, nh, D, N = v.shape
+    C = nh * D
+    w = torch.zeros(C, 1, k, k, dtype=dtype, requires_grad=True)
+    b = torch.zeros(C, dtype=dtype, requires_grad=True)
+    y = F.conv2d(v.to(dtype).reshape(B, C, H, W), w, b, padding=k // 2, groups=C)
+    dw, db = torch.autograd.grad(y, (w, b), dout.to(dtype).reshape(B, C, H, W))
+    return (dw, db) if dtype == torch.float64 else (dw.to(v.dtype), db.to(v.dtype))
+
+
+@pytest.mark.parametrize("H,W", MAPS)
+@pytest.mark.parametrize("k", [7, 5, 3])
+def test_pe_wgrad_kernel_matches_the_oracle(emu, H, W, k):
+    """The PE backward's weight and bias gradients (csrc/cuda/pe_add.cu pe_wgrad_kernel) over the forward's maps
+    (one tile per plane, planes wider and taller than a tile, one-row / one-column planes), every dtype, batch 2,
+    against float64 autograd of the conv; v read through the interleaved qkv view, dout channels_last-strided."""
+    dtype = (torch.float32, torch.float16, torch.bfloat16)[(H + W + k) % 3]
+    v, _, _, _ = _inputs(2, 2, 3, H, W, k, dtype, bias=False, with_x=False, seed=H * 7 + W * 3 + k)
+    g = torch.Generator().manual_seed(H + W + k)
+    dout = torch.randn(2, 6, H, W, generator=g).to(dtype).contiguous(memory_format=torch.channels_last).view(v.shape)
+    dw, db = run_pe_wgrad(emu, _in_nan_storage(dout), _in_nan_storage(v), k, H, W)
+    odw, odb = wgrad_oracle(dout, v, k, H, W, torch.float64)
+    ndw, ndb = wgrad_oracle(dout, v, k, H, W, torch.float32)
+    assert_close_to_oracle(dw, ndw, odw, f"pe wgrad dw {H}x{W} k{k} {dtype}")
+    assert_close_to_oracle(db, ndb, odb, f"pe wgrad db {H}x{W} k{k} {dtype}")
+
+
+@pytest.mark.parametrize("layout", ["qkv", "channels_last", "contiguous"])
+def test_pe_wgrad_kernel_layouts_batch_and_nan(emu, layout):
+    """Batch 3 over a 40x40 map (P4 at 640) in each layout v comes in; a NaN in one channel's dout makes that
+    channel's gradients NaN (as ATen's) and leaves every other channel's exact to the tolerance."""
+    H, W, k = 40, 40, 7
+    v, _, _, _ = _inputs(3, 2, 4, H, W, k, torch.float32, layout=layout, bias=False, with_x=False, seed=5)
+    dout = torch.randn(v.shape)
+    dout[1, 1, 2, 17 * W + 3] = float("nan")  # channel 1 * 4 + 2 = 6
+    dw, db = run_pe_wgrad(emu, dout, v, k, H, W)
+    odw, odb = wgrad_oracle(dout, v, k, H, W, torch.float64)
+    ndw, ndb = wgrad_oracle(dout, v, k, H, W, torch.float32)
+    assert torch.isnan(dw[6]).all() and torch.isnan(db[6])
+    keep = torch.arange(8) != 6
+    assert_close_to_oracle(dw[keep], ndw[keep], odw[keep], f"pe wgrad dw {layout}")
+    assert_close_to_oracle(db[keep], ndb[keep], odb[keep], f"pe wgrad db {layout}")
+
+
 def _plan(emu, H, W, k):
     out = (ctypes.c_int * 8)()
     emu.yf_emu_pe_plan(H, W, k, out)
@@ -276,6 +346,8 @@ def _attention_so(so: ctypes.CDLL) -> ctypes.CDLL:
                                                                           ctypes.POINTER(ctypes.c_int)]
     so.yf_emu_set_fwd_warps.restype = None
     so.yf_emu_set_fwd_warps.argtypes = [ctypes.c_int]
+    so.yf_emu_set_register_staging.restype = None
+    so.yf_emu_set_register_staging.argtypes = [ctypes.c_int]
     so.yf_emu_attention_plan.restype = None
     so.yf_emu_attention_plan.argtypes = [i64, i64, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
     so.yf_emu_attention_bwd.restype = ctypes.c_int
@@ -507,6 +579,39 @@ def test_attention_kernel_any_warps_per_cta(emu_attn, warps, case):
     finally:
         emu_attn.yf_emu_set_fwd_warps(0)
     _check_attention(out, lse, q, k, v, area, res, f"{warps} warps, {layout} D{D} {H}x{W}/{area}")
+
+
+@pytest.mark.parametrize("case", [
+    ("interleaved", torch.float16, 32, 2, 2, 40, 40, 4, True, SM90),  # 16-byte vectors, resident
+    ("turbo", torch.bfloat16, 64, 1, 1, 20, 20, 1, False, (40, 8, 0, 40960, 40960)),  # head_dim 64 streamed
+    ("interleaved", torch.float16, 32, 1, 1, 6, 10, 3, False, SM90),  # 20 tokens per area: 8-byte vectors
+    ("interleaved", torch.float16, 32, 1, 1, 3, 6, 3, False, SM80),  # 6 tokens per area: 4-byte vectors
+], ids=lambda c: f"{c[0]}-D{c[2]}-{c[5]}x{c[6]}-area{c[7]}")
+def test_async_and_register_staging_agree_bit_for_bit(emu_attn, case):
+    """sm_80+ code stages the token-contiguous views through cp.async; AreaAttnFwdArgs / AreaAttnBwdArgs::
+    register_staging ($YOLOV12_FAST_CUDA_STAGING=registers on the GPU, the A/B knob benchmarks/fwd_warps.py times)
+    keeps the register path. Only how the bytes reach shared memory differs: forward and backward outputs are
+    identical bit for bit, every vector width (16, 8, 4 bytes) and plan, and the register path issues no cp.async."""
+    layout, dtype, D, B, heads, H, W, area, with_res, device = case
+    assert _attention_plan(emu_attn, H * W // area, D, device)["resident"] == (D == 32)  # the D64 case streams
+    q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=H * W + D)
+    res = torch.randn(q.shape).to(dtype) if with_res else None
+    dout = torch.randn(q.shape).to(dtype)
+    results = {}
+    for regs in (0, 1):
+        emu_attn.yf_emu_set_register_staging(regs)
+        try:
+            _cp_async_stats(emu_attn, reset=True)
+            out, lse = run_attention(emu_attn, q, k, v, area, res, device)
+            grads = run_attention_bwd(emu_attn, q, k, v, dout, area, res, device)
+            copies, unwaited = _cp_async_stats(emu_attn)
+        finally:
+            emu_attn.yf_emu_set_register_staging(0)
+        assert unwaited == 0
+        assert (copies == 0) if regs else (copies > 0), f"register_staging={regs}: {copies} cp.async copies"
+        results[regs] = (out, lse, *grads)
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), results[0], results[1]):
+        assert torch.equal(a, b), f"{name}: async and register staging differ"
 
 
 def test_attention_kernel_refuses_warp_counts_it_cannot_launch(emu_attn, emu_attn_sm75):
@@ -955,10 +1060,13 @@ def test_kernels_under_thread_sanitizer(race_check):
     cut rows, partial tiles, each layout, dtype and head_dim) run in the emulator under ThreadSanitizer, the CTAs of a
     launch at the same time: no two threads touch one shared-memory or global location, one of them writing, without
     a barrier between them. Planted bugs are reported, so the check can fail: a barrier missing after staging (read
-    after write: PE, forward, backward), between chunks (write after read on the streamed plan), before the warp's
+    after write: PE, forward, backward), before the PE weight gradient reuses its staged tile for the warps' sums
+    (write after read) and before it reads them (read after write), between chunks (write after read on the streamed plan), before the warp's
     transposed store, and CTAs that all do the same query tiles (write after write between CTAs)."""
     _race_check_clean(race_check, "all")
     planted = [("pe", "--skip-syncthreads", "1", "pe_add_kernel"),
+               ("pe", "--skip-syncthreads", "2", "pe_wgrad_kernel"),  # the sums overwrite a tile still read
+               ("pe", "--skip-syncthreads", "3", "pe_wgrad_kernel"),  # the sums read before every warp wrote its
                ("fwd", "--skip-syncthreads", "2", "area_attention_fwd_kernel"),
                ("fwd", "--skip-syncthreads", "3", "area_attention_fwd_kernel"),
                ("fwd", "--skip-syncwarp", "1", "area_attention_fwd_kernel"),

@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import yolov12_fast
+
 from tolerances import assert_close_to_oracle
 from yolov12_fast import _backends, reference
 
@@ -213,6 +215,40 @@ def test_cuda_backward_matches_the_oracle(dtype, D, layout, N, area):
             assert_close_to_oracle(g, n, o, f"CUDA backward {name} {layout} D{D} N{N}/{area} res={res is not None}")
 
 
+@pytest.mark.parametrize("D,layout,N,area", [(32, "interleaved", 1600, 4), (32, "turbo", 4096, 1),
+                                             (64, "interleaved", 400, 1), (32, "interleaved", 300, 4)])
+def test_tuning_knobs_change_no_bit(monkeypatch, D, layout, N, area):
+    """The launch knobs that benchmarks/fwd_warps.py times: $YOLOV12_FAST_CUDA_FWD_WARPS (warps per CTA of the forward)
+    and $YOLOV12_FAST_CUDA_STAGING=registers (K / V staged through registers instead of cp.async on sm_80+). Neither
+    changes any arithmetic: forward (out, lse) and backward (dq, dk, dv) equal the defaults' bit for bit, resident and
+    streamed (4096 tokens), 16-byte and 8-byte vectors (300 tokens per area of 1200). Values they cannot take are
+    refused with a message naming the variable."""
+    q, k, v = make_qkv(layout, 2, 2, D, N * area, F16)
+    dout = torch.randn(q.shape, device="cuda", dtype=F16)
+    scale = D ** -0.5
+
+    def run():
+        out, lse = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, area, scale, None)
+        return (out, lse, *torch.ops.yolov12_fast.area_attention_bwd_cxx(dout, q, k, v, out, None, lse, area, scale))
+
+    ref = run()
+    default = 8 if D == 32 else 4
+    turing = torch.cuda.get_device_capability() < (8, 0)  # Turing code takes only the default count
+    most = default if turing else 16 if D == 32 else 4
+    for env, value in [("YOLOV12_FAST_CUDA_STAGING", "registers"), ("YOLOV12_FAST_CUDA_STAGING", "async"),
+                       ("YOLOV12_FAST_CUDA_FWD_WARPS", str(default if turing else 3)),
+                       ("YOLOV12_FAST_CUDA_FWD_WARPS", str(most))]:
+        monkeypatch.setenv(env, value)
+        for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), run(), ref):
+            assert torch.equal(a, b), f"{env}={value}: {name} differs from the default's"
+        monkeypatch.delenv(env)
+    for env, value in [("YOLOV12_FAST_CUDA_STAGING", "cp.async"), ("YOLOV12_FAST_CUDA_FWD_WARPS", str(most + 1))]:
+        monkeypatch.setenv(env, value)
+        with pytest.raises(RuntimeError, match=env):
+            run()
+        monkeypatch.delenv(env)
+
+
 def test_area_attention_second_device_guard():
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
@@ -265,6 +301,40 @@ def test_pe_add(dtype, layout, ksize, hw, with_bias_x):
     bias = torch.randn(C, device="cuda", dtype=dtype) if with_bias_x else None
     x = make_qkv("interleaved", B, heads, D, H * W, dtype)[0] if with_bias_x else None  # strided x
     check_pe(v, weight, bias, x, H, W)
+
+
+@pytest.mark.parametrize("hw,ksize", [((40, 40), 7), ((20, 20), 7), ((80, 80), 7), ((7, 9), 5), ((33, 70), 3),
+                                       ((1, 1), 7)])
+@pytest.mark.parametrize("layout", ["interleaved", "channels_last"])
+@pytest.mark.parametrize("dtype", [F16, BF16, F32], ids=["fp16", "bf16", "fp32"])
+def test_pe_add_backward_cuda(dtype, layout, hw, ksize):
+    """yolov12_fast.pe_add(backend="cuda")'s backward: dv by the PE kernel on dout with the kernel flipped, dw and db by
+    pe_add_wgrad_cxx (per-tile sums, then at::sum), dx = dout; against float64 autograd of the conv, the yardstick
+    ATen's backward in the same dtype; batch 3, strided v, the maps of 640 / 1280 and odd ones. Deterministic: a
+    second backward gives the same bits."""
+    _skip_bf16_if_unsupported(dtype)
+    H, W = hw
+    B, heads, D = 3, 2, 32
+    C = heads * D
+    v = make_qkv(layout, B, heads, D, H * W, dtype)[2].detach().requires_grad_(True)
+    weight = (torch.randn(C, 1, ksize, ksize, device="cuda") / ksize).to(dtype).requires_grad_(True)
+    bias = torch.randn(C, device="cuda", dtype=dtype, requires_grad=True)
+    x = torch.randn(B, heads, D, H * W, device="cuda", dtype=dtype, requires_grad=True)
+    dout = torch.randn(B, heads, D, H * W, device="cuda", dtype=dtype)
+    leaves = (v, weight, bias, x)
+    grads = torch.autograd.grad(yolov12_fast.pe_add(v, weight, bias, H, W, x=x, backend="cuda"), leaves, dout)
+    again = torch.autograd.grad(yolov12_fast.pe_add(v, weight, bias, H, W, x=x, backend="cuda"), leaves, dout)
+
+    def conv_grads(dt):
+        ls = [t.detach().to(dt).requires_grad_(True) for t in leaves]
+        y = F.conv2d(ls[0].reshape(B, C, H, W), ls[1], ls[2], padding=ksize // 2, groups=C).reshape(v.shape) + ls[3]
+        return torch.autograd.grad(y, ls, dout.to(dt))
+
+    oracle, naive = conv_grads(torch.float64), conv_grads(dtype)
+    for name, g, g2, n_, o in zip(("dv", "dw", "db", "dx"), grads, again, naive, oracle):
+        assert g.dtype == dtype and g.shape == o.shape
+        assert torch.equal(g, g2), f"pe backward {name}: two runs differ"
+        assert_close_to_oracle(g, n_, o, f"CUDA pe backward {name} {layout} {H}x{W} k{ksize} {dtype}")
 
 
 def test_pe_add_3x3_and_noncontiguous_weight():

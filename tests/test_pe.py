@@ -69,3 +69,20 @@ def test_pe_add_bad_input():
         yolov12_fast.pe_add(v, torch.randn(64, 1, 7, 5), None, 4, 5)
     with pytest.raises(RuntimeError, match="dtype"):
         yolov12_fast.pe_add(v, torch.randn(64, 1, 7, 7).double(), None, 4, 5)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("cpp", "cuda")])
+def test_double_backward_through_the_compiled_pe_backward_says_it_is_not_supported(backend):
+    """The compiled backward kernels (pe_add_cxx on the flipped kernel, pe_add_wgrad_cxx) have no autograd: under
+    create_graph=True differentiating their gradients raises a clear error (it gave silent zeros: torch's fallback for
+    an op without an autograd kernel), while the reference backend's (ATen's convolution backward) works."""
+    v = torch.randn(1, 1, 32, 20, device=DEV, requires_grad=True)
+    w = torch.randn(32, 1, 5, 5, device=DEV, requires_grad=True)
+    g, = torch.autograd.grad(yolov12_fast.pe_add(v, w, None, 4, 5, backend=backend).square().sum(), v,
+                             create_graph=True)
+    with pytest.raises(RuntimeError, match="pe_add: double backward .* is not supported.*yolov12_fast.reference"):
+        torch.autograd.grad(g.sum(), w)
+    g, = torch.autograd.grad(yolov12_fast.pe_add(v, w, None, 4, 5, backend="reference").square().sum(), v,
+                             create_graph=True)
+    gw, = torch.autograd.grad(g.sum(), w)
+    assert torch.isfinite(gw).all() and gw.abs().sum() > 0

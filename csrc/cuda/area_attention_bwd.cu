@@ -201,8 +201,8 @@ __global__ void __launch_bounds__(BwdConfig<D>::kThreads, BwdConfig<D>::kMinBloc
         const int cend = (cvalid + 15) & ~15;
         if (!p.resident || !staged) {  // CTA-uniform
           __syncthreads();  // every warp is done with the previous chunk
-          stage<D, NT>(Xs, xg, sx, p.mode_a, c0, cend, n, row);
-          stage<D, NT>(Ys, yg, sy, p.mode_b, c0, cend, n, row);
+          stage<D, NT>(Xs, xg, sx, p.mode_a, c0, cend, n, row, p.async_staging);
+          stage<D, NT>(Ys, yg, sy, p.mode_b, c0, cend, n, row, p.async_staging);
           if constexpr (DKDV) {
             for (int i = threadIdx.x; i < cend; i += NT) {
               const bool ok = i < cvalid;

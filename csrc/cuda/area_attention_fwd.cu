@@ -282,8 +282,8 @@ __global__ void __launch_bounds__(Config<D>::kBoundThreads, Config<D>::kMinBlock
         const int cend = (cvalid + 15) & ~15;
         if (!p.resident || !staged) {  // CTA-uniform
           __syncthreads();  // every warp is done with the previous chunk
-          stage<D, 0>(Ks, kg, p.sk, p.k_mode, c0, cend, n, row);
-          stage<D, 0>(Vs, vg, p.sv, p.v_mode, c0, cend, n, row);
+          stage<D, 0>(Ks, kg, p.sk, p.k_mode, c0, cend, n, row, p.async_staging);
+          stage<D, 0>(Vs, vg, p.sv, p.v_mode, c0, cend, n, row, p.async_staging);
           cp_async_wait_all();  // K and V were in flight together
           __syncthreads();
           staged = true;

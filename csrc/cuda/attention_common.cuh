@@ -35,6 +35,7 @@ struct AreaParams {
   int chunk;     // keys (tokens) per staged smem chunk; resident: n rounded up to 16
   int smem_row;  // elements per staged smem row (chunk + 8)
   int resident;  // 1: stage the whole area once; 0: stream chunks
+  int async_staging;  // 1: the vector staging modes copy through cp.async where compiled (sm_80+); 0: registers
 };
 
 // Fills the shared fields from a launcher's arguments (AreaAttnFwdArgs or AreaAttnBwdArgs) and the plan.
@@ -53,6 +54,7 @@ inline void set_area_params(AreaParams& p, const Args& a, const AreaAttnFwdPlan&
   p.chunk = plan.chunk_keys;
   p.smem_row = plan.smem_row;
   p.resident = plan.resident ? 1 : 0;
+  p.async_staging = a.register_staging ? 0 : 1;
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -304,20 +306,27 @@ __device__ __forceinline__ void stage_tokens_async(uint16_t* __restrict__ dst, c
 }
 
 // One tensor's chunk -> smem rows [d][token]. The caller calls cp_async_wait_all() and then __syncthreads() before
-// any thread reads the rows (the vector modes copy asynchronously on sm_80+).
+// any thread reads the rows (the vector modes copy asynchronously on sm_80+ unless `async` is 0: the launch's
+// AreaParams::async_staging, uniform over the launch).
 template <int D, int NT>
 __device__ __noinline__ void stage(uint16_t* dst, const uint16_t* src, const Strides4& s, int mode, int c0,
-                                      int cpad, int n, int row) {
-  switch (mode) {
+                                      int cpad, int n, int row, int async) {
 #if YF_CP_ASYNC
-    case 8: stage_tokens_async<D, NT, 8>(dst, src, s.d, c0, cpad, n, row); break;
-    case 4: stage_tokens_async<D, NT, 4>(dst, src, s.d, c0, cpad, n, row); break;
-    case 2: stage_tokens_async<D, NT, 2>(dst, src, s.d, c0, cpad, n, row); break;
+  if (async) {
+    switch (mode) {
+      case 8: stage_tokens_async<D, NT, 8>(dst, src, s.d, c0, cpad, n, row); return;
+      case 4: stage_tokens_async<D, NT, 4>(dst, src, s.d, c0, cpad, n, row); return;
+      case 2: stage_tokens_async<D, NT, 2>(dst, src, s.d, c0, cpad, n, row); return;
+      default: break;
+    }
+  }
 #else
+  (void)async;
+#endif
+  switch (mode) {
     case 8: stage_tokens<D, NT, 8>(dst, src, 1, s.d, c0, cpad, n, row); break;
     case 4: stage_tokens<D, NT, 4>(dst, src, 1, s.d, c0, cpad, n, row); break;
     case 2: stage_tokens<D, NT, 2>(dst, src, 1, s.d, c0, cpad, n, row); break;
-#endif
     case 1: stage_tokens<D, NT, 1>(dst, src, s.n, s.d, c0, cpad, n, row); break;
     default: stage_dfast<D, NT>(dst, src, s.n, s.d, c0, cpad, n, row); break;
   }

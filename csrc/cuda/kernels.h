@@ -44,6 +44,7 @@ struct AreaAttnFwdArgs {
   float scale;
   DType dtype;
   int warps = 0;  // warps per CTA: 0 = the plan's default (8 for head_dim 32, 4 for 64); 1..max_warps(head_dim)
+  bool register_staging = false;  // stage K / V through registers even where cp.async is compiled (an A/B knob)
 };
 
 // How a launch is laid out; a pure function of (tokens per area, head_dim, device): host code, no CUDA calls.
@@ -94,6 +95,7 @@ struct AreaAttnBwdArgs {
   int64_t batch, heads, head_dim, tokens, area;
   float scale;
   DType dtype;
+  bool register_staging = false;  // as AreaAttnFwdArgs::register_staging
 };
 
 // The backward's launch plan (one for both of its kernels; `chunk_keys` = tokens per staged chunk, `warps` per CTA).
@@ -118,6 +120,23 @@ struct PeAddArgs {
 
 bool pe_add_supports_ksize(int ksize);
 cudaError_t pe_add(const PeAddArgs& args, cudaStream_t stream);
+
+// PE backward, weight and bias gradients (csrc/cuda/pe_add.cu): per (image, tile of pe_add's plan) sums, fp32, into
+// partial (batch * pe_wgrad_tiles(H, W, ksize), heads * head_dim, ksize * ksize + 1): columns i * k + j the weight's
+// (i, j) tap, the last the bias'. dw / db = partial summed over its first dimension. (The input gradient is pe_add
+// itself on dout with the kernel flipped.)
+struct PeWgradArgs {
+  const void* dout;  // (B, heads, head_dim, H*W), strides sdout
+  const void* v;     // like dout, strides sv
+  float* partial;
+  Strides4 sdout, sv;
+  int64_t batch, heads, head_dim, H, W;
+  int ksize;
+  DType dtype;
+};
+
+int64_t pe_wgrad_tiles(int64_t H, int64_t W, int ksize);
+cudaError_t pe_wgrad(const PeWgradArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace yolov12_fast

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <tuple>
 
@@ -117,6 +118,17 @@ int fwd_warps(const char* op, int64_t head_dim, kc::DType dtype) {
   return (int)w;
 }
 
+// How the attention kernels stage K / V into shared memory: $YOLOV12_FAST_CUDA_STAGING = "registers" keeps the
+// register path where cp.async is compiled (sm_80+), "async" or unset the default (cp.async); an A/B knob for
+// benchmarks/fwd_warps.py, read at each call like the warps.
+bool register_staging(const char* op) {
+  const char* env = std::getenv("YOLOV12_FAST_CUDA_STAGING");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "async") == 0) return false;
+  TORCH_CHECK(std::strcmp(env, "registers") == 0, op, ": YOLOV12_FAST_CUDA_STAGING=", env,
+              " is not a staging mode (\"async\", the default, or \"registers\"); unset it or set it to one of those");
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k,
                                                             const at::Tensor& v, int64_t area, double scale,
                                                             const std::optional<at::Tensor>& residual) {
@@ -145,6 +157,7 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
   kc::AreaAttnFwdArgs a{};
   set_qkv(a, q, k, v, area, scale);
   a.warps = warps;
+  a.register_staging = register_staging(op);
   a.residual = residual.has_value() ? residual->data_ptr() : nullptr;
   a.out = out.data_ptr();
   a.lse = lse.data_ptr<float>();
@@ -201,6 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
   a.sdout = strides4(dout);
   a.sout = strides4(out);
   a.sres = residual.has_value() ? strides4(*residual) : kc::Strides4{0, 0, 0, 0};
+  a.register_staging = register_staging(op);
   C10_CUDA_CHECK(kc::area_attention_bwd(a, dev, at::cuda::getCurrentCUDAStream()));
   return {dq, dk, dv};
 }
@@ -265,8 +279,56 @@ at::Tensor pe_add_cuda(const at::Tensor& v, const at::Tensor& weight, const std:
 
 }  // namespace
 
+// pe_add's weight and bias gradients on CUDA: the kernel's fp32 sums per (image, tile), summed over images and tiles
+// by at::sum (a fixed order: deterministic), rounded once to v's dtype. Same contract as the CPU kernel.
+std::tuple<at::Tensor, at::Tensor> pe_add_wgrad_cuda(const at::Tensor& dout, const at::Tensor& v, int64_t k, int64_t H,
+                                                     int64_t W) {
+  constexpr const char* op = "pe_add_wgrad_cxx (CUDA)";
+  TORCH_CHECK(v.dim() == 4 && dout.dim() == 4, op, ": v and dout must be 4-D (B, heads, head_dim, N = H*W), got ",
+              v.sizes(), " and ", dout.sizes());
+  TORCH_CHECK(dout.sizes() == v.sizes(), op, ": dout must have v's shape ", v.sizes(), ", got ", dout.sizes());
+  TORCH_CHECK(v.is_cuda() && dout.device() == v.device(), op, ": v and dout must be on one CUDA device, got ",
+              v.device(), " and ", dout.device());
+  const auto dtype = v.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat, op, ": v has dtype ", dtype,
+              "; use float32, float16 or bfloat16");
+  TORCH_CHECK(dout.scalar_type() == dtype, op, ": dout dtype ", dout.scalar_type(), " differs from v's ", dtype,
+              " (cast dout with .to(v.dtype))");
+  TORCH_CHECK(k >= 1 && k % 2 == 1, op, ": the kernel size k must be odd and positive, got ", k);
+  TORCH_CHECK(kc::pe_add_supports_ksize(static_cast<int>(k)), op, ": kernel size ", k,
+              " is not supported by the CUDA kernel (3, 5 and 7 are); use backend='reference'");
+  const int64_t B = v.size(0), heads = v.size(1), D = v.size(2), N = v.size(3), C = heads * D;
+  TORCH_CHECK(H >= 0 && W >= 0 && H * W == N, op, ": H * W = ", H, " * ", W, " must equal the token count N = ", N,
+              " of v (B, heads, head_dim, N)");
+  TORCH_CHECK(B <= 65535 && C <= 65535, op, ": batch and channels must be <= 65535, got ", B, " and ", C);
+  TORCH_CHECK(H < (int64_t(1) << 30) && W < (int64_t(1) << 30), op, ": H and W must each be < 2**30, got ", H, " x ",
+              W, "; use backend='reference'");
+
+  c10::cuda::CUDAGuard guard(v.device());
+  if (B == 0 || C == 0 || N == 0) return {at::zeros({C, 1, k, k}, v.options()), at::zeros({C}, v.options())};
+  const int64_t tiles = kc::pe_wgrad_tiles(H, W, static_cast<int>(k));
+  at::Tensor partial = at::empty({B * tiles, C, k * k + 1}, v.options().dtype(at::kFloat));
+  kc::PeWgradArgs a{};
+  a.dout = dout.data_ptr();
+  a.v = v.data_ptr();
+  a.partial = partial.data_ptr<float>();
+  a.sdout = strides4(dout);
+  a.sv = strides4(v);
+  a.batch = B;
+  a.heads = heads;
+  a.head_dim = D;
+  a.H = H;
+  a.W = W;
+  a.ksize = static_cast<int>(k);
+  a.dtype = kernel_dtype(dtype);
+  C10_CUDA_CHECK(kc::pe_wgrad(a, at::cuda::getCurrentCUDAStream()));
+  const at::Tensor sums = partial.sum(0);  // (C, k * k + 1)
+  return {sums.narrow(1, 0, k * k).reshape({C, 1, k, k}).to(dtype), sums.select(1, k * k).to(dtype)};
+}
+
 TORCH_LIBRARY_IMPL(yolov12_fast, CUDA, m) {
   m.impl("area_attention_fwd_cxx", &area_attention_fwd_cuda);
   m.impl("area_attention_bwd_cxx", &area_attention_bwd_cuda);
   m.impl("pe_add_cxx", &pe_add_cuda);
+  m.impl("pe_add_wgrad_cxx", &pe_add_wgrad_cuda);
 }

@@ -1,5 +1,6 @@
-// AAttn positional encoding plus an add, fused: out = x + depthwise_conv2d(v, weight, bias, padding=k//2).
-// Torch-free.
+// AAttn positional encoding plus an add, fused: out = x + depthwise_conv2d(v, weight, bias, padding=k//2); and the
+// weight / bias gradients of that conv for its backward (pe_wgrad_kernel below; the input gradient is this forward
+// kernel on dout with the kernel flipped). Torch-free.
 //
 // v and x are (B, heads, head_dim, N = H*W) with arbitrary element strides (v is usually a view into the qkv
 // conv output); channel c = h * head_dim + d is one H x W plane. The conv runs over the whole plane (it crosses
@@ -76,21 +77,146 @@ inline PePlan pe_plan(int64_t H, int64_t W, int k) {
   return p;
 }
 
-struct PeParams {
+// What both PE kernels need of the input v and the plan (PeParams and PeWgradParams extend it).
+struct PeTiling {
   const void* v;
+  Strides4 sv;
+  int head_dim, H, W;
+  int pairs, groups, tiles_w, tiles, halo_w, halo_h;
+};
+
+struct PeParams : PeTiling {
   const void* weight;
   const void* bias;
   const void* x;
   void* out;
-  Strides4 sv, sx;
+  Strides4 sx;
   int64_t w_c, w_y, w_x, bias_c;
-  int head_dim, H, W;
-  int pairs, groups, tiles_w, halo_w, halo_h;
 };
+
+// The launch both PE entry points share: cudaErrorInvalidValue for what the kernels cannot take, cudaSuccess with
+// grid->x == 0 for nothing to do, else the plan, the tiling fields of *t (v, sv filled) and the grid (tiles, channels,
+// images).
+inline cudaError_t pe_launch(const void* v, const Strides4& sv, int64_t batch, int64_t heads, int64_t head_dim,
+                             int64_t H, int64_t W, int k, PePlan* plan, PeTiling* t, dim3* grid) {
+  *grid = dim3(0, 0, 0);
+  if (!(k == 3 || k == 5 || k == 7) || H < 0 || W < 0) return cudaErrorInvalidValue;
+  const int64_t channels = heads * head_dim;
+  if (batch == 0 || channels == 0 || H * W == 0) return cudaSuccess;
+  if (batch > 65535 || channels > 65535 || H >= (int64_t(1) << 30) || W >= (int64_t(1) << 30))
+    return cudaErrorInvalidValue;
+  *plan = pe_plan(H, W, k);
+  const int64_t tiles = (int64_t)plan->tiles_w * plan->tiles_h;
+  if (tiles >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  t->v = v;
+  t->sv = sv;
+  t->head_dim = (int)head_dim;
+  t->H = (int)H;
+  t->W = (int)W;
+  t->pairs = plan->pairs;
+  t->groups = plan->groups;
+  t->tiles_w = plan->tiles_w;
+  t->tiles = (int)tiles;
+  t->halo_w = plan->halo_w;
+  t->halo_h = plan->halo_h;
+  *grid = dim3((unsigned)tiles, (unsigned)channels, (unsigned)batch);
+  return cudaSuccess;
+}
+
+// The K + 1 staged inputs a thread's 2 output columns read from one halo row (float2 loads: 8-byte aligned, as
+// halo_w and the thread's first column are even).
+template <int K>
+__device__ __forceinline__ void load_halo_row(float (&in)[K + 1], const float* row) {
+  const float2* src = reinterpret_cast<const float2*>(row);
+#pragma unroll
+  for (int m = 0; m < (K + 1) / 2; ++m) {
+    const float2 two = src[m];
+    in[2 * m] = two.x;
+    in[2 * m + 1] = two.y;
+  }
+}
+
+// The sweep both kernels make over a thread's outputs: input row ty + r of the staged tile (halo coordinates) meets
+// output row ty + o through kernel row i = r - o; output column x reads halo columns 2 * pair + j, column x + 1 reads
+// 2 * pair + j + 1 (j < K). f(o, i, in) is called for each (o, i) pair with the K + 1 inputs of row r (`rows`: the
+// tile at halo row ty, column 2 * pair).
+template <int K, typename F>
+__device__ __forceinline__ void sweep_rows(const float* rows, int halo_w, F&& f) {
+#pragma unroll
+  for (int r = 0; r < kPeRows + K - 1; ++r) {
+    float in[K + 1];
+    load_halo_row<K>(in, rows + r * halo_w);
+#pragma unroll
+    for (int o = 0; o < kPeRows; ++o) {
+      const int i = r - o;
+      if (i >= 0 && i < K) f(o, i, in);
+    }
+  }
+}
+
+// The kernel for k (k3, k5, k7: its instantiations for k = 3, 5, 7) launched on grid with `threads` and `smem`.
+template <typename P>
+inline cudaError_t launch_for_k(int k, void (*k3)(P), void (*k5)(P), void (*k7)(P), const P& p, dim3 grid, int threads,
+                                int smem, cudaStream_t stream) {
+  switch (k) {
+    case 3: return launch_kernel(k3, grid, dim3((unsigned)threads), smem, stream, p);
+    case 5: return launch_kernel(k5, grid, dim3((unsigned)threads), smem, stream, p);
+    case 7: return launch_kernel(k7, grid, dim3((unsigned)threads), smem, stream, p);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// Stages the input tile of (image b, channel h * head_dim + d) whose outputs start at (y0, x0): halo cell (hy, hx)
+// holds v at (y0 - P + hy, x0 - P + hx), 0 outside the image. Each warp takes kPeStageRows halo rows at a time, its
+// lanes consecutive columns (hx = lane + 32 * chunk: coalesced loads, conflict-free stores). What depends on the
+// column (its source pointer, whether it is inside the image) is computed once per thread, what depends on the row
+// once per row: an element costs a predicate, a 64-bit add, the load, a conversion and the store. (The cell-by-cell
+// walk it replaces spent about 40 instructions per element on index arithmetic and bounds: about half of the
+// forward kernel's instructions.) A pass's loads are issued before its stores. Shared by the forward and the weight
+// gradient (PeParams and PeWgradParams both carry v, sv, H, W, halo_w, halo_h).
+template <typename T, int K, typename Params>
+__device__ __forceinline__ void stage_halo(float* __restrict__ tile, const Params& p, int b, int h, int d, int x0,
+                                           int y0) {
+  constexpr int P = K / 2;
+  const int H = p.H, W = p.W;
+  const T* plane = static_cast<const T*>(p.v) + b * p.sv.b + h * p.sv.h + d * p.sv.d;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int chunks = (p.halo_w + 31) >> 5;  // CTA-uniform
+  const int64_t row_step = (int64_t)W * p.sv.n;
+  const T* col[kPeMaxChunks];
+  bool col_ok[kPeMaxChunks];
+#pragma unroll
+  for (int ch = 0; ch < kPeMaxChunks; ++ch) {
+    const int hx = lane + 32 * ch, x = x0 - P + hx;
+    col_ok[ch] = ch < chunks && hx < p.halo_w && x >= 0 && x < W;
+    col[ch] = plane + (col_ok[ch] ? (int64_t)x * p.sv.n : 0);
+  }
+  for (int hy = warp * kPeStageRows; hy < p.halo_h; hy += nwarps * kPeStageRows) {
+    float vals[kPeStageRows][kPeMaxChunks];
+#pragma unroll
+    for (int r = 0; r < kPeStageRows; ++r) {
+      const int y = y0 - P + hy + r;
+      const bool row_ok = hy + r < p.halo_h && y >= 0 && y < H;
+      const int64_t off = row_ok ? (int64_t)y * row_step : 0;
+#pragma unroll
+      for (int ch = 0; ch < kPeMaxChunks; ++ch) {
+        if (ch < chunks) vals[r][ch] = (row_ok && col_ok[ch]) ? load_f32<T>(col[ch] + off) : 0.f;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kPeStageRows; ++r) {
+      if (hy + r < p.halo_h) {
+        float* dst = tile + (hy + r) * p.halo_w + lane;
+#pragma unroll
+        for (int ch = 0; ch < kPeMaxChunks; ++ch)
+          if (ch < chunks && lane + 32 * ch < p.halo_w) dst[32 * ch] = vals[r][ch];
+      }
+    }
+  }
+}
 
 template <typename T, int K>
 __global__ void __launch_bounds__(kPeMaxThreads, 2) pe_add_kernel(const PeParams p) {
-  constexpr int P = K / 2;
   YF_DYNAMIC_SMEM(float, tile);  // halo_h x halo_w staged inputs, then the K x K weights
   float* w = tile + p.halo_h * p.halo_w;
 
@@ -101,48 +227,7 @@ __global__ void __launch_bounds__(kPeMaxThreads, 2) pe_add_kernel(const PeParams
   const int y0 = (blockIdx.x / p.tiles_w) * tile_h;
   const int H = p.H, W = p.W;
 
-  // Stage the input: halo cell (hy, hx) holds v at (y0 - P + hy, x0 - P + hx), 0 outside the image. Each warp takes
-  // kPeStageRows halo rows at a time, its lanes consecutive columns (hx = lane + 32 * chunk: coalesced loads,
-  // conflict-free stores). What depends on the column (its source pointer, whether it is inside the image) is
-  // computed once per thread, what depends on the row once per row: an element costs a predicate, a 64-bit add, the
-  // load, a conversion and the store. (The cell-by-cell walk it replaces spent about 40 instructions per element on
-  // index arithmetic and bounds: about half of the kernel's instructions.) A pass's loads are issued before its stores.
-  {
-    const T* plane = static_cast<const T*>(p.v) + b * p.sv.b + h * p.sv.h + d * p.sv.d;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const int chunks = (p.halo_w + 31) >> 5;  // CTA-uniform
-    const int64_t row_step = (int64_t)W * p.sv.n;
-    const T* col[kPeMaxChunks];
-    bool col_ok[kPeMaxChunks];
-#pragma unroll
-    for (int ch = 0; ch < kPeMaxChunks; ++ch) {
-      const int hx = lane + 32 * ch, x = x0 - P + hx;
-      col_ok[ch] = ch < chunks && hx < p.halo_w && x >= 0 && x < W;
-      col[ch] = plane + (col_ok[ch] ? (int64_t)x * p.sv.n : 0);
-    }
-    for (int hy = warp * kPeStageRows; hy < p.halo_h; hy += nwarps * kPeStageRows) {
-      float vals[kPeStageRows][kPeMaxChunks];
-#pragma unroll
-      for (int r = 0; r < kPeStageRows; ++r) {
-        const int y = y0 - P + hy + r;
-        const bool row_ok = hy + r < p.halo_h && y >= 0 && y < H;
-        const int64_t off = row_ok ? (int64_t)y * row_step : 0;
-#pragma unroll
-        for (int ch = 0; ch < kPeMaxChunks; ++ch) {
-          if (ch < chunks) vals[r][ch] = (row_ok && col_ok[ch]) ? load_f32<T>(col[ch] + off) : 0.f;
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < kPeStageRows; ++r) {
-        if (hy + r < p.halo_h) {
-          float* dst = tile + (hy + r) * p.halo_w + lane;
-#pragma unroll
-          for (int ch = 0; ch < kPeMaxChunks; ++ch)
-            if (ch < chunks && lane + 32 * ch < p.halo_w) dst[32 * ch] = vals[r][ch];
-        }
-      }
-    }
-  }
+  stage_halo<T, K>(tile, p, b, h, d, x0, y0);
   for (int i = threadIdx.x; i < K * K; i += blockDim.x) {
     const int ky = i / K, kx = i - ky * K;
     w[i] = load_f32<T>(static_cast<const T*>(p.weight) + c * p.w_c + ky * p.w_y + kx * p.w_x);
@@ -155,32 +240,14 @@ __global__ void __launch_bounds__(kPeMaxThreads, 2) pe_add_kernel(const PeParams
   float acc0[kPeRows], acc1[kPeRows];  // columns x, x + 1
 #pragma unroll
   for (int o = 0; o < kPeRows; ++o) acc0[o] = acc1[o] = 0.f;
-  // input row ty + r (halo coordinates) feeds output row ty + o through kernel row r - o; output column x reads halo
-  // columns 2 * pair + j, column x + 1 reads 2 * pair + j + 1 (j < K)
-  const float* rows = tile + ty * p.halo_w + 2 * pair;
+  sweep_rows<K>(tile + ty * p.halo_w + 2 * pair, p.halo_w, [&](int o, int i, const float (&in)[K + 1]) {
 #pragma unroll
-  for (int r = 0; r < kPeRows + K - 1; ++r) {
-    float in[K + 1];
-    const float2* src = reinterpret_cast<const float2*>(rows + r * p.halo_w);  // 8-byte aligned: halo_w is even
-#pragma unroll
-    for (int m = 0; m < (K + 1) / 2; ++m) {
-      const float2 two = src[m];
-      in[2 * m] = two.x;
-      in[2 * m + 1] = two.y;
+    for (int j = 0; j < K; ++j) {
+      const float wij = w[i * K + j];
+      acc0[o] = fmaf(wij, in[j], acc0[o]);
+      acc1[o] = fmaf(wij, in[j + 1], acc1[o]);
     }
-#pragma unroll
-    for (int o = 0; o < kPeRows; ++o) {
-      const int i = r - o;
-      if (i >= 0 && i < K) {
-#pragma unroll
-        for (int j = 0; j < K; ++j) {
-          const float wij = w[i * K + j];
-          acc0[o] = fmaf(wij, in[j], acc0[o]);
-          acc1[o] = fmaf(wij, in[j + 1], acc1[o]);
-        }
-      }
-    }
-  }
+  });
 
   const int x = x0 + 2 * pair;
   const float bias = p.bias ? load_f32<T>(static_cast<const T*>(p.bias) + c * p.bias_c) : 0.f;
@@ -205,56 +272,177 @@ __global__ void __launch_bounds__(kPeMaxThreads, 2) pe_add_kernel(const PeParams
   }
 }
 
-template <typename T>
-cudaError_t launch_pe_k(int k, const PeParams& p, dim3 grid, const PePlan& plan, cudaStream_t stream) {
-  const dim3 block((unsigned)plan.threads);
-  switch (k) {
-    case 3: return launch_kernel(pe_add_kernel<T, 3>, grid, block, plan.smem_bytes, stream, p);
-    case 5: return launch_kernel(pe_add_kernel<T, 5>, grid, block, plan.smem_bytes, stream, p);
-    case 7: return launch_kernel(pe_add_kernel<T, 7>, grid, block, plan.smem_bytes, stream, p);
-    default: return cudaErrorInvalidValue;
+// ------------------------------------------------------------------------------------------------------------
+// The weight and bias gradients of the PE branch, per (output tile, channel, image) of the forward's plan:
+//   partial[(b * tiles + tile), c, i * K + j] = sum over the tile's outputs (y, x) of dout[b, c, y, x] * v[b, c,
+//                                               y + i - K/2, x + j - K/2]   (zero outside the image)
+//   partial[(b * tiles + tile), c, K * K]     = sum over the tile's outputs of dout[b, c, y, x]
+// The caller sums `partial` over its first dimension (torch's sum: a fixed order, so the gradients are deterministic).
+// The CTA stages v's tile with its halo as the forward does; each thread takes the forward's 2 columns x kPeRows
+// rows of outputs, reads their dout values once (registers), and for each staged input row adds 2 x K products per
+// (output row, kernel row) pair into K * K register accumulators: the forward's FMAs with the roles of weight and
+// output swapped. The K * K + 1 sums then go through a butterfly over the warp that halves them each step (62 shuffles
+// for any K <= 7) and, in warp order, through shared memory; thread t writes sums t, t + blockDim.x, ... Replaces ATen's NCHW depthwise backward, which on the
+// H100 of 2026-11-27b took 132 us (weight) + 79 us (input) at P5 h4 batch 32, 58 % of that step's kernel time.
+struct PeWgradParams : PeTiling {
+  const void* dout;
+  float* partial;
+  Strides4 sd;
+};
+
+// One step of the warp's halving butterfly over red[0, 2 * HALF): lanes with bit HALF / 2 set keep the upper half
+// (adding their partner's), the others the lower; red[0, HALF) then holds this lane's half. Template steps: every
+// index is a compile-time constant, so red stays in registers.
+template <int HALF>
+__device__ __forceinline__ void butterfly_step(float (&red)[64], int lane) {
+  constexpr int M = HALF / 2;
+  const bool upper = (lane & M) != 0;
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float sent = __shfl_xor_sync(0xffffffffu, upper ? red[i] : red[i + HALF], M);
+    red[i] = (upper ? red[i + HALF] : red[i]) + sent;
   }
+}
+
+template <typename T, int K>
+__global__ void __launch_bounds__(kPeMaxThreads, 2) pe_wgrad_kernel(const PeWgradParams p) {
+  constexpr int KK = K * K;
+  YF_DYNAMIC_SMEM(float, tile);  // halo_h x halo_w staged inputs; then (after a barrier) the warps' sums
+
+  const int c = blockIdx.y, b = blockIdx.z;
+  const int h = c / p.head_dim, d = c - h * p.head_dim;
+  const int tile_h = kPeRows * p.groups;
+  const int x0 = (blockIdx.x % p.tiles_w) * 2 * p.pairs;
+  const int y0 = (blockIdx.x / p.tiles_w) * tile_h;
+  const int H = p.H, W = p.W;
+
+  stage_halo<T, K>(tile, p, b, h, d, x0, y0);
+
+  // this thread's outputs' dout values (0 past the image and for the idle lanes of the last warp)
+  const int pair = threadIdx.x % p.pairs, group = threadIdx.x / p.pairs;
+  const bool active = group < p.groups;
+  const int ty = group * kPeRows;
+  const int x = x0 + 2 * pair;
+  float g0[kPeRows], g1[kPeRows];
+  {
+    const T* db = static_cast<const T*>(p.dout) + b * p.sd.b + h * p.sd.h + d * p.sd.d;
+#pragma unroll
+    for (int o = 0; o < kPeRows; ++o) {
+      const int y = y0 + ty + o;
+      const bool row_ok = active && y < H;
+      const int64_t t = (int64_t)y * W + x;
+      g0[o] = row_ok && x < W ? load_f32<T>(db + t * p.sd.n) : 0.f;
+      g1[o] = row_ok && x + 1 < W ? load_f32<T>(db + (t + 1) * p.sd.n) : 0.f;
+    }
+  }
+  __syncthreads();
+
+  float acc[KK + 1];
+#pragma unroll
+  for (int i = 0; i < KK + 1; ++i) acc[i] = 0.f;
+  if (active) {
+    sweep_rows<K>(tile + ty * p.halo_w + 2 * pair, p.halo_w, [&](int o, int i, const float (&in)[K + 1]) {
+#pragma unroll
+      for (int j = 0; j < K; ++j) acc[i * K + j] = fmaf(g0[o], in[j], fmaf(g1[o], in[j + 1], acc[i * K + j]));
+    });
+#pragma unroll
+    for (int o = 0; o < kPeRows; ++o) acc[KK] += g0[o] + g1[o];
+  }
+
+  // Over the warp, a butterfly that halves the values each step (every lane takes part: the idle ones add zeros):
+  // with the sums padded to 64, lanes whose bit (mask) is set keep the upper half and send the lower, the others the
+  // reverse, so 32 + 16 + 8 + 4 + 2 shuffles (not 5 per sum: 250 for K = 7) leave lane L with the warp's sums 2L and
+  // 2L + 1. Then over the warps, in order.
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  float red[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) red[i] = i < KK + 1 ? acc[i] : 0.f;
+  butterfly_step<32>(red, lane);
+  butterfly_step<16>(red, lane);
+  butterfly_step<8>(red, lane);
+  butterfly_step<4>(red, lane);
+  butterfly_step<2>(red, lane);
+  __syncthreads();  // every thread is done with the staged tile: its memory takes the warps' sums
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+    if (2 * lane + j < KK + 1) tile[warp * (KK + 1) + 2 * lane + j] = red[j];
+  __syncthreads();
+  for (int i = threadIdx.x; i < KK + 1; i += blockDim.x) {  // a CTA may have fewer threads than sums (one warp)
+    float sum = 0.f;
+    for (int w = 0; w < nwarps; ++w) sum += tile[w * (KK + 1) + i];
+    p.partial[(((int64_t)b * p.tiles + blockIdx.x) * gridDim.y + c) * (KK + 1) + i] = sum;
+  }
+}
+
+// The warps' sums reuse the staged tile's memory: it must hold nwarps * (k * k + 1) floats.
+inline int pe_wgrad_smem_bytes(const PePlan& plan, int k) {
+  const int sums = plan.threads / 32 * (k * k + 1);
+  const int staged = plan.halo_w * plan.halo_h;
+  return (int)sizeof(float) * (staged > sums ? staged : sums);
 }
 
 }  // namespace detail
 
 bool pe_add_supports_ksize(int ksize) { return ksize == 3 || ksize == 5 || ksize == 7; }
 
+int64_t pe_wgrad_tiles(int64_t H, int64_t W, int ksize) {
+  if (H <= 0 || W <= 0) return 0;
+  const detail::PePlan plan = detail::pe_plan(H, W, ksize);
+  return (int64_t)plan.tiles_w * plan.tiles_h;
+}
+
 cudaError_t pe_add(const PeAddArgs& a, cudaStream_t stream) {
   using namespace detail;
-  if (!pe_add_supports_ksize(a.ksize) || a.H < 0 || a.W < 0) return cudaErrorInvalidValue;
-  const int64_t channels = a.heads * a.head_dim;
-  if (a.batch == 0 || channels == 0 || a.H * a.W == 0) return cudaSuccess;
-  if (a.batch > 65535 || channels > 65535 || a.H >= (int64_t(1) << 30) || a.W >= (int64_t(1) << 30))
-    return cudaErrorInvalidValue;
-  const PePlan plan = pe_plan(a.H, a.W, a.ksize);
-  const int64_t tiles = (int64_t)plan.tiles_w * plan.tiles_h;
-  if (tiles >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  PePlan plan{};
   PeParams p{};
-  p.v = a.v;
+  dim3 grid;
+  const cudaError_t bad = pe_launch(a.v, a.sv, a.batch, a.heads, a.head_dim, a.H, a.W, a.ksize, &plan, &p, &grid);
+  if (bad != cudaSuccess || grid.x == 0) return bad;
   p.weight = a.weight;
   p.bias = a.bias;
   p.x = a.x;
   p.out = a.out;
-  p.sv = a.sv;
   p.sx = a.sx;
   p.w_c = a.w_c;
   p.w_y = a.w_y;
   p.w_x = a.w_x;
   p.bias_c = a.bias_c;
-  p.head_dim = (int)a.head_dim;
-  p.H = (int)a.H;
-  p.W = (int)a.W;
-  p.pairs = plan.pairs;
-  p.groups = plan.groups;
-  p.tiles_w = plan.tiles_w;
-  p.halo_w = plan.halo_w;
-  p.halo_h = plan.halo_h;
-  const dim3 grid((unsigned)tiles, (unsigned)channels, (unsigned)a.batch);
+  const int k = a.ksize, t = plan.threads, smem = plan.smem_bytes;
   switch (a.dtype) {
-    case DType::kFloat16: return launch_pe_k<__half>(a.ksize, p, grid, plan, stream);
-    case DType::kBFloat16: return launch_pe_k<__nv_bfloat16>(a.ksize, p, grid, plan, stream);
-    case DType::kFloat32: return launch_pe_k<float>(a.ksize, p, grid, plan, stream);
+    case DType::kFloat16:
+      return launch_for_k(k, pe_add_kernel<__half, 3>, pe_add_kernel<__half, 5>, pe_add_kernel<__half, 7>, p, grid, t,
+                          smem, stream);
+    case DType::kBFloat16:
+      return launch_for_k(k, pe_add_kernel<__nv_bfloat16, 3>, pe_add_kernel<__nv_bfloat16, 5>,
+                          pe_add_kernel<__nv_bfloat16, 7>, p, grid, t, smem, stream);
+    case DType::kFloat32:
+      return launch_for_k(k, pe_add_kernel<float, 3>, pe_add_kernel<float, 5>, pe_add_kernel<float, 7>, p, grid, t,
+                          smem, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t pe_wgrad(const PeWgradArgs& a, cudaStream_t stream) {
+  using namespace detail;
+  PePlan plan{};
+  PeWgradParams p{};
+  dim3 grid;
+  const cudaError_t bad = pe_launch(a.v, a.sv, a.batch, a.heads, a.head_dim, a.H, a.W, a.ksize, &plan, &p, &grid);
+  if (bad != cudaSuccess || grid.x == 0) return bad;
+  p.dout = a.dout;
+  p.partial = a.partial;
+  p.sd = a.sdout;
+  const int k = a.ksize, t = plan.threads, smem = pe_wgrad_smem_bytes(plan, k);
+  switch (a.dtype) {
+    case DType::kFloat16:
+      return launch_for_k(k, pe_wgrad_kernel<__half, 3>, pe_wgrad_kernel<__half, 5>, pe_wgrad_kernel<__half, 7>, p,
+                          grid, t, smem, stream);
+    case DType::kBFloat16:
+      return launch_for_k(k, pe_wgrad_kernel<__nv_bfloat16, 3>, pe_wgrad_kernel<__nv_bfloat16, 5>,
+                          pe_wgrad_kernel<__nv_bfloat16, 7>, p, grid, t, smem, stream);
+    case DType::kFloat32:
+      return launch_for_k(k, pe_wgrad_kernel<float, 3>, pe_wgrad_kernel<float, 5>, pe_wgrad_kernel<float, 7>, p, grid,
+                          t, smem, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -16,6 +16,9 @@ extern "C" {
 // Warps per CTA of the forward launches and plans below (AreaAttnFwdArgs::warps; 0 = the kernel's default).
 static int g_fwd_warps = 0;
 void yf_emu_set_fwd_warps(int warps) { g_fwd_warps = warps; }
+// Whether the launches below stage through registers where cp.async is compiled (Args::register_staging).
+static bool g_register_staging = false;
+void yf_emu_set_register_staging(int on) { g_register_staging = on != 0; }
 
 int yf_emu_attention_fwd(const void* q, const void* k, const void* v, const void* residual, void* out, float* lse,
                          const int64_t* sq, const int64_t* sk, const int64_t* sv, const int64_t* sr, int64_t batch,
@@ -28,6 +31,7 @@ int yf_emu_attention_fwd(const void* q, const void* k, const void* v, const void
   a.lse = lse;
   a.sr = strides(sr);
   a.warps = g_fwd_warps;
+  a.register_staging = g_register_staging;
   return static_cast<int>(kc::area_attention_fwd(a, device(dev), nullptr));
 }
 
@@ -57,6 +61,7 @@ int yf_emu_attention_bwd(const void* q, const void* k, const void* v, const void
   a.sdout = strides(sdo);
   a.sout = strides(so);
   a.sres = strides(sr);
+  a.register_staging = g_register_staging;
   return static_cast<int>(kc::area_attention_bwd(a, device(dev), nullptr));
 }
 

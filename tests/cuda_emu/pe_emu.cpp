@@ -34,6 +34,29 @@ int yf_emu_pe_add(const void* v, const void* weight, const void* bias, const voi
   return static_cast<int>(kc::pe_add(a, nullptr));
 }
 
+// partial (batch * tiles, heads * head_dim, k * k + 1) fp32 = the PE weight / bias gradient sums per (image, tile):
+// the arguments of yolov12_fast::cuda::PeWgradArgs. Returns the launcher's cudaError_t.
+int yf_emu_pe_wgrad(const void* dout, const void* v, float* partial, const int64_t* sd, const int64_t* sv,
+                    int64_t batch, int64_t heads, int64_t head_dim, int64_t H, int64_t W, int ksize, int dtype) {
+  namespace kc = yolov12_fast::cuda;
+  kc::PeWgradArgs a{};
+  a.dout = dout;
+  a.v = v;
+  a.partial = partial;
+  a.sdout = yf_emu_args::strides(sd);
+  a.sv = yf_emu_args::strides(sv);
+  a.batch = batch;
+  a.heads = heads;
+  a.head_dim = head_dim;
+  a.H = H;
+  a.W = W;
+  a.ksize = ksize;
+  a.dtype = static_cast<kc::DType>(dtype);
+  return static_cast<int>(kc::pe_wgrad(a, nullptr));
+}
+
+int64_t yf_emu_pe_wgrad_tiles(int64_t H, int64_t W, int ksize) { return yolov12_fast::cuda::pe_wgrad_tiles(H, W, ksize); }
+
 // The launch plan for an H x W plane and a k x k kernel: pairs, groups, tiles_w, tiles_h, threads, halo_w, halo_h,
 // smem_bytes, written to out[0..8).
 void yf_emu_pe_plan(int64_t H, int64_t W, int k, int* out) {

@@ -110,6 +110,10 @@ void pe_case(int64_t B, int64_t heads, int64_t D, int64_t H, int64_t W, int k, i
   check(yf_emu_pe_add(qkv.data() + 2 * D * N, w.data(), bias.data(), with_x ? x.data() : nullptr, out.data(), sv,
                       with_x ? sx : nullptr, k * k, k, 1, 1, B, heads, D, H, W, k, dtype),
         "pe");
+  // the backward's weight gradient (its staged tile is reused for the warps' sums: two more barriers), dout = x
+  std::vector<float> partial(B * yf_emu_pe_wgrad_tiles(H, W, k) * C * (k * k + 1));
+  check(yf_emu_pe_wgrad(x.data(), qkv.data() + 2 * D * N, partial.data(), sx, sv, B, heads, D, H, W, k, dtype),
+        "pe wgrad");
 }
 
 void attention_case(bool backward, const std::string& layout, int dtype, int64_t D, int64_t B, int64_t heads,

@@ -25,6 +25,9 @@ def _parse(argv, prog="python -m benchmarks"):
                    help="per-suite time budget; cases left when it runs out are recorded as skipped")
     p.add_argument("--cases", default=None, metavar="REGEX",
                    help="only cases whose name matches REGEX (re.search), e.g. 'fwd P4 640x640' or 'yolo12n'")
+    p.add_argument("--dtype", choices=("float16", "bfloat16"), default=None,
+                   help="the ops suite's dtype on CUDA (default float16; CPU rows are float32); rows of another dtype "
+                        "than the default say it in their case name")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     a = p.parse_args(argv)
     try:
@@ -62,7 +65,7 @@ def run(argv=None, prog="python -m benchmarks") -> int:
         suites.insert(0, "ceilings")  # the roofline needs them; cheap
     threads = a.threads
     ctx = Context(torch.device(device), quick=a.quick, out_dir=a.out or RESULTS_DIR, threads=threads,
-                  budget_s=a.budget_s, progress=not a.no_progress, cases=a.cases)
+                  budget_s=a.budget_s, progress=not a.no_progress, cases=a.cases, dtype=a.dtype)
     print(f"# {ctx.meta['device']} | torch {ctx.meta['torch']} | triton {ctx.meta['triton']} | CUDA {ctx.meta['cuda']} "
           f"| commit {ctx.meta['commit']} | suites {' '.join(suites)}{' (quick)' if a.quick else ''} -> {ctx.path}",
           flush=True)

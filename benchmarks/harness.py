@@ -276,6 +276,7 @@ class Context:
     progress: bool = True
     echo: bool = True  # one console line per row
     cases: Optional[str] = None  # regex: only cases whose name matches (re.search)
+    dtype: Optional[str] = None  # the ops suite's dtype on CUDA ("float16" default, "bfloat16")
     meta: dict = field(default_factory=dict)
     path: Optional[Path] = None
     written: list = field(default_factory=list)

@@ -73,6 +73,7 @@ class Case:
     heads: int
     batch: int
     head_dim: int = HEAD_DIM
+    tag: str = ""  # " bf16" for rows of a --dtype other than the device's default (part of the name)
 
     @property
     def n(self) -> int:
@@ -85,8 +86,8 @@ class Case:
     @property
     def name(self) -> str:
         if self.pass_ in ("pe", "pebwd"):  # the PE conv runs over the whole map: no areas
-            return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} ({self.H}x{self.W} map)"
-        return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} (n={self.n})"
+            return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} ({self.H}x{self.W} map){self.tag}"
+        return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} (n={self.n}){self.tag}"
 
     @property
     def params(self) -> dict:
@@ -245,11 +246,15 @@ def run(ctx: Context) -> list:
     out = []
     budget = Budget(ctx.budget_s)
     dtype = torch.float16 if ctx.device.type == "cuda" else torch.float32
-    cases = [c for c in attention_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
-    pes = [c for c in pe_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
-    pebwds = [c for c in pebwd_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
-    mlps = [c for c in mlp_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
-    cv2s = [c for c in cv2_cases(ctx.device, ctx.quick) if ctx.wants(c.name)]
+    tag = ""
+    if ctx.dtype and ctx.device.type == "cuda" and getattr(torch, ctx.dtype) != dtype:  # --dtype bfloat16
+        dtype, tag = getattr(torch, ctx.dtype), " " + ctx.dtype.replace("float", "fp").replace("bfp", "bf")
+    tagged = lambda cs: [dataclasses.replace(c, tag=tag) for c in cs] if tag else cs
+    cases = [c for c in tagged(attention_cases(ctx.device, ctx.quick)) if ctx.wants(c.name)]
+    pes = [c for c in tagged(pe_cases(ctx.device, ctx.quick)) if ctx.wants(c.name)]
+    pebwds = [c for c in tagged(pebwd_cases(ctx.device, ctx.quick)) if ctx.wants(c.name)]
+    mlps = [c for c in tagged(mlp_cases(ctx.device, ctx.quick)) if ctx.wants(c.name)]
+    cv2s = [c for c in tagged(cv2_cases(ctx.device, ctx.quick)) if ctx.wants(c.name)]
 
     def run_all(threads):
         ctx.ceilings()
@@ -431,10 +436,11 @@ class MlpCase:
     H: int
     W: int
     batch: int
+    tag: str = ""  # as Case.tag
 
     @property
     def name(self) -> str:
-        return f"mlp {self.level} {self.scale} C{self.C} h{self.hid} b{self.batch} ({self.H}x{self.W} map)"
+        return f"mlp {self.level} {self.scale} C{self.C} h{self.hid} b{self.batch} ({self.H}x{self.W} map){self.tag}"
 
     @property
     def params(self) -> dict:
@@ -489,11 +495,12 @@ class Cv2Case:
     H: int
     W: int
     batch: int
+    tag: str = ""  # as Case.tag
 
     @property
     def name(self) -> str:
         return (f"cv2 {self.level} {self.scale} K{self.K} C{self.C}{' +residual' if self.residual else ''} "
-                f"b{self.batch} ({self.H}x{self.W} map)")
+                f"b{self.batch} ({self.H}x{self.W} map){self.tag}")
 
     @property
     def params(self) -> dict:

@@ -109,6 +109,17 @@ def run(device: str, backends: list, dtype) -> bool:
                 continue
             got = yolov12_fast.pe_add(v, w, bias, H, W, x=res, backend=b)
             ok &= _close(f"pe_add {b} {name}", got, pe(dtype), pe(hi))
+            if b in ("cpp", "cuda"):  # the compiled PE backward: the forward kernel flipped, the weight-gradient kernel
+                dout = torch.randn(v.shape, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+
+                def pe_grads(dt, backend=None):
+                    lv, lw, lb = (t.detach().to(dt).requires_grad_(True) for t in (v, w, bias))
+                    out = (yolov12_fast.pe_add(lv, lw, lb, H, W, backend=backend) if backend else
+                           F.conv2d(lv.reshape(-1, C, H, W), lw, lb, padding=3, groups=C).reshape(v.shape))
+                    return torch.autograd.grad(out, (lv, lw, lb), dout.to(dt))
+
+                for n, g, g_n, g_w in zip(("dv", "dw", "db"), pe_grads(dtype, b), pe_grads(dtype), pe_grads(hi)):
+                    ok &= _close(f"pe_add {n} {b} {name}", g, g_n, g_w)
     ok &= _pointwise(device, backends, dtype, hi)
     return ok
 

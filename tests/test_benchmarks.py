@@ -108,6 +108,37 @@ def test_ops_quick(quick_cpu):
     assert "cv2=reference" in next(r for r in cv2 if r["provider"] == "cv2-auto")["backend_ran"]
 
 
+def test_dtype_option_tags_the_cuda_rows_and_leaves_cpu_rows_fp32(tmp_path, monkeypatch):
+    """`--dtype bfloat16` runs the ops suite's CUDA rows in bfloat16, their case names tagged " bf16" (the report
+    keeps them apart from the float16 rows of the same shape); on CPU the rows stay float32 and untagged."""
+    from benchmarks import ops
+    from benchmarks.harness import Context
+
+    seen = {}
+
+    def fake_run_all(ctx, kind):
+        def run(ctx_, cases, dtype, budget, **_):
+            seen.setdefault(kind, (dtype, [c.name for c in cases]))
+            return []
+        return run
+
+    for kind in ("_run_attention", "_run_pe", "_run_pebwd", "_run_mlp", "_run_cv2"):
+        monkeypatch.setattr(ops, kind, fake_run_all(None, kind))
+    monkeypatch.setattr(ops, "attention_cases", lambda device, quick: [ops.Case("fwd", "640x640", "P4", 40, 40, 4, 8, 32)])
+    monkeypatch.setattr(Context, "ceilings", lambda self, *a, **k: {})  # (measured on a GPU)
+    ctx = Context(ops.torch.device("cuda"), quick=True, dtype="bfloat16", out_dir=tmp_path, path=tmp_path / "rows.jsonl", meta={"device": "x", "device_kind": "cuda"})
+    ops.run(ctx)
+    dtype, names = seen["_run_attention"]
+    assert dtype == ops.torch.bfloat16 and names == ["fwd P4 640x640 h8 b32 (n=400) bf16"]
+    assert all(n.endswith(" bf16") for k in seen for n in seen[k][1])
+    seen.clear()
+    ops.run(Context(ops.torch.device("cpu"), quick=True, dtype="bfloat16", out_dir=tmp_path, path=tmp_path / "rows.jsonl", meta={"device": "x", "device_kind": "cuda"}))
+    dtype, names = seen["_run_attention"]
+    assert dtype == ops.torch.float32 and names == ["fwd P4 640x640 h8 b32 (n=400)"]
+    from benchmarks.__main__ import _parse
+    assert _parse(["ops", "--dtype", "bfloat16"]).dtype == "bfloat16"
+
+
 def test_backend_ran_names_the_attention_pick_for_the_rows_dtype_and_head_dim(monkeypatch):
     """On CUDA auto's attention pick depends on dtype and head_dim (the CUDA C++ kernel for fp16/bf16 at 32/64): the
     first H100 rows said 'attention=triton' for auto while the CUDA C++ kernel ran (same time as the cuda row)."""

@@ -202,6 +202,7 @@ def markdown(rows: list, source: str) -> str:
             if suite == "model":
                 lines += _recompute_section(srows)
     lines += _targets_section(rows)
+    lines += _predictions_section(rows)
     lines += _noisy_section(rows)
     skipped = [r for r in rows if r.get("status") in ("skipped", "error")]
     if skipped:
@@ -436,6 +437,25 @@ def _targets_section(rows: list) -> list:
         met = "**all**" if t["met"] == t["cases"] else f"{t['met']}/{t['cases']}"
         lines.append(f"| {t['issue']} | {t['target']} | {t['cases']} | {t['worst']:.3g}{unit} | {geo} | {met} | "
                      f"{missed or '–'} |")
+    return lines + [""]
+
+
+def _predictions_section(rows: list) -> list:
+    """benchmarks/predictions.py's entries that this file's rows decide (held / missed), with what was measured."""
+    from .predictions import check
+
+    decided = [p for p in check(rows) if p["verdict"] != "no rows"]
+    if not decided:
+        return []
+    lines = _section(
+        "Predictions made before this run (benchmarks/predictions.py)",
+        "Each prediction's range against this file's matching rows: held when every one falls inside.",
+        ["prediction", "made at", "predicted", "measured", "verdict"])
+    for p in decided:
+        unit = " ms" if p["metric"] == "ms" else f"x over {p['over']}"
+        vals = ", ".join(f"{v:.4g}" for v in p["values"])
+        lines.append(f"| {p['what']} | {p['made']} | {p['lo']:.4g}-{p['hi']:.4g}{unit} | {vals} | "
+                     f"{'**' + p['verdict'] + '**' if p['verdict'] == 'missed' else p['verdict']} |")
     return lines + [""]
 
 

@@ -985,3 +985,35 @@ def yf_cpp_ok() -> bool:
     import yolov12_fast
 
     return yolov12_fast.can_use_cpp()[0]
+
+
+def test_predictions_are_checked_against_the_rows_of_later_commits():
+    """benchmarks/predictions.py: a prediction held when every matching row of a commit that contains it falls in its
+    range, missed otherwise; rows of a commit before it (git knows) or of another GPU do not decide it; the report
+    renders the verdicts."""
+    import subprocess
+
+    from benchmarks import predictions, report
+
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(predictions.__file__)).stdout.strip() or None
+
+    def row(case, provider, ms, commit=head, cc="sm_90"):
+        return {"suite": "ops", "status": "ok", "device_kind": "cuda", "compute_capability": cc, "check": "pass",
+                "quick": False, "case": case, "provider": provider, "median_ms": ms, "commit": commit}
+
+    pe = "pe P4 640x640 h8 b32 (40x40 map)"
+    bwd = "pebwd P4 640x640 h8 b32 (40x40 map)"
+    rows = [row(pe, "pe-cuda", 0.105), row(pe, "pe-triton", 0.9), row(bwd, "pebwd-torch", 1.6),
+            row(bwd, "pebwd-cuda", 0.25), row(bwd, "pebwd-torch-cl", 0.3), row(pe, "pe-cuda", 0.5, cc="sm_80")]
+    verdicts = {p["id"]: (p["verdict"], p["values"]) for p in predictions.check(rows)}
+    assert verdicts["pe-cuda-row-staging"] == ("held", [0.105])  # the sm_80 row does not count
+    assert verdicts["pe-triton-layout"] == ("missed", [0.9])
+    assert verdicts["pe-backward-vs-aten"] == ("held", [pytest.approx(6.4)])
+    assert verdicts["pe-backward-vs-cudnn"] == ("held", [pytest.approx(1.2)])
+    assert verdicts["fwd-b1-cp-async"] == ("no rows", [])
+    md = "\n".join(report._predictions_section(rows))
+    assert "Predictions made before this run" in md and "**missed**" in md and "| held |" in md
+    if predictions._descends("46f2d18", "e8e34bc08e3a") is False:  # (git history at hand: not a shallow clone)
+        old = [dict(r, commit="e8e34bc08e3a") for r in rows]  # the H100 run before the predicted changes
+        assert all(p["verdict"] == "no rows" for p in predictions.check(old))

@@ -1,0 +1,95 @@
+"""Predictions made before a GPU run, checked against its rows by `python -m benchmarks report`.
+
+BENCHMARKS.md: predict before you optimise, then check the prediction. A change whose effect only a GPU can show is
+committed with a prediction (its commit message and the README say it); the entry below makes the next GPU run's
+report say whether it held, so that a session with a GPU reads the verdicts instead of re-deriving them.
+
+Each entry: `id`, the commit that made it (`made`), what was predicted (`what`), the rows it concerns (ops-suite case
+regex `case`, `provider`, optionally the GPU's compute capability `cc`, as the rows give it: "sm_90"), and the predicted range [`lo`, `hi`] of a
+metric: "ms" (the row's median) or "speedup" (the row's speed-up over the provider `over` in the same file).
+Predictions whose rows only logs carry (benchmarks/fwd_warps.py, benchmarks/profile.py) are listed in the README and
+the issue notes, not here.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREDICTIONS = [
+    {"id": "pe-triton-layout", "made": "e6c9215", "cc": "sm_90",
+     "what": "Triton PE kernel after the tap-token fix (Triton 3.6's layout): 0.15-0.3 ms (was 2.39)",
+     "case": r"^pe P4 640x640 h8 b32 ", "provider": "pe-triton", "metric": "ms", "lo": 0.15, "hi": 0.30},
+    {"id": "pe-cuda-row-staging", "made": "46f2d18", "cc": "sm_90",
+     "what": "CUDA PE kernel with row-wise halo staging: 100-115 us (was 135)",
+     "case": r"^pe P4 640x640 h8 b32 ", "provider": "pe-cuda", "metric": "ms", "lo": 0.100, "hi": 0.115},
+    {"id": "pe-backward-vs-aten", "made": "81659ed", "cc": "sm_90",
+     "what": "our PE backward (flipped forward + weight-gradient kernel) about 6x ATen's NCHW depthwise backward",
+     "case": r"^pebwd P4 640x640 h8 b32 ", "provider": "pebwd-cuda", "metric": "speedup", "over": "pebwd-torch",
+     "lo": 4.0, "hi": 9.0},
+    {"id": "pe-backward-vs-cudnn", "made": "81659ed", "cc": "sm_90",
+     "what": "our PE backward 0.8-1.3x ATen on channels_last copies (cuDNN's NHWC kernels, copies untimed)",
+     "case": r"^pebwd P4 640x640 h8 b32 ", "provider": "pebwd-cuda", "metric": "speedup", "over": "pebwd-torch-cl",
+     "lo": 0.8, "hi": 1.3},
+    {"id": "fwdbwd-with-pe-backward", "made": "81659ed", "cc": "sm_90",
+     "what": "attention fwd+bwd (CUDA) with the PE backward and the delta kernel fixed: 0.7-1.2 ms (was 2.33)",
+     "case": r"^fwdbwd P4 640x640 h8 b32 ", "provider": "cuda", "metric": "ms", "lo": 0.7, "hi": 1.2},
+    {"id": "fwd-b1-cp-async", "made": "3fcda2a", "cc": "sm_90",
+     "what": "CUDA forward at batch 1 (PE included) with cp.async K/V staging: 1-2 us off 17.1 us",
+     "case": r"^fwd P4 640x640 h8 b1 ", "provider": "cuda", "metric": "ms", "lo": 0.0140, "hi": 0.0165},
+    {"id": "fwd-b32-pe-and-staging", "made": "3fcda2a", "cc": "sm_90",
+     "what": "CUDA forward at batch 32 (PE included): the PE 100-115 us and the attention a few % faster: 0.24-0.27 ms "
+             "(was 0.273)",
+     "case": r"^fwd P4 640x640 h8 b32 ", "provider": "cuda", "metric": "ms", "lo": 0.24, "hi": 0.27},
+]
+
+
+def _descends(made: str, commit) -> bool | None:
+    """Whether the rows' commit contains the predicting commit (git merge-base --is-ancestor), None where git cannot
+    say (no repository, an unknown commit)."""
+    import subprocess
+    from pathlib import Path
+
+    if not commit or commit == "None":
+        return None
+    try:
+        r = subprocess.run(["git", "merge-base", "--is-ancestor", made, str(commit)], capture_output=True,
+                           cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: True, 1: False}.get(r.returncode)
+
+
+def _usable(r: dict) -> bool:
+    return (r.get("suite") == "ops" and r.get("status") == "ok" and r.get("device_kind") == "cuda"
+            and r.get("check") in (None, "pass") and bool(r.get("median_ms")) and not r.get("quick"))
+
+
+def check(rows: list, predictions: list = PREDICTIONS) -> list:
+    """Per prediction: its verdict over the matching rows of `rows` ("held", "missed", or "no rows" where the file has
+    none: another GPU, a case not run, or only rows of commits before the prediction's), the measured values and the
+    rows' commits. Rows of a commit that git knows does not contain the predicting one do not count."""
+    ok = [r for r in rows if _usable(r)]
+    out = []
+    known = {}
+    for p in predictions:
+        match = [r for r in ok if re.search(p["case"], r["case"]) and r["provider"] == p["provider"]
+                 and (p.get("cc") is None or str(r.get("compute_capability")) == p["cc"])]
+        for r in match:
+            key = (p["made"], r.get("commit"))
+            if key not in known:
+                known[key] = _descends(*key)
+        match = [r for r in match if known[(p["made"], r.get("commit"))] is not False]
+        values = []
+        for r in match:
+            if p["metric"] == "ms":
+                values.append(r["median_ms"])
+            else:
+                base = [b for b in ok if b["case"] == r["case"] and b["provider"] == p["over"]
+                        and b.get("compute_capability") == r.get("compute_capability")]
+                if base:
+                    values.append(base[0]["median_ms"] / r["median_ms"])
+        verdict = ("no rows" if not values else
+                   "held" if all(p["lo"] <= v <= p["hi"] for v in values) else "missed")
+        out.append({**p, "verdict": verdict, "values": values,
+                    "commit": sorted({str(r.get("commit")) for r in match}) if match else []})
+    return out

@@ -407,6 +407,29 @@ def test_empty_inputs_give_empty_outputs():
         assert out.shape == (B, 2, 32, N) and lse.shape == (B, 2, N) and lse.dtype == F32
 
 
+def test_bad_inputs_pe_add_wgrad():
+    """The CUDA weight-gradient op refuses what its kernel cannot take, with the CPU op's messages; an empty batch gives
+    zero gradients without a launch."""
+    op = torch.ops.yolov12_fast.pe_add_wgrad_cxx
+    v = torch.randn(1, 2, 32, 400, device="cuda", dtype=F16)
+    with pytest.raises(RuntimeError, match="must equal the token count"):
+        op(v, v, 7, 20, 21)
+    with pytest.raises(RuntimeError, match="odd and positive"):
+        op(v, v, 4, 20, 20)
+    with pytest.raises(RuntimeError, match="kernel size 9 .*backend='reference'"):
+        op(v, v, 9, 20, 20)
+    with pytest.raises(RuntimeError, match="dout must have v's shape"):
+        op(v[:, :1], v, 7, 20, 20)
+    with pytest.raises(RuntimeError, match="cast dout"):
+        op(v.float(), v, 7, 20, 20)
+    with pytest.raises(RuntimeError, match="one CUDA device"):
+        op(v.cpu(), v, 7, 20, 20)
+    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+        op(v.double(), v.double(), 7, 20, 20)
+    dw, db = op(v[:0], v[:0], 7, 20, 20)
+    assert dw.shape == (64, 1, 7, 7) and db.shape == (64,) and not dw.any() and not db.any()
+
+
 def test_bad_inputs_pe_add():
     op = torch.ops.yolov12_fast.pe_add_cxx
     v = torch.randn(1, 2, 32, 400, device="cuda", dtype=F16)

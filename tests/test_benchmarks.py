@@ -1017,3 +1017,26 @@ def test_predictions_are_checked_against_the_rows_of_later_commits():
     if predictions._descends("46f2d18", "e8e34bc08e3a") is False:  # (git history at hand: not a shallow clone)
         old = [dict(r, commit="e8e34bc08e3a") for r in rows]  # the H100 run before the predicted changes
         assert all(p["verdict"] == "no rows" for p in predictions.check(old))
+
+
+def test_train_step_of_the_model_suite_runs_and_learns_on_cpu():
+    """benchmarks/model.py's training step (what run_gpu.sh quick times on the GPU: the yolo12n AMP step, eager and
+    patched in each recompute mode) runs here in fp32 (autocast and the grad scaler are CUDA's, disabled on CPU):
+    every parameter the step trains gets a finite gradient and the SGD step moves the weights."""
+    import warnings
+
+    import yolov12_fast
+    from benchmarks import model as bm, yolo
+
+    yolo.offline()
+    for recompute in ("eager", None, "none", "block"):  # ultralytics' modules, then patched in each mode
+        m = yolo.training_model("yolo12n", "cpu")
+        if recompute != "eager":
+            yolov12_fast.patch(m, recompute=recompute)
+        before = [p.detach().clone() for p in m.parameters()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GradScaler / autocast("cuda") on a CPU-only machine
+            bm._train_step(m, 64, 2, "cpu")()
+        grads = [p.grad for p in m.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), recompute
+        assert any(not torch.equal(b, p) for b, p in zip(before, m.parameters())), recompute

@@ -4,8 +4,9 @@
 // short (n = 400 tokens at 640x640, 1600 at 1280), so an area's whole K and V (n x head_dim x 2 bytes each) fit in
 // shared memory: the CTA stages them once and its warps then sweep all their query tiles with no further
 // barrier ("resident" plan). On sm_80+ the token-contiguous views stage through cp.async, every copy of K and V in
-// flight at once (the register path of sm_75 and of the other layouts keeps 4 loads per thread in flight). Areas too long for the arch's shared memory stream K/V through smem in chunks, all
-// warps of the CTA moving through the chunks together ("streaming" plan, FlashAttention-2 style).
+// flight at once (the register path of sm_75 and of the other layouts keeps 4 loads per thread in flight). Areas too
+// long for the arch's shared memory stream K/V through smem in chunks, all warps of the CTA moving through the chunks
+// together ("streaming" plan, FlashAttention-2 style).
 //
 // Layouts. q, k, v are (B, heads, D, N) with arbitrary element strides (views of the interleaved qkv conv
 // output: token stride 1, d stride N, head stride 3*D*N; turbo halves; channels_last conv outputs: token

@@ -282,8 +282,9 @@ __global__ void __launch_bounds__(kPeMaxThreads, 2) pe_add_kernel(const PeParams
 // rows of outputs, reads their dout values once (registers), and for each staged input row adds 2 x K products per
 // (output row, kernel row) pair into K * K register accumulators: the forward's FMAs with the roles of weight and
 // output swapped. The K * K + 1 sums then go through a butterfly over the warp that halves them each step (62 shuffles
-// for any K <= 7) and, in warp order, through shared memory; thread t writes sums t, t + blockDim.x, ... Replaces ATen's NCHW depthwise backward, which on the
-// H100 of 2026-11-27b took 132 us (weight) + 79 us (input) at P5 h4 batch 32, 58 % of that step's kernel time.
+// for any K <= 7) and, in warp order, through shared memory; thread t writes sums t, t + blockDim.x, ...
+// Replaces ATen's NCHW depthwise backward, which on the H100 of 2026-11-27b took 132 us (weight) + 79 us (input) at
+// P5 h4 batch 32, 58 % of that step's kernel time.
 struct PeWgradParams : PeTiling {
   const void* dout;
   float* partial;
@@ -307,6 +308,7 @@ __device__ __forceinline__ void butterfly_step(float (&red)[64], int lane) {
 template <typename T, int K>
 __global__ void __launch_bounds__(kPeMaxThreads, 2) pe_wgrad_kernel(const PeWgradParams p) {
   constexpr int KK = K * K;
+  static_assert(KK + 1 <= 64, "the warp butterfly holds at most 64 sums");
   YF_DYNAMIC_SMEM(float, tile);  // halo_h x halo_w staged inputs; then (after a barrier) the warps' sums
 
   const int c = blockIdx.y, b = blockIdx.z;

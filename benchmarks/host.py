@@ -15,7 +15,8 @@ themselves cost next to nothing:
 - on CPU the kernels are replaced by stubs that return their output buffer (CPU kernels are synchronous, their
   time would hide the host's); what remains is dispatch, checks, backend resolution and the launchers' Python.
 
-Rows: `ops` (the functional API, through the custom-op layer, as before the direct path), `direct` (what AAttn's
+Rows: `ops` (the functional API: through the custom-op layer until 2026-11-27, since then eager calls skip it too),
+`direct` (what AAttn's
 inference path now runs, including its checks and backend resolution), both PE + attention; and the whole fused
 module, `ultralytics AAttn` vs `patched AAttn` (on CUDA: the host-bound latency of one block at batch 1). Median of
 --repeat rounds, microseconds per call. Not a suite of `python -m benchmarks`: it times host code, with stubs on CPU.

@@ -29,6 +29,17 @@ def user_stacklevel() -> int:
     return level
 
 
+def eager_direct(*tensors) -> bool:
+    """Whether an op call may skip the custom-op layer and run its body (for inference) or a plain autograd.Function
+    over its bodies (for training): eager mode, nothing that traces or watches the ops (torch.compile, jit tracing /
+    scripting, ONNX export, a TorchDispatchMode such as fake tensors or export's functionalization, functorch
+    transforms) and plain tensors (no subclasses)."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export()
+            and torch._C._len_torch_dispatch_stack() == 0 and not torch._C._are_functorch_transforms_active()
+            and all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors))
+
+
 def eager_autograd(*tensors) -> bool:
     """Whether an op call may run as a plain torch.autograd.Function over the op bodies instead of the custom op:
     eager autograd (grad mode on), nothing that traces or watches the ops (torch.compile, jit tracing / scripting,
@@ -36,10 +47,7 @@ def eager_autograd(*tensors) -> bool:
     plain tensors (no subclasses). The custom-op layer (schema binding, its autograd wrapper, redispatch) costs
     about as much host time as the kernels' own launch path: 124 against 62 us per attention forward + backward on
     the CPU here, and a small training step on a GPU is host-bound."""
-    return (torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export()
-            and torch._C._len_torch_dispatch_stack() == 0 and not torch._C._are_functorch_transforms_active()
-            and all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in tensors))
+    return torch.is_grad_enabled() and eager_direct(*tensors)
 
 
 def check(cond, message) -> None:

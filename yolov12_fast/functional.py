@@ -41,10 +41,17 @@ def area_attention(q: Tensor, k: Tensor, v: Tensor, area: int, scale: Optional[f
 
 
 def _attention_fwd(q, k, v, area: int, scale: float, residual, backend: str) -> Tensor:
-    """yolov12_fast::area_attention_fwd's output; in eager training through the same bodies without the custom-op
-    layer (ops.area_attention.EagerAreaAttention), the host time a small training step on a GPU is bound by."""
-    if _backends.eager_autograd(q, k, v, residual) and any(t.requires_grad for t in (q, k, v)):
-        return _aa.EagerAreaAttention.apply(q, k, v, area, scale, residual, backend)[0]
+    """yolov12_fast::area_attention_fwd's output. In eager mode through the same bodies without the custom-op layer
+    (its dispatch, schema binding and wrappers cost about 28 us of host time a call on the CPUs here, as much as a
+    small GPU kernel takes): training through ops.area_attention.EagerAreaAttention, inference through the forward
+    body, for inputs the op accepts (anything else goes to the op, which says what is wrong)."""
+    if _backends.eager_direct(q, k, v, residual):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            return _aa.EagerAreaAttention.apply(q, k, v, area, scale, residual, backend)[0]
+        if (not (torch.is_grad_enabled() and residual is not None and residual.requires_grad) and q.numel() > 0
+                and _aa._inputs_ok(q, k, v, area, residual, backend)):
+            return _aa._fwd(q, k, v, area, scale, residual, _aa.resolve_backend(backend, q.device, q.dtype,
+                                                                                   q.shape[2]))[0]
     return torch.ops.yolov12_fast.area_attention_fwd(q, k, v, area, scale, residual, backend)[0]
 
 
@@ -60,6 +67,13 @@ def area_attention_add_(residual: Tensor, q: Tensor, k: Tensor, v: Tensor, area:
         raise RuntimeError("area_attention_add_ is in place and has no autograd; for training use "
                            "area_attention(q, k, v, area, residual=residual)")
     scale = _aa.default_scale(q.shape[2]) if scale is None else float(scale)
+    if _backends.eager_direct(q, k, v, residual) and _aa._inputs_ok(q, k, v, int(area), residual, backend):
+        # the op's body without the custom-op layer (as _attention_fwd)
+        out = _aa.plus_residual(q, k, v, int(area), scale, residual,
+                                _aa.resolve_backend(backend, q.device, q.dtype, q.shape[2]))
+        if out is not residual:
+            residual.copy_(out)
+        return residual
     torch.ops.yolov12_fast.area_attention_add_(q, k, v, int(area), scale, residual, backend)
     return residual
 
@@ -77,9 +91,11 @@ def pe_add(v: Tensor, weight: Tensor, bias: Optional[Tensor], H: int, W: int, x:
     """
     # H, W stay symbolic under torch.export (int() of a SymInt would pin the exported program to the example size)
     H, W = (d if isinstance(d, torch.SymInt) else int(d) for d in (H, W))
-    if _backends.eager_autograd(v, weight, bias, x) and any(
-            t is not None and t.requires_grad for t in (v, weight, bias, x)):
-        return _pe.EagerPeAdd.apply(v, weight, bias, x, H, W, backend)  # eager training: no custom-op layer
+    if _backends.eager_direct(v, weight, bias, x):  # eager: the bodies without the custom-op layer (_attention_fwd)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (v, weight, bias, x)):
+            return _pe.EagerPeAdd.apply(v, weight, bias, x, H, W, backend)
+        if v.numel() > 0 and _pe._inputs_ok(v, weight, bias, x, H, W, backend):
+            return _pe.run(v, weight, bias, x, H, W, _pe.resolve_backend(backend, v.device, v.dtype, weight.shape[-1]))
     return torch.ops.yolov12_fast.pe_add(v, weight, bias, x, H, W, backend)
 
 

@@ -748,6 +748,42 @@ def test_pe_kernel_property(emu, examples):
     run()
 
 
+@pytest.mark.parametrize("examples", FUZZ_PROFILES)
+def test_pe_wgrad_kernel_property(emu, examples):
+    """The PE weight-gradient kernel over the forward's fuzz space: planes 1x1 to 70x140, k 3 / 5 / 7, batch 1-3,
+    1-2 heads of 1-4 channels, every dtype and v layout, dout of any stride order, inputs in NaN-filled storage."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @st.composite
+    def cases(draw):
+        return dict(H=draw(st.integers(1, 70)), W=draw(st.integers(1, 140)), k=draw(st.sampled_from((3, 5, 7))),
+                    B=draw(st.integers(1, 3)), heads=draw(st.integers(1, 2)), D=draw(st.integers(1, 4)),
+                    dtype=draw(st.sampled_from((torch.float32, torch.float16, torch.bfloat16))),
+                    layout=draw(st.sampled_from(("qkv", "channels_last", "contiguous"))),
+                    dout_cl=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+
+    @_fuzz_settings(examples)
+    @given(c=cases())
+    def run(c):
+        H, W, k = c["H"], c["W"], c["k"]
+        v, _, _, _ = _inputs(c["B"], c["heads"], c["D"], H, W, k, c["dtype"], layout=c["layout"], bias=False,
+                             with_x=False, seed=c["seed"])
+        g = torch.Generator().manual_seed(c["seed"] + 1)
+        dout = torch.randn(c["B"], c["heads"] * c["D"], H, W, generator=g).to(c["dtype"])
+        if c["dout_cl"]:
+            dout = dout.contiguous(memory_format=torch.channels_last)
+        dout = dout.view(v.shape) if dout.is_contiguous() else dout.permute(0, 2, 3, 1).reshape(
+            c["B"], H * W, c["heads"], c["D"]).permute(0, 2, 3, 1)
+        dw, db = run_pe_wgrad(emu, _in_nan_storage(dout), _in_nan_storage(v), k, H, W)
+        odw, odb = wgrad_oracle(dout, v, k, H, W, torch.float64)
+        ndw, ndb = wgrad_oracle(dout, v, k, H, W, torch.float32)
+        assert_close_to_oracle(dw, ndw, odw, f"pe wgrad fuzz dw {c}")
+        assert_close_to_oracle(db, ndb, odb, f"pe wgrad fuzz db {c}")
+
+    run()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the tensor-core area-attention backward (csrc/cuda/area_attention_bwd.cu)
 

@@ -582,8 +582,8 @@ def test_attention_kernel_any_warps_per_cta(emu_attn, warps, case):
 
 
 @pytest.mark.parametrize("case", [
-    ("interleaved", torch.float16, 32, 2, 2, 40, 40, 4, True, SM90),  # 16-byte vectors, resident
-    ("turbo", torch.bfloat16, 64, 1, 1, 20, 20, 1, False, (40, 8, 0, 40960, 40960)),  # head_dim 64 streamed
+    ("interleaved", torch.float16, 32, 2, 2, 16, 16, 2, True, SM90),  # 16-byte vectors, resident, batch 2
+    ("turbo", torch.bfloat16, 64, 1, 1, 16, 16, 1, False, (40, 8, 0, 40960, 40960)),  # head_dim 64 streamed
     ("interleaved", torch.float16, 32, 1, 1, 6, 10, 3, False, SM90),  # 20 tokens per area: 8-byte vectors
     ("interleaved", torch.float16, 32, 1, 1, 3, 6, 3, False, SM80),  # 6 tokens per area: 4-byte vectors
 ], ids=lambda c: f"{c[0]}-D{c[2]}-{c[5]}x{c[6]}-area{c[7]}")

@@ -42,7 +42,7 @@ PREDICTIONS = [
      "case": r"^fwd P4 640x640 h8 b32 ", "provider": "cuda", "metric": "ms", "lo": 0.24, "hi": 0.27},
     {"id": "fwd-functional-direct", "made": "2393d59", "cc": "sm_90",
      "what": "CUDA forward at P5 h4 batch 32 through the functional API without the custom-op layer in eager "
-             "inference (57 -> 14 us of host per PE + attention call here): kernel-bound, 0.045-0.060 ms (was 0.0725 "
+             "inference (28 -> 15 us of host per PE + attention call here, same run): kernel-bound, 0.045-0.060 ms (was 0.0725 "
              "for 0.049 ms of kernels)",
      "case": r"^fwd P5 640x640 h4 b32 ", "provider": "cuda", "metric": "ms", "lo": 0.045, "hi": 0.060},
 ]

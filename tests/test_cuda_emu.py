@@ -721,11 +721,10 @@ def test_attention_kernel_property(emu_attn, examples):
     run()
 
 
-@pytest.mark.parametrize("examples", FUZZ_PROFILES)
-def test_pe_kernel_property(emu, examples):
-    """Planes from 1x1 to 70x140 (one or several tiles either way), k 3 / 5 / 7, batch 1-3, 1-2 heads of 1-4
-    channels, every dtype and v layout, bias and x each optional, inputs in NaN-filled storage."""
-    from hypothesis import given
+def _pe_cases(**extra):
+    """The PE kernels' fuzz space (hypothesis): planes 1x1 to 70x140 (one or several tiles either way), k 3 / 5 / 7,
+    batch 1-3, 1-2 heads of 1-4 channels, every dtype and v layout, a seed, and `extra` fields drawn from the given
+    strategies."""
     from hypothesis import strategies as st
 
     @st.composite
@@ -734,10 +733,20 @@ def test_pe_kernel_property(emu, examples):
                     B=draw(st.integers(1, 3)), heads=draw(st.integers(1, 2)), D=draw(st.integers(1, 4)),
                     dtype=draw(st.sampled_from((torch.float32, torch.float16, torch.bfloat16))),
                     layout=draw(st.sampled_from(("qkv", "channels_last", "contiguous"))),
-                    bias=draw(st.booleans()), with_x=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+                    seed=draw(st.integers(0, 2**31 - 1)), **{k: draw(v) for k, v in extra.items()})
+
+    return cases()
+
+
+@pytest.mark.parametrize("examples", FUZZ_PROFILES)
+def test_pe_kernel_property(emu, examples):
+    """Planes from 1x1 to 70x140 (one or several tiles either way), k 3 / 5 / 7, batch 1-3, 1-2 heads of 1-4
+    channels, every dtype and v layout, bias and x each optional, inputs in NaN-filled storage."""
+    from hypothesis import given
+    from hypothesis import strategies as st
 
     @_fuzz_settings(examples)
-    @given(c=cases())
+    @given(c=_pe_cases(bias=st.booleans(), with_x=st.booleans()))
     def run(c):
         H, W, k = c["H"], c["W"], c["k"]
         v, w, b, x = _inputs(c["B"], c["heads"], c["D"], H, W, k, c["dtype"], layout=c["layout"], bias=c["bias"],
@@ -755,16 +764,8 @@ def test_pe_wgrad_kernel_property(emu, examples):
     from hypothesis import given
     from hypothesis import strategies as st
 
-    @st.composite
-    def cases(draw):
-        return dict(H=draw(st.integers(1, 70)), W=draw(st.integers(1, 140)), k=draw(st.sampled_from((3, 5, 7))),
-                    B=draw(st.integers(1, 3)), heads=draw(st.integers(1, 2)), D=draw(st.integers(1, 4)),
-                    dtype=draw(st.sampled_from((torch.float32, torch.float16, torch.bfloat16))),
-                    layout=draw(st.sampled_from(("qkv", "channels_last", "contiguous"))),
-                    dout_cl=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
-
     @_fuzz_settings(examples)
-    @given(c=cases())
+    @given(c=_pe_cases(dout_cl=st.booleans()))
     def run(c):
         H, W, k = c["H"], c["W"], c["k"]
         v, _, _, _ = _inputs(c["B"], c["heads"], c["D"], H, W, k, c["dtype"], layout=c["layout"], bias=False,

@@ -424,7 +424,7 @@ def test_bad_inputs_pe_add_wgrad():
         op(v.float(), v, 7, 20, 20)
     with pytest.raises(RuntimeError, match="one CUDA device"):
         op(v.cpu(), v, 7, 20, 20)
-    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16"):
+    with pytest.raises(RuntimeError, match="float16, bfloat16 or float32"):
         op(v.double(), v.double(), 7, 20, 20)
     dw, db = op(v[:0], v[:0], 7, 20, 20)
     assert dw.shape == (64, 1, 7, 7) and db.shape == (64,) and not dw.any() and not db.any()

@@ -105,17 +105,23 @@ cudaError_t area_attention_bwd(const AreaAttnBwdArgs& args, const DeviceInfo& de
 // ---------------------------------------------------------------------------------------------------------
 // PE: out = x + depthwise_conv2d(v, weight, bias, padding=k//2) (csrc/cuda/pe_add.cu)
 
-struct PeAddArgs {
-  const void* v;       // (B, heads, head_dim, H*W), strides sv
+// What both PE launchers take of the plane: v (B, heads, head_dim, H*W) with element strides sv, the k x k kernel
+// size and the dtype.
+struct PePlane {
+  const void* v;
+  Strides4 sv;
+  int64_t batch, heads, head_dim, H, W;
+  int ksize;
+  DType dtype;
+};
+
+struct PeAddArgs : PePlane {
   const void* weight;  // (heads*head_dim, 1, k, k), element strides w_c, w_y, w_x
   const void* bias;    // (heads*head_dim,) stride bias_c, or nullptr
   const void* x;       // like v (strides sx), or nullptr
   void* out;           // contiguous (B, heads, head_dim, H*W)
-  Strides4 sv, sx;
+  Strides4 sx;
   int64_t w_c, w_y, w_x, bias_c;
-  int64_t batch, heads, head_dim, H, W;
-  int ksize;
-  DType dtype;
 };
 
 bool pe_add_supports_ksize(int ksize);
@@ -125,14 +131,10 @@ cudaError_t pe_add(const PeAddArgs& args, cudaStream_t stream);
 // partial (batch * pe_wgrad_tiles(H, W, ksize), heads * head_dim, ksize * ksize + 1): columns i * k + j the weight's
 // (i, j) tap, the last the bias'. dw / db = partial summed over its first dimension. (The input gradient is pe_add
 // itself on dout with the kernel flipped.)
-struct PeWgradArgs {
-  const void* dout;  // (B, heads, head_dim, H*W), strides sdout
-  const void* v;     // like dout, strides sv
+struct PeWgradArgs : PePlane {
+  const void* dout;  // like v, strides sdout
   float* partial;
-  Strides4 sdout, sv;
-  int64_t batch, heads, head_dim, H, W;
-  int ksize;
-  DType dtype;
+  Strides4 sdout;
 };
 
 int64_t pe_wgrad_tiles(int64_t H, int64_t W, int ksize);

@@ -219,21 +219,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> area_attention_bwd_cuda(
   return {dq, dk, dv};
 }
 
-at::Tensor pe_add_cuda(const at::Tensor& v, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       const std::optional<at::Tensor>& x, int64_t H, int64_t W) {
-  constexpr const char* op = "pe_add_cxx (CUDA)";
+// The checks both PE ops make of v and its plane (B, heads, head_dim, N = H * W), and the launch fields they share.
+void check_pe_plane(const char* op, const at::Tensor& v, int64_t H, int64_t W) {
   TORCH_CHECK(v.is_cuda(), op, ": v must be a CUDA tensor, got ", v.device());
-  TORCH_CHECK(v.dim() == 4, op, ": v must be 4-D (B, heads, head_dim, N), got shape ", v.sizes());
+  TORCH_CHECK(v.dim() == 4, op, ": v must be 4-D (B, heads, head_dim, N = H*W), got shape ", v.sizes());
   const auto dtype = v.scalar_type();
   TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat, op, ": v has dtype ", dtype,
               "; use float16, bfloat16 or float32");
-  const int64_t B = v.size(0), heads = v.size(1), D = v.size(2), N = v.size(3), C = heads * D;
+  const int64_t B = v.size(0), C = v.size(1) * v.size(2), N = v.size(3);
   TORCH_CHECK(H >= 0 && W >= 0 && H * W == N, op, ": H*W = ", H, "*", W, " must equal the token count N = ", N);
+  TORCH_CHECK(B <= 65535 && C <= 65535, op, ": batch and channels must be <= 65535, got ", B, " and ", C);
+  TORCH_CHECK(H < (int64_t(1) << 30) && W < (int64_t(1) << 30), op, ": H and W must each be < 2**30, got ", H, " x ",
+              W, "; use backend='reference'");
+}
+
+void check_pe_ksize(const char* op, int64_t ks) {
+  TORCH_CHECK(kc::pe_add_supports_ksize(static_cast<int>(ks)), op, ": kernel size ", ks,
+              " is not supported by the CUDA kernel (3, 5 and 7 are); use backend='reference'");
+}
+
+void set_pe_plane(kc::PePlane& a, const at::Tensor& v, int64_t H, int64_t W, int64_t ks) {
+  a.v = v.data_ptr();
+  a.sv = strides4(v);
+  a.batch = v.size(0);
+  a.heads = v.size(1);
+  a.head_dim = v.size(2);
+  a.H = H;
+  a.W = W;
+  a.ksize = static_cast<int>(ks);
+  a.dtype = kernel_dtype(v.scalar_type());
+}
+
+at::Tensor pe_add_cuda(const at::Tensor& v, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& x, int64_t H, int64_t W) {
+  constexpr const char* op = "pe_add_cxx (CUDA)";
+  check_pe_plane(op, v, H, W);
+  const auto dtype = v.scalar_type();
+  const int64_t C = v.size(1) * v.size(2);
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1 && weight.size(2) == weight.size(3),
               op, ": weight must be a depthwise (", C, ", 1, k, k) kernel, got ", weight.sizes());
   const int64_t ks = weight.size(2);
-  TORCH_CHECK(kc::pe_add_supports_ksize(static_cast<int>(ks)), op, ": kernel size ", ks,
-              " is not supported by the CUDA kernel (3, 5 and 7 are); use backend='reference'");
+  check_pe_ksize(op, ks);
   TORCH_CHECK(weight.scalar_type() == dtype && weight.device() == v.device(), op,
               ": weight must match v's dtype and device (", dtype, ", ", v.device(), "), got ", weight.scalar_type(),
               ", ", weight.device());
@@ -246,38 +272,25 @@ at::Tensor pe_add_cuda(const at::Tensor& v, const at::Tensor& weight, const std:
     TORCH_CHECK(x->sizes() == v.sizes() && x->scalar_type() == dtype && x->device() == v.device(), op,
                 ": x must have v's shape, dtype and device, got ", x->sizes(), " ", x->scalar_type(), " ", x->device());
   }
-  TORCH_CHECK(B <= 65535 && C <= 65535, op, ": batch and channels must be <= 65535, got ", B, " and ", C);
-  TORCH_CHECK(H < (int64_t(1) << 30) && W < (int64_t(1) << 30), op, ": H and W must each be < 2**30, got ", H, " x ",
-              W, "; use backend='reference'");
 
   c10::cuda::CUDAGuard guard(v.device());
   at::Tensor out = at::empty(v.sizes(), v.options());  // contiguous (B, heads, D, N)
   if (out.numel() == 0) return out;
 
   kc::PeAddArgs a{};
-  a.v = v.data_ptr();
+  set_pe_plane(a, v, H, W, ks);
   a.weight = weight.data_ptr();
   a.bias = bias.has_value() ? bias->data_ptr() : nullptr;
   a.x = x.has_value() ? x->data_ptr() : nullptr;
   a.out = out.data_ptr();
-  a.sv = strides4(v);
   a.sx = x.has_value() ? strides4(*x) : kc::Strides4{0, 0, 0, 0};
   a.w_c = weight.stride(0);
   a.w_y = weight.stride(2);
   a.w_x = weight.stride(3);
   a.bias_c = bias.has_value() ? bias->stride(0) : 0;
-  a.batch = B;
-  a.heads = heads;
-  a.head_dim = D;
-  a.H = H;
-  a.W = W;
-  a.ksize = static_cast<int>(ks);
-  a.dtype = kernel_dtype(dtype);
   C10_CUDA_CHECK(kc::pe_add(a, at::cuda::getCurrentCUDAStream()));
   return out;
 }
-
-}  // namespace
 
 // pe_add's weight and bias gradients on CUDA: the kernel's fp32 sums per (image, tile), summed over images and tiles
 // by at::sum (a fixed order: deterministic), rounded once to v's dtype. Same contract as the CPU kernel.
@@ -289,42 +302,29 @@ std::tuple<at::Tensor, at::Tensor> pe_add_wgrad_cuda(const at::Tensor& dout, con
   TORCH_CHECK(dout.sizes() == v.sizes(), op, ": dout must have v's shape ", v.sizes(), ", got ", dout.sizes());
   TORCH_CHECK(v.is_cuda() && dout.device() == v.device(), op, ": v and dout must be on one CUDA device, got ",
               v.device(), " and ", dout.device());
+  check_pe_plane(op, v, H, W);
   const auto dtype = v.scalar_type();
-  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat, op, ": v has dtype ", dtype,
-              "; use float32, float16 or bfloat16");
   TORCH_CHECK(dout.scalar_type() == dtype, op, ": dout dtype ", dout.scalar_type(), " differs from v's ", dtype,
               " (cast dout with .to(v.dtype))");
   TORCH_CHECK(k >= 1 && k % 2 == 1, op, ": the kernel size k must be odd and positive, got ", k);
-  TORCH_CHECK(kc::pe_add_supports_ksize(static_cast<int>(k)), op, ": kernel size ", k,
-              " is not supported by the CUDA kernel (3, 5 and 7 are); use backend='reference'");
-  const int64_t B = v.size(0), heads = v.size(1), D = v.size(2), N = v.size(3), C = heads * D;
-  TORCH_CHECK(H >= 0 && W >= 0 && H * W == N, op, ": H * W = ", H, " * ", W, " must equal the token count N = ", N,
-              " of v (B, heads, head_dim, N)");
-  TORCH_CHECK(B <= 65535 && C <= 65535, op, ": batch and channels must be <= 65535, got ", B, " and ", C);
-  TORCH_CHECK(H < (int64_t(1) << 30) && W < (int64_t(1) << 30), op, ": H and W must each be < 2**30, got ", H, " x ",
-              W, "; use backend='reference'");
+  check_pe_ksize(op, k);
 
+  const int64_t B = v.size(0), C = v.size(1) * v.size(2), N = v.size(3);
   c10::cuda::CUDAGuard guard(v.device());
   if (B == 0 || C == 0 || N == 0) return {at::zeros({C, 1, k, k}, v.options()), at::zeros({C}, v.options())};
   const int64_t tiles = kc::pe_wgrad_tiles(H, W, static_cast<int>(k));
   at::Tensor partial = at::empty({B * tiles, C, k * k + 1}, v.options().dtype(at::kFloat));
   kc::PeWgradArgs a{};
+  set_pe_plane(a, v, H, W, k);
   a.dout = dout.data_ptr();
-  a.v = v.data_ptr();
   a.partial = partial.data_ptr<float>();
   a.sdout = strides4(dout);
-  a.sv = strides4(v);
-  a.batch = B;
-  a.heads = heads;
-  a.head_dim = D;
-  a.H = H;
-  a.W = W;
-  a.ksize = static_cast<int>(k);
-  a.dtype = kernel_dtype(dtype);
   C10_CUDA_CHECK(kc::pe_wgrad(a, at::cuda::getCurrentCUDAStream()));
   const at::Tensor sums = partial.sum(0);  // (C, k * k + 1)
   return {sums.narrow(1, 0, k * k).reshape({C, 1, k, k}).to(dtype), sums.select(1, k * k).to(dtype)};
 }
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(yolov12_fast, CUDA, m) {
   m.impl("area_attention_fwd_cxx", &area_attention_fwd_cuda);

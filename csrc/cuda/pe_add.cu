@@ -97,8 +97,9 @@ struct PeParams : PeTiling {
 // The launch both PE entry points share: cudaErrorInvalidValue for what the kernels cannot take, cudaSuccess with
 // grid->x == 0 for nothing to do, else the plan, the tiling fields of *t (v, sv filled) and the grid (tiles, channels,
 // images).
-inline cudaError_t pe_launch(const void* v, const Strides4& sv, int64_t batch, int64_t heads, int64_t head_dim,
-                             int64_t H, int64_t W, int k, PePlan* plan, PeTiling* t, dim3* grid) {
+inline cudaError_t pe_launch(const PePlane& a, PePlan* plan, PeTiling* t, dim3* grid) {
+  const int64_t batch = a.batch, heads = a.heads, head_dim = a.head_dim, H = a.H, W = a.W;
+  const int k = a.ksize;
   *grid = dim3(0, 0, 0);
   if (!(k == 3 || k == 5 || k == 7) || H < 0 || W < 0) return cudaErrorInvalidValue;
   const int64_t channels = heads * head_dim;
@@ -108,8 +109,8 @@ inline cudaError_t pe_launch(const void* v, const Strides4& sv, int64_t batch, i
   *plan = pe_plan(H, W, k);
   const int64_t tiles = (int64_t)plan->tiles_w * plan->tiles_h;
   if (tiles >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  t->v = v;
-  t->sv = sv;
+  t->v = a.v;
+  t->sv = a.sv;
   t->head_dim = (int)head_dim;
   t->H = (int)H;
   t->W = (int)W;
@@ -154,16 +155,27 @@ __device__ __forceinline__ void sweep_rows(const float* rows, int halo_w, F&& f)
   }
 }
 
-// The kernel for k (k3, k5, k7: its instantiations for k = 3, 5, 7) launched on grid with `threads` and `smem`.
-template <typename P>
-inline cudaError_t launch_for_k(int k, void (*k3)(P), void (*k5)(P), void (*k7)(P), const P& p, dim3 grid, int threads,
-                                int smem, cudaStream_t stream) {
+// One PE kernel family launched for a dtype and a kernel size: Ks::get<T, K>() is its instantiation (PeAddKernels,
+// PeWgradKernels below), on grid with `threads` and `smem`.
+template <typename Ks, typename T, typename P>
+inline cudaError_t launch_for_k(int k, const P& p, dim3 grid, int threads, int smem, cudaStream_t stream) {
+  const dim3 block((unsigned)threads);
   switch (k) {
-    case 3: return launch_kernel(k3, grid, dim3((unsigned)threads), smem, stream, p);
-    case 5: return launch_kernel(k5, grid, dim3((unsigned)threads), smem, stream, p);
-    case 7: return launch_kernel(k7, grid, dim3((unsigned)threads), smem, stream, p);
+    case 3: return launch_kernel(Ks::template get<T, 3>(), grid, block, smem, stream, p);
+    case 5: return launch_kernel(Ks::template get<T, 5>(), grid, block, smem, stream, p);
+    case 7: return launch_kernel(Ks::template get<T, 7>(), grid, block, smem, stream, p);
     default: return cudaErrorInvalidValue;
   }
+}
+
+template <typename Ks, typename P>
+inline cudaError_t launch_pe(DType dtype, int k, const P& p, dim3 grid, int threads, int smem, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::kFloat16: return launch_for_k<Ks, __half>(k, p, grid, threads, smem, stream);
+    case DType::kBFloat16: return launch_for_k<Ks, __nv_bfloat16>(k, p, grid, threads, smem, stream);
+    case DType::kFloat32: return launch_for_k<Ks, float>(k, p, grid, threads, smem, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
 // Stages the input tile of (image b, channel h * head_dim + d) whose outputs start at (y0, x0): halo cell (hy, hx)
@@ -376,6 +388,15 @@ __global__ void __launch_bounds__(kPeMaxThreads, 2) pe_wgrad_kernel(const PeWgra
   }
 }
 
+struct PeAddKernels {
+  template <typename T, int K>
+  static auto get() { return pe_add_kernel<T, K>; }
+};
+struct PeWgradKernels {
+  template <typename T, int K>
+  static auto get() { return pe_wgrad_kernel<T, K>; }
+};
+
 // The warps' sums reuse the staged tile's memory: it must hold nwarps * (k * k + 1) floats.
 inline int pe_wgrad_smem_bytes(const PePlan& plan, int k) {
   const int sums = plan.threads / 32 * (k * k + 1);
@@ -398,7 +419,7 @@ cudaError_t pe_add(const PeAddArgs& a, cudaStream_t stream) {
   PePlan plan{};
   PeParams p{};
   dim3 grid;
-  const cudaError_t bad = pe_launch(a.v, a.sv, a.batch, a.heads, a.head_dim, a.H, a.W, a.ksize, &plan, &p, &grid);
+  const cudaError_t bad = pe_launch(a, &plan, &p, &grid);
   if (bad != cudaSuccess || grid.x == 0) return bad;
   p.weight = a.weight;
   p.bias = a.bias;
@@ -409,19 +430,7 @@ cudaError_t pe_add(const PeAddArgs& a, cudaStream_t stream) {
   p.w_y = a.w_y;
   p.w_x = a.w_x;
   p.bias_c = a.bias_c;
-  const int k = a.ksize, t = plan.threads, smem = plan.smem_bytes;
-  switch (a.dtype) {
-    case DType::kFloat16:
-      return launch_for_k(k, pe_add_kernel<__half, 3>, pe_add_kernel<__half, 5>, pe_add_kernel<__half, 7>, p, grid, t,
-                          smem, stream);
-    case DType::kBFloat16:
-      return launch_for_k(k, pe_add_kernel<__nv_bfloat16, 3>, pe_add_kernel<__nv_bfloat16, 5>,
-                          pe_add_kernel<__nv_bfloat16, 7>, p, grid, t, smem, stream);
-    case DType::kFloat32:
-      return launch_for_k(k, pe_add_kernel<float, 3>, pe_add_kernel<float, 5>, pe_add_kernel<float, 7>, p, grid, t,
-                          smem, stream);
-  }
-  return cudaErrorInvalidValue;
+  return launch_pe<PeAddKernels>(a.dtype, a.ksize, p, grid, plan.threads, plan.smem_bytes, stream);
 }
 
 cudaError_t pe_wgrad(const PeWgradArgs& a, cudaStream_t stream) {
@@ -429,24 +438,13 @@ cudaError_t pe_wgrad(const PeWgradArgs& a, cudaStream_t stream) {
   PePlan plan{};
   PeWgradParams p{};
   dim3 grid;
-  const cudaError_t bad = pe_launch(a.v, a.sv, a.batch, a.heads, a.head_dim, a.H, a.W, a.ksize, &plan, &p, &grid);
+  const cudaError_t bad = pe_launch(a, &plan, &p, &grid);
   if (bad != cudaSuccess || grid.x == 0) return bad;
   p.dout = a.dout;
   p.partial = a.partial;
   p.sd = a.sdout;
-  const int k = a.ksize, t = plan.threads, smem = pe_wgrad_smem_bytes(plan, k);
-  switch (a.dtype) {
-    case DType::kFloat16:
-      return launch_for_k(k, pe_wgrad_kernel<__half, 3>, pe_wgrad_kernel<__half, 5>, pe_wgrad_kernel<__half, 7>, p,
-                          grid, t, smem, stream);
-    case DType::kBFloat16:
-      return launch_for_k(k, pe_wgrad_kernel<__nv_bfloat16, 3>, pe_wgrad_kernel<__nv_bfloat16, 5>,
-                          pe_wgrad_kernel<__nv_bfloat16, 7>, p, grid, t, smem, stream);
-    case DType::kFloat32:
-      return launch_for_k(k, pe_wgrad_kernel<float, 3>, pe_wgrad_kernel<float, 5>, pe_wgrad_kernel<float, 7>, p, grid,
-                          t, smem, stream);
-  }
-  return cudaErrorInvalidValue;
+  return launch_pe<PeWgradKernels>(a.dtype, a.ksize, p, grid, plan.threads, pe_wgrad_smem_bytes(plan, a.ksize),
+                                   stream);
 }
 
 }  // namespace cuda

@@ -36,6 +36,20 @@ void set_qkv(Args& a, const void* q, const void* k, const void* v, const int64_t
   a.dtype = static_cast<kc::DType>(dtype);
 }
 
+// The fields both PE launchers' arguments share (kc::PePlane).
+inline void set_pe_plane(kc::PePlane& a, const void* v, const int64_t* sv, int64_t batch, int64_t heads,
+                         int64_t head_dim, int64_t H, int64_t W, int ksize, int dtype) {
+  a.v = v;
+  a.sv = strides(sv);
+  a.batch = batch;
+  a.heads = heads;
+  a.head_dim = head_dim;
+  a.H = H;
+  a.W = W;
+  a.ksize = ksize;
+  a.dtype = static_cast<kc::DType>(dtype);
+}
+
 // A launch plan as supported, resident, warps, chunk_keys, smem_row, smem_bytes -> out[0..6).
 inline void plan_out(const kc::AreaAttnFwdPlan& p, int* out) {
   const int vals[6] = {p.supported, p.resident, p.warps, p.chunk_keys, p.smem_row, p.smem_bytes};

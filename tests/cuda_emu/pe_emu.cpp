@@ -13,24 +13,16 @@ int yf_emu_pe_add(const void* v, const void* weight, const void* bias, const voi
                   int64_t heads, int64_t head_dim, int64_t H, int64_t W, int ksize, int dtype) {
   namespace kc = yolov12_fast::cuda;
   kc::PeAddArgs a{};
-  a.v = v;
+  yf_emu_args::set_pe_plane(a, v, sv, batch, heads, head_dim, H, W, ksize, dtype);
   a.weight = weight;
   a.bias = bias;
   a.x = x;
   a.out = out;
-  a.sv = yf_emu_args::strides(sv);
   a.sx = yf_emu_args::strides(sx);
   a.w_c = w_c;
   a.w_y = w_y;
   a.w_x = w_x;
   a.bias_c = bias_c;
-  a.batch = batch;
-  a.heads = heads;
-  a.head_dim = head_dim;
-  a.H = H;
-  a.W = W;
-  a.ksize = ksize;
-  a.dtype = static_cast<kc::DType>(dtype);
   return static_cast<int>(kc::pe_add(a, nullptr));
 }
 
@@ -40,18 +32,10 @@ int yf_emu_pe_wgrad(const void* dout, const void* v, float* partial, const int64
                     int64_t batch, int64_t heads, int64_t head_dim, int64_t H, int64_t W, int ksize, int dtype) {
   namespace kc = yolov12_fast::cuda;
   kc::PeWgradArgs a{};
+  yf_emu_args::set_pe_plane(a, v, sv, batch, heads, head_dim, H, W, ksize, dtype);
   a.dout = dout;
-  a.v = v;
   a.partial = partial;
   a.sdout = yf_emu_args::strides(sd);
-  a.sv = yf_emu_args::strides(sv);
-  a.batch = batch;
-  a.heads = heads;
-  a.head_dim = head_dim;
-  a.H = H;
-  a.W = W;
-  a.ksize = ksize;
-  a.dtype = static_cast<kc::DType>(dtype);
   return static_cast<int>(kc::pe_wgrad(a, nullptr));
 }
 

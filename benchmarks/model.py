@@ -16,9 +16,10 @@ YOLO11 of the same scale (`yolo11n-eager`, `yolo11n-eager+graphs`): is YOLOv12 s
 
 Training (GPU): one step of yolo12n at batch 16, AMP (fp16 autocast + GradScaler), SGD as ultralytics configures it,
 ultralytics' detection loss on synthetic boxes: forward + loss + backward + optimizer step, eager vs patched, at 640
-and 1280, with peak memory. `train-patched` runs the default recompute ("auto" = "mlp" on CUDA: the ABlock MLPs run
-again in backward instead of keeping their activations); `train-patched-recompute-none` / `-block` show the other two modes,
-so the report gives the memory / time trade-off of each (issue #5: >= 1.15x faster, peak <= 0.7x at 1280).
+and 1280, with peak memory. `train-patched` runs the default recompute ("auto": what yolov12_fast.nn.modules.AUTO_RECOMPUTE
+gives CUDA, today "none"); `train-patched-recompute-mlp` / `-block` show the two recomputing modes (the ABlock MLPs, or
+the whole ABlocks, run again in backward instead of keeping their activations). Each row's params name the mode it ran
+(`recompute`), so the report gives the memory / time trade-off of each (issue #5: >= 1.15x faster, peak <= 0.7x at 1280).
 
 CPU: yolo12n batch 1 at 640, eager vs patched, and yolo11n eager (the YOLO11 comparison), fp32, at each pinned
 thread count (interleaved rounds), as torch runs (denormals kept); full runs add rows with denormals flushed on
@@ -319,29 +320,31 @@ def _train(ctx: Context, budget: Budget) -> list:
         if not ctx.wants(case):
             continue
         rows_c = []
-        # patched: the default recompute ("auto" = "mlp" on CUDA); the other two modes show the memory/time trade-off
-        for name in ("eager", "patched", "patched-recompute-none", "patched-recompute-block"):
+        # patched: the default recompute ("auto"); the recomputing modes show the memory/time trade-off
+        for name in ("eager", "patched", "patched-recompute-mlp", "patched-recompute-block"):
+            mode = name.rsplit("-", 1)[1] if "recompute" in name else None
+            params_n = params if name == "eager" else {**params, "recompute": _recompute_ran(mode, ctx.device)}
             if budget.over():
-                rows_c.append(make_row(ctx, SUITE, case, params, f"train-{name}", status="skipped", reason=budget.reason(),
+                rows_c.append(make_row(ctx, SUITE, case, params_n, f"train-{name}", status="skipped", reason=budget.reason(),
                                        dtype=torch.float16))
                 continue
             model = opt = None
             try:
                 model = yolo.training_model("yolo12n", ctx.device)
                 if name.startswith("patched"):
-                    yolov12_fast.patch(model, recompute=name.rsplit("-", 1)[1] if "recompute" in name else None)
+                    yolov12_fast.patch(model, recompute=mode)
                 step = _train_step(model, imgsz, batch, ctx.device)
                 step()
                 step()
                 torch.cuda.synchronize()
                 peak = gpu_peak_memory(step)
                 timing = time_gpu(step, warmup_ms=100, rep_ms=1000)
-                rows_c.append(make_row(ctx, SUITE, case, params, f"train-{name}", timing=timing, dtype=torch.float16,
+                rows_c.append(make_row(ctx, SUITE, case, params_n, f"train-{name}", timing=timing, dtype=torch.float16,
                                        peak=peak, images_per_s=batch * 1e3 / timing.median_ms,
                                        backend_ran=_backend_ran(ctx) if name != "eager" else "ultralytics modules"))
             except Exception as e:
                 torch.cuda.synchronize()
-                rows_c.append(make_row(ctx, SUITE, case, params, f"train-{name}", status="error", dtype=torch.float16,
+                rows_c.append(make_row(ctx, SUITE, case, params_n, f"train-{name}", status="error", dtype=torch.float16,
                                        reason=("out of memory: " if is_oom(e) else "") + f"{type(e).__name__}: {e}"[:400]))
             finally:
                 del model, opt
@@ -350,6 +353,13 @@ def _train(ctx: Context, budget: Budget) -> list:
         ctx.emit(rows_c)
         rows += rows_c
     return rows
+
+
+def _recompute_ran(mode, device) -> str:
+    """The recompute mode a patched ABlock runs while training on `device` (mode None: the default, "auto")."""
+    from yolov12_fast.nn.modules import AUTO_RECOMPUTE
+    mode = mode or "auto"
+    return AUTO_RECOMPUTE.get(torch.device(device).type, "none") if mode == "auto" else mode
 
 
 def _train_step(model, imgsz: int, batch: int, device):

@@ -16,7 +16,7 @@
    (read once) and every output (written once), numel x element size of the tensor as the op sees it (fp32 here;
    fp16 on GPU halves it). Caches, re-reads inside a kernel and cuDNN workspaces are not modeled.
 3. Peak memory of a training step (forward + backward under bf16 autocast, AMP's 2-byte activations) of yolo12n at
-   640 and 1280, batch 16, ultralytics vs patched (with each `recompute` mode; "patched" is "mlp", what the default "auto" runs on CUDA), and of one
+   640 and 1280, batch 16, ultralytics vs patched (with each `recompute` mode; "patched" is "mlp", the CUDA default until the -27c H100 run measured "none" faster), and of one
    AAttn, tracked with torch's MemTracker on fake tensors (nothing allocated): the prediction for issue #5's "peak
    memory at 1280 <= 0.7x" before a GPU measures it.
 4. Registers / spills / shared memory of every Triton kernel variant the ops launch (yolov12_fast._aot.compile_all,
@@ -171,8 +171,8 @@ TRAIN_COUNT_SHAPE = (1, 3, 640, 640)  # the size the issue targets; batch 1 keep
 
 def train_launch_proxies(shape: tuple = TRAIN_COUNT_SHAPE) -> dict:
     """Launches and modeled bytes of a yolo12n training step (forward, a sum-of-squares loss, backward; fp32, no
-    optimizer step), ultralytics vs patched in each recompute mode ("patched" = "mlp", what recompute="auto" runs on
-    CUDA): the GPU-free prediction of what recomputation costs in memory traffic (issue #5: training step >= 1.15x)."""
+    optimizer step), ultralytics vs patched in each recompute mode ("patched" = "mlp", recompute="auto"'s CUDA
+    choice until the -27c H100 run measured "none" faster; the entry names stay for comparison with older files): the GPU-free prediction of what recomputation costs in memory traffic (issue #5: training step >= 1.15x)."""
     import copy
 
     import yolov12_fast
@@ -287,7 +287,7 @@ def train_memory_proxies(cases=TRAIN_MEMORY_CASES, other_modes=("none", "block")
     model = yolo.build("yolo12n", calibrate_imgsz=None, fuse=False)
     for imgsz, batch in cases:
         variants = [("ultralytics", lambda: copy.deepcopy(model)),
-                    # what recompute="auto" does on CUDA (these fake tensors are CPU ones)
+                    # "mlp": auto's CUDA choice until the -27c H100 run (entry names kept for older files)
                     ("patched", lambda: yolov12_fast.patch(copy.deepcopy(model), recompute="mlp"))]
         variants += [(f"patched, recompute {r}", lambda r=r: yolov12_fast.patch(copy.deepcopy(model), recompute=r))
                      for r in other_modes]

@@ -460,10 +460,16 @@ def _predictions_section(rows: list) -> list:
 
 
 # The training targets of issue #5 (yolo12n, AMP, batch 16): step time >= 1.15x ultralytics', peak memory at the
-# largest measured size <= 0.7x. RECOMPUTE_PROVIDERS: model-suite provider -> the recompute mode it ran on CUDA.
+# largest measured size <= 0.7x. A training row names the recompute mode it ran in params["recompute"]; rows written
+# before that (up to the -27c run) ran these modes by provider (train-patched ran "auto" = "mlp" on CUDA then).
 TRAIN_SPEEDUP, TRAIN_PEAK = 1.15, 0.7
-RECOMPUTE_PROVIDERS = {"train-patched-recompute-none": "none", "train-patched": "mlp",
-                       "train-patched-recompute-block": "block"}
+LEGACY_RECOMPUTE_PROVIDERS = {"train-patched-recompute-none": "none", "train-patched": "mlp",
+                              "train-patched-recompute-block": "block"}
+
+
+def _recompute_mode(r: dict):
+    mode = (r.get("params") or {}).get("recompute")
+    return mode if mode else LEGACY_RECOMPUTE_PROVIDERS.get(r["provider"])
 
 
 def recompute_choice(rows: list) -> dict | None:
@@ -481,8 +487,13 @@ def recompute_choice(rows: list) -> dict | None:
         eager = by.get("train-eager")
         if eager is None:
             continue
-        for prov, mode in RECOMPUTE_PROVIDERS.items():
-            r = by.get(prov)
+        modes = {}
+        for prov, r in by.items():
+            mode = _recompute_mode(r) if prov != "train-eager" else None
+            if mode is not None:
+                modes.setdefault(mode, r)
+        for mode in ("none", "mlp", "block"):
+            r = modes.get(mode)
             if r is None:
                 continue
             peak = (r["peak_mem_mb"] / eager["peak_mem_mb"] if r.get("peak_mem_mb") and eager.get("peak_mem_mb")
@@ -496,7 +507,12 @@ def recompute_choice(rows: list) -> dict | None:
     meeting = [t for t in at_largest if t["peak_ratio"] <= TRAIN_PEAK]
     best = (max(meeting, key=lambda t: t["speedup"]) if meeting else min(at_largest, key=lambda t: t["peak_ratio"]))
     return {"table": table, "suggestion": best["mode"], "meets_peak": bool(meeting),
-            "meets_speed": best["speedup"] >= TRAIN_SPEEDUP, "today": "mlp"}
+            "meets_speed": best["speedup"] >= TRAIN_SPEEDUP, "today": _today_recompute()}
+
+
+def _today_recompute() -> str:
+    from yolov12_fast.nn.modules import AUTO_RECOMPUTE
+    return AUTO_RECOMPUTE["cuda"]
 
 
 def _recompute_section(rows: list) -> list:
@@ -507,7 +523,7 @@ def _recompute_section(rows: list) -> list:
         "Training: what recompute=\"auto\" should pick on CUDA (measured)",
         f"Speed-up of the step over ultralytics (`train-eager`) and peak memory relative to it, per recompute mode. "
         f"Suggested: the fastest mode whose peak at the largest size is <= {TRAIN_PEAK}x (issue #5), else the "
-        f"smallest. Set `ABlock._recompute`'s CUDA choice (yolov12_fast/nn/modules.py) if it differs from today's.",
+        f"smallest. Set `AUTO_RECOMPUTE['cuda']` (yolov12_fast/nn/modules.py) if it differs from today's.",
         ["case", "recompute", "vs train-eager", "peak vs train-eager"])
     for t in choice["table"]:
         peak = f"{t['peak_ratio']:.3f}x" if t["peak_ratio"] is not None else "–"

@@ -570,6 +570,16 @@ def test_recompute_choice_from_training_rows():
     assert report.recompute_choice([row(640, "train-eager", 1, 1)]) is None
     md = "\n".join(report._recompute_section(rows(9000)))
     assert "recompute=\"auto\" should pick" in md and "| train yolo12n 1280 b16 | block | 1.11x | 0.598x |" in md
+    # rows since the model suite records the mode each ran: the provider name no longer decides it
+    # (train-patched runs "auto", which is "none" on CUDA today)
+    def new_row(provider, ms, peak, mode):
+        return dict(row(1280, provider, ms, peak), params={"imgsz": 1280, "batch": 16, "train": True, "recompute": mode})
+    c = report.recompute_choice([row(1280, "train-eager", 400, 12700), new_row("train-patched", 320, 8800, "none"),
+                                 new_row("train-patched-recompute-mlp", 330, 8500, "mlp"),
+                                 new_row("train-patched-recompute-block", 360, 7600, "block")])
+    assert {t["mode"]: round(t["speedup"], 3) for t in c["table"]} == {"none": 1.25, "mlp": 1.212, "block": 1.111}
+    from yolov12_fast.nn.modules import AUTO_RECOMPUTE
+    assert c["suggestion"] == "none" and c["today"] == AUTO_RECOMPUTE["cuda"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -511,8 +511,8 @@ def test_recompute_modes_are_exact_and_keep_less(variant):
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp-fp16"])
 def test_recompute_modes_on_cuda(amp):
     """On CUDA, as ultralytics trains (train mode, optionally fp16 autocast): every recompute mode gives the outputs,
-    gradients and running statistics of "none" (up to cuDNN's nondeterministic reductions), "auto" is "mlp"
-    (same saved bytes), and block < mlp < none in what autograd keeps."""
+    gradients and running statistics of "none" (up to cuDNN's nondeterministic reductions), "auto" keeps what
+    AUTO_RECOMPUTE["cuda"] keeps (same saved bytes), and block < mlp < none in what autograd keeps."""
     from ultralytics.nn.modules.block import A2C2f
 
     torch.manual_seed(5)
@@ -535,12 +535,13 @@ def test_recompute_modes_on_cuda(amp):
             torch.testing.assert_close(gp[k].float(), gp0[k].float(), **tol, msg=lambda m: f"{mode} grad {k}: {m}")
         for k in b0:
             torch.testing.assert_close(b[k], b0[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{mode} buffer {k}: {m}")
-    assert saved["block"] < saved["mlp"] == saved["auto"] < saved["none"], saved
+    assert saved["block"] < saved["mlp"] < saved["none"], saved
+    assert saved["auto"] == saved[yf.nn.modules.AUTO_RECOMPUTE["cuda"]], saved
 
 
 def test_recompute_only_while_training_and_setting_checks():
     """No checkpointing in eval mode or without autograd (nothing would be saved anyway), nor with "auto" on CPU;
-    "auto" is "mlp" on CUDA; bad values are refused with the list of valid ones; patched() restores the previous
+    "auto" follows AUTO_RECOMPUTE per device type ("none" on CUDA, as measured); bad values are refused with the list of valid ones; patched() restores the previous
     setting."""
     import types
 
@@ -568,7 +569,10 @@ def test_recompute_only_while_training_and_setting_checks():
         assert calls == [1]
     fast.recompute = "auto"
     on = lambda dev: fast._recompute(types.SimpleNamespace(device=torch.device(dev)))
-    assert on("cuda") == "mlp" and on("cpu") == "none"
+    assert on("cuda") == "none" and on("cpu") == "none"
+    with pytest.MonkeyPatch.context() as mp:  # the table decides
+        mp.setitem(yf.nn.modules.AUTO_RECOMPUTE, "cuda", "mlp")
+        assert on("cuda") == "mlp" and on("cpu") == "none" and on("mps") == "none"
     for bad in ("all", None, "MLP"):
         with pytest.raises(ValueError, match="recompute"):
             fast.recompute = bad

@@ -617,7 +617,7 @@ def test_training_losses_and_gradients_match_the_unpatched_model(tmp_path, monke
     """Four optimizer steps of yolo12n through ultralytics' trainer (seeded, deterministic, fp32 CPU): the patched
     model's per-step losses match the unpatched model's, and at the first optimizer step so do every parameter's
     gradient and every BatchNorm statistic (updated once per forward: a recomputing backward must not update them
-    again). The patched model recomputes its ABlock MLPs in backward (recompute="mlp", what "auto" does on CUDA; on
+    again). The patched model recomputes its ABlock MLPs in backward (recompute="mlp", opted in; on
     CPU "auto" keeps everything, the path every other training test runs). The trainer builds every model from the
     same seed; an unpatched rerun is bitwise identical (checked), so every difference is ours.
 

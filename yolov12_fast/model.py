@@ -60,7 +60,7 @@ class YOLO(_UltralyticsYOLO):
         model, task, verbose: as for `ultralytics.YOLO`.
         backend: area-attention backend of the patched modules ("auto", "triton", "cuda", "cpp", "reference").
         recompute: what the ABlocks recompute in backward while training instead of keeping it in memory ("auto":
-            the MLP on CUDA, nothing on CPU; "mlp", "block", "none"; see yolov12_fast.nn.FastModule.recompute).
+            nothing, as measured fastest; "mlp", "block", "none"; see yolov12_fast.nn.FastModule.recompute).
         cuda_graphs: predict() on a GPU replays the model from CUDA graphs (yolov12_fast.cuda_graphs; one capture
             per input shape, at most 4 kept): batch-1 latency without the host in the way. Off by default.
     """

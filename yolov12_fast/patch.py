@@ -217,7 +217,7 @@ def patch(model, backend: Optional[str] = None, filter: Optional[Filter] = None,
         filter: optional `filter(name, module) -> bool`; only modules for which it returns True are patched. Names
             are those of `named_modules()` of the torch model (for a YOLO object: of `yolo.model`).
         recompute: what ABlocks recompute in backward while training instead of keeping it in memory
-            ("auto", the modules' default: the MLP on CUDA, nothing on CPU; "mlp"; "block"; "none"; see
+            ("auto", the modules' default: nothing, as measured fastest; "mlp"; "block"; "none"; see
             yolov12_fast.nn.FastModule.recompute).
             None leaves each module's setting as it is.
 

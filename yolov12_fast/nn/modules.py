@@ -19,8 +19,8 @@ What the fast forward does (REFERENCE.md):
   (correctness first).
 - ABlock: x1 = x + attn(x); x1 + mlp(x1). With backend="triton" the MLP and its residual run as one fused kernel
   (`mlp_residual`, BatchNorm folded, the hidden activation never in memory); "auto" keeps the two 1x1 convs
-  until the fused kernel measures faster than cuDNN on a GPU. While training, the MLP (recompute="mlp", what
-  "auto" picks on CUDA) or the whole block ("block") keeps only its input for backward and runs again there
+  until the fused kernel measures faster than cuDNN on a GPU. While training, the MLP (recompute="mlp") or the
+  whole block ("block") keeps only its input for backward and runs again there
   (torch.utils.checkpoint, BatchNorm running statistics shielded from the second run): the training-memory
   answer for high resolutions, see FastModule.recompute.
 - A2C2f: without autograd, cv1 and each block pair write into channel slices of one preallocated buffer that cv2
@@ -64,6 +64,13 @@ __all__ = ["AAttn", "ABlock", "A2C2f", "FastModule", "VARIANTS", "RECOMPUTE"]
 VARIANTS = ("ultralytics", "turbo")
 # What an ABlock recomputes in backward instead of keeping for it while training (see FastModule.recompute).
 RECOMPUTE = ("auto", "none", "mlp", "block")
+# What recompute="auto" runs, per device type. CUDA, measured (benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-27c,
+# yolo12n AMP training step, batch 16, against ultralytics' modules): "none" 1.04x the speed at 640 and 1.60x at 1280
+# with 0.80x / 0.47x the peak memory; "mlp" (the earlier default) 0.87x / 1.54x at 0.76x / 0.45x; "block" 0.61x /
+# 1.45x at 0.70x / 0.40x. The fused attention already keeps no score matrix, so "none" meets the memory target
+# (<= 0.7x at 1280) by itself, and the recomputation bought 5 % of memory for 4-19 % of step time. CPU: the
+# recomputation measured 5-7 % of a yolo12n training step. Other device types: nothing recomputed.
+AUTO_RECOMPUTE = {"cuda": "none", "cpu": "none"}
 
 # Keys of the instance __dict__ that belong to yolov12_fast: stripped when pickling and by unpatch().
 _PRIVATE_PREFIX = "_yf_"
@@ -188,13 +195,15 @@ class FastModule(nn.Module):
         instead of keeping in memory while training (autograd on, module in training mode, not under torch.compile,
         whose partitioner makes its own recomputation choices):
 
+        - "none": everything autograd saves is kept. The fused attention keeps no score matrix, so this already
+          trains yolo12n (AMP, batch 16, H100) in 0.80x ultralytics' peak memory at 640 and 0.47x at 1280, 1.04x /
+          1.60x as fast (benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-27c).
         - "mlp": the MLP (two 1x1 Convs with BatchNorm, SiLU) keeps only its input; its forward runs again in
-          backward. Predicted for a yolo12n AMP training step at 1280, batch 16 (benchmarks/proxies.py): peak
-          memory 0.67x ultralytics' instead of 0.71x, for 2.5% more modeled memory traffic.
-        - "block": the whole ABlock (attention included) keeps only its input: 0.60x, for 7% more traffic.
-        - "none": everything autograd saves is kept.
-        - "auto" (default): "mlp" on CUDA, where activation memory is what limits batch and resolution, "none"
-          elsewhere (on CPU the recomputation measured 5-7% of a yolo12n training step).
+          backward: 0.76x / 0.45x the memory, 0.87x / 1.54x the speed in the same run.
+        - "block": the whole ABlock (attention included) keeps only its input: 0.70x / 0.40x, 0.61x / 1.45x.
+        - "auto" (default): AUTO_RECOMPUTE's entry for the device, today "none" everywhere: on CUDA measured the
+          fastest, its memory well under the 0.7x target; on CPU the recomputation measured 5-7% of a yolo12n
+          training step. Pick "mlp" or "block" when activation memory limits the batch or the resolution.
 
         Results and gradients are the same in every mode; running BatchNorm statistics are updated once per
         forward. As with torch.utils.checkpoint, forward hooks of modules inside the recomputed part run again
@@ -618,7 +627,7 @@ class ABlock(FastModule):
             return "none"
         mode = self.recompute
         if mode == "auto":
-            return "mlp" if x.device.type == "cuda" else "none"
+            return AUTO_RECOMPUTE.get(x.device.type, "none")
         return mode
 
     def forward(self, x: Tensor) -> Tensor:

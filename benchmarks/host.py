@@ -241,7 +241,8 @@ def model_host(device: str = "cpu", batches=(1, 32), calls: int = 20, imgsz: int
 
 
 def step_host(device: str = "cuda", pattern: str = r"^fwdbwd P[45] 640x640 h[48] b32 ",
-              providers=("ultralytics", "flash", "sdpa", "cuda", "auto"), steps: int = 20) -> list:
+              providers=("ultralytics", "flash", "sdpa", "triton", "triton+cuda-pe", "cuda", "auto"),
+              steps: int = 20) -> list:
     """Where a training step's time goes, for the ops suite's attention cases matching `pattern` (default its fwd+bwd
     rows at batch 32): per provider, `call_ms` (from an idle GPU until forward + backward return: the host's time to
     issue them, if nothing inside waits for the GPU), `total_ms` (until the GPU is done), the syncs one step makes and

@@ -174,7 +174,9 @@ fwd_warps_sweep() {  # the CUDA forward's warps per CTA, timed per count (each c
 
 step_host_time() {  # the fwd+bwd rows at batch 32: host vs device time, syncs and allocator calls, per provider
     say "host vs device time of the ops suite's fwd+bwd steps (python -m benchmarks.host --step)"
-    tmo "${1:-60}" $PY -m benchmarks.host --device cuda --step 2>&1 | tee "$LOGDIR/host-step-$STAMP.log" | tail -25
+    # fwd P5 h4 b32 too: there the Triton rows took 2-3x their kernels' time in -27c (triton+cuda-pe 134 us wall)
+    tmo "${1:-60}" $PY -m benchmarks.host --device cuda --step '^(fwdbwd P[45] 640x640 h[48]|fwd P5 640x640 h4) b32 ' 2>&1 \
+        | tee "$LOGDIR/host-step-$STAMP.log" | tail -35
     pack_logs
 }
 

@@ -22,6 +22,15 @@ The `registers` column times that path at the default warps. Prediction (3fcda2a
 batch 1 (11.1 us on the H100 of 2026-11-27b), where every CTA stages once and then computes one tile per warp; a few
 per cent at batch 32, where a second CTA per SM computes while one stages.
 
+Key blocks: the head_dim-32 kernel steps through the keys 64 at a time (127 registers: 16 warps per SM on an H100);
+$YOLOV12_FAST_CUDA_FWD_KEYS=32 runs its 32-key variant (80 registers: 3 CTAs of 8 warps, 24 warps per SM on sm_90;
+19 % more instructions per key: 154 per 32-key step against 259 per 64 in the sm_90a SASS). The `k32/W` columns
+time it at W warps per CTA. Prediction (6b948e2+; H100 -27c: the default 140-146 us at P4 h8 b32, about 3x its
+issue bound; Triton's 66-90 register kernel 124 us): 1.5x the warps in flight outweigh the extra instructions while
+the kernel stays latency-bound: 0.85-1.0x the default's time at batch 32 with 8 warps; at batch 1 (one wave or
+less, latency of one CTA's sweep) within 10 % of the default.
+Its output matches the default's up to rounding (checked: within 2 ulps of the largest output).
+
 Each count's output (and the register staging's) is checked bit for bit against the default's (a tile's arithmetic does not depend on which warp
 runs it). Prints a table of microseconds per count and case (CUDA events, triton.testing.do_bench), the best count per
 case, and the speed-up over the default. CUDA only; Turing code takes only the default count.
@@ -38,6 +47,8 @@ import torch
 
 ENV = "YOLOV12_FAST_CUDA_FWD_WARPS"
 STAGING_ENV = "YOLOV12_FAST_CUDA_STAGING"
+KEYS_ENV = "YOLOV12_FAST_CUDA_FWD_KEYS"
+KEYS32_WARPS = (4, 6, 8)
 DEFAULT_CASES = r"^fwd P[45] 640x640 h[48] b(1|32) "
 
 
@@ -63,9 +74,10 @@ def _timer(dev: torch.device):
 
 
 def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, dtype=torch.float16,
-          device: str = "cuda") -> list:
-    """[{case, warps: {count: ms or why refused}, default_ms, registers_ms}] for the ops suite's forward cases
-    matching `pattern` (registers_ms: the default count with register staging)."""
+          device: str = "cuda", keys32_warps=KEYS32_WARPS) -> list:
+    """[{case, warps: {count: ms or why refused}, default_ms, registers_ms, keys32: {count: ms or why refused}}] for
+    the ops suite's forward cases matching `pattern` (registers_ms: the default count with register staging;
+    keys32: the 32-key variant at each count)."""
     import yolov12_fast  # noqa: F401 - registers torch.ops.yolov12_fast
 
     from . import ops
@@ -73,7 +85,7 @@ def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, d
     dev = torch.device(device)
     bench = _timer(dev)
     rows = []
-    prev = {e: os.environ.get(e) for e in (ENV, STAGING_ENV)}
+    prev = {e: os.environ.get(e) for e in (ENV, STAGING_ENV, KEYS_ENV)}
     try:
         for case in [c for c in ops.attention_cases(dev, quick=False) if re.search(pattern, c.name)]:
             qkv, _, _ = ops._inputs(case, dev, dtype, False)
@@ -83,8 +95,8 @@ def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, d
             def run():
                 return torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, case.area, case.head_dim ** -0.5, None)
 
-            os.environ.pop(ENV, None)
-            os.environ.pop(STAGING_ENV, None)
+            for e in prev:
+                os.environ.pop(e, None)
             ref = run()[0]
             times = {}
             for w in warps:
@@ -107,7 +119,24 @@ def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, d
                                      f"{(out.float() - ref.float()).abs().max().item():.3g})")
             registers_ms = bench(run)
             os.environ.pop(STAGING_ENV, None)
-            rows.append({"case": case.name, "warps": times, "default_ms": default_ms, "registers_ms": registers_ms})
+            keys32 = {}
+            os.environ[KEYS_ENV] = "32"
+            for w in keys32_warps:
+                os.environ[ENV] = str(w)
+                try:
+                    out = run()[0]
+                except RuntimeError as e:
+                    keys32[w] = f"refused: {str(e).splitlines()[0][:80]}"
+                    continue
+                diff = (out.float() - ref.float()).abs().max().item()
+                ulps2 = 2 * torch.finfo(out.dtype).eps * max(1.0, ref.float().abs().max().item())
+                if not diff <= ulps2:  # rounding only: a couple of ulps of the largest output
+                    raise AssertionError(f"{case.name}: 32-key steps at {w} warps differ from the default by {diff:.3g}")
+                keys32[w] = bench(run)
+            os.environ.pop(KEYS_ENV, None)
+            os.environ.pop(ENV, None)
+            rows.append({"case": case.name, "warps": times, "default_ms": default_ms, "registers_ms": registers_ms,
+                         "keys32": keys32})
     finally:
         for e, val in prev.items():
             if val is None:
@@ -133,16 +162,21 @@ def main(argv=None) -> int:
     warps = tuple(int(w) for w in a.warps.split(","))
     rows = sweep(warps, a.cases)
     print(f"CUDA attention forward, us per call by warps per CTA ({torch.cuda.get_device_name()}; default 8, "
-          f"cp.async staging; `registers`: the default count with register staging)")
-    print(f"{'case':<32}" + "".join(f"{w:>8}" for w in warps) + f"{'default':>9}{'registers':>10}    best")
+          f"cp.async staging; `registers`: the default count with register staging; `k32/W`: 32-key steps at W warps)")
+    print(f"{'case':<32}" + "".join(f"{w:>8}" for w in warps) + f"{'default':>9}{'registers':>10}"
+          + "".join(f"{'k32/' + str(w):>8}" for w in KEYS32_WARPS) + "    best")
+    cell = lambda t: f"{t * 1e3:8.1f}" if isinstance(t, float) else f"{'-':>8}"
     for r in rows:
         timed = {w: t for w, t in r["warps"].items() if isinstance(t, float)}
+        timed.update({f"k32/{w}": t for w, t in r["keys32"].items() if isinstance(t, float)})
         best = min(timed, key=timed.get) if timed else None
-        cells = "".join(f"{t * 1e3:8.1f}" if isinstance(t, float) else f"{'-':>8}" for t in r["warps"].values())
+        cells = "".join(cell(t) for t in r["warps"].values())
         gain = f"{best} ({r['default_ms'] / timed[best]:.2f}x the default)" if best else "-"
         staging = f"{r['default_ms'] * 1e3:9.1f}{r['registers_ms'] * 1e3:10.1f}"
-        print(f"{r['case']:<32}{cells}{staging}    {gain}; cp.async {r['registers_ms'] / r['default_ms']:.2f}x registers")
-    refused = {t for r in rows for t in r["warps"].values() if isinstance(t, str)}
+        k32 = "".join(cell(r["keys32"].get(w)) for w in KEYS32_WARPS)
+        print(f"{r['case']:<32}{cells}{staging}{k32}    {gain}; cp.async {r['registers_ms'] / r['default_ms']:.2f}x "
+              "registers")
+    refused = {t for r in rows for d in (r["warps"], r["keys32"]) for t in d.values() if isinstance(t, str)}
     for why in sorted(refused):
         print(f"  -: {why}")
     return 0

@@ -4,8 +4,8 @@ BENCHMARKS.md: predict before you optimise, then check the prediction. A change 
 committed with a prediction (its commit message and the README say it); the entry below makes the next GPU run's
 report say whether it held, so that a session with a GPU reads the verdicts instead of re-deriving them.
 
-Each entry: `id`, the commit that made it (`made`), what was predicted (`what`), the rows it concerns (ops-suite case
-regex `case`, `provider`, optionally the GPU's compute capability `cc`, as the rows give it: "sm_90"), and the predicted range [`lo`, `hi`] of a
+Each entry: `id`, the commit that made it (`made`), what was predicted (`what`), the rows it concerns (`suite`, "ops"
+when not given, case regex `case`, `provider`, optionally the GPU's compute capability `cc`, as the rows give it: "sm_90"), and the predicted range [`lo`, `hi`] of a
 metric: "ms" (the row's median) or "speedup" (the row's speed-up over the provider `over` in the same file).
 Predictions whose rows only logs carry (benchmarks/fwd_warps.py, benchmarks/profile.py) are listed in the README and
 the issue notes, not here.
@@ -45,6 +45,15 @@ PREDICTIONS = [
              "inference (28 -> 15 us of host per PE + attention call here, same run): kernel-bound, 0.045-0.060 ms (was 0.0725 "
              "for 0.049 ms of kernels)",
      "case": r"^fwd P5 640x640 h4 b32 ", "provider": "cuda", "metric": "ms", "lo": 0.045, "hi": 0.060},
+    {"id": "train-auto-none-640", "made": "6b948e2", "cc": "sm_90", "suite": "model",
+     "what": "yolo12n AMP training step at 640, batch 16, with recompute=\"auto\" now \"none\" (the -27c run: 1.04x as "
+             "\"none\", 0.87x as the old \"mlp\" default): 0.95-1.15x ultralytics",
+     "case": r"^train yolo12n 640 b16$", "provider": "train-patched", "metric": "speedup", "over": "train-eager",
+     "lo": 0.95, "hi": 1.15},
+    {"id": "train-auto-none-1280", "made": "6b948e2", "cc": "sm_90", "suite": "model",
+     "what": "the same step at 1280 (the -27c run: 1.60x as \"none\", 1.54x as \"mlp\"): 1.5-1.7x ultralytics",
+     "case": r"^train yolo12n 1280 b16$", "provider": "train-patched", "metric": "speedup", "over": "train-eager",
+     "lo": 1.5, "hi": 1.7},
 ]
 
 
@@ -65,7 +74,7 @@ def _descends(made: str, commit) -> bool | None:
 
 
 def _usable(r: dict) -> bool:
-    return (r.get("suite") == "ops" and r.get("status") == "ok" and r.get("device_kind") == "cuda"
+    return (r.get("suite") in ("ops", "model") and r.get("status") == "ok" and r.get("device_kind") == "cuda"
             and r.get("check") in (None, "pass") and bool(r.get("median_ms")) and not r.get("quick"))
 
 
@@ -77,7 +86,8 @@ def check(rows: list, predictions: list = PREDICTIONS) -> list:
     out = []
     known = {}
     for p in predictions:
-        match = [r for r in ok if re.search(p["case"], r["case"]) and r["provider"] == p["provider"]
+        match = [r for r in ok if r["suite"] == p.get("suite", "ops") and re.search(p["case"], r["case"])
+                 and r["provider"] == p["provider"]
                  and (p.get("cc") is None or str(r.get("compute_capability")) == p["cc"])]
         for r in match:
             key = (p["made"], r.get("commit"))
@@ -89,7 +99,7 @@ def check(rows: list, predictions: list = PREDICTIONS) -> list:
             if p["metric"] == "ms":
                 values.append(r["median_ms"])
             else:
-                base = [b for b in ok if b["case"] == r["case"] and b["provider"] == p["over"]
+                base = [b for b in ok if b["suite"] == r["suite"] and b["case"] == r["case"] and b["provider"] == p["over"]
                         and b.get("compute_capability") == r.get("compute_capability")]
                 if base:
                     values.append(base[0]["median_ms"] / r["median_ms"])

@@ -851,7 +851,8 @@ def test_fwd_warps_sweep_checks_each_count_against_the_default(capsys):
     assert [r["case"] for r in rows] == ["fwd P5 640x640 h4 b1 (n=400)"]
     assert set(rows[0]["warps"]) == {4, 13} and all(t > 0 for t in rows[0]["warps"].values()) and rows[0]["default_ms"] > 0
     assert rows[0]["registers_ms"] > 0  # the staging A/B (the default count, register staging)
-    assert fwd_warps.ENV not in os.environ and fwd_warps.STAGING_ENV not in os.environ  # the knobs as it found them
+    assert set(rows[0]["keys32"]) == set(fwd_warps.KEYS32_WARPS) and all(t > 0 for t in rows[0]["keys32"].values())
+    assert all(e not in os.environ for e in (fwd_warps.ENV, fwd_warps.STAGING_ENV, fwd_warps.KEYS_ENV))  # as found
     if not torch.cuda.is_available():
         assert fwd_warps.main([]) == 2 and "needs a CUDA GPU" in capsys.readouterr().out
 
@@ -1022,6 +1023,12 @@ def test_predictions_are_checked_against_the_rows_of_later_commits():
     assert verdicts["pe-backward-vs-aten"] == ("held", [pytest.approx(6.4)])
     assert verdicts["pe-backward-vs-cudnn"] == ("held", [pytest.approx(1.2)])
     assert verdicts["fwd-b1-cp-async"] == ("no rows", [])
+    train = "train yolo12n 1280 b16"  # model-suite predictions read model rows only
+    model_rows = [dict(row(train, "train-patched", 115.0), suite="model"), dict(row(train, "train-eager", 184.0),
+                  suite="model"), row(train, "train-eager", 1.0)]
+    verdicts = {p["id"]: (p["verdict"], p["values"]) for p in predictions.check(rows + model_rows)}
+    assert verdicts["train-auto-none-1280"] == ("held", [pytest.approx(1.6)])
+    assert verdicts["train-auto-none-640"] == ("no rows", [])
     md = "\n".join(report._predictions_section(rows))
     assert "Predictions made before this run" in md and "**missed**" in md and "| held |" in md
     if predictions._descends("46f2d18", "e8e34bc08e3a") is False:  # (git history at hand: not a shallow clone)

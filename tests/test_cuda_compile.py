@@ -225,6 +225,24 @@ def test_compiles_clean_without_spills(compiled, source, arch):
         assert k.smem <= STATIC_SMEM_LIMIT, f"{k.name} ({arch}) static smem {k.smem} > {STATIC_SMEM_LIMIT}"
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_key_block_variants_fit_their_occupancy(compiled, arch):
+    """The head_dim-32 forward's register budgets, which set how many warps share an SM: the default (64-key steps)
+    <= 128 registers (2 CTAs of 8 warps on sm_80+, 16 warps), the 32-key variant <= 85 on sm_90 (65536 / (3 x 256):
+    3 CTAs of 8 warps, 24 warps; the point of the variant; sm_80's shared memory holds 2 such CTAs anyway), both
+    without spills (checked above for every kernel)."""
+    c = compiled[("area_attention_fwd.cu", arch)]
+    assert c.returncode == 0, c.log
+    fwd32 = [k for k in c.kernels if "area_attention_fwd_kernel" in k.mangled and "Li32E" in k.mangled]
+    small = [k for k in fwd32 if "Li32ELi32E" in k.mangled]
+    assert len(fwd32) == 4 and len(small) == 2, [k.name for k in fwd32]
+    for k in fwd32:
+        if "bfloat16" in k.mangled and arch == "sm_75":
+            continue  # the trap stub
+        bound = 85 if "Li32ELi32E" in k.mangled and arch == "sm_90a" else 128
+        assert 0 < k.regs <= bound, f"{k.name} ({arch}): {k.regs} registers, more than {bound}"
+
+
 @pytest.mark.parametrize("source", [os.path.basename(s) for s in SOURCES])
 def test_compiles_as_cxx20(workdir, source):
     src = os.path.join(CUDA_SRC, source)
@@ -246,7 +264,8 @@ def test_tensor_core_instructions_in_sass(compiled, arch):
     assert c.returncode == 0, c.log
     sass = _sass(cuobjdump, c.cubin)
     kernels = {name: text for name, text in sass.items() if "area_attention_fwd_kernel" in name}
-    assert len(kernels) == 4, f"expected (fp16, bf16) x (head_dim 32, 64) kernels, got {list(kernels)}"
+    assert len(kernels) == 6, (f"expected (fp16, bf16) x (head_dim 32 with 64- and 32-key steps, head_dim 64) "
+                               f"kernels, got {list(kernels)}")
     for name, text in kernels.items():
         bf16 = "nv_bfloat16" in name
         if bf16 and arch == "sm_75":
@@ -257,9 +276,10 @@ def test_tensor_core_instructions_in_sass(compiled, arch):
         local = [l for l in text.splitlines() if re.search(r"\b(LDL|STL)\b", l)]
         assert not local, f"{name} ({arch}): local-memory instructions:\n" + "\n".join(local[:5])
         # head_dim 32: per 64-key block 16 + 16 m16n8k16 products, per 16-key block 4 + 4; three block codes (64 keys,
-        # 16 keys, the masked last 16) for each scale sign: 2 x (32 + 8 + 8) (sm_75 splits each product in two)
+        # 16 keys, the masked last 16) for each scale sign: 2 x (32 + 8 + 8) (sm_75 splits each product in two);
+        # with 32-key steps (template arguments <T, 32, 32>) 2 x (16 + 8 + 8); head_dim 64 twice the 64-key count
         hmma = text.count("HMMA")
-        expect = (96 if "Li32E" in name else 192) * (2 if arch == "sm_75" else 1)
+        expect = (64 if "Li32ELi32E" in name else 96 if "Li32E" in name else 192) * (2 if arch == "sm_75" else 1)
         assert hmma == expect, f"{name} ({arch}): {hmma} HMMA instructions, expected {expect}"
 
 

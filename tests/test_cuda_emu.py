@@ -348,6 +348,8 @@ def _attention_so(so: ctypes.CDLL) -> ctypes.CDLL:
     so.yf_emu_set_fwd_warps.argtypes = [ctypes.c_int]
     so.yf_emu_set_register_staging.restype = None
     so.yf_emu_set_register_staging.argtypes = [ctypes.c_int]
+    so.yf_emu_set_fwd_key_block.restype = None
+    so.yf_emu_set_fwd_key_block.argtypes = [ctypes.c_int]
     so.yf_emu_attention_plan.restype = None
     so.yf_emu_attention_plan.argtypes = [i64, i64, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
     so.yf_emu_attention_bwd.restype = ctypes.c_int
@@ -579,6 +581,62 @@ def test_attention_kernel_any_warps_per_cta(emu_attn, warps, case):
     finally:
         emu_attn.yf_emu_set_fwd_warps(0)
     _check_attention(out, lse, q, k, v, area, res, f"{warps} warps, {layout} D{D} {H}x{W}/{area}")
+
+
+@pytest.mark.parametrize("warps,case", [
+    (0, ("interleaved", torch.float16, 32, 1, 1, 40, 40, 4, True, SM90)),  # P4 at 640: 12 full 32-key steps + 16
+    (0, ("interleaved", torch.float16, 32, 1, 2, 20, 20, 1, False, SM90)),  # P5 at 640
+    (5, ("turbo", torch.bfloat16, 32, 3, 2, 6, 10, 4, False, SM80)),  # 15 tokens per area: only the masked tail
+    (8, ("channels_last", torch.float16, 32, 1, 1, 1, 77, 1, True, SM90)),  # 2 steps, then a masked tail
+    (3, ("interleaved", torch.float16, 32, 1, 1, 40, 40, 1, False, SM80)),  # 1600 tokens streamed in chunks
+    (0, ("misaligned", torch.bfloat16, 32, 2, 1, 8, 18, 1, False, SM90)),  # 144: an unmasked 16-key tail
+], ids=lambda x: str(x) if isinstance(x, int) else f"{x[0]}-{x[5]}x{x[6]}-area{x[7]}-sm{x[9][1]}{x[9][2]}")
+def test_attention_kernel_32_key_steps(emu_attn, emu_attn_sm75, warps, case):
+    """The head_dim-32 kernel's 32-key variant (AreaAttnFwdArgs::key_block = 32, $YOLOV12_FAST_CUDA_FWD_KEYS=32 on
+    the GPU, an A/B variant benchmarks/fwd_warps.py times): every step kind (full 32-key steps, the unmasked 16-key
+    tail, the masked last keys), resident and streamed, warp counts up to 8, both dtypes and the staging layouts
+    match the oracle, through the sm_80+ code and (float16) the Turing branch; the plan is the default's."""
+    layout, dtype, D, B, heads, H, W, area, with_res, device = case
+    q, k, v = _qkv(layout, B, heads, D, H, W, dtype, seed=H * W + warps)
+    res = torch.randn(B, heads, D, H * W).to(dtype) if with_res else None
+    libs = [emu_attn] + ([emu_attn_sm75] if dtype == torch.float16 and warps in (0, 8) else [])
+    for lib in libs:
+        lib.yf_emu_set_fwd_warps(warps)
+        try:
+            if lib is emu_attn:
+                default_plan = _attention_plan(lib, H * W // area, D, device)
+            lib.yf_emu_set_fwd_key_block(32)
+            if lib is emu_attn:
+                assert _attention_plan(lib, H * W // area, D, device) == default_plan
+            out, lse = run_attention(lib, q, k, v, area, res, SM75 if lib is emu_attn_sm75 else device)
+        finally:
+            lib.yf_emu_set_fwd_key_block(0)
+            lib.yf_emu_set_fwd_warps(0)
+        branch = "sm_75 branch" if lib is emu_attn_sm75 else f"cc {device[1]}.{device[2]}"
+        _check_attention(out, lse, q, k, v, area, res, f"32-key steps, {warps} warps, {layout} {H}x{W}/{area}, {branch}")
+
+
+def test_attention_kernel_refuses_key_blocks_it_has_no_code_for(emu_attn):
+    """32-key steps exist for head_dim 32 only, with at most 8 warps (its launch bounds: 3 CTAs of 256 threads per
+    SM); other key-block sizes do not exist: each is refused (cudaErrorInvalidValue, no plan), never launched."""
+    q, k, v = _qkv("interleaved", 1, 1, 32, 4, 4, torch.float16, seed=3)
+    q64, k64, v64 = _qkv("interleaved", 1, 1, 64, 4, 4, torch.float16, seed=3)
+    for keys, warps, args in ((32, 0, (q64, k64, v64)), (32, 9, (q, k, v)), (48, 0, (q, k, v)), (16, 0, (q, k, v))):
+        emu_attn.yf_emu_set_fwd_key_block(keys)
+        emu_attn.yf_emu_set_fwd_warps(warps)
+        try:
+            assert run_attention(emu_attn, *args, 1, None, SM90, expect_error=True) == INVALID_VALUE, (keys, warps)
+            assert not _attention_plan(emu_attn, 16, args[0].shape[2], SM90)["supported"], (keys, warps)
+        finally:
+            emu_attn.yf_emu_set_fwd_key_block(0)
+            emu_attn.yf_emu_set_fwd_warps(0)
+    for keys in (0, 64):  # the default, by either name
+        emu_attn.yf_emu_set_fwd_key_block(keys)
+        try:
+            out, lse = run_attention(emu_attn, q64, k64, v64, 1, None, SM90)
+        finally:
+            emu_attn.yf_emu_set_fwd_key_block(0)
+        _check_attention(out, lse, q64, k64, v64, 1, None, f"head_dim 64, key_block {keys}")
 
 
 @pytest.mark.parametrize("case", [

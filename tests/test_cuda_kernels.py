@@ -249,6 +249,41 @@ def test_tuning_knobs_change_no_bit(monkeypatch, D, layout, N, area):
         monkeypatch.delenv(env)
 
 
+@pytest.mark.parametrize("layout,n,area,res", [("interleaved", 400, 4, True), ("turbo", 400, 1, False),
+                                               ("interleaved", 1600, 1, False), ("channels_last", 77, 3, True)])
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
+def test_forward_32_key_steps(monkeypatch, dtype, layout, n, area, res):
+    """$YOLOV12_FAST_CUDA_FWD_KEYS=32: the head_dim-32 forward's 32-key variant (benchmarks/fwd_warps.py times it
+    against the default 64-key steps) matches the float64 oracle like the default, resident and streamed, with a
+    residual, every layout; its outputs feed the same backward. Other values, head_dim 64 and more than 8 warps
+    are refused with a message naming the variable."""
+    _skip_bf16_if_unsupported(dtype)
+    q, k, v = make_qkv(layout, 3, 2, 32, n * area, dtype)
+    residual = torch.randn(q.shape, device="cuda", dtype=dtype) if res else None
+    monkeypatch.setenv("YOLOV12_FAST_CUDA_FWD_KEYS", "32")
+    out, lse = check_attention(q, k, v, area, residual)
+    dout = torch.randn(q.shape, device="cuda", dtype=dtype)
+    got = torch.ops.yolov12_fast.area_attention_bwd_cxx(dout, q, k, v, out, residual, lse, area, 32 ** -0.5)
+    monkeypatch.delenv("YOLOV12_FAST_CUDA_FWD_KEYS")
+    out64, lse64 = torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, area, 32 ** -0.5, residual)
+    ref = torch.ops.yolov12_fast.area_attention_bwd_cxx(dout, q, k, v, out64, residual, lse64, area, 32 ** -0.5)
+    for name, a, b in zip(("dq", "dk", "dv"), got, ref):  # the lse of either forward: the same gradients up to rounding
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=lambda m: f"{name}: {m}")
+    q64, k64, v64 = make_qkv(layout, 1, 2, 64, 64, dtype)
+    turing = torch.cuda.get_device_capability() < (8, 0)
+    for env, value, args in [("YOLOV12_FAST_CUDA_FWD_KEYS", "48", (q, k, v)),
+                             ("YOLOV12_FAST_CUDA_FWD_KEYS", "32", (q64, k64, v64))]:
+        monkeypatch.setenv(env, value)
+        with pytest.raises(RuntimeError, match=env):
+            torch.ops.yolov12_fast.area_attention_fwd_cxx(*args, 1, 0.2, None)
+        monkeypatch.delenv(env)
+    if not turing:
+        monkeypatch.setenv("YOLOV12_FAST_CUDA_FWD_KEYS", "32")
+        monkeypatch.setenv("YOLOV12_FAST_CUDA_FWD_WARPS", "9")
+        with pytest.raises(RuntimeError, match="YOLOV12_FAST_CUDA_FWD_WARPS=9 .*32-key steps"):
+            torch.ops.yolov12_fast.area_attention_fwd_cxx(q, k, v, area, 0.2, None)
+
+
 def test_area_attention_second_device_guard():
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")

@@ -50,16 +50,24 @@ namespace cuda {
 namespace detail {  // (not anonymous: helpers an arch does not use would warn "declared but never referenced")
 
 constexpr int kKeyBlock = 64;  // keys per online-softmax step (the tail of an area goes 16 keys at a time)
+// The head_dim-32 kernel also comes with 32-key steps (AreaAttnFwdArgs::key_block = 32, $YOLOV12_FAST_CUDA_FWD_KEYS):
+// half the score accumulators, so it fits 80 registers (<= 85 on sm_90: 3 CTAs of 8 warps per SM, 24 warps where
+// the 64-key kernel's 127 registers allow 16; 64.5 KB of shared memory each at n = 400) for twice the
+// online-softmax rescales per key (19 % more instructions per key: 154 per 32-key step against 259 per 64-key step
+// in the sm_90a SASS). The H100 of 2026-11-27c measured the 64-key kernel latency-bound (146 us at P4 h8 b32, about 3x
+// its issue bound) and Triton's 66-90 register kernels 15 % faster: an A/B variant for benchmarks/fwd_warps.py.
+constexpr int kKeyBlockSmall = 32;
 
-template <int D>
+template <int D, int KB = kKeyBlock>
 struct Config {
   static_assert(D == 32 || D == 64, "head_dim 32 or 64");
+  static_assert(KB == kKeyBlock || (KB == kKeyBlockSmall && D == 32), "32-key steps: head_dim 32 only");
   // Warps per CTA are a launch parameter (AreaAttnFwdArgs::warps; the plan's default kWarps): each warp owns 16
   // query rows at a time, so the warps an area's query tiles spread over decide how many rounds a CTA takes (at n =
   // 400, 25 tiles: 8 warps take 4 rounds with one warp busy in the last, 5 warps 5 full rounds, 13 warps 2), and
   // with the arch's registers and shared memory how many CTAs share an SM. benchmarks/fwd_warps.py times them.
   static constexpr int kWarps = D == 32 ? 8 : 4;
-  static constexpr int kMaxWarps = D == 32 ? 16 : 4;  // sm_80+ code
+  static constexpr int kMaxWarps = KB == kKeyBlockSmall ? 8 : D == 32 ? 16 : 4;  // sm_80+ code
 #if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800) || defined(YF_EMU_SM75)
   // Turing code keeps kWarps fixed: its two-m16n8k8 products fill the 128 registers already, and a runtime count
   // spilled 20 bytes there. The launcher refuses other counts for code below sm_80.
@@ -69,7 +77,13 @@ struct Config {
 #else
   static constexpr bool kFixedWarps = false;
   static constexpr int kBoundThreads = kMaxWarps * 32;
-  static constexpr int kMinBlocks = 1;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static constexpr int kMinBlocks = KB == kKeyBlockSmall ? 3 : 1;  // 32-key steps: <= 85 registers, 3 CTAs per SM
+#else
+  // sm_80-sm_89: shared memory holds 2 CTAs of the resident n = 400 plan at most (164 KB per SM on sm_80), and at
+  // 85 registers ptxas spilled 4 bytes there: 32-key steps keep <= 128 registers (2 CTAs of 8 warps)
+  static constexpr int kMinBlocks = KB == kKeyBlockSmall ? 2 : 1;
+#endif
 #endif
   // Register budget: <= 128 registers for D = 32 (65536 / 512 threads on sm_80+, / (2 x 256) on Turing); D = 64
   // (more accumulators) may use up to 255 so that nothing spills.
@@ -178,26 +192,26 @@ __device__ __forceinline__ void attend_block(WarpState<D>& st, uint32_t ks_base,
 }
 
 // All keys [0, kend) of the smem chunk (kend a multiple of 16); keys >= kvalid masked (in the last block only).
-template <typename T, int D, bool POS>
+template <typename T, int D, int KB, bool POS>
 __device__ __forceinline__ void attend_keys(WarpState<D>& st, uint32_t ks_base, uint32_t vs_base, int row, int kend,
                                             int kvalid, float scale_log2, int lane) {
   int kb = 0;
-  for (; kb + kKeyBlock <= kvalid; kb += kKeyBlock)  // full blocks: no mask
-    attend_block<T, D, kKeyBlock / 16, false, POS>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
+  for (; kb + KB <= kvalid; kb += KB)  // full blocks: no mask
+    attend_block<T, D, KB / 16, false, POS>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
   for (; kb + 16 <= kvalid; kb += 16)
     attend_block<T, D, 1, false, POS>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
   if (kb < kend)  // the partial last 16 keys
     attend_block<T, D, 1, true, POS>(st, ks_base, vs_base, row, kb, kvalid, scale_log2, lane);
 }
 
-template <typename T, int D>
+template <typename T, int D, int KB>
 __device__ __forceinline__ void attend_chunk(WarpState<D>& st, const uint16_t* Ks, const uint16_t* Vs, int row,
                                              int kend, int kvalid, float scale_log2, int lane) {
   const uint32_t ks_base = smem_addr(Ks), vs_base = smem_addr(Vs);
   if (scale_log2 >= 0.f)  // uniform over the launch
-    attend_keys<T, D, true>(st, ks_base, vs_base, row, kend, kvalid, scale_log2, lane);
+    attend_keys<T, D, KB, true>(st, ks_base, vs_base, row, kend, kvalid, scale_log2, lane);
   else
-    attend_keys<T, D, false>(st, ks_base, vs_base, row, kend, kvalid, scale_log2, lane);
+    attend_keys<T, D, KB, false>(st, ks_base, vs_base, row, kend, kvalid, scale_log2, lane);
 }
 
 // O / l (+ residual) -> out rows q0..q0+15 of the area (contiguous (B, heads, D, N)), lse.
@@ -239,14 +253,14 @@ __device__ __forceinline__ void epilogue(const WarpState<D>& st, uint16_t* __res
 // ------------------------------------------------------------------------------------------------------------
 // the kernel
 
-template <typename T, int D>
-__global__ void __launch_bounds__(Config<D>::kBoundThreads, Config<D>::kMinBlocks)
+template <typename T, int D, int KB = kKeyBlock>
+__global__ void __launch_bounds__(Config<D, KB>::kBoundThreads, Config<D, KB>::kMinBlocks)
     area_attention_fwd_kernel(const FwdParams p) {
   if constexpr (!arch_has_mma<T>()) {
     __trap();
   } else {
     // warps per CTA: the launch's (whole warps, <= kMaxWarps); Turing code: kWarps, which the launcher guarantees
-    const int NW = Config<D>::kFixedWarps ? Config<D>::kWarps : (int)(blockDim.x >> 5);
+    const int NW = Config<D, KB>::kFixedWarps ? Config<D, KB>::kWarps : (int)(blockDim.x >> 5);
     YF_DYNAMIC_SMEM(unsigned char, smem_raw);
     const int row = p.smem_row;
     uint16_t* Ks = reinterpret_cast<uint16_t*>(smem_raw);
@@ -289,7 +303,7 @@ __global__ void __launch_bounds__(Config<D>::kBoundThreads, Config<D>::kMinBlock
           __syncthreads();
           staged = true;
         }
-        if (active) attend_chunk<T, D>(st, Ks, Vs, row, cend, cvalid, p.scale_log2, lane);
+        if (active) attend_chunk<T, D, KB>(st, Ks, Vs, row, cend, cvalid, p.scale_log2, lane);
       }
       if (active) epilogue<T, D>(st, epi, rg, p.sr, og, lg, p.N, tile * 16, n, lane);
     }
@@ -304,7 +318,7 @@ __global__ void __launch_bounds__(Config<D>::kBoundThreads, Config<D>::kMinBlock
 namespace {
 using namespace detail;
 
-template <typename T, int D>
+template <typename T, int D, int KB = kKeyBlock>
 LaunchCache& fwd_cache() {
   static LaunchCache cache;
   return cache;
@@ -315,14 +329,15 @@ int code_arch() {
   return code_arch_of(area_attention_fwd_kernel<T, D>, fwd_cache<T, D>());
 }
 
-template <typename T, int D>
+template <typename T, int D, int KB = kKeyBlock>
 cudaError_t launch(const FwdParams& p, const AreaAttnFwdPlan& plan, int64_t seqs, const DeviceInfo& dev,
                    cudaStream_t stream) {
   const DType dt = std::is_same<T, __nv_bfloat16>::value ? DType::kBFloat16 : DType::kFloat16;
   const int arch = code_arch<T, D>();
-  if (arch > 0 && arch < 80 && plan.warps != Config<D>::kWarps) return cudaErrorInvalidValue;  // Turing: fixed
-  return launch_split(area_attention_fwd_kernel<T, D>, fwd_cache<T, D>(), area_attention_fwd_required_arch(dt),
-                      plan.warps * 32, plan.warps, plan.smem_bytes, p.n, seqs, dev, stream, p);
+  if (arch > 0 && arch < 80 && plan.warps != Config<D, KB>::kWarps) return cudaErrorInvalidValue;  // Turing: fixed
+  return launch_split(area_attention_fwd_kernel<T, D, KB>, fwd_cache<T, D, KB>(),
+                      area_attention_fwd_required_arch(dt), plan.warps * 32, plan.warps, plan.smem_bytes, p.n, seqs,
+                      dev, stream, p);
 }
 
 }  // namespace
@@ -336,16 +351,23 @@ int area_attention_fwd_code_arch(DType dtype, int64_t head_dim) {
   return -1;
 }
 
-int area_attention_fwd_max_warps(int64_t head_dim, int code_arch) {
-  if (head_dim != 32 && head_dim != 64) return 0;
+bool area_attention_fwd_supports_key_block(int64_t head_dim, int key_block) {
+  return area_attention_fwd_supports_head_dim(head_dim) &&
+         (key_block == 0 || key_block == kKeyBlock || (key_block == kKeyBlockSmall && head_dim == 32));
+}
+
+int area_attention_fwd_max_warps(int64_t head_dim, int code_arch, int key_block) {
+  if (!area_attention_fwd_supports_key_block(head_dim, key_block)) return 0;
   if (code_arch > 0 && code_arch < 80) return head_dim == 32 ? Config<32>::kWarps : Config<64>::kWarps;
+  if (key_block == kKeyBlockSmall) return Config<32, kKeyBlockSmall>::kMaxWarps;
   return head_dim == 32 ? Config<32>::kMaxWarps : Config<64>::kMaxWarps;
 }
 
-AreaAttnFwdPlan area_attention_fwd_plan(int64_t n, int64_t head_dim, const DeviceInfo& dev, int warps) {
+AreaAttnFwdPlan area_attention_fwd_plan(int64_t n, int64_t head_dim, const DeviceInfo& dev, int warps,
+                                        int key_block) {
   AreaAttnFwdPlan plan{};
-  if (!area_attention_fwd_supports_head_dim(head_dim) || n < 1) return plan;
-  if (warps < 0 || warps > area_attention_fwd_max_warps(head_dim)) return plan;
+  if (!area_attention_fwd_supports_key_block(head_dim, key_block) || n < 1) return plan;
+  if (warps < 0 || warps > area_attention_fwd_max_warps(head_dim, 0, key_block)) return plan;
   plan.warps = warps > 0 ? warps : head_dim == 32 ? Config<32>::kWarps : Config<64>::kWarps;
   const int64_t epi = (int64_t)plan.warps * head_dim * kEpiRow * 2;
   const int64_t per_key = 2 * head_dim * 2;  // one key of K and of V, 2-byte elements
@@ -375,9 +397,12 @@ cudaError_t area_attention_fwd(const AreaAttnFwdArgs& a, const DeviceInfo& dev, 
   const cudaError_t bad = check_attention_launch(a.batch, a.heads, a.tokens, a.area, a.dtype, dev, &seqs);
   if (bad != cudaSuccess || seqs == 0) return bad;
   const int64_t n = a.tokens / a.area;
-  const AreaAttnFwdPlan plan = area_attention_fwd_plan(n, a.head_dim, dev, a.warps);
-  if (!plan.supported) return a.warps < 0 || a.warps > area_attention_fwd_max_warps(a.head_dim)
-                                  ? cudaErrorInvalidValue : cudaErrorNotSupported;
+  const AreaAttnFwdPlan plan = area_attention_fwd_plan(n, a.head_dim, dev, a.warps, a.key_block);
+  if (!plan.supported)
+    return area_attention_fwd_supports_head_dim(a.head_dim) &&
+                   (!area_attention_fwd_supports_key_block(a.head_dim, a.key_block) || a.warps < 0 ||
+                    a.warps > area_attention_fwd_max_warps(a.head_dim, 0, a.key_block))
+               ? cudaErrorInvalidValue : cudaErrorNotSupported;
 
   FwdParams p{};
   set_area_params(p, a, plan, n);
@@ -390,6 +415,9 @@ cudaError_t area_attention_fwd(const AreaAttnFwdArgs& a, const DeviceInfo& dev, 
   p.scale_log2 = a.scale * kLog2e;
 
   const bool half = a.dtype == DType::kFloat16;
+  if (a.head_dim == 32 && a.key_block == kKeyBlockSmall)
+    return half ? launch<__half, 32, kKeyBlockSmall>(p, plan, seqs, dev, stream)
+                : launch<__nv_bfloat16, 32, kKeyBlockSmall>(p, plan, seqs, dev, stream);
   if (a.head_dim == 32)
     return half ? launch<__half, 32>(p, plan, seqs, dev, stream) : launch<__nv_bfloat16, 32>(p, plan, seqs, dev, stream);
   return half ? launch<__half, 64>(p, plan, seqs, dev, stream) : launch<__nv_bfloat16, 64>(p, plan, seqs, dev, stream);

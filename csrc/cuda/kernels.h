@@ -45,6 +45,8 @@ struct AreaAttnFwdArgs {
   DType dtype;
   int warps = 0;  // warps per CTA: 0 = the plan's default (8 for head_dim 32, 4 for 64); 1..max_warps(head_dim)
   bool register_staging = false;  // stage K / V through registers even where cp.async is compiled (an A/B knob)
+  int key_block = 0;  // keys per online-softmax step: 0 = the default (64); 32 (head_dim 32 only: an A/B variant
+                      // with 80 registers, up to 8 warps per CTA); anything else is refused (cudaErrorInvalidValue)
 };
 
 // How a launch is laid out; a pure function of (tokens per area, head_dim, device): host code, no CUDA calls.
@@ -61,10 +63,13 @@ struct AreaAttnFwdPlan {
 bool area_attention_fwd_supports_head_dim(int64_t head_dim);
 // warps: 0 = the default; outside [0, area_attention_fwd_max_warps(head_dim)] the plan is unsupported.
 AreaAttnFwdPlan area_attention_fwd_plan(int64_t tokens_per_area, int64_t head_dim, const DeviceInfo& dev,
-                                        int warps = 0);
-// The most warps per CTA the kernel takes: 16 for head_dim 32, 4 for 64 (0 otherwise); code compiled for Turing
-// (code_arch 75, area_attention_fwd_code_arch) takes only the default (8, 4).
-int area_attention_fwd_max_warps(int64_t head_dim, int code_arch = 0);
+                                        int warps = 0, int key_block = 0);
+// Whether the kernel comes with `key_block` keys per step for head_dim (0 and 64: always; 32: head_dim 32).
+bool area_attention_fwd_supports_key_block(int64_t head_dim, int key_block);
+// The most warps per CTA the kernel takes: 16 for head_dim 32 (8 with 32-key steps), 4 for 64 (0 for an unsupported
+// head_dim or key block); code compiled for Turing (code_arch 75, area_attention_fwd_code_arch) takes only the
+// default (8, 4).
+int area_attention_fwd_max_warps(int64_t head_dim, int code_arch = 0, int key_block = 0);
 cudaError_t area_attention_fwd(const AreaAttnFwdArgs& args, const DeviceInfo& dev, cudaStream_t stream);
 // The arch (x10) whose code the current device runs for the kernel of (dtype, head_dim): the virtual arch of the
 // PTX it came from (cudaFuncAttributes::ptxVersion), or <= 0 where the runtime cannot say. Below 80 for bf16 (75 for

@@ -106,16 +106,31 @@ kc::DeviceInfo check_device(const char* op, const at::Tensor& q) {
 
 // Warps per CTA of the forward kernel: $YOLOV12_FAST_CUDA_FWD_WARPS when set (a tuning knob: benchmarks/fwd_warps.py
 // times each count on the GPU it runs on), else 0 (the kernel's default). Read at each call (a getenv: ~0.1 us).
-int fwd_warps(const char* op, int64_t head_dim, kc::DType dtype) {
+int fwd_warps(const char* op, int64_t head_dim, kc::DType dtype, int key_block) {
   const char* env = std::getenv("YOLOV12_FAST_CUDA_FWD_WARPS");
   if (env == nullptr || *env == '\0') return 0;
   char* end = nullptr;
   const long w = std::strtol(env, &end, 10);
-  const int most = kc::area_attention_fwd_max_warps(head_dim, kc::area_attention_fwd_code_arch(dtype, head_dim));
+  const int most =
+      kc::area_attention_fwd_max_warps(head_dim, kc::area_attention_fwd_code_arch(dtype, head_dim), key_block);
   TORCH_CHECK(end != env && *end == '\0' && w >= 0 && w <= most, op, ": YOLOV12_FAST_CUDA_FWD_WARPS=", env,
-              " is not a warp count the head_dim ", head_dim, " kernel takes (0 = default, 1..", most,
-              "); unset it or set it to one of those");
+              " is not a warp count the head_dim ", head_dim, " kernel", key_block ? " with 32-key steps" : "",
+              " takes (0 = default, 1..", most, "); unset it or set it to one of those");
   return (int)w;
+}
+
+// Keys per online-softmax step of the forward kernel: $YOLOV12_FAST_CUDA_FWD_KEYS = "32" runs the head_dim-32
+// kernel's 32-key variant (80 registers: 3 CTAs of 8 warps per SM), "64" or unset the default; an A/B knob for
+// benchmarks/fwd_warps.py, read at each call like the warps. Results differ from the default's by rounding only
+// (the running max is taken over other key blocks).
+int fwd_key_block(const char* op, int64_t head_dim) {
+  const char* env = std::getenv("YOLOV12_FAST_CUDA_FWD_KEYS");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "64") == 0) return 0;
+  TORCH_CHECK(std::strcmp(env, "32") == 0, op, ": YOLOV12_FAST_CUDA_FWD_KEYS=", env,
+              " is not a key-block size (\"64\", the default, or \"32\"); unset it or set it to one of those");
+  TORCH_CHECK(kc::area_attention_fwd_supports_key_block(head_dim, 32), op,
+              ": YOLOV12_FAST_CUDA_FWD_KEYS=32 is for head_dim 32, got head_dim ", head_dim, "; unset it");
+  return 32;
 }
 
 // How the attention kernels stage K / V into shared memory: $YOLOV12_FAST_CUDA_STAGING = "registers" keeps the
@@ -149,14 +164,16 @@ std::tuple<at::Tensor, at::Tensor> area_attention_fwd_cuda(const at::Tensor& q, 
   at::Tensor lse = at::empty({B, heads, N}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse};  // before the plan: no tokens is no launch, not "does not fit"
 
-  const int warps = fwd_warps(op, D, kernel_dtype(dtype));
-  const kc::AreaAttnFwdPlan plan = kc::area_attention_fwd_plan(N / area, D, dev, warps);
+  const int key_block = fwd_key_block(op, D);
+  const int warps = fwd_warps(op, D, kernel_dtype(dtype), key_block);
+  const kc::AreaAttnFwdPlan plan = kc::area_attention_fwd_plan(N / area, D, dev, warps, key_block);
   TORCH_CHECK(plan.supported, op, ": head_dim ", D, " does not fit this GPU's shared memory (",
               dev.smem_per_block_optin, " bytes per block); use backend='triton'");
 
   kc::AreaAttnFwdArgs a{};
   set_qkv(a, q, k, v, area, scale);
   a.warps = warps;
+  a.key_block = key_block;
   a.register_staging = register_staging(op);
   a.residual = residual.has_value() ? residual->data_ptr() : nullptr;
   a.out = out.data_ptr();

@@ -19,6 +19,9 @@ void yf_emu_set_fwd_warps(int warps) { g_fwd_warps = warps; }
 // Whether the launches below stage through registers where cp.async is compiled (Args::register_staging).
 static bool g_register_staging = false;
 void yf_emu_set_register_staging(int on) { g_register_staging = on != 0; }
+// Keys per online-softmax step of the forward launches and plans below (AreaAttnFwdArgs::key_block; 0 = default).
+static int g_fwd_key_block = 0;
+void yf_emu_set_fwd_key_block(int keys) { g_fwd_key_block = keys; }
 
 int yf_emu_attention_fwd(const void* q, const void* k, const void* v, const void* residual, void* out, float* lse,
                          const int64_t* sq, const int64_t* sk, const int64_t* sv, const int64_t* sr, int64_t batch,
@@ -31,13 +34,14 @@ int yf_emu_attention_fwd(const void* q, const void* k, const void* v, const void
   a.lse = lse;
   a.sr = strides(sr);
   a.warps = g_fwd_warps;
+  a.key_block = g_fwd_key_block;
   a.register_staging = g_register_staging;
   return static_cast<int>(kc::area_attention_fwd(a, device(dev), nullptr));
 }
 
 // The launch plan: supported, resident, warps, chunk_keys, smem_row, smem_bytes -> out[0..6).
 void yf_emu_attention_plan(int64_t n, int64_t head_dim, const int* dev, int* out) {
-  plan_out(kc::area_attention_fwd_plan(n, head_dim, device(dev), g_fwd_warps), out);
+  plan_out(kc::area_attention_fwd_plan(n, head_dim, device(dev), g_fwd_warps, g_fwd_key_block), out);
 }
 
 // dq, dk, dv (each contiguous (B, heads, D, N)) from dout (strides sdo), the forward's out (strides so) with its

@@ -264,10 +264,29 @@ def auto_choices(rows: list) -> list:
             fused = compared.split(" vs ")[0].split("-")[1]
             suggestion = (f"auto -> {fused}" if g >= MARGIN and 3 * wins >= 2 * len(ratios)
                           else "keep the reference (cuDNN)")
-            today = "reference (cuDNN)"
+            today = _today_fused(what, arch, dt)
         out.append({"what": what, "arch": arch, "dtype": dt, "compared": compared, "cases": len(ratios),
                     "geomean": g, "wins": wins, "suggestion": suggestion, "today": today})
     return out
+
+
+def _today_fused(op: str, arch, dtype: str) -> str:
+    """What auto runs today for a fused pointwise op: the PE's CUDA kernel where ops.pe.AUTO_CUDA_PE has the (arch
+    class, dtype); cuDNN otherwise (the MLP and cv2 have no measured fused default)."""
+    if op != "pe":
+        return "reference (cuDNN)"
+    try:
+        import torch
+
+        from yolov12_fast.ops.area_attention import arch_classes
+        from yolov12_fast.ops.pe import AUTO_CUDA_PE
+
+        digits = arch[3:].rstrip("a") if arch else "80"
+        classes = arch_classes((int(digits[:-1]), int(digits[-1])))
+        hit = any((c, getattr(torch, dtype or "", None)) in AUTO_CUDA_PE for c in classes)
+        return "cuda" if hit else "reference (cuDNN)"
+    except Exception as e:  # the report must render without the package
+        return f"? ({type(e).__name__})"
 
 
 def _today_attention(arch, dtype: str) -> str:

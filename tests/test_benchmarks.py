@@ -453,6 +453,8 @@ def test_auto_choices_from_measurements():
             row("mlp x", "mlp-torch", 1.0, pass_="mlp"), row("mlp x", "mlp-triton", 1.2, pass_="mlp"),
             row("mlp y", "mlp-torch", 1.0, pass_="mlp"), row("mlp y", "mlp-triton", 0.9, pass_="mlp"),
             row("cv2 n", "cv2-torch", 1.0, pass_="cv2"), row("cv2 n", "cv2-triton", 1.02, pass_="cv2"),
+            row("pe a", "pe-torch", 1.0, pass_="pe"), row("pe a", "pe-cuda", 0.25, pass_="pe"),
+            row("pe a", "pe-torch", 1.0, pass_="pe", arch="sm_80"), row("pe a", "pe-cuda", 0.5, pass_="pe", arch="sm_80"),
             dict(row("cpu", "cpp", 1.0), device_kind="cpu")]
     got = {(c["what"], c["compared"]): c for c in report.auto_choices(rows)}
     b1 = got[("attention fwd batch 1", "cuda vs triton")]
@@ -465,6 +467,9 @@ def test_auto_choices_from_measurements():
     mlp = got[("mlp", "mlp-triton vs mlp-torch")]  # ratios 2, 0.83, 1.11: geomean 1.19, faster in 2 of 3
     assert mlp["cases"] == 3 and mlp["wins"] == 2 and mlp["suggestion"] == "auto -> triton"
     assert got[("cv2", "cv2-triton vs cv2-torch")]["suggestion"] == "keep the reference (cuDNN)"  # 0.98x
+    # today's PE pick follows ops.pe.AUTO_CUDA_PE: the CUDA kernel for fp16 on Hopper, cuDNN elsewhere
+    pe = [c for c in report.auto_choices(rows) if c["what"] == "pe"]
+    assert {c["arch"]: c["today"] for c in pe} == {"sm_90": "cuda", "sm_80": "reference (cuDNN)"}
     assert not any(c["arch"] is None for c in got.values())  # CPU rows are not GPU choices
     md = "\n".join(report._auto_section(rows))
     assert "## What `auto` should pick here (measured)" in md and "| mlp | sm_90 | float16 |" in md

@@ -741,7 +741,8 @@ def _fuzz_settings(n):
 def _attention_cases(max_batch: int, max_heads: int):
     """A hypothesis strategy of small attention cases: 1-70 tokens per area, 1-4 areas that may cut rows (W from 1
     to 11), both head_dims and dtypes, every view layout, an optional residual, each device kind (sm_75 only in
-    float16) with 1 or 64 SMs (64: the tile split runs)."""
+    float16) with 1 or 64 SMs (64: the tile split runs), and the forward's key steps (`keys`: 0 = the default 64,
+    32 = the head_dim-32 variant; used by the forward tests for head_dim 32)."""
     from hypothesis import strategies as st
 
     @st.composite
@@ -755,7 +756,7 @@ def _attention_cases(max_batch: int, max_heads: int):
                     dtype=dtype, D=draw(st.sampled_from((32, 64))), B=draw(st.integers(1, max_batch)),
                     heads=draw(st.integers(1, max_heads)), H=area * n // W, W=W, area=area,
                     residual=draw(st.booleans()), device=(draw(st.sampled_from((1, 64))),) + device[1:],
-                    seed=draw(st.integers(0, 2**31 - 1)))
+                    seed=draw(st.integers(0, 2**31 - 1)), keys=draw(st.sampled_from((0, 32))))
 
     return cases()
 
@@ -764,7 +765,7 @@ def _attention_cases(max_batch: int, max_heads: int):
 def test_attention_kernel_property(emu_attn, examples):
     """Up to 70 tokens per area (1 to 5 key steps of 16, partial tiles), 1-4 areas that may cut rows, batch 1-3,
     1-3 heads, both head_dims and dtypes, every view layout, with or without a residual, on each device kind (sm_75
-    only in float16), with and without a query split."""
+    only in float16), with and without a query split, with 64- or (head_dim 32) 32-key steps."""
     from hypothesis import given
 
     @_fuzz_settings(examples)
@@ -773,7 +774,11 @@ def test_attention_kernel_property(emu_attn, examples):
         q, k, v = _qkv(c["layout"], c["B"], c["heads"], c["D"], c["H"], c["W"], c["dtype"], c["seed"])
         g = torch.Generator().manual_seed(c["seed"] + 1)
         res = torch.randn(q.shape, generator=g).to(c["dtype"]) if c["residual"] else None
-        out, lse = run_attention(emu_attn, q, k, v, c["area"], res, c["device"])
+        emu_attn.yf_emu_set_fwd_key_block(c["keys"] if c["D"] == 32 else 0)
+        try:
+            out, lse = run_attention(emu_attn, q, k, v, c["area"], res, c["device"])
+        finally:
+            emu_attn.yf_emu_set_fwd_key_block(0)
         _check_attention(out, lse, q, k, v, c["area"], res, f"fuzz {c}")
 
     run()
@@ -987,7 +992,7 @@ def test_attention_backward_property(emu_attn, examples):
 def test_turing_branch_property(emu_attn_sm75, examples):
     """The sm_75 build (each m16n8k16 product as two m16n8k8) over random small cases, forward and backward, float16:
     1-70 tokens per area, 1-4 areas that may cut rows, batch and heads 1-2, both head_dims, every view layout, with
-    and without the query split."""
+    and without the query split, the forward with 64- or (head_dim 32) 32-key steps."""
     from hypothesis import given
     from hypothesis import strategies as st
 
@@ -1003,7 +1008,11 @@ def test_turing_branch_property(emu_attn_sm75, examples):
             _check_backward(grads, q, k, v, dout, c["area"], f"Turing backward fuzz {c}")
         else:
             res = torch.randn(q.shape, generator=g).to(c["dtype"]) if c["residual"] else None
-            out, lse = run_attention(emu_attn_sm75, q, k, v, c["area"], res, c["device"])
+            emu_attn_sm75.yf_emu_set_fwd_key_block(c["keys"] if c["D"] == 32 else 0)
+            try:
+                out, lse = run_attention(emu_attn_sm75, q, k, v, c["area"], res, c["device"])
+            finally:
+                emu_attn_sm75.yf_emu_set_fwd_key_block(0)
             _check_attention(out, lse, q, k, v, c["area"], res, f"Turing fuzz {c}")
 
     run()

@@ -1185,6 +1185,17 @@ def test_kernels_under_thread_sanitizer(race_check):
         assert f"yolov12_fast::cuda::detail::{kernel}" in report, (what, opt, val, report)
 
 
+def test_forward_32_key_steps_under_thread_sanitizer(race_check):
+    """The forward's 32-key-step variant (head_dim 32 cases; head_dim 64 keeps 64) under ThreadSanitizer, as above:
+    no race, and a planted missing barrier after staging is still reported."""
+    r = race_check("fwd", "--fwd-keys", "32")
+    assert r.returncode == 0 and "ThreadSanitizer" not in r.stderr, r.stderr[-6000:]
+    assert "FAILED" not in r.stdout and sum(line.startswith("fwd ") for line in r.stdout.splitlines()) >= 4, r.stdout
+    r = race_check("fwd", "--fwd-keys", "32", "--skip-syncthreads", "2", halt=True)
+    assert r.returncode == 66 and TSAN_REPORT in r.stderr, r.stderr[-3000:]
+    assert "area_attention_fwd_kernel" in r.stderr[r.stderr.find(TSAN_REPORT):][:6000]
+
+
 @pytest.mark.slow
 def test_kernels_under_thread_sanitizer_at_640(race_check):
     """The race check with the shapes of 640 added (400 tokens per area, resident on sm_90 and streamed on sm_75, 462

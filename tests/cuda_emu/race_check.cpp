@@ -14,6 +14,7 @@
 // inputs: random, in the views the modules pass (the interleaved qkv conv output, turbo's qk / v, channels_last).
 //
 // usage: race_check [pe|fwd|bwd|all] [full | random COUNT [--seed S]] [--skip-syncthreads K] [--skip-syncwarp K] [--alias-block-y] [--ctas N]
+//                   [--fwd-keys 32]   (the forward's 32-key-step variant for the head_dim-32 cases)
 // The options plant bugs (cuda_emu.h) in the kernels of the suite named (pe, fwd or bwd): every thread skips its K-th
 // barrier, or every CTA sees blockIdx.y = 0 (CTAs meant to split the query tiles all do the same ones).
 // Prints one line per case run; exit status 0, or ThreadSanitizer's (66) when it reported a race.
@@ -38,6 +39,8 @@ constexpr int TINY[5] = {40, 7, 5, 24576, 24576};
 constexpr int SMALLER[5] = {40, 7, 5, 40960, 40960};
 
 std::mt19937 rng(1234);
+// The forward's key steps for the head_dim-32 cases (--fwd-keys; 0 = the default 64).
+int fwd_keys = 0;
 
 // 16-bit values of `dtype` (0 float16, 1 bfloat16), normal random.
 std::vector<uint16_t> randn16(size_t n, int dtype, float scale = 1.f) {
@@ -131,6 +134,7 @@ void attention_case(bool backward, const std::string& layout, int dtype, int64_t
   std::printf("%s %s %s D%ld B%ld heads%ld %ldx%ld area%ld%s sm%d%d %s\n", backward ? "bwd" : "fwd", layout.c_str(),
               dtype ? "bf16" : "fp16", D, B, heads, H, W, area, with_res ? " residual" : "", dev[1], dev[2],
               plan[0] ? (plan[1] ? "resident" : "streamed") : "UNSUPPORTED");
+  yf_emu_set_fwd_key_block(D == 32 ? fwd_keys : 0);
   {
     Planted planted(!backward);
     check(yf_emu_attention_fwd(t.q, t.k, t.v, r, out.data(), lse.data(), t.sq, t.sk, t.sv, with_res ? sc : nullptr, B,
@@ -226,6 +230,7 @@ int main(int argc, char** argv) {
     else if (a == "--skip-syncwarp" && i + 1 < argc) plant_syncwarp = std::atoi(argv[++i]);
     else if (a == "--alias-block-y") plant_alias = true;
     else if (a == "--ctas" && i + 1 < argc) yf_emu::ctas_at_once = std::atoi(argv[++i]);
+    else if (a == "--fwd-keys" && i + 1 < argc) fwd_keys = std::atoi(argv[++i]);
     else if (a == "full") full = true;
     else if (a == "random" && i + 1 < argc) random = std::atoi(argv[++i]);
     else if (a == "--seed" && i + 1 < argc) rng.seed(std::atoi(argv[++i]));

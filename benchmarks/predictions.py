@@ -4,9 +4,10 @@ BENCHMARKS.md: predict before you optimise, then check the prediction. A change 
 committed with a prediction (its commit message and the README say it); the entry below makes the next GPU run's
 report say whether it held, so that a session with a GPU reads the verdicts instead of re-deriving them.
 
-Each entry: `id`, the commit that made it (`made`), what was predicted (`what`), the rows it concerns (`suite`, "ops"
-when not given, case regex `case`, `provider`, optionally the GPU's compute capability `cc`, as the rows give it: "sm_90"), and the predicted range [`lo`, `hi`] of a
-metric: "ms" (the row's median) or "speedup" (the row's speed-up over the provider `over` in the same file).
+Each entry (built by `_prediction`): `id`, the commit that made it (`made`), what was predicted (`what`), the rows
+it concerns (`suite`, "ops" unless given; case regex `case`; `provider`; the GPU's compute capability `cc`, as the
+rows give it, "sm_90" unless given) and the predicted range [`lo`, `hi`] of a metric: "ms" (the row's median) or,
+where `over` names a provider, "speedup" (the row's speed-up over that provider's row of the same case and file).
 Predictions whose rows only logs carry (benchmarks/fwd_warps.py, benchmarks/profile.py) are listed in the README and
 the issue notes, not here.
 """
@@ -15,47 +16,53 @@ from __future__ import annotations
 
 import re
 
-PREDICTIONS = [
-    {"id": "pe-triton-layout", "made": "e6c9215", "cc": "sm_90",
-     "what": "Triton PE kernel after the tap-token fix (Triton 3.6's layout): 0.15-0.3 ms (was 2.39)",
-     "case": r"^pe P4 640x640 h8 b32 ", "provider": "pe-triton", "metric": "ms", "lo": 0.15, "hi": 0.30},
-    {"id": "pe-cuda-row-staging", "made": "46f2d18", "cc": "sm_90",
-     "what": "CUDA PE kernel with row-wise halo staging: 100-115 us (was 135)",
-     "case": r"^pe P4 640x640 h8 b32 ", "provider": "pe-cuda", "metric": "ms", "lo": 0.100, "hi": 0.115},
-    {"id": "pe-backward-vs-aten", "made": "81659ed", "cc": "sm_90",
-     "what": "our PE backward (flipped forward + weight-gradient kernel) about 6x ATen's NCHW depthwise backward",
-     "case": r"^pebwd P4 640x640 h8 b32 ", "provider": "pebwd-cuda", "metric": "speedup", "over": "pebwd-torch",
-     "lo": 4.0, "hi": 9.0},
-    {"id": "pe-backward-vs-cudnn", "made": "81659ed", "cc": "sm_90",
-     "what": "our PE backward 0.8-1.3x ATen on channels_last copies (cuDNN's NHWC kernels, copies untimed)",
-     "case": r"^pebwd P4 640x640 h8 b32 ", "provider": "pebwd-cuda", "metric": "speedup", "over": "pebwd-torch-cl",
-     "lo": 0.8, "hi": 1.3},
-    {"id": "fwdbwd-with-pe-backward", "made": "81659ed", "cc": "sm_90",
-     "what": "attention fwd+bwd (CUDA) with the PE backward and the delta kernel fixed: 0.7-1.2 ms (was 2.33)",
-     "case": r"^fwdbwd P4 640x640 h8 b32 ", "provider": "cuda", "metric": "ms", "lo": 0.7, "hi": 1.2},
-    {"id": "fwd-b1-cp-async", "made": "3fcda2a", "cc": "sm_90",
-     "what": "CUDA forward at batch 1 (PE included) with cp.async K/V staging: 1-2 us off 17.1 us",
-     "case": r"^fwd P4 640x640 h8 b1 ", "provider": "cuda", "metric": "ms", "lo": 0.0140, "hi": 0.0165},
-    {"id": "fwd-b32-pe-and-staging", "made": "3fcda2a", "cc": "sm_90",
-     "what": "CUDA forward at batch 32 (PE included): the PE 100-115 us and the attention a few % faster: 0.24-0.27 ms "
-             "(was 0.273)",
-     "case": r"^fwd P4 640x640 h8 b32 ", "provider": "cuda", "metric": "ms", "lo": 0.24, "hi": 0.27},
-    {"id": "fwd-functional-direct", "made": "2393d59", "cc": "sm_90",
-     "what": "CUDA forward at P5 h4 batch 32 through the functional API without the custom-op layer in eager "
-             "inference (28 -> 15 us of host per PE + attention call here, same run): kernel-bound, 0.045-0.060 ms (was 0.0725 "
-             "for 0.049 ms of kernels)",
-     "case": r"^fwd P5 640x640 h4 b32 ", "provider": "cuda", "metric": "ms", "lo": 0.045, "hi": 0.060},
-    {"id": "train-auto-none-640", "made": "6b948e2", "cc": "sm_90", "suite": "model",
-     "what": "yolo12n AMP training step at 640, batch 16, with recompute=\"auto\" now \"none\" (the -27c run: 1.04x as "
-             "\"none\", 0.87x as the old \"mlp\" default): 0.95-1.15x ultralytics",
-     "case": r"^train yolo12n 640 b16$", "provider": "train-patched", "metric": "speedup", "over": "train-eager",
-     "lo": 0.95, "hi": 1.15},
-    {"id": "train-auto-none-1280", "made": "6b948e2", "cc": "sm_90", "suite": "model",
-     "what": "the same step at 1280 (the -27c run: 1.60x as \"none\", 1.54x as \"mlp\"): 1.5-1.7x ultralytics",
-     "case": r"^train yolo12n 1280 b16$", "provider": "train-patched", "metric": "speedup", "over": "train-eager",
-     "lo": 1.5, "hi": 1.7},
-]
 
+def _prediction(id: str, made: str, what: str, case: str, provider: str, lo: float, hi: float, over: str | None = None,
+                suite: str = "ops", cc: str | None = "sm_90") -> dict:
+    """One entry: the matching rows' median in ms within [lo, hi], or with `over` their speed-up over that provider's
+    row of the same case."""
+    p = {"id": id, "made": made, "cc": cc, "suite": suite, "what": what, "case": case, "provider": provider,
+         "metric": "speedup" if over else "ms", "lo": lo, "hi": hi}
+    if over:
+        p["over"] = over
+    return p
+
+
+PREDICTIONS = [
+    _prediction("pe-triton-layout", "e6c9215",
+                "Triton PE kernel after the tap-token fix (Triton 3.6's layout): 0.15-0.3 ms (was 2.39)",
+                r"^pe P4 640x640 h8 b32 ", "pe-triton", 0.15, 0.30),
+    _prediction("pe-cuda-row-staging", "46f2d18", "CUDA PE kernel with row-wise halo staging: 100-115 us (was 135)",
+                r"^pe P4 640x640 h8 b32 ", "pe-cuda", 0.100, 0.115),
+    _prediction("pe-backward-vs-aten", "81659ed",
+                "our PE backward (flipped forward + weight-gradient kernel) about 6x ATen's NCHW depthwise backward",
+                r"^pebwd P4 640x640 h8 b32 ", "pebwd-cuda", 4.0, 9.0, over="pebwd-torch"),
+    _prediction("pe-backward-vs-cudnn", "81659ed",
+                "our PE backward 0.8-1.3x ATen on channels_last copies (cuDNN's NHWC kernels, copies untimed)",
+                r"^pebwd P4 640x640 h8 b32 ", "pebwd-cuda", 0.8, 1.3, over="pebwd-torch-cl"),
+    _prediction("fwdbwd-with-pe-backward", "81659ed",
+                "attention fwd+bwd (CUDA) with the PE backward and the delta kernel fixed: 0.7-1.2 ms (was 2.33)",
+                r"^fwdbwd P4 640x640 h8 b32 ", "cuda", 0.7, 1.2),
+    _prediction("fwd-b1-cp-async", "3fcda2a",
+                "CUDA forward at batch 1 (PE included) with cp.async K/V staging: 1-2 us off 17.1 us",
+                r"^fwd P4 640x640 h8 b1 ", "cuda", 0.0140, 0.0165),
+    _prediction("fwd-b32-pe-and-staging", "3fcda2a",
+                "CUDA forward at batch 32 (PE included): the PE 100-115 us and the attention a few % faster: "
+                "0.24-0.27 ms (was 0.273)",
+                r"^fwd P4 640x640 h8 b32 ", "cuda", 0.24, 0.27),
+    _prediction("fwd-functional-direct", "2393d59",
+                "CUDA forward at P5 h4 batch 32 through the functional API without the custom-op layer in eager "
+                "inference (28 -> 15 us of host per PE + attention call here, same run): kernel-bound, 0.045-0.060 ms "
+                "(was 0.0725 for 0.049 ms of kernels)",
+                r"^fwd P5 640x640 h4 b32 ", "cuda", 0.045, 0.060),
+    _prediction("train-auto-none-640", "6b948e2",
+                "yolo12n AMP training step at 640, batch 16, with recompute=\"auto\" now \"none\" (the -27c run: 1.04x "
+                "as \"none\", 0.87x as the old \"mlp\" default): 0.95-1.15x ultralytics",
+                r"^train yolo12n 640 b16$", "train-patched", 0.95, 1.15, over="train-eager", suite="model"),
+    _prediction("train-auto-none-1280", "6b948e2",
+                "the same step at 1280 (the -27c run: 1.60x as \"none\", 1.54x as \"mlp\"): 1.5-1.7x ultralytics",
+                r"^train yolo12n 1280 b16$", "train-patched", 1.5, 1.7, over="train-eager", suite="model"),
+]
 
 def _descends(made: str, commit) -> bool | None:
     """Whether the rows' commit contains the predicting commit (git merge-base --is-ancestor), None where git cannot
@@ -99,7 +106,8 @@ def check(rows: list, predictions: list = PREDICTIONS) -> list:
             if p["metric"] == "ms":
                 values.append(r["median_ms"])
             else:
-                base = [b for b in ok if b["suite"] == r["suite"] and b["case"] == r["case"] and b["provider"] == p["over"]
+                base = [b for b in ok if b["suite"] == r["suite"] and b["case"] == r["case"]
+                        and b["provider"] == p["over"]
                         and b.get("compute_capability") == r.get("compute_capability")]
                 if base:
                     values.append(base[0]["median_ms"] / r["median_ms"])

@@ -1077,6 +1077,101 @@ def test_a2c2f_keeps_a_channels_last_input_channels_last():
             assert_close_to_oracle(got, ref, copy.deepcopy(plain).double()(x.double()), "channels_last A2C2f")
 
 
+def _fuse_convs(module: nn.Module) -> nn.Module:
+    """What ultralytics' model.fuse() does to each Conv: BatchNorm folded into the conv, forward_fuse."""
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    for m in module.modules():
+        if hasattr(m, "bn") and hasattr(m, "forward_fuse"):
+            with torch.no_grad():
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+    return module
+
+
+def _cl(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@pytest.mark.parametrize("cin,cout,hw", [(48, 76, (5, 7)), (38, 64, (5, 7)), (48, 64, (24, 24)), (38, 44, (24, 24))],
+                         ids=["16s-few-tokens", "odd-in", "16s-many-tokens", "odd-many-tokens"])
+@pytest.mark.parametrize("act", [True, False], ids=["silu", "no-act"])
+def test_batch1_gemm_conv_in_every_layout(cin, cout, hw, act):
+    """The batch-1 CPU 1x1 conv (M._conv1x1: an addmm where M._gemm_conv allows, else the conv) for NCHW,
+    channels_last and channel-slice inputs, into a new tensor of either layout or into channel slices of an NCHW or
+    a channels_last buffer: the module's values (fp64 oracle), in the layout asked for. channels_last inputs with
+    channel counts in 16s over more than 400 tokens take oneDNN's conv (measured faster), the rest the addmm."""
+    from ultralytics.nn.modules.conv import Conv
+
+    from yolov12_fast.nn import modules as M
+
+    conv = _fuse_convs(_randomize(Conv(cin, cout, 1, act=act)))
+    H, W = hw
+    base = torch.randn(1, cin + 16, H, W)
+    inputs = {"nchw": base[:, :cin].contiguous(), "cl": base[:, :cin].contiguous(memory_format=torch.channels_last),
+              "cl-slice": base.contiguous(memory_format=torch.channels_last)[:, 8:8 + cin],
+              "nchw-slice": base[:, 8:8 + cin]}
+    oracle = copy.deepcopy(conv).double()
+    for name, x in inputs.items():
+        with torch.inference_mode():
+            naive, want = conv(x.contiguous()), oracle(x.double())
+            g = M._gemm_conv(conv, x)
+            layout_cl = M._channels_last(x)
+            gemm_expected = not (layout_cl and cin % 16 == 0 and cout % 16 == 0 and H * W > 400)
+            assert (g is not None) == gemm_expected, (name, g)
+            for cl_arg in (False, True):  # channels_last=True: a channels_last result even for an NCHW x
+                got = M._conv1x1(conv, x, channels_last=cl_arg)
+                assert _cl(got) == (layout_cl or cl_arg), (name, cl_arg, got.stride())
+                assert_close_to_oracle(got, naive, want, f"{name} channels_last={cl_arg}")
+            for buf_layout in (torch.contiguous_format, torch.channels_last):
+                buf = torch.full((1, cout + 24, H, W), float("nan")).contiguous(memory_format=buf_layout)
+                out = buf[:, 8:8 + cout]
+                assert M._conv1x1(conv, x, out=out) is out
+                assert_close_to_oracle(out, naive, want, f"{name} into a {buf_layout} slice")
+                assert buf[:, :8].isnan().all() and buf[:, 8 + cout:].isnan().all(), "wrote outside its slice"
+
+
+def test_patched_model_runs_channels_last_end_to_end():
+    """A model moved with .to(memory_format=torch.channels_last) (AAttn blocks with and without PE-friendly shapes,
+    A2C2f with ABlocks and with C3k): every patched block returns channels_last, as ultralytics' do, and in eager
+    inference no layout conversion runs (no copy outside an addmm's bias broadcast, no clone) where ultralytics'
+    modules copy; values as the NCHW model's (fp64 oracle)."""
+    from torch.profiler import ProfilerActivity, profile
+    from ultralytics.nn.modules.block import A2C2f
+    from ultralytics.nn.modules.conv import Conv
+
+    plain = _fuse_convs(_randomize(nn.Sequential(Conv(3, 64, 3, 2), A2C2f(64, 64, 1, True, 4, True, 2.0),
+                                                 Conv(64, 64, 3, 2), A2C2f(64, 64, 1, False, 1)).eval()))
+    fast_cl = yf.patch(copy.deepcopy(plain), backend=BACKEND).to(memory_format=torch.channels_last)
+    plain_cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 40, 40)  # NCHW, as a predictor feeds it: the stem's channels_last weight converts
+    outs = {}
+    hooks = [m.register_forward_hook(lambda m, inp, out, name=name: outs.__setitem__(name, out))
+             for name, m in fast_cl.named_modules()  # every layer and every patched module inside
+             if name.count(".") == 0 or isinstance(m, yf.nn.FastModule)]
+    with torch.inference_mode():
+        got, ref_cl, ref = fast_cl(x), plain_cl(x), plain(x)
+        for h in hooks:  # hooks make the modules take their general paths (a hook must see each call)
+            h.remove()
+        assert torch.equal(fast_cl(x), got)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            fast_cl(x)
+    assert all(_cl(o) for o in outs.values()), {i: o.stride() for i, o in outs.items()}
+    assert _cl(ref_cl) and _cl(got)
+    with torch.no_grad():
+        assert_close_to_oracle(got, ref, copy.deepcopy(plain).double()(x.double()), "channels_last model")
+
+    # layout conversions: clones (a contiguous() that copied) other than the stem's of the 3-channel input
+    # (ultralytics' converts it the same way), and copies that are not a clone's, an addmm's or a conv's bias fill
+    clones = [e.input_shapes for e in prof.events() if e.name == "aten::clone"]
+    allowed = {"aten::clone", "aten::addmm", "aten::_slow_conv2d_forward"}
+    stray = [(e.input_shapes, e.cpu_parent.name if e.cpu_parent is not None else None) for e in prof.events()
+             if e.name == "aten::copy_" and (e.cpu_parent is None or e.cpu_parent.name not in allowed)]
+    assert clones in ([], [[[1, 3, 40, 40], []]]), clones
+    assert stray == [], stray
+
+
 def test_fallback_warnings_point_at_the_callers_line(monkeypatch):
     """The head_dim fallback warning is raised deep inside the patched module's forward; it names the user's line
     (here, this file), not torch's nn.Module or custom-op machinery."""

@@ -119,7 +119,10 @@ def _tokens_flatten(t: Tensor) -> bool:
 
 
 def _channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    """A (B, C, H, W) tensor laid out channels_last: its channels adjacent in memory (stride 1), as in a model moved
+    with .to(memory_format=torch.channels_last), including channel slices of such a tensor (A2C2f's buffer).
+    Tensors whose layouts are both (one channel or one token) count as NCHW."""
+    return t.dim() == 4 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1 and t.stride(1) == 1
 
 
 def _check_backend(backend: str) -> str:
@@ -350,18 +353,39 @@ def _conv_tensors(m: nn.Module) -> list:
                                             bn.num_batches_tracked] if bn is not None else [])
 
 
+def _token_rows(t: Tensor) -> Optional[Tensor]:
+    """The (H*W, C) matrix view of a batch-1 (1, C, H, W) tensor whose channels are adjacent in memory (channels_last,
+    or a channel slice of a channels_last buffer): row i holds token i's channels. None for other layouts."""
+    C, H, W = t.shape[1], t.shape[2], t.shape[3]
+    if C > 1 and t.stride(1) != 1:
+        return None
+    if W > 1:
+        step = t.stride(3)
+        if H > 1 and t.stride(2) != W * step:
+            return None
+    else:
+        step = t.stride(2) if H > 1 else C
+    if H * W > 1 and step < C:
+        return None
+    return t.as_strided((H * W, C), (step, 1))
+
+
 def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]:
-    """(weight as (out, in), bias as (out, 1), whether a SiLU follows) when m(x) can run as one addmm (MKL sgemm)
+    """(weight as (out, in), bias as (out,), whether a SiLU follows) when m(x) can run as one addmm (MKL sgemm)
     plus an in-place SiLU, else None: a fused ultralytics 1x1 Conv (no bn; activation SiLU or none) without hooks,
-    on a contiguous batch-1 CPU input in eager inference (_eager_inference). oneDNN's convolution gains nothing from
-    a second thread at batch 1: at 2 threads conv + SiLU measured 1.6-1.7x the addmm + SiLU at the ABlock MLP shapes
-    of yolo12n (64->76 over 40x40, 128->153 over 20x20) and 1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs
-    an sgemm anyway (equal times)."""
+    on a batch-1 CPU input in eager inference (_eager_inference) that is NCHW-contiguous or has its channels
+    adjacent (channels_last, _token_rows). NCHW: oneDNN's convolution gains nothing from a second thread at batch 1:
+    at 2 threads conv + SiLU measured 1.6-1.7x the addmm + SiLU at the ABlock MLP shapes of yolo12n (64->76 over
+    40x40, 128->153 over 20x20) and 1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs an sgemm anyway (equal
+    times). channels_last (2 threads, this repo's Xeon, 2026-11-27): oneDNN's NHWC convolution is the faster one for
+    channel counts in 16s over more than 400 tokens (384->64 over 40x40: 298 against 349 us; 64->64 over 80x80:
+    325 against 360), the addmm for the MLP's odd widths (64->76 over 40x40: 108 against 125; 128->153 over 20x20:
+    81 against 126) and at 20x20 (128->384: 174 against 214)."""
     conv = m._modules.get("conv")
     # the device first (GPU forwards leave here at once), then the mode: under jit tracing x.shape[0] is a tensor
     if (x.device.type != "cpu" or not _eager_inference() or x.dim() != 4 or x.shape[0] != 1 or x.numel() == 0
-            or type(conv) is not nn.Conv2d or "bn" in m._modules or not x.is_contiguous()
-            or torch.is_autocast_enabled("cpu")):
+            or type(conv) is not nn.Conv2d or "bn" in m._modules or torch.is_autocast_enabled("cpu")
+            or not (x.is_contiguous() or _token_rows(x) is not None)):
         return None
     act = m._modules.get("act")
     silu = type(act) is nn.SiLU
@@ -371,24 +395,53 @@ def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]
             and conv.bias is not None and conv.weight.dtype == x.dtype and conv.in_channels == x.shape[1]
             and all(_hookless(c) for c in (m, conv, act if act is not None else m))):
         return None
-    return conv.weight.view(conv.out_channels, conv.in_channels), conv.bias.view(-1, 1), silu
+    if (not x.is_contiguous() and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
+            and x.shape[2] * x.shape[3] > 400):
+        return None  # channels_last, channels in 16s, many tokens: oneDNN's NHWC convolution is as fast or faster
+    return conv.weight.view(conv.out_channels, conv.in_channels), conv.bias, silu
 
 
-def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """m(x) for an ultralytics Conv, as an addmm (+ in-place SiLU) where _gemm_conv allows; written into `out` (a
-    contiguous tensor of the result's shape, e.g. a channel slice of A2C2f's batch-1 buffer) when given."""
+def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None, channels_last: bool = False) -> Tensor:
+    """m(x) for an ultralytics Conv, as an addmm (+ in-place SiLU) where _gemm_conv allows, else m(x) itself.
+
+    The result's layout: `out`'s when given (written into it: e.g. a channel slice of A2C2f's buffer), else x's,
+    or channels_last for an NCHW x when `channels_last` (AAttn's proj: its kernels write NCHW, the model runs
+    channels_last). The addmm gets that from BLAS's transposed operand, without a copy; on the conv path x is
+    converted instead, so that the convolution runs in the model's layout and the result has it."""
+    channels_last = channels_last or _channels_last(x)
     g = _gemm_conv(m, x)
     if g is None or (out is not None and out.dtype != x.dtype):
+        if channels_last and not _channels_last(x) and x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1:
+            x = x.contiguous(memory_format=torch.channels_last)  # one copy; the conv then runs channels_last
         if out is None:
             return m(x)
         _conv_into(m, x, out)
         return out
     w, b, silu = g
-    H, W = x.shape[2], x.shape[3]
-    y = torch.addmm(b, w, x.view(x.shape[1], H * W), out=None if out is None else out.view(w.shape[0], H * W))
+    O, (C, H, W) = w.shape[0], x.shape[1:]
+    if out is not None:
+        rows = None if out.is_contiguous() else _token_rows(out)
+        if rows is None and not out.is_contiguous():  # neither layout BLAS can write: the conv path
+            _conv_into(m, x, out)
+            return out
+        channels_last = rows is not None
+    if channels_last:  # tokens x channels: y(HW, O) = x(HW, C) @ w.T + b
+        xt = _token_rows(x)
+        if xt is None:  # NCHW x: its (C, HW) matrix, transposed (BLAS reads it in place)
+            xt = x.view(C, H * W).t()
+        if out is None:  # a channels_last tensor with canonical strides (what torch's layout checks recognise)
+            res = torch.empty((1, O, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+            rows = res.view(1, O, H * W)[0].t()
+        y = torch.addmm(b.view(1, O), xt, w.t(), out=rows)
+        if out is not None:
+            res = out
+    else:  # channels x tokens: y(O, HW) = w @ x(C, HW) + b
+        xm = x.view(C, H * W) if x.is_contiguous() else _token_rows(x).t()
+        y = torch.addmm(b.view(O, 1), w, xm, out=None if out is None else out.view(O, H * W))
+        res = y.view(1, O, H, W) if out is None else out
     if silu:
         F.silu(y, inplace=True)
-    return y.view(1, w.shape[0], H, W) if out is None else out
+    return res
 
 
 def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
@@ -538,7 +591,7 @@ class AAttn(FastModule):
             if _pe_ops._inputs_ok(v, w, b, None, H, W, self.backend):  # else the op says what is wrong
                 p = _pe_ops.run(v, w, b, None, H, W, direct[0])
                 o = _attention_ops.plus_residual(q, k, v, self.area, hd ** -0.5, p, direct[1])
-                return _conv1x1(self.proj, o.view(B, nh * hd, H, W))
+                return _conv1x1(self.proj, o.view(B, nh * hd, H, W), channels_last=_channels_last(x))
         p = self._pe(v, H, W)
         if q.dtype in DTYPES and hd in HEAD_DIMS:
             if self._attention_in_place(q, p):  # O = P + attention written over P: no second map
@@ -552,7 +605,8 @@ class AAttn(FastModule):
                 warnings.warn(f"yolov12_fast AAttn: head_dim {hd} has no fused kernel (supported: {HEAD_DIMS}); "
                               "running the plain-PyTorch math", RuntimeWarning, stacklevel=_backends.user_stacklevel())
             o = reference.area_attention(q, k, v, self.area, hd ** -0.5, residual=p)
-        return self.proj(o.view(B, nh * hd, H, W))
+        # the kernels write NCHW; a channels_last model gets proj's output channels_last (proj runs channels_last)
+        return _conv1x1(self.proj, o.view(B, nh * hd, H, W), channels_last=_channels_last(x))
 
     def forward_reference(self, x: Tensor) -> Tensor:
         """The same computation with standard torch ops only (tracing, ONNX export, float64)."""
@@ -765,11 +819,18 @@ class A2C2f(FastModule):
             return self._forward_cat(x)
         c_, n = conv1.out_channels, len(self.m)
         B, _, H, W = x.shape
+        cl = _channels_last(x)
+        if (B > 1 or cl) and not all(isinstance(m, nn.Sequential) and len(m) and isinstance(m[-1], ABlock)
+                                     for m in self.m):
+            # C3k blocks (A2C2f without attention) would read their input, a channel slice of the buffer, through
+            # convolutions that copy a slice that is not contiguous (batch > 1, channels_last) first: as many copies
+            # as torch.cat saves. Only at batch 1 in NCHW are the slices contiguous.
+            return self._forward_cat(x)
         # cv1's output dtype: the autocast dtype under autocast, else x's (conv needs x and weight to agree)
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         buf = torch.empty((B, (1 + n) * c_, H, W), dtype=dtype, device=x.device,
-                          memory_format=torch.channels_last if _channels_last(x) else torch.contiguous_format)
+                          memory_format=torch.channels_last if cl else torch.contiguous_format)
         prev = buf[:, :c_]
         _conv1x1(self.cv1, x, out=prev)
         for i, m in enumerate(self.m, start=1):

@@ -7,7 +7,12 @@ reference's n x n matrices for the large scales). Variants:
 - `patched`: yolov12_fast.patch (backend auto); `patched+graphs`: the same through yolov12_fast.cuda_graphs (the
   public wrapper: its per-call staleness probe and output copies are timed, the baseline's bare capture has none);
 - `compile`: torch.compile(model) with ultralytics' default mode ("default", what `compile=True` uses), warm: for
-  yolo12n and yolo11n only (a minute or more per model and shape; COMPILE_CASES).
+  yolo12n and yolo11n only (a minute or more per model and shape; COMPILE_CASES);
+- `eager-cl`, `patched-cl`, `patched-cl+graphs`: the same models moved to channels_last
+  (`model.to(memory_format=torch.channels_last)`, the input stays NCHW as a predictor feeds it): cuDNN's fp16
+  convolutions run NHWC natively there, where an NCHW model pays a layout transpose around most of them (the H100's
+  yolo12n profile of 2026-11-27c: 93 transposes per batch-1 forward, 1.14 ms of a 7.8 ms batch-32 forward). A
+  user can do this with ultralytics alone, so `eager-cl` is a baseline too.
 `rel_err` = max |variant - oracle| / max |oracle| on the detection output, the oracle being the same model one
 precision up (GPU: float32 with TF32 off; CPU: float64); `check` holds each variant to the tolerance table's
 principle against the eager model's own error (`rel_err_naive`), see _model_check.
@@ -21,10 +26,10 @@ gives CUDA, today "none"); `train-patched-recompute-mlp` / `-block` show the two
 the whole ABlocks, run again in backward instead of keeping their activations). Each row's params name the mode it ran
 (`recompute`), so the report gives the memory / time trade-off of each (issue #5: >= 1.15x faster, peak <= 0.7x at 1280).
 
-CPU: yolo12n batch 1 at 640, eager vs patched, and yolo11n eager (the YOLO11 comparison), fp32, at each pinned
-thread count (interleaved rounds), as torch runs (denormals kept); full runs add rows with denormals flushed on
-every thread (yolov12_fast.utils.flush_denormals), where Intel CPUs' denormal assists would otherwise dominate the
-baseline.
+CPU: yolo12n batch 1 at 640, eager vs patched, each also channels_last (`-cl`), and yolo11n eager / eager-cl (the
+YOLO11 comparison), fp32, at each pinned thread count (interleaved rounds), as torch runs (denormals kept); full
+runs add rows with denormals flushed on every thread (yolov12_fast.utils.flush_denormals), where Intel CPUs' denormal
+assists would otherwise dominate the baseline.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ SHAPES = ((640, 1), (640, 32), (1280, 1), (1280, 8))
 COMPILE_CASES = {("yolo12n", 640, 1), ("yolo11n", 640, 1), ("yolo12n", 640, 32), ("yolo11n", 640, 32)}
 COMPILE_BUDGET_S = compile_budget_s(150.0)
 TRAIN_SHAPES = ((640, 16), (1280, 16))
-BASELINES = ("eager", "eager+graphs", "compile")
+BASELINES = ("eager", "eager+graphs", "eager-cl", "compile")
+CL = torch.channels_last
 
 
 def run(ctx: Context) -> list:
@@ -68,6 +74,9 @@ def _run_cpu(ctx: Context) -> list:
     eager = yolo.build("yolo12n", calibrate_imgsz=imgsz)
     patched = yolov12_fast.patch(copy.deepcopy(eager))
     yolo11 = yolo.build("yolo11n", calibrate_imgsz=imgsz)  # is YOLOv12 still slower than YOLO11 here?
+    models = {"eager": eager, "eager-cl": copy.deepcopy(eager).to(memory_format=CL), "patched": patched,
+              "patched-cl": copy.deepcopy(patched).to(memory_format=CL), "yolo11n": yolo11,
+              "yolo11n-cl": copy.deepcopy(yolo11).to(memory_format=CL)}
     x = _image(_case("yolo12n", imgsz, 1)[0], 1, imgsz, torch.device("cpu"), torch.float32)
     oracle = _oracle(eager, x)
     # Denormal floats: a random-weight YOLO12's attention probabilities underflow into them, and on Intel CPUs each
@@ -76,45 +85,49 @@ def _run_cpu(ctx: Context) -> list:
     # speed there, 0.19x on the Xeon). The main rows run as torch and ultralytics do (denormals kept); full runs add
     # rows with them flushed on every thread (yolov12_fast.utils.flush_denormals: torch.set_flush_denormal alone
     # reaches the calling thread only) for every variant and thread count, cases "... denormals flushed".
-    rows = _cpu_rows(ctx, eager, patched, yolo11, x, oracle, *_case("yolo12n", imgsz, 1), *_case("yolo11n", imgsz, 1),
-                     ctx.threads)
+    rows = _cpu_rows(ctx, models, x, oracle, *_case("yolo12n", imgsz, 1), *_case("yolo11n", imgsz, 1), ctx.threads)
     if not ctx.quick:
         from yolov12_fast.utils import flush_denormals
 
         (case, params), (case11, params11) = _case("yolo12n", imgsz, 1), _case("yolo11n", imgsz, 1)
-        rows += _cpu_rows(ctx, eager, patched, yolo11, x, oracle, case + " denormals flushed",
+        rows += _cpu_rows(ctx, models, x, oracle, case + " denormals flushed",
                           dict(params, flush_denormal=True), case11 + " denormals flushed",
                           dict(params11, flush_denormal=True), ctx.threads, flush=flush_denormals)
     return rows
 
 
-def _cpu_rows(ctx, eager, patched, yolo11, x, oracle, case, params, case11, params11, threads, flush=None) -> list:
-    """Rows of the three models at each thread count; `flush` (flush_denormals) switches denormal flushing on for
-    every thread of each count's pool, and off again afterwards."""
+def _cpu_rows(ctx, models, x, oracle, case, params, case11, params11, threads, flush=None) -> list:
+    """Rows of the models (eager, patched, yolo11n, each also channels_last) at each thread count; `flush`
+    (flush_denormals) switches denormal flushing on for every thread of each count's pool, and off again
+    afterwards."""
     rows = []
     with torch.inference_mode():
-        naive_err, rel = _rel(eager(x), oracle), _rel(patched(x), oracle)
+        naive_err = _rel(models["eager"](x), oracle)
+        rel = {name: _rel(models[name](x), oracle) for name in ("eager-cl", "patched", "patched-cl")}
         for th in threads:
             prev = set_threads(th)
             try:
                 if flush is not None:
                     flush(True)
-                t = time_cpu_interleaved({"eager": lambda: eager(x), "patched": lambda: patched(x),
-                                          "yolo11n": lambda: yolo11(x)},
+                t = time_cpu_interleaved({name: (lambda m=m: m(x)) for name, m in models.items()},
                                          rounds=2 if ctx.quick else 11, min_round_s=0.0 if ctx.quick else 0.2)
                 r = [make_row(ctx, SUITE, case, params, "eager", timing=t["eager"], dtype=torch.float32,
-                              images_per_s=1e3 / t["eager"].median_ms),
-                     make_row(ctx, SUITE, case, params, "patched", timing=t["patched"], dtype=torch.float32,
-                              images_per_s=1e3 / t["patched"].median_ms, rel_err=rel, rel_err_naive=naive_err,
-                              check=_model_check(rel, naive_err, torch.float32),
-                              backend_ran=_backend_ran(ctx))]
-                add_speedups(r, ("eager",))
+                              images_per_s=1e3 / t["eager"].median_ms)]
+                for name in ("eager-cl", "patched", "patched-cl"):
+                    extra = {"backend_ran": _backend_ran(ctx)} if name.startswith("patched") else {}
+                    r.append(make_row(ctx, SUITE, case, params, name, timing=t[name], dtype=torch.float32,
+                                      images_per_s=1e3 / t[name].median_ms, rel_err=rel[name], rel_err_naive=naive_err,
+                                      check=_model_check(rel[name], naive_err, torch.float32), **extra))
+                add_speedups(r, ("eager", "eager-cl"))
                 for row in r:
-                    row.setdefault("speedup_vs", {})["yolo11n-eager"] = t["yolo11n"].median_ms / row["median_ms"]
-                r11 = make_row(ctx, SUITE, case11, params11, "eager", timing=t["yolo11n"], dtype=torch.float32,
-                               images_per_s=1e3 / t["yolo11n"].median_ms)
-                ctx.emit(r + [r11])
-                rows += r + [r11]
+                    for name11 in ("yolo11n", "yolo11n-cl"):
+                        row.setdefault("speedup_vs", {})[name11.replace("n", "n-eager", 1)] = \
+                            t[name11].median_ms / row["median_ms"]
+                r11 = [make_row(ctx, SUITE, case11, params11, prov, timing=t[name11], dtype=torch.float32,
+                                images_per_s=1e3 / t[name11].median_ms)
+                       for prov, name11 in (("eager", "yolo11n"), ("eager-cl", "yolo11n-cl"))]
+                ctx.emit(r + r11)
+                rows += r + r11
             finally:
                 if flush is not None:
                     flush(False)  # torch's default
@@ -217,17 +230,22 @@ def _run_gpu(ctx: Context) -> list:
         is12 = cfg.startswith("yolo12")
         eager = yolo.build(cfg, calibrate_imgsz=128 if ctx.quick else 640, device=ctx.device, dtype=dtype)
         patched = yolov12_fast.patch(copy.deepcopy(eager)) if is12 else None
+        eager_cl = copy.deepcopy(eager).to(memory_format=CL)
+        patched_cl = copy.deepcopy(patched).to(memory_format=CL) if is12 else None
         for imgsz, batch in shapes:
             case, params = _case(cfg, imgsz, batch)
             if not ctx.wants(case):
                 continue
             x = _image(case, batch, imgsz, ctx.device, dtype)
-            variants = {"eager": lambda: _eager_call(eager, x), "eager+graphs": lambda: _capture(eager, x)}
+            variants = {"eager": lambda: _eager_call(eager, x), "eager+graphs": lambda: _capture(eager, x),
+                        "eager-cl": lambda: _eager_call(eager_cl, x)}
             if is12:
                 variants["patched"] = lambda: _eager_call(patched, x)
                 # the public wrapper (its staleness probe and output copies included), against the bare capture
                 # of the baseline
                 variants["patched+graphs"] = lambda: _eager_call(yolov12_fast.cuda_graphs(patched), x)
+                variants["patched-cl"] = lambda: _eager_call(patched_cl, x)
+                variants["patched-cl+graphs"] = lambda: _eager_call(yolov12_fast.cuda_graphs(patched_cl), x)
             variants["compile"] = None
             rows, oracle, naive_err = [], _oracle(eager, x), None
             for name, make in variants.items():
@@ -258,8 +276,8 @@ def _run_gpu(ctx: Context) -> list:
                     else:
                         call = make()
                     res = call()
-                    if name == "patched+graphs":  # cuda_graphs runs a signature's first call eagerly, captures at
-                        res = call()              # its second: check (and measure) replays
+                    if name.startswith("patched") and name.endswith("+graphs"):  # cuda_graphs runs a signature's
+                        res = call()  # first call eagerly, captures at its second: check (and measure) replays
                     torch.cuda.synchronize()
                     if name.startswith("patched"):
                         extra["backend_ran"] = _backend_ran(ctx)
@@ -286,7 +304,7 @@ def _run_gpu(ctx: Context) -> list:
             out += rows
             del x
             torch.cuda.empty_cache()
-        del eager, patched
+        del eager, patched, eager_cl, patched_cl
         torch.cuda.empty_cache()
     out += _train(ctx, budget)
     return out
@@ -303,7 +321,7 @@ def _cross_speedups(cfg, imgsz, batch, rows, yolo11_times):
     for r in rows:
         if r.get("status") != "ok":
             continue
-        for prov in ("eager", "eager+graphs", "compile"):
+        for prov in ("eager", "eager+graphs", "eager-cl", "compile"):
             t11 = yolo11_times.get((scale, imgsz, batch, prov))
             if t11:
                 r.setdefault("speedup_vs", {})[f"yolo11{scale}-{prov}"] = t11 / r["median_ms"]

@@ -130,7 +130,7 @@ def _columns(suite: str, rows: list, fused: str | None = None) -> list:
                        ("vs ultralytics", lambda r: _speed(r, "ultralytics")), ("check", _check)]
     if suite == "model":
         cross = sorted({k for r in rows for k in (r.get("speedup_vs") or {}) if k.startswith("yolo11")})
-        bl = ["eager", "eager+graphs", "compile", "train-eager"] + cross
+        bl = ["eager", "eager+graphs", "eager-cl", "compile", "train-eager"] + cross
         bl = [b for b in bl if any(b in (r.get("speedup_vs") or {}) for r in rows)]
         return base + [("ms (p20–p80)", _ms), ("img/s", lambda r: _f(r.get("images_per_s"), "{:.1f}")),
                        ("peak MB", lambda r: _f(r.get("peak_mem_mb"), "{:.0f}"))] + \
@@ -399,6 +399,8 @@ TARGETS = [Target(*t) for t in (
      _vs("sdpa"), 1.2),
     ("#5", "YOLO12 n..x at 640, batch 32: patched >= 1.25x eager", "cuda", "model", "patched", _model(batch=32),
      _vs("eager"), 1.25),
+    ("#5", "the same, channels_last: patched-cl >= 1.25x ultralytics channels_last (eager-cl, a baseline any user "
+           "has)", "cuda", "model", "patched-cl", _model(batch=32), _vs("eager-cl"), 1.25),
     ("#5", "YOLO12 n..x at 640, batch 1: patched + CUDA graphs >= 2x eager", "cuda", "model", "patched+graphs",
      _model(batch=1), _vs("eager"), 2.0),
     ("#5", "yolo12n at 640, batch 1: patched no slower than yolo11n eager", "cuda", "model", "patched",
@@ -408,6 +410,9 @@ TARGETS = [Target(*t) for t in (
     ("#5", "the same with denormals flushed on every thread (no Intel denormal assists in the baseline)", "cpu",
      "model", "patched", lambda r: r.get("threads") == 2 and _model("yolo12n", batch=1, dtype="float32",
                                                                     flushed=True)(r), _vs("eager"), 1.1),
+    ("#5", "the same, channels_last: patched-cl >= 1.1x ultralytics channels_last (eager-cl, a baseline any user has)",
+     "cpu", "model", "patched-cl", lambda r: r.get("threads") == 2 and _model("yolo12n", batch=1, dtype="float32",
+                                                                       flushed=True)(r), _vs("eager-cl"), 1.1),
 )]
 
 

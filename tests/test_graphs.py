@@ -120,6 +120,35 @@ def test_yolo_cuda_graphs_option_wraps_the_predictors_module():
     assert cb.enabled is False
 
 
+def test_yolo_channels_last_option_sets_the_predictors_model_layout():
+    """yolov12_fast.YOLO(..., channels_last=...): "auto" moves the predictor's model to channels_last on the CPU
+    (AUTO_CHANNELS_LAST), False keeps or brings it back to NCHW, True forces channels_last; the detections match
+    the NCHW model's; the setting applies at the next predict(); a bad value is refused with what to pass."""
+    from ultralytics.utils import ASSETS
+
+    from yolov12_fast.model import AUTO_CHANNELS_LAST, _is_channels_last, _predictor_module_slot
+
+    assert AUTO_CHANNELS_LAST.get("cpu") is True
+    yolo = yf.YOLO("yolo12n.yaml", channels_last=False)
+    kw = dict(imgsz=160, conf=1e-4, verbose=False)
+    nchw = yolo.predict(ASSETS / "bus.jpg", **kw)[0].boxes.data
+    holder, attr = _predictor_module_slot(yolo.predictor)
+    assert not _is_channels_last(getattr(holder, attr))
+    for setting in ("auto", True):
+        yolo.channels_last = setting
+        cl = yolo.predict(ASSETS / "bus.jpg", **kw)[0].boxes.data
+        module = getattr(holder, attr)
+        assert _is_channels_last(module), setting
+        assert len(nchw) > 0 and cl.shape == nchw.shape and torch.allclose(cl, nchw, rtol=1e-3, atol=1e-2), setting
+    yolo.channels_last = False
+    yolo.predict(ASSETS / "bus.jpg", **kw)
+    assert not _is_channels_last(getattr(holder, attr))
+    cb = pickle.loads(pickle.dumps(yolo.__dict__["_yf_predict_graphs"]))
+    assert cb.channels_last is False
+    with pytest.raises(ValueError, match="channels_last must be True, False or 'auto'"):
+        yf.YOLO("yolo12n.yaml", channels_last="yes")
+
+
 def test_each_graph_keeps_the_state_tensors_it_reads_alive():
     """ultralytics' Detect keeps anchors / strides of the last input shape as plain attributes and replaces them
     when the shape changes; the patched modules keep folded weights. A graph captured at one shape reads the

@@ -62,6 +62,21 @@ PREDICTIONS = [
     _prediction("train-auto-none-1280", "6b948e2",
                 "the same step at 1280 (the -27c run: 1.60x as \"none\", 1.54x as \"mlp\"): 1.5-1.7x ultralytics",
                 r"^train yolo12n 1280 b16$", "train-patched", 1.5, 1.7, over="train-eager", suite="model"),
+    # channels_last models (e6b249c, rows 14fa269). The -27c profile of yolo12n at 640 (fp16, NCHW): cuDNN wraps most
+    # convolutions in nchwToNhwc / nhwcToNchw transposes, 1.14 ms of the patched model's 7.82 ms of kernels at batch
+    # 32 and 0.19 of 1.33 ms at batch 1, which a channels_last model does not run; it adds one copy per AAttn (proj's
+    # input, ~0.1 ms at batch 32) and reads q/k/v and V through the kernels' d-fastest staging (guess: attention + PE
+    # up to 1.3x slower, +0.17 ms).
+    _prediction("model-cl-b32", "14fa269",
+                "yolo12n 640 b32, patched channels_last over patched NCHW: 1.03-1.22x (8.19 -> ~7.3 ms)",
+                r"^yolo12n 640 b32$", "patched-cl", 1.03, 1.22, over="patched", suite="model"),
+    _prediction("model-cl-eager-b32", "14fa269",
+                "the same for ultralytics' own model (its transposes too, its attention's copies stay): 1.03-1.2x",
+                r"^yolo12n 640 b32$", "eager-cl", 1.03, 1.20, over="eager", suite="model"),
+    _prediction("model-cl-b1-graphs", "14fa269",
+                "yolo12n 640 b1 replayed from CUDA graphs, channels_last over NCHW (kernel-bound: 1.41 -> ~1.25 ms): "
+                "1.05-1.2x",
+                r"^yolo12n 640 b1$", "patched-cl+graphs", 1.05, 1.20, over="patched+graphs", suite="model"),
 ]
 
 def _descends(made: str, commit) -> bool | None:

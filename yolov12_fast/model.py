@@ -66,7 +66,7 @@ class YOLO(_UltralyticsYOLO):
         channels_last: predict() runs the model with channels_last weights and activations
             (`model.to(memory_format=torch.channels_last)`; the patched blocks keep that layout end to end): True,
             False, or "auto": where measured faster (AUTO_CHANNELS_LAST: the CPU; yolo12n at 640, batch 1, 2 threads
-            on a Xeon, 2026-11-27: 60.9 -> 53.0 ms patched). The model object itself changes layout; the weights'
+            on a Xeon, 2026-11-27: 61.5 -> 54.6 ms patched). The model object itself changes layout; the weights'
             values do not.
     """
 
@@ -230,8 +230,8 @@ def _predictor_module_slot(predictor):
 
 
 # Where channels_last="auto" moves the predictor's model to channels_last, per device type: measured faster there.
-# CPU (yolo12n at 640, batch 1, 2 threads, a 2-core Xeon, 2026-11-27, one interleaved run, denormals flushed):
-# ultralytics 66.5 -> 56.4 ms, patched 60.9 -> 53.0 ms. CUDA: not until a GPU run measures it (the model suite's
+# CPU (yolo12n at 640, batch 1, 2 threads, a 2-core Xeon, benchmarks/results/cpu-intel-r-xeon-r-processor-2026-11-27c,
+# denormals flushed): ultralytics 68.5 -> 57.4 ms, patched 61.5 -> 54.6 ms; 1 thread: 97.2 -> 94.1, 93.4 -> 91.3. CUDA: not until a GPU run measures it (the model suite's
 # `-cl` rows).
 AUTO_CHANNELS_LAST = {"cpu": True}
 

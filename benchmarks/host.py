@@ -228,16 +228,62 @@ def model_host(device: str = "cpu", batches=(1, 32), calls: int = 20, imgsz: int
                                     "total_ms": statistics.median(total), "sync_sites": _sync_sites(m, x),
                                     "device_mallocs_per_call": {k: (after[k] - before[k]) / calls for k in after}})
         x = torch.rand(1, 3, imgsz, imgsz, device=dev, dtype=dtype)
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(calls):
-            models["patched"](x)
-        prof.disable()
-        sync()
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    out["profile"] = "\n".join(line for line in buf.getvalue().splitlines()[6:] if line.strip())
+        out["layers"] = _layer_host_us(models, x, calls, sync)
+        for name, m in models.items():
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(calls):
+                m(x)
+            prof.disable()
+            sync()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+            out["profile" if name == "patched" else f"profile_{name}"] = \
+                "\n".join(line for line in buf.getvalue().splitlines()[6:] if line.strip())
     return out
+
+
+def _layer_host_us(models: dict, x, calls: int, sync) -> list:
+    """Per top-level layer of each model (ultralytics' model.model[i]): the median time from the layer's forward
+    pre-hook to its forward hook over `calls` batch-1 forwards, in microseconds, the models interleaved. On a GPU
+    nothing waits for the device inside a forward (model_host's sync_sites says so), so this is the host's time to
+    issue each layer: where a patched model's extra host time goes (on the H100 of 2026-11-27c the patched
+    yolo12n's batch-1 forward took 8.9 ms of host time against ultralytics' 6.9, with fewer kernels; a CPU proxy of
+    its CUDA path, the batch-1 GEMM off, measures it 5 % faster than ultralytics here). Rows: (layer, {model: us})."""
+    times, hooks = {}, []
+
+    def pre(mod, args):
+        mod.__dict__["_yf_host_t0"] = time.perf_counter()
+
+    def post(mod, args, result):
+        times.setdefault(mod.__dict__["_yf_host_key"], []).append(time.perf_counter() - mod.__dict__["_yf_host_t0"])
+
+    for name, m in models.items():
+        for i, layer in enumerate(getattr(m, "model", [])):
+            layer.__dict__["_yf_host_key"] = (f"{i}:{type(layer).__name__.removeprefix('Fast')}", name)
+            hooks += [layer.register_forward_pre_hook(pre), layer.register_forward_hook(post)]
+    try:
+        for _ in range(3):
+            for m in models.values():
+                m(x)
+        sync()
+        times.clear()
+        for _ in range(calls):
+            for m in models.values():
+                sync()
+                m(x)
+        sync()
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in models.values():
+            for layer in getattr(m, "model", []):
+                layer.__dict__.pop("_yf_host_key", None)
+                layer.__dict__.pop("_yf_host_t0", None)
+    layers = {}
+    for (layer, name), ts in times.items():
+        layers.setdefault(layer, {})[name] = statistics.median(ts) * 1e6
+    return sorted(layers.items(), key=lambda kv: int(kv[0].split(":")[0]))
 
 
 def step_host(device: str = "cuda", pattern: str = r"^fwdbwd P[45] 640x640 h[48] b32 ",
@@ -329,6 +375,13 @@ def main(argv=None) -> int:
                   f"{row['total_ms']:8.2f} ms, syncs in one forward: {sum(row['sync_sites'].values())} "
                   f"{row['sync_sites'] or ''}" + (f", device allocator calls per forward: {row['device_mallocs_per_call']}"
                                                   if row["device_mallocs_per_call"] else ""))
+        print("host time per layer of a batch-1 forward (forward hooks, median us; hooks on both models):")
+        names = list(r["layers"][0][1]) if r["layers"] else []
+        print("  " + f"{'layer':<14}" + "".join(f"{n:>14}" for n in names) + f"{'diff':>10}")
+        for layer, us in r["layers"]:
+            diff = us.get("patched", 0.0) - us.get("ultralytics", 0.0)
+            print("  " + f"{layer:<14}" + "".join(f"{us.get(n, float('nan')):14.1f}" for n in names) + f"{diff:+10.1f}")
+        print(f"ultralytics batch-1 forwards under cProfile, top by own time:\n{r['profile_ultralytics']}")
         print(f"patched batch-1 forwards under cProfile, top by own time:\n{r['profile']}")
         return 0
     print(f"timing AAttn's inference path: {a.repeat} rounds x {a.calls} calls of 4 variants ...", flush=True)

@@ -808,9 +808,14 @@ def test_model_host_time_reports_both_models_per_batch(capsys):
     assert all(0 < row["call_ms"] <= row["total_ms"] and row["sync_sites"] == {} == row["device_mallocs_per_call"]
                for row in r["rows"]), r["rows"]
     assert "yolov12_fast/nn/modules.py" in r["profile"], r["profile"]
+    assert "yolov12_fast" not in r["profile_ultralytics"] and "ultralytics/nn" in r["profile_ultralytics"]
+    # per layer, both models (the layers of yolo12n: 6 and 8 hold the attention), hooks removed afterwards
+    layers = dict(r["layers"])
+    assert list(layers)[:1] == ["0:Conv"] and "6:A2C2f" in layers and "21:Detect" in layers, list(layers)
+    assert all(set(us) == {"ultralytics", "patched"} and min(us.values()) > 0 for us in layers.values()), layers
     assert host.main(["--device", "cpu", "--model", "1", "--calls", "1", "--imgsz", "64"]) == 0
     out = capsys.readouterr().out
-    assert "patched      batch   1: call" in out and "cProfile" in out
+    assert "patched      batch   1: call" in out and "cProfile" in out and "6:A2C2f" in out
 
 
 def test_step_host_time_reports_each_provider_or_why_not(capsys):

@@ -126,15 +126,22 @@ def test_yolo_channels_last_option_sets_the_predictors_model_layout():
     the NCHW model's; the setting applies at the next predict(); a bad value is refused with what to pass."""
     from ultralytics.utils import ASSETS
 
-    from yolov12_fast.model import AUTO_CHANNELS_LAST, _is_channels_last, _predictor_module_slot
+    import platform
+
+    from yolov12_fast.model import AUTO_CHANNELS_LAST, _is_channels_last, _predictor_module_slot, _want_channels_last
 
     assert AUTO_CHANNELS_LAST.get("cpu") is True
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    # the rule: explicit settings win; "auto" follows predict(channels_last=...) where given, else the table
+    assert _want_channels_last(True, "cuda") and not _want_channels_last(False, "cpu", True)
+    assert _want_channels_last("auto", "cuda", True) and not _want_channels_last("auto", "cpu", False)
+    assert _want_channels_last("auto", "cpu") == x86 and not _want_channels_last("auto", "cuda")
     yolo = yf.YOLO("yolo12n.yaml", channels_last=False)
     kw = dict(imgsz=160, conf=1e-4, verbose=False)
     nchw = yolo.predict(ASSETS / "bus.jpg", **kw)[0].boxes.data
     holder, attr = _predictor_module_slot(yolo.predictor)
     assert not _is_channels_last(getattr(holder, attr))
-    for setting in ("auto", True):
+    for setting in (("auto", True) if x86 else (True,)):
         yolo.channels_last = setting
         cl = yolo.predict(ASSETS / "bus.jpg", **kw)[0].boxes.data
         module = getattr(holder, attr)
@@ -143,8 +150,13 @@ def test_yolo_channels_last_option_sets_the_predictors_model_layout():
     yolo.channels_last = False
     yolo.predict(ASSETS / "bus.jpg", **kw)
     assert not _is_channels_last(getattr(holder, attr))
+    if "channels_last" in vars(yolo.predictor.args):  # ultralytics >= 8.4: "auto" keeps a user's explicit choice
+        yolo.channels_last = "auto"
+        yolo.predict(ASSETS / "bus.jpg", channels_last=False, **kw)
+        assert not _is_channels_last(getattr(yolo.predictor.model.backend if hasattr(yolo.predictor.model, "backend")
+                                             else yolo.predictor.model, "model"))
     cb = pickle.loads(pickle.dumps(yolo.__dict__["_yf_predict_graphs"]))
-    assert cb.channels_last is False
+    assert cb.channels_last == yolo.channels_last
     with pytest.raises(ValueError, match="channels_last must be True, False or 'auto'"):
         yf.YOLO("yolo12n.yaml", channels_last="yes")
 

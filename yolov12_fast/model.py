@@ -65,9 +65,10 @@ class YOLO(_UltralyticsYOLO):
             per input shape, at most 4 kept): batch-1 latency without the host in the way. Off by default.
         channels_last: predict() runs the model with channels_last weights and activations
             (`model.to(memory_format=torch.channels_last)`; the patched blocks keep that layout end to end): True,
-            False, or "auto": where measured faster (AUTO_CHANNELS_LAST: the CPU; yolo12n at 640, batch 1, 2 threads
-            on a Xeon, 2026-11-27: 61.5 -> 54.6 ms patched). The model object itself changes layout; the weights'
-            values do not.
+            False, or "auto": predict()'s own `channels_last=` where given (ultralytics >= 8.4 has it), else where
+            measured faster, AUTO_CHANNELS_LAST: x86 CPUs, as ultralytics >= 8.4 decides too (yolo12n at 640, batch
+            1, 2 threads on a Xeon, 2026-11-27: 61.5 -> 54.6 ms patched). The model object itself changes layout;
+            the weights' values do not.
     """
 
     def __init__(self, model="yolo12n.pt", task=None, verbose: bool = False, *, backend: str = "auto",
@@ -229,10 +230,11 @@ def _predictor_module_slot(predictor):
     return None, None
 
 
-# Where channels_last="auto" moves the predictor's model to channels_last, per device type: measured faster there.
+# Where channels_last="auto" runs the predictor's model channels_last, per device type, when predict() was not told
+# (ultralytics' own `channels_last` argument, since 8.4, also defaults to it on x86 CPUs only): measured faster there.
 # CPU (yolo12n at 640, batch 1, 2 threads, a 2-core Xeon, benchmarks/results/cpu-intel-r-xeon-r-processor-2026-11-27c,
-# denormals flushed): ultralytics 68.5 -> 57.4 ms, patched 61.5 -> 54.6 ms; 1 thread: 97.2 -> 94.1, 93.4 -> 91.3. CUDA: not until a GPU run measures it (the model suite's
-# `-cl` rows).
+# denormals flushed): ultralytics 68.5 -> 57.4 ms, patched 61.5 -> 54.6 ms; 1 thread: 97.2 -> 94.1, 93.4 -> 91.3.
+# x86 only (other CPUs unmeasured). CUDA: not until a GPU run measures it (the model suite's `-cl` rows).
 AUTO_CHANNELS_LAST = {"cpu": True}
 
 
@@ -240,6 +242,19 @@ def _check_channels_last(value):
     if value not in (True, False, "auto"):
         raise ValueError(f"yolov12_fast.YOLO: channels_last must be True, False or 'auto', got {value!r}")
     return value
+
+
+def _want_channels_last(setting, device_type: str, predict_arg=None) -> bool:
+    """The layout to run: `setting` when True / False; for "auto" predict()'s own channels_last argument when given
+    (ultralytics >= 8.4), else AUTO_CHANNELS_LAST for the device type (CPUs: x86 only, as ultralytics decides)."""
+    if setting != "auto":
+        return bool(setting)
+    if predict_arg in (True, False):
+        return predict_arg
+    import platform
+
+    return bool(AUTO_CHANNELS_LAST.get(device_type, False)) and (
+        device_type != "cpu" or platform.machine() in ("x86_64", "AMD64"))
 
 
 def _is_channels_last(module) -> bool:
@@ -251,14 +266,9 @@ def _is_channels_last(module) -> bool:
     return False
 
 
-def _set_layout(module, channels_last) -> bool:
-    """Move `module` to channels_last (True, or "auto" where AUTO_CHANNELS_LAST says so for its device) or back to
-    NCHW; True when it changed."""
-    p = next(module.parameters(), None)
-    if p is None:
-        return False
-    want = AUTO_CHANNELS_LAST.get(p.device.type, False) if channels_last == "auto" else bool(channels_last)
-    if want == _is_channels_last(module):
+def _set_layout(module, want: bool) -> bool:
+    """Move `module` to channels_last (want) or back to NCHW; True when it changed."""
+    if next(module.parameters(), None) is None or want == _is_channels_last(module):
         return False
     module.to(memory_format=torch.channels_last if want else torch.contiguous_format)
     return True
@@ -282,7 +292,12 @@ class _PredictGraphs:
             return
         module = getattr(holder, attr)
         inner = module.module if isinstance(module, CUDAGraphed) else module
-        if _set_layout(inner, getattr(self, "channels_last", False)) and isinstance(module, CUDAGraphed):
+        p = next(inner.parameters(), None)
+        # "auto" follows a predict(channels_last=...) the user gave (ultralytics >= 8.4 applies it at setup; not
+        # undone here), else AUTO_CHANNELS_LAST
+        want = _want_channels_last(getattr(self, "channels_last", False), p.device.type if p is not None else "cpu",
+                                   getattr(getattr(predictor, "args", None), "channels_last", None))
+        if _set_layout(inner, want) and isinstance(module, CUDAGraphed):
             module.reset()  # its graphs read the old parameter tensors
         if self.enabled and not isinstance(module, CUDAGraphed):
             module = cuda_graphs(module)

@@ -21,7 +21,8 @@ YOLO11 of the same scale (`yolo11n-eager`, `yolo11n-eager+graphs`): is YOLOv12 s
 
 Training (GPU): one step of yolo12n at batch 16, AMP (fp16 autocast + GradScaler), SGD as ultralytics configures it,
 ultralytics' detection loss on synthetic boxes: forward + loss + backward + optimizer step, eager vs patched, at 640
-and 1280, with peak memory. `train-patched` runs the default recompute ("auto": what yolov12_fast.nn.modules.AUTO_RECOMPUTE
+and 1280, with peak memory; also both channels_last (`train-eager-cl`, `train-patched-cl`: ultralytics' trainer
+moves the model to channels_last on CUDA by default since 8.4, so these are the rows its users run). `train-patched` runs the default recompute ("auto": what yolov12_fast.nn.modules.AUTO_RECOMPUTE
 gives CUDA, today "none"); `train-patched-recompute-mlp` / `-block` show the two recomputing modes (the ABlock MLPs, or
 the whole ABlocks, run again in backward instead of keeping their activations). Each row's params name the mode it ran
 (`recompute`), so the report gives the memory / time trade-off of each (issue #5: >= 1.15x faster, peak <= 0.7x at 1280).
@@ -339,9 +340,9 @@ def _train(ctx: Context, budget: Budget) -> list:
             continue
         rows_c = []
         # patched: the default recompute ("auto"); the recomputing modes show the memory/time trade-off
-        for name in ("eager", "patched", "patched-recompute-mlp", "patched-recompute-block"):
+        for name in ("eager", "eager-cl", "patched", "patched-cl", "patched-recompute-mlp", "patched-recompute-block"):
             mode = name.rsplit("-", 1)[1] if "recompute" in name else None
-            params_n = params if name == "eager" else {**params, "recompute": _recompute_ran(mode, ctx.device)}
+            params_n = params if name.startswith("eager") else {**params, "recompute": _recompute_ran(mode, ctx.device)}
             if budget.over():
                 rows_c.append(make_row(ctx, SUITE, case, params_n, f"train-{name}", status="skipped", reason=budget.reason(),
                                        dtype=torch.float16))
@@ -349,6 +350,8 @@ def _train(ctx: Context, budget: Budget) -> list:
             model = opt = None
             try:
                 model = yolo.training_model("yolo12n", ctx.device)
+                if name.endswith("-cl"):  # what ultralytics' trainer (>= 8.4) does on CUDA by default
+                    model = model.to(memory_format=CL)
                 if name.startswith("patched"):
                     yolov12_fast.patch(model, recompute=mode)
                 step = _train_step(model, imgsz, batch, ctx.device)
@@ -359,7 +362,8 @@ def _train(ctx: Context, budget: Budget) -> list:
                 timing = time_gpu(step, warmup_ms=100, rep_ms=1000)
                 rows_c.append(make_row(ctx, SUITE, case, params_n, f"train-{name}", timing=timing, dtype=torch.float16,
                                        peak=peak, images_per_s=batch * 1e3 / timing.median_ms,
-                                       backend_ran=_backend_ran(ctx) if name != "eager" else "ultralytics modules"))
+                                       backend_ran=_backend_ran(ctx) if name.startswith("patched")
+                                       else "ultralytics modules"))
             except Exception as e:
                 torch.cuda.synchronize()
                 rows_c.append(make_row(ctx, SUITE, case, params_n, f"train-{name}", status="error", dtype=torch.float16,
@@ -367,7 +371,7 @@ def _train(ctx: Context, budget: Budget) -> list:
             finally:
                 del model, opt
                 torch.cuda.empty_cache()
-        add_speedups(rows_c, ("train-eager",))
+        add_speedups(rows_c, ("train-eager", "train-eager-cl"))
         ctx.emit(rows_c)
         rows += rows_c
     return rows

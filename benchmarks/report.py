@@ -130,7 +130,7 @@ def _columns(suite: str, rows: list, fused: str | None = None) -> list:
                        ("vs ultralytics", lambda r: _speed(r, "ultralytics")), ("check", _check)]
     if suite == "model":
         cross = sorted({k for r in rows for k in (r.get("speedup_vs") or {}) if k.startswith("yolo11")})
-        bl = ["eager", "eager+graphs", "eager-cl", "compile", "train-eager"] + cross
+        bl = ["eager", "eager+graphs", "eager-cl", "compile", "train-eager", "train-eager-cl"] + cross
         bl = [b for b in bl if any(b in (r.get("speedup_vs") or {}) for r in rows)]
         return base + [("ms (p20–p80)", _ms), ("img/s", lambda r: _f(r.get("images_per_s"), "{:.1f}")),
                        ("peak MB", lambda r: _f(r.get("peak_mem_mb"), "{:.0f}"))] + \
@@ -500,9 +500,9 @@ def recompute_choice(rows: list) -> dict | None:
     """From the model suite's CUDA training rows: per recompute mode, the step-time speed-up over `train-eager` and
     the peak memory ratio at every measured size, and the suggested default for recompute="auto" on CUDA: the
     fastest mode (at the largest size) whose peak at the largest size meets TRAIN_PEAK, else the lowest-memory
-    mode. None without such rows."""
+    mode. None without such rows. NCHW rows only (the channels_last ones, `-cl`, compare layouts, not modes)."""
     ok = [r for r in rows if r.get("suite") == "model" and r.get("status") == "ok" and r.get("device_kind") == "cuda"
-          and (r.get("params") or {}).get("train") and r.get("median_ms")]
+          and (r.get("params") or {}).get("train") and r.get("median_ms") and not r["provider"].endswith("-cl")]
     cases = defaultdict(dict)
     for r in ok:
         cases[(r["params"].get("imgsz"), r["case"])][r["provider"]] = r

@@ -583,7 +583,9 @@ def test_recompute_choice_from_training_rows():
     # (train-patched runs "auto", which is "none" on CUDA today)
     def new_row(provider, ms, peak, mode):
         return dict(row(1280, provider, ms, peak), params={"imgsz": 1280, "batch": 16, "train": True, "recompute": mode})
-    c = report.recompute_choice([row(1280, "train-eager", 400, 12700), new_row("train-patched", 320, 8800, "none"),
+    c = report.recompute_choice([row(1280, "train-eager", 400, 12700),
+                                 new_row("train-patched-cl", 100, 100, "none"),  # channels_last: not a mode's row
+                                 new_row("train-patched", 320, 8800, "none"),
                                  new_row("train-patched-recompute-mlp", 330, 8500, "mlp"),
                                  new_row("train-patched-recompute-block", 360, 7600, "block")])
     assert {t["mode"]: round(t["speedup"], 3) for t in c["table"]} == {"none": 1.25, "mlp": 1.212, "block": 1.111}
@@ -1060,10 +1062,13 @@ def test_train_step_of_the_model_suite_runs_and_learns_on_cpu():
     from benchmarks import model as bm, yolo
 
     yolo.offline()
-    for recompute in ("eager", None, "none", "block"):  # ultralytics' modules, then patched in each mode
+    # ultralytics' modules, then patched in each mode, then patched channels_last (the trainer's layout on CUDA)
+    for recompute in ("eager", None, "none", "block", "cl"):
         m = yolo.training_model("yolo12n", "cpu")
+        if recompute == "cl":
+            m = m.to(memory_format=torch.channels_last)
         if recompute != "eager":
-            yolov12_fast.patch(m, recompute=recompute)
+            yolov12_fast.patch(m, recompute=None if recompute == "cl" else recompute)
         before = [p.detach().clone() for p in m.parameters()]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # GradScaler / autocast("cuda") on a CPU-only machine

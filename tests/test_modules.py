@@ -422,12 +422,14 @@ def _grads(module: nn.Module, x: torch.Tensor):
     return y.detach(), x.grad, {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("variant", ["ultralytics", "turbo"])
-def test_gradients_match(mode, variant):
+def test_gradients_match(mode, variant, layout):
     """Gradients of a patched module (input and every parameter, pe BN included) against ultralytics', with the
     float64 gradients of the ultralytics module as the oracle. train: BatchNorm uses batch statistics (pe runs as
-    its Conv module); eval: the folded pe weights are computed inside the graph."""
+    its Conv module); eval: the folded pe weights are computed inside the graph. channels_last: the modules and the
+    input moved there, as ultralytics' trainer does on CUDA (since 8.4)."""
     from ultralytics.nn.modules.block import A2C2f
 
     torch.manual_seed(11)
@@ -444,11 +446,16 @@ def test_gradients_match(mode, variant):
     for m in (plain, fast, oracle_m):
         m.train(mode == "train")
     x = torch.randn(2, 128, 8, 8)  # 64 tokens, 16 per area
+    if layout == "channels_last":
+        plain, fast = (m.to(memory_format=torch.channels_last) for m in (plain, fast))
+        x = x.contiguous(memory_format=torch.channels_last)
     y_n, gx_n, gp_n = _grads(plain, x)
     y_f, gx_f, gp_f = _grads(fast, x)
     y_o, gx_o, gp_o = _grads(oracle_m, x.double())
     assert set(gp_f) == set(gp_n) == set(gp_o) and any("pe.bn" in k for k in gp_f) and "gamma" in gp_f
     assert_close_to_oracle(y_f, y_n, y_o, "output")
+    if layout == "channels_last":  # under autograd too the layout survives (ultralytics' module keeps it)
+        assert _cl(y_n) and _cl(y_f), (y_n.stride(), y_f.stride())
     assert_close_to_oracle(gx_f, gx_n, gx_o, "grad x")
     for k in gp_n:
         assert_close_to_oracle(gp_f[k], gp_n[k], gp_o[k], f"grad {k}")

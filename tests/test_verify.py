@@ -174,6 +174,27 @@ def test_verify_fails_on_a_corrupted_module(monkeypatch):
     assert "FAIL: " in report.format() and BAD in report.format()
 
 
+def test_verify_channels_last(monkeypatch):
+    """--channels-last (ultralytics >= 8.4's layout for CPU inference on x86 and CUDA training): both models run
+    channels_last (the patched modules see channels_last inputs), the check passes and says so; a corrupted AAttn
+    still fails it by name."""
+    from yolov12_fast.nn import modules as M
+
+    seen = []
+    real = M.AAttn.forward
+    monkeypatch.setattr(M.AAttn, "forward", lambda self, x: (seen.append(M._channels_last(x)), real(self, x))[1])
+    report = V.verify("yolo12n.yaml", images=[asset_paths()[0]], imgsz=320, backend=BACKEND, device=DEVICE,
+                      channels_last=True)
+    assert report.passed and report.channels_last and ", channels_last" in report.format(), report.format()
+    assert seen and all(seen), seen
+    assert report.to_dict()["channels_last"] is True
+    monkeypatch.setattr(M.AAttn, "forward", M.AAttn.forward)
+    exec(CORRUPT, {})
+    bad = V.verify("yolo12n.yaml", images=[asset_paths()[0]], imgsz=320, backend=BACKEND, device=DEVICE,
+                   channels_last=True)
+    assert not bad.passed and bad.culprit == BAD, bad.format()
+
+
 TASK_PARTS = {"segment": {"boxes", "scores", "mask coefs", "proto"}, "pose": {"boxes", "scores", "keypoints"},
               "obb": {"boxes", "scores", "angle"}, "classify": {"probs", "logits"}}
 

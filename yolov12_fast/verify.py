@@ -97,6 +97,7 @@ class VerifyReport:
     oracle: str = "float64"
     notes: list = field(default_factory=list)
     task: str = "detect"
+    channels_last: bool = False
 
     @property
     def failed_rows(self) -> list:
@@ -146,7 +147,7 @@ class VerifyReport:
     def format(self) -> str:
         lines = [f"yolov12-fast verify: {self.model} ({self.task}, {self.variant}, {self.weights}) on "
                  f"{len(self.images)} image(s) at {'x'.join(map(str, self.imgsz))}, {self.device}, {self.dtype}, backend {self.backend}"
-                 f"{', fused' if self.fused else ''}"]
+                 f"{', fused' if self.fused else ''}{', channels_last' if self.channels_last else ''}"]
         hdr = (f"{'module':<20} {'kind':<6} {'shape':<14} {'max|ref|':>8}  {'max|err|':>8} {'rel err':>8}  "
                f"{'rel err':>9} {'yardstick':>9} {'tol':>8}")
         rule = "-" * (len(hdr) + 6)
@@ -446,7 +447,7 @@ def _match_top1(ref_probs, fast_probs, rtol: float, image: str) -> ImageDetectio
 
 def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[str] = None, dtype="float32",
            backend: str = "auto", device=None, fuse: bool = True, conf: Optional[float] = None, iou: float = 0.7,
-           seed: int = 0) -> VerifyReport:
+           seed: int = 0, channels_last: bool = False) -> VerifyReport:
     """Run `model` through ultralytics and through yolov12_fast.patch(backend=backend) on the same weights and
     images; return a VerifyReport (`.passed`, `.format()`, `.to_dict()`, `.failures()`, `.culprit`).
 
@@ -460,6 +461,8 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
     fuse: model.fuse() first, as ultralytics does for inference. conf / iou: NMS thresholds (conf default: per
         image, in a gap of the reference scores, for random weights; 0.25 for trained weights, or per image as for
         random weights where nothing reaches 0.25).
+    channels_last: run both models with channels_last weights and activations (`.to(memory_format=...)`), as
+        ultralytics >= 8.4 runs CPU inference on x86 and CUDA training by default (the oracle too; images stay NCHW).
     """
     import torch
 
@@ -512,6 +515,8 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
         raise ValueError(f"{model}: no YOLOv12 attention modules (AAttn / ABlock / A2C2f) to swap")
     kinds = {n: module_kind(m) for n, m in fast.named_modules() if n in names}
     ref, fast = ref.to(dev, dt), fast.to(dev, dt)
+    if channels_last:
+        ref, fast = (m.to(memory_format=torch.channels_last) for m in (ref, fast))
     x = imgs.to(dev, dt)
     resolved = backend
     if backend == "auto":
@@ -560,7 +565,7 @@ def verify(model="yolo12n.yaml", images=None, imgsz=640, *, variant: Optional[st
     name = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     return VerifyReport(name, layout, weights, paths, list(hw), str(dev) + (f" ({torch.cuda.get_device_name(dev)})"
                         if dev.type == "cuda" else ""), dt_name, resolved, fuse, mod_rows, out_rows, dets,
-                        str(o_dt).replace("torch.", ""), notes, task)
+                        str(o_dt).replace("torch.", ""), notes, task, bool(channels_last))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -585,6 +590,9 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="area-attention backend (default auto)")
     p.add_argument("--device", default=None, help="cuda or cpu (default cuda if available)")
     p.add_argument("--no-fuse", dest="fuse", action="store_false", help="do not fuse Conv+BN first")
+    p.add_argument("--channels-last", action="store_true",
+                   help="run both models channels_last (ultralytics >= 8.4's layout for CPU inference on x86 and "
+                        "CUDA training)")
     p.add_argument("--conf", type=float, default=None,
                    help="NMS confidence threshold (default 0.25; per image for random weights)")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
@@ -616,7 +624,7 @@ def run(args) -> int:
     try:
         report = verify(args.model, args.images, args.imgsz, variant=args.variant, dtype=args.dtype,
                         backend=args.backend, device=args.device, fuse=args.fuse, conf=args.conf, iou=args.iou,
-                        seed=args.seed)
+                        seed=args.seed, channels_last=args.channels_last)
     except (ValueError, FileNotFoundError) as e:  # what the arguments name is wrong or missing; anything else is a
         print(f"yolov12-fast verify: error: {e}", file=sys.stderr)  # failure with its traceback (exit 1)
         return 2

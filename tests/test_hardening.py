@@ -445,6 +445,55 @@ def test_strided_weights_biases_and_gamma(backend, op):
     assert torch.equal(got, want), f"{op} {backend}: max |diff| {(got.float() - want.float()).abs().max().item()}"
 
 
+@settings(FAST)
+@given(data=st.data())
+def test_patched_blocks_1x1_conv_property(data):
+    """The patched blocks' 1x1 conv (nn.modules._conv1x1: the batch-1 CPU addmm where _gemm_conv allows, else the
+    module) on random shapes (1-40 channels in and out, 1x1 to 25x25 maps), activation, batch (1, or 2: the conv
+    path), input layout (NCHW, channels_last, channel slices of either, transposed H/W views, storage offsets), a
+    channels_last request and an `out` slice of an NCHW or channels_last buffer: the module's values (fp64 oracle);
+    a fresh result channels_last exactly when the input is or it was asked for (standard layouts); nothing written
+    outside `out`."""
+    import copy
+
+    from ultralytics.nn.modules.conv import Conv
+
+    from yolov12_fast.nn import modules as M
+
+    cin, cout = data.draw(st.integers(1, 40), "cin"), data.draw(st.integers(1, 40), "cout")
+    H, W = data.draw(st.integers(1, 25), "H"), data.draw(st.integers(1, 25), "W")
+    B = data.draw(st.sampled_from((1, 1, 2)), "batch")
+    layout = data.draw(st.sampled_from(("nchw", "cl", "nchw_slice", "cl_slice", "transposed", "offset")), "layout")
+    conv = Conv(cin, cout, 1, act=data.draw(st.booleans(), "silu"))
+    with torch.no_grad():
+        conv.conv.weight.normal_(0, cin ** -0.5)
+        conv.conv.bias = torch.nn.Parameter(0.1 * torch.randn(cout))
+    conv.forward, _ = conv.forward_fuse, delattr(conv, "bn")  # fused, as model.fuse() leaves it
+    conv.eval()
+    base = torch.randn(B, cin + 5, W if layout == "transposed" else H, H if layout == "transposed" else W)
+    x = {"nchw": lambda: base[:, :cin].contiguous(),
+         "cl": lambda: base[:, :cin].contiguous(memory_format=torch.channels_last),
+         "nchw_slice": lambda: base[:, 2:2 + cin],
+         "cl_slice": lambda: base.contiguous(memory_format=torch.channels_last)[:, 2:2 + cin],
+         "transposed": lambda: base[:, :cin].transpose(2, 3),
+         "offset": lambda: torch.randn(B * cin * H * W + 3)[3:].view(B, cin, H, W)}[layout]()
+    want_cl = data.draw(st.booleans(), "channels_last")
+    into = data.draw(st.sampled_from((None, "nchw", "cl")), "out")
+    cl = lambda t: t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    with torch.inference_mode():
+        naive, oracle = conv(x.contiguous()), copy.deepcopy(conv).double()(x.double())
+        if into is None:
+            got = M._conv1x1(conv, x, channels_last=want_cl)
+            if layout != "transposed" and cout > 1 and H * W > 1:
+                assert cl(got) == (M._channels_last(x) or want_cl), (layout, want_cl, got.stride())
+        else:
+            buf = torch.full((B, cout + 6, H, W), float("nan"))
+            buf = buf.contiguous(memory_format=torch.channels_last) if into == "cl" else buf
+            got = M._conv1x1(conv, x, out=buf[:, 3:3 + cout])
+            assert buf[:, :3].isnan().all() and buf[:, 3 + cout:].isnan().all(), "wrote outside its slice"
+    assert_close_to_oracle(got, naive, oracle, f"{layout} -> {into or ('cl' if want_cl else 'new')}")
+
+
 def test_the_property_check_catches_a_wrong_kernel(monkeypatch):
     """Check the check: a forward whose scale is off by 0.1%, or a backward whose dq is off by 0.1%, fails the
     property check on an ordinary example."""

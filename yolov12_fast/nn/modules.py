@@ -414,7 +414,10 @@ def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None, channels_las
         if channels_last and not _channels_last(x) and x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1:
             x = x.contiguous(memory_format=torch.channels_last)  # one copy; the conv then runs channels_last
         if out is None:
-            return m(x)
+            y = m(x)
+            if channels_last and not _channels_last(y) and y.dim() == 4 and y.shape[1] > 1 and y.shape[2] * y.shape[3] > 1:
+                y = y.contiguous(memory_format=torch.channels_last)  # x had one channel: both layouts at once
+            return y
         _conv_into(m, x, out)
         return out
     w, b, silu = g

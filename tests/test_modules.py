@@ -640,11 +640,13 @@ def test_torch_compile_fullgraph_of_patched_a2c2f():
 
 
 def _fuse_like_ultralytics(module):
+    """What ultralytics' model.fuse() does to each Conv: BatchNorm folded into the conv, forward_fuse."""
     from ultralytics.utils.torch_utils import fuse_conv_and_bn
 
     for m in module.modules():
         if hasattr(m, "bn") and hasattr(m, "forward_fuse"):
-            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            with torch.no_grad():  # older ultralytics fuses with autograd on (weights that are no leaves)
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
             delattr(m, "bn")
             m.forward = m.forward_fuse
     return module
@@ -756,19 +758,24 @@ def test_fused_gradients_and_cache(kind):
     check_module(fast.eval(), plain.eval(), x, name="after in-place update")
 
 
-@pytest.mark.parametrize("kind,backend", [("ablock", "auto"), ("a2c2f", "auto"), ("ablock", "triton"),
-                                          pytest.param("a2c2f", "triton", marks=pytest.mark.slow)])
-def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend, use_triton_device):
+@pytest.mark.parametrize("kind,backend,layout", [("ablock", "auto", "nchw"), ("a2c2f", "auto", "nchw"),
+                                                 ("ablock", "triton", "nchw"),
+                                                 pytest.param("a2c2f", "triton", "nchw", marks=pytest.mark.slow),
+                                                 ("a2c2f", "auto", "channels_last")])
+def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend, layout, use_triton_device):
     """torch.compile(fullgraph=True) of a patched ABlock / A2C2f traces into one graph (custom ops with fake
     kernels; the fold caches and out= buffer path stay out of the trace) and a dynamic batch compiles once for
     batches 2, 3 and 5 (recompile limit 1; dynamo specialises size-1 dims, so batch 1 is its own graph whatever the
-    model). A counting backend keeps this cheap; inductor is the slow test above."""
+    model); also with the module and inputs channels_last (ultralytics >= 8.4's training layout on CUDA). A
+    counting backend keeps this cheap; inductor is the slow test above."""
     import torch._dynamo
 
     use_triton_device(backend == "triton")
     args = {"ablock": (64, 2, 1.2, 1), "a2c2f": (128, 128, 1, True, 4, True, 1.2)}[kind]
     plain = _randomize(_ultralytics_ctor(kind)(*args))
     fast = yf.patch(copy.deepcopy(plain), backend=backend)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    plain, fast = plain.to(memory_format=fmt), fast.to(memory_format=fmt)
     torch._dynamo.reset()
     graphs = []
 
@@ -782,9 +789,9 @@ def test_compile_fullgraph_one_graph_across_batch_sizes(kind, backend, use_trito
              else dict(cache_size_limit=1, fail_on_cache_limit_hit=True))
     with torch._dynamo.config.patch(**limit):
         for b in (2, 3, 5):
-            x = torch.randn(b, args[0], 6, 10)
+            x = torch.randn(b, args[0], 6, 10).contiguous(memory_format=fmt)
             torch._dynamo.mark_dynamic(x, 0)
-            check_module(compiled, plain, x, name=f"compiled {kind} batch {b}")
+            check_module(compiled, plain, x, name=f"compiled {kind} {layout} batch {b}")
     assert len(graphs) == 1, f"{len(graphs)} graphs for 3 batch sizes"
     ops = {str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"}
     assert any("yolov12_fast" in o for o in ops), f"no yolov12_fast op in the graph: {sorted(ops)[:20]}"
@@ -1084,19 +1091,6 @@ def test_a2c2f_keeps_a_channels_last_input_channels_last():
             assert_close_to_oracle(got, ref, copy.deepcopy(plain).double()(x.double()), "channels_last A2C2f")
 
 
-def _fuse_convs(module: nn.Module) -> nn.Module:
-    """What ultralytics' model.fuse() does to each Conv: BatchNorm folded into the conv, forward_fuse."""
-    from ultralytics.utils.torch_utils import fuse_conv_and_bn
-
-    for m in module.modules():
-        if hasattr(m, "bn") and hasattr(m, "forward_fuse"):
-            with torch.no_grad():
-                m.conv = fuse_conv_and_bn(m.conv, m.bn)
-            delattr(m, "bn")
-            m.forward = m.forward_fuse
-    return module
-
-
 def _cl(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
@@ -1113,7 +1107,7 @@ def test_batch1_gemm_conv_in_every_layout(cin, cout, hw, act):
 
     from yolov12_fast.nn import modules as M
 
-    conv = _fuse_convs(_randomize(Conv(cin, cout, 1, act=act)))
+    conv = _fuse_like_ultralytics(_randomize(Conv(cin, cout, 1, act=act)))
     H, W = hw
     base = torch.randn(1, cin + 16, H, W)
     inputs = {"nchw": base[:, :cin].contiguous(), "cl": base[:, :cin].contiguous(memory_format=torch.channels_last),
@@ -1148,7 +1142,7 @@ def test_patched_model_runs_channels_last_end_to_end():
     from ultralytics.nn.modules.block import A2C2f
     from ultralytics.nn.modules.conv import Conv
 
-    plain = _fuse_convs(_randomize(nn.Sequential(Conv(3, 64, 3, 2), A2C2f(64, 64, 1, True, 4, True, 2.0),
+    plain = _fuse_like_ultralytics(_randomize(nn.Sequential(Conv(3, 64, 3, 2), A2C2f(64, 64, 1, True, 4, True, 2.0),
                                                  Conv(64, 64, 3, 2), A2C2f(64, 64, 1, False, 1)).eval()))
     fast_cl = yf.patch(copy.deepcopy(plain), backend=BACKEND).to(memory_format=torch.channels_last)
     plain_cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)

@@ -33,7 +33,7 @@ from yolov12_fast.utils import num_threads
 CPU = torch.device("cpu")
 THREADS = (1, 2)
 CASES = [c for c in ops.attention_cases(CPU, quick=False) if c.pass_ == "fwd" and c.batch == 1
-         and c.imgsz == "640x640"]
+         and c.imgsz == "640x640" and c.layout == "nchw"]
 PROVIDERS = [name for name, p in bl.ATTENTION_PROVIDERS.items()
              if p.available(CPU, torch.float32, False, False)[0] and name != "compile"]
 

@@ -74,6 +74,7 @@ class Case:
     batch: int
     head_dim: int = HEAD_DIM
     tag: str = ""  # " bf16" for rows of a --dtype other than the device's default (part of the name)
+    layout: str = "nchw"  # "cl": the qkv conv output channels_last (a model moved there; ultralytics >= 8.4 trains so)
 
     @property
     def n(self) -> int:
@@ -87,12 +88,14 @@ class Case:
     def name(self) -> str:
         if self.pass_ in ("pe", "pebwd"):  # the PE conv runs over the whole map: no areas
             return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} ({self.H}x{self.W} map){self.tag}"
-        return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} (n={self.n}){self.tag}"
+        cl = " cl" if self.layout == "cl" else ""
+        return f"{self.pass_} {self.level} {self.imgsz} h{self.heads} b{self.batch} (n={self.n}){cl}{self.tag}"
 
     @property
     def params(self) -> dict:
         return {"pass": self.pass_, "imgsz": self.imgsz, "level": self.level, "H": self.H, "W": self.W,
-                "area": self.area, "n": self.n, "heads": self.heads, "head_dim": self.head_dim, "batch": self.batch}
+                "area": self.area, "n": self.n, "heads": self.heads, "head_dim": self.head_dim, "batch": self.batch,
+                **({"layout": "channels_last"} if self.layout == "cl" else {})}
 
     def flops(self) -> float:
         f = 4.0 * self.batch * self.area * self.heads * self.n ** 2 * self.head_dim
@@ -123,15 +126,19 @@ def attention_cases(device: torch.device, quick: bool) -> list:
                 Case("fwd", "tiny-r", "tiny", 6, 10, 4, 2, 1)]  # 15 tokens per area: rows cut, odd n
     cases = []
 
-    def add(pass_, imgsz, batches, levels=("P4", "P5")):
+    def add(pass_, imgsz, batches, levels=("P4", "P5"), layout="nchw", heads_of=None):
         for b in batches:
             for level in levels:
                 H, W, area, heads = _shape(imgsz, level)
-                cases.extend(Case(pass_, imgsz, level, H, W, area, h, b) for h in heads)
+                cases.extend(Case(pass_, imgsz, level, H, W, area, h, b, layout=layout) for h in heads
+                             if heads_of is None or h in heads_of)
 
+    # channels_last qkv (ultralytics >= 8.4 runs CPU inference on x86 and CUDA training channels_last): the views
+    # our kernels read in place have token stride 3C, the baselines' reshapes copy; last, the lowest priority
     if device.type == "cpu":
         add("fwd", "640x640", (1,))
         add("fwdbwd", "640x640", (1,))
+        add("fwd", "640x640", (1,), layout="cl", heads_of=(2, 4))  # yolo12n's heads (P4: 2, P5: 4)
         return cases
     add("fwd", "640x640", (1, 8, 32))
     add("fwdbwd", "640x640", (8, 32))
@@ -139,6 +146,8 @@ def attention_cases(device: torch.device, quick: bool) -> list:
     add("fwdbwd", "1280x1280", (8,), levels=("P4",))
     add("fwd", "480x640", (1, 8))
     add("fwd", "384x640", (1, 8))
+    add("fwd", "640x640", (1, 32), layout="cl", heads_of=(8,))
+    add("fwdbwd", "640x640", (32,), layout="cl", heads_of=(8,))
     return cases
 
 
@@ -173,6 +182,8 @@ def seed(case) -> int:
 def _inputs(case: Case, device, dtype, grad: bool):
     g = torch.Generator(device="cpu").manual_seed(seed(case))
     qkv = torch.randn(case.batch, 3 * case.C, case.H, case.W, generator=g).to(device, dtype)
+    if case.layout == "cl":
+        qkv = qkv.contiguous(memory_format=torch.channels_last)
     w = (0.1 * torch.randn(case.C, 1, PE_K, PE_K, generator=g)).to(device, dtype)
     b = (0.1 * torch.randn(case.C, generator=g)).to(device, dtype)
     if grad:

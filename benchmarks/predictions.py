@@ -110,6 +110,7 @@ def check(rows: list, predictions: list = PREDICTIONS) -> list:
     for p in predictions:
         match = [r for r in ok if r["suite"] == p.get("suite", "ops") and re.search(p["case"], r["case"])
                  and r["provider"] == p["provider"]
+                 and (r.get("params") or {}).get("layout") == p.get("layout")  # NCHW rows unless it says otherwise
                  and (p.get("cc") is None or str(r.get("compute_capability")) == p["cc"])]
         for r in match:
             key = (p["made"], r.get("commit"))

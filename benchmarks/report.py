@@ -323,9 +323,11 @@ def _auto_section(rows: list) -> list:
 # a ratio or a percentage that must be >= the threshold (<= for `lower` targets).
 # Attention cases: head_dim 32, 400 tokens per area, 640x640 (P4 area 4 and P5 area 1).
 def _att(pass_, batch, dtype):
+    """The attention rows of a target: NCHW qkv (the channels_last rows, `... cl`, are reported, not targeted)."""
     return lambda r: ((r.get("params") or {}).get("pass") == pass_ and (r.get("params") or {}).get("batch") == batch
                       and (r.get("params") or {}).get("n") == 400 and (r.get("params") or {}).get("head_dim") == 32
-                      and (r.get("params") or {}).get("imgsz") == "640x640" and r.get("dtype") == dtype)
+                      and (r.get("params") or {}).get("imgsz") == "640x640" and r.get("dtype") == dtype
+                      and (r.get("params") or {}).get("layout") is None)
 
 
 def _vs(base, same_case=True):

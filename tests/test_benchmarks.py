@@ -493,6 +493,9 @@ def test_issue_targets_from_measurements(tmp_path, capsys):
             att("fwd P4 h2 b32", "auto", 1.0, speedup_vs={"ultralytics": 9.0}, check="FAIL (err)"),  # ignored
             att("fwd P4 h2 b32 q", "auto", 1.0, speedup_vs={"ultralytics": 0.1}, quick=True),         # ignored
             att("fwd 1280 b32", "auto", 1.0, n=1600, speedup_vs={"ultralytics": 0.1}),                # not 400
+            dict(att("fwd P4 h4 b32 cl", "auto", 1.0, speedup_vs={"ultralytics": 0.1}),               # channels_last:
+                 params={"batch": 32, "pass": "fwd", "n": 400, "head_dim": 32, "imgsz": "640x640",   # reported, not
+                         "layout": "channels_last"}),                                             # targeted
             att("fwd P4 h4 b1", "triton", 2.0, batch=1), att("fwd P4 h4 b1", "cuda", 1.0, batch=1),
             att("fwd P4 h4 b1", "auto", 1.0, batch=1, kind="cpu", dtype="float32", threads=2,
                 speedup_vs={"ultralytics": 1.4, "sdpa": 2.0}),
@@ -1039,6 +1042,11 @@ def test_predictions_are_checked_against_the_rows_of_later_commits():
     assert verdicts["pe-backward-vs-aten"] == ("held", [pytest.approx(6.4)])
     assert verdicts["pe-backward-vs-cudnn"] == ("held", [pytest.approx(1.2)])
     assert verdicts["fwd-b1-cp-async"] == ("no rows", [])
+    # channels_last rows ("... cl", params layout) of a case an NCHW prediction's regex also matches do not decide it
+    cl = dict(row("fwd P4 640x640 h8 b1 (n=400) cl", "cuda", 0.5), params={"layout": "channels_last"})
+    assert {p["id"]: p["verdict"] for p in predictions.check(rows + [cl])}["fwd-b1-cp-async"] == "no rows"
+    assert {p["id"]: p["verdict"] for p in predictions.check(rows + [dict(cl, params={})])}["fwd-b1-cp-async"] \
+        == "missed"  # (the same row as NCHW: the regex matches it)
     train = "train yolo12n 1280 b16"  # model-suite predictions read model rows only
     model_rows = [dict(row(train, "train-patched", 115.0), suite="model"), dict(row(train, "train-eager", 184.0),
                   suite="model"), row(train, "train-eager", 1.0)]

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 
 import torch
@@ -87,7 +86,7 @@ def sweep(warps=(4, 5, 6, 7, 8, 10, 12, 13, 16), pattern: str = DEFAULT_CASES, d
     rows = []
     prev = {e: os.environ.get(e) for e in (ENV, STAGING_ENV, KEYS_ENV)}
     try:
-        for case in [c for c in ops.attention_cases(dev, quick=False) if re.search(pattern, c.name)]:
+        for case in ops.matching(ops.attention_cases(dev, quick=False), pattern):
             qkv, _, _ = ops._inputs(case, dev, dtype, False)
             N = case.H * case.W
             q, k, v = qkv.view(case.batch, case.heads, 3 * case.head_dim, N).split(case.head_dim, dim=2)

@@ -295,7 +295,6 @@ def step_host(device: str = "cuda", pattern: str = r"^fwdbwd P[45] 640x640 h[48]
     the caching allocator's cudaMalloc / cudaFree per step. On the H100 (2026-11-27b) these rows took 2-3x their
     kernels' time (fwdbwd P5 h4 b32, CUDA: 0.94 ms for 0.36 ms of kernels; flash likewise, ultralytics not): this says
     whether the host, a sync or the allocator is the gap. fp16 on CUDA, fp32 on CPU."""
-    import re
 
     from . import baselines as bl
     from . import ops
@@ -304,7 +303,7 @@ def step_host(device: str = "cuda", pattern: str = r"^fwdbwd P[45] 640x640 h[48]
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rows = []
-    for case in [c for c in ops.attention_cases(dev, quick=False) if re.search(pattern, c.name)]:
+    for case in ops.matching(ops.attention_cases(dev, quick=False), pattern):
         backward = case.pass_ == "fwdbwd"
         args = ops._inputs(case, dev, dtype, backward)
         dout = torch.randn(case.batch, case.C, case.H, case.W, device=dev, dtype=dtype) if backward else None

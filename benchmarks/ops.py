@@ -151,6 +151,12 @@ def attention_cases(device: torch.device, quick: bool) -> list:
     return cases
 
 
+def matching(cases: list, pattern: str) -> list:
+    """The cases whose name matches `pattern` (re.search), for the tools that take a case regex (fwd_warps, host
+    --step, profile): the channels_last ones (`... cl`) only where the pattern names them (the word `cl`)."""
+    return [c for c in cases if re.search(pattern, c.name) and (c.layout == "nchw" or re.search(r"\bcl\b", pattern))]
+
+
 def pe_cases(device: torch.device, quick: bool) -> list:
     if quick:
         return [Case("pe", "tiny", "tiny", 8, 8, 1, 2, 1)]

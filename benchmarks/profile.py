@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     want = set(args.providers.split(",")) if args.providers else None
     every = {c.name: c for quick in (False, True) for c in ops.attention_cases(device, quick) + ops.pe_cases(device, quick)}
-    cases = [c for name, c in every.items() if re.search(args.cases, name)]
+    cases = ops.matching(list(every.values()), args.cases)
     if not cases:
         print(f"no ops case matches {args.cases!r}", file=sys.stderr)
         return 1

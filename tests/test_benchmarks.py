@@ -867,7 +867,10 @@ def test_fwd_warps_sweep_checks_each_count_against_the_default(capsys):
     from benchmarks import fwd_warps
 
     rows = fwd_warps.sweep(warps=(4, 13), pattern=r"^fwd P5 640x640 h4 b1 ", dtype=torch.float32, device="cpu")
-    assert [r["case"] for r in rows] == ["fwd P5 640x640 h4 b1 (n=400)"]
+    assert [r["case"] for r in rows] == ["fwd P5 640x640 h4 b1 (n=400)"]  # its channels_last twin only when named:
+    from benchmarks import ops
+    assert [c.name for c in ops.matching(ops.attention_cases(torch.device("cpu"), False), r"^fwd P5 640x640 h4 b1 .*cl")] \
+        == ["fwd P5 640x640 h4 b1 (n=400) cl"]
     assert set(rows[0]["warps"]) == {4, 13} and all(t > 0 for t in rows[0]["warps"].values()) and rows[0]["default_ms"] > 0
     assert rows[0]["registers_ms"] > 0  # the staging A/B (the default count, register staging)
     assert set(rows[0]["keys32"]) == set(fwd_warps.KEYS32_WARPS) and all(t > 0 for t in rows[0]["keys32"].values())

@@ -8,11 +8,13 @@ reference's n x n matrices for the large scales). Variants:
   public wrapper: its per-call staleness probe and output copies are timed, the baseline's bare capture has none);
 - `compile`: torch.compile(model) with ultralytics' default mode ("default", what `compile=True` uses), warm: for
   yolo12n and yolo11n only (a minute or more per model and shape; COMPILE_CASES);
-- `eager-cl`, `patched-cl`, `patched-cl+graphs`: the same models moved to channels_last
+- `eager-cl`, `patched-cl`, `patched-cl+graphs`, `patched-cl-gemm`: the same models moved to channels_last
   (`model.to(memory_format=torch.channels_last)`, the input stays NCHW as a predictor feeds it): cuDNN's fp16
   convolutions run NHWC natively there, where an NCHW model pays a layout transpose around most of them (the H100's
   yolo12n profile of 2026-11-27c: 93 transposes per batch-1 forward, 1.14 ms of a 7.8 ms batch-32 forward). A
-  user can do this with ultralytics alone, so `eager-cl` is a baseline too.
+  user can do this with ultralytics alone, so `eager-cl` is a baseline too. `patched-cl-gemm` runs the patched
+  blocks' fused 1x1 convs as cuBLAS GEMMs (yolov12_fast.nn.modules.GEMM_CONV with "cuda", off by default until
+  measured: the bias in the GEMM's epilogue instead of cuDNN's conv and a broadcast add).
 `rel_err` = max |variant - oracle| / max |oracle| on the detection output, the oracle being the same model one
 precision up (GPU: float32 with TF32 off; CPU: float64); `check` holds each variant to the tolerance table's
 principle against the eager model's own error (`rel_err_naive`), see _model_check.
@@ -210,6 +212,23 @@ def _eager_call(model, x):
     return call
 
 
+def _gemm_conv_on(call):
+    """`call` with yolov12_fast.nn.modules.GEMM_CONV holding "cuda" while it runs (the patched blocks' fused 1x1
+    convs of a channels_last model as cuBLAS GEMMs with the bias in the epilogue; off by default until measured)."""
+    from yolov12_fast.nn import modules as M
+
+    def run():
+        had = "cuda" in M.GEMM_CONV
+        M.GEMM_CONV.add("cuda")
+        try:
+            return call()
+        finally:
+            if not had:
+                M.GEMM_CONV.discard("cuda")
+
+    return run
+
+
 def _run_gpu(ctx: Context) -> list:
     import yolov12_fast
 
@@ -247,6 +266,8 @@ def _run_gpu(ctx: Context) -> list:
                 variants["patched+graphs"] = lambda: _eager_call(yolov12_fast.cuda_graphs(patched), x)
                 variants["patched-cl"] = lambda: _eager_call(patched_cl, x)
                 variants["patched-cl+graphs"] = lambda: _eager_call(yolov12_fast.cuda_graphs(patched_cl), x)
+                # the same with GEMM_CONV's "cuda" (off by default): the patched blocks' 1x1 convs as cuBLAS GEMMs
+                variants["patched-cl-gemm"] = lambda: _gemm_conv_on(_eager_call(patched_cl, x))
             variants["compile"] = None
             rows, oracle, naive_err = [], _oracle(eager, x), None
             for name, make in variants.items():

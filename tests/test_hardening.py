@@ -449,8 +449,8 @@ def test_strided_weights_biases_and_gamma(backend, op):
 @given(data=st.data())
 def test_patched_blocks_1x1_conv_property(data):
     """The patched blocks' 1x1 conv (nn.modules._conv1x1: the batch-1 CPU addmm where _gemm_conv allows, else the
-    module) on random shapes (1-40 channels in and out, 1x1 to 25x25 maps), activation, batch (1, or 2: the conv
-    path), input layout (NCHW, channels_last, channel slices of either, transposed H/W views, storage offsets), a
+    module) on random shapes (1-40 channels in and out, 1x1 to 25x25 maps), activation, batch (1-3; beyond 1 the conv
+    path, or with the GPU's rule one GEMM over every image's tokens), input layout (NCHW, channels_last, channel slices of either, transposed H/W views, storage offsets), a
     channels_last request and an `out` slice of an NCHW or channels_last buffer: the module's values (fp64 oracle);
     a fresh result channels_last exactly when the input is or it was asked for (standard layouts); nothing written
     outside `out`."""
@@ -462,8 +462,12 @@ def test_patched_blocks_1x1_conv_property(data):
 
     cin, cout = data.draw(st.integers(1, 40), "cin"), data.draw(st.integers(1, 40), "cout")
     H, W = data.draw(st.integers(1, 25), "H"), data.draw(st.integers(1, 25), "W")
-    B = data.draw(st.sampled_from((1, 1, 2)), "batch")
-    layout = data.draw(st.sampled_from(("nchw", "cl", "nchw_slice", "cl_slice", "transposed", "offset")), "layout")
+    B = data.draw(st.sampled_from((1, 1, 2, 3)), "batch")
+    # the GPU's rule (nn.modules.GEMM_CONV with "cuda": channels_last inputs of any batch as one GEMM over all
+    # images' tokens) exercised here on CPU tensors: the same code a GPU runs once a measurement turns it on
+    gpu_rule = data.draw(st.booleans(), "gpu_rule")
+    layout = data.draw(st.sampled_from(("nchw", "cl", "nchw_slice", "cl_slice", "cl_every_other_image", "transposed",
+                                        "offset")), "layout")
     conv = Conv(cin, cout, 1, act=data.draw(st.booleans(), "silu"))
     with torch.no_grad():
         conv.conv.weight.normal_(0, cin ** -0.5)
@@ -475,16 +479,25 @@ def test_patched_blocks_1x1_conv_property(data):
          "cl": lambda: base[:, :cin].contiguous(memory_format=torch.channels_last),
          "nchw_slice": lambda: base[:, 2:2 + cin],
          "cl_slice": lambda: base.contiguous(memory_format=torch.channels_last)[:, 2:2 + cin],
+         "cl_every_other_image": lambda: torch.randn(2 * B, cin, H, W).contiguous(memory_format=torch.channels_last)[::2],
          "transposed": lambda: base[:, :cin].transpose(2, 3),
          "offset": lambda: torch.randn(B * cin * H * W + 3)[3:].view(B, cin, H, W)}[layout]()
     want_cl = data.draw(st.booleans(), "channels_last")
     into = data.draw(st.sampled_from((None, "nchw", "cl")), "out")
     cl = lambda t: t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    with torch.inference_mode():
+    from unittest import mock
+
+    real = M._gemm_layout_ok
+    rule = (lambda dev, t, to_cl=False: real("cuda", t, to_cl)) if gpu_rule else real
+    with torch.inference_mode(), mock.patch.object(M, "_gemm_layout_ok", rule):
         naive, oracle = conv(x.contiguous()), copy.deepcopy(conv).double()(x.double())
+        if gpu_rule and layout in ("cl", "cl_slice") and cin > 1 and H * W > 1 \
+                and not (cin % 16 == 0 and cout % 16 == 0 and H * W > 400):  # (the CPU's own conv preference)
+            assert M._gemm_conv(conv, x) is not None, "the GPU rule takes every channels_last batch"
         if into is None:
             got = M._conv1x1(conv, x, channels_last=want_cl)
-            if layout != "transposed" and cout > 1 and H * W > 1:
+            # (a one-channel input is both layouts: unless channels_last is asked for, the conv picks)
+            if layout != "transposed" and cout > 1 and H * W > 1 and (cin > 1 or want_cl):
                 assert cl(got) == (M._channels_last(x) or want_cl), (layout, want_cl, got.stride())
         else:
             buf = torch.full((B, cout + 6, H, W), float("nan"))

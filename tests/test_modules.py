@@ -758,6 +758,64 @@ def test_fused_gradients_and_cache(kind):
     check_module(fast.eval(), plain.eval(), x, name="after in-place update")
 
 
+def test_channels_last_gemm_conv_rule_of_the_gpu_on_cpu_tensors(monkeypatch):
+    """The GPU's GEMM rule (channels_last inputs of any batch: one addmm over every image's tokens) run here on CPU
+    tensors through the module: a channels_last A2C2f at batch 3 takes the addmm for its 1x1 convs (cv1 into its
+    buffer slice included; AAttn's proj, whose input the kernels write NCHW, a batched GEMM over the transposed
+    images), stays channels_last and matches ultralytics (fp64 oracle)."""
+    from torch.profiler import ProfilerActivity, profile
+    from ultralytics.nn.modules.block import A2C2f
+
+    from yolov12_fast.nn import modules as M
+
+    real = M._gemm_layout_ok
+    monkeypatch.setattr(M, "_gemm_layout_ok", lambda dev, t, to_cl=False: real("cuda", t, to_cl))
+    plain = _fuse_like_ultralytics(_randomize(A2C2f(128, 128, 1, True, 4, True, 1.2))).eval()
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND).to(memory_format=torch.channels_last)
+    plain_cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 128, 8, 10).contiguous(memory_format=torch.channels_last)  # 80 tokens: under the CPU's 400
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        got = fast(x)
+    mm = [e.name for e in prof.events() if e.name in ("aten::addmm", "aten::baddbmm")]
+    rows = [e.input_shapes[1][0] for e in prof.events() if e.name == "aten::addmm"]
+    assert len(rows) == 2 + 2 * 3 and set(rows) == {3 * 80}, rows  # cv1, cv2; per ABlock qkv and the MLP's two
+    assert mm.count("aten::baddbmm") == 2, mm  # proj of each ABlock: NCHW kernel output, per image transposed
+    assert _cl(got), got.stride()
+    with torch.inference_mode():
+        assert_close_to_oracle(got, plain_cl(x), copy.deepcopy(plain).double()(x.double()), "batched gemm conv")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_channels_last_gemm_conv_on_cuda(dtype, monkeypatch):
+    """GEMM_CONV with "cuda" (off until measured; the model suite's patched-cl-gemm rows turn it on): a channels_last
+    A2C2f at batch 3 on a GPU runs its fused 1x1 convs as addmm over every image's tokens (bias in cuBLASLt's
+    epilogue), stays channels_last and matches ultralytics (fp64 oracle on the CPU, ultralytics' same-dtype error
+    as the yardstick); without "cuda" in the set no addmm runs."""
+    from torch.profiler import ProfilerActivity, profile
+    from ultralytics.nn.modules.block import A2C2f
+
+    from yolov12_fast.nn import modules as M
+
+    plain = _fuse_like_ultralytics(_randomize(A2C2f(128, 128, 1, True, 4, True, 1.2))).eval()
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND).to("cuda", dtype).to(memory_format=torch.channels_last)
+    plain_g = copy.deepcopy(plain).to("cuda", dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(3, 128, 16, 20).contiguous(memory_format=torch.channels_last)
+    xg = x.to("cuda", dtype)
+    counts = {}
+    for on in (False, True):
+        monkeypatch.setattr(M, "GEMM_CONV", {"cpu", "cuda"} if on else {"cpu"})
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            got = fast(xg)
+        counts[on] = sum(e.name == "aten::addmm" for e in prof.events())
+        assert _cl(got), got.stride()
+        with torch.inference_mode():
+            assert_close_to_oracle(got.cpu(), plain_g(xg).cpu(), copy.deepcopy(plain).double()(x.double()),
+                                   f"gemm conv {'on' if on else 'off'}")
+    assert counts[False] == 0 and counts[True] >= 2 + 2 * 3, counts  # cv1, cv2; per ABlock qkv, mlp x 2 (proj:
+    # a baddbmm)
+
+
 @pytest.mark.parametrize("kind,backend,layout", [("ablock", "auto", "nchw"), ("a2c2f", "auto", "nchw"),
                                                  ("ablock", "triton", "nchw"),
                                                  pytest.param("a2c2f", "triton", "nchw", marks=pytest.mark.slow),

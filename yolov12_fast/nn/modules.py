@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import copyreg
+import os
 import warnings
 from typing import Iterator, Optional
 
@@ -354,9 +355,10 @@ def _conv_tensors(m: nn.Module) -> list:
 
 
 def _token_rows(t: Tensor) -> Optional[Tensor]:
-    """The (H*W, C) matrix view of a batch-1 (1, C, H, W) tensor whose channels are adjacent in memory (channels_last,
-    or a channel slice of a channels_last buffer): row i holds token i's channels. None for other layouts."""
-    C, H, W = t.shape[1], t.shape[2], t.shape[3]
+    """The (B*H*W, C) matrix view of a (B, C, H, W) tensor whose channels are adjacent in memory (channels_last, or a
+    channel slice of a channels_last buffer): row i holds token i's channels, the images one after the other. None
+    for other layouts (and for batches whose images are not one row step apart)."""
+    B, C, H, W = t.shape
     if C > 1 and t.stride(1) != 1:
         return None
     if W > 1:
@@ -364,28 +366,51 @@ def _token_rows(t: Tensor) -> Optional[Tensor]:
         if H > 1 and t.stride(2) != W * step:
             return None
     else:
-        step = t.stride(2) if H > 1 else C
-    if H * W > 1 and step < C:
+        step = t.stride(2) if H > 1 else (t.stride(0) if B > 1 else C)
+    if (B * H * W > 1 and step < C) or (B > 1 and t.stride(0) != H * W * step):
         return None
-    return t.as_strided((H * W, C), (step, 1))
+    return t.as_strided((B * H * W, C), (step, 1))
 
 
-def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]:
-    """(weight as (out, in), bias as (out,), whether a SiLU follows) when m(x) can run as one addmm (MKL sgemm)
-    plus an in-place SiLU, else None: a fused ultralytics 1x1 Conv (no bn; activation SiLU or none) without hooks,
-    on a batch-1 CPU input in eager inference (_eager_inference) that is NCHW-contiguous or has its channels
-    adjacent (channels_last, _token_rows). NCHW: oneDNN's convolution gains nothing from a second thread at batch 1:
-    at 2 threads conv + SiLU measured 1.6-1.7x the addmm + SiLU at the ABlock MLP shapes of yolo12n (64->76 over
-    40x40, 128->153 over 20x20) and 1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs an sgemm anyway (equal
-    times). channels_last (2 threads, this repo's Xeon, 2026-11-27): oneDNN's NHWC convolution is the faster one for
-    channel counts in 16s over more than 400 tokens (384->64 over 40x40: 298 against 349 us; 64->64 over 80x80:
-    325 against 360), the addmm for the MLP's odd widths (64->76 over 40x40: 108 against 125; 128->153 over 20x20:
-    81 against 126) and at 20x20 (128->384: 174 against 214)."""
+# Device types where the patched blocks run a fused 1x1 conv (no BatchNorm; SiLU or none) as one GEMM in eager
+# inference (_gemm_conv). "cpu": batch 1, NCHW or channels_last (MKL's sgemm, measured faster; see _gemm_conv).
+# "cuda": channels_last inputs of any batch, y = addmm(bias, x_rows, w.T): cuBLASLt adds the bias in the GEMM's
+# epilogue, one kernel where cuDNN runs the conv and a broadcast bias add (the -27c H100 profile: 2.2 ms of broadcast
+# adds in a 7.8 ms batch-32 yolo12n forward). Off until a GPU run measures it: YOLOV12_FAST_GEMM_CONV=cuda turns it
+# on (the model suite's `patched-cl-gemm` rows do, through this set).
+GEMM_CONV = {"cpu"} | ({"cuda"} if os.environ.get("YOLOV12_FAST_GEMM_CONV", "").strip().lower() == "cuda" else set())
+
+
+def _gemm_layout_ok(dev: str, x: Tensor, to_channels_last: bool = False) -> bool:
+    """The inputs _gemm_conv takes per device type: the CPU's a batch-1 NCHW or channels-adjacent x, a GPU's a
+    channels_last x of any batch, or an NCHW one whose result is to be channels_last (AAttn's proj: a batched GEMM
+    reading each image's (C, HW) matrix transposed)."""
+    if dev == "cpu":
+        return x.shape[0] == 1 and (x.is_contiguous() or _token_rows(x) is not None)
+    return (_channels_last(x) and _token_rows(x) is not None) or (to_channels_last and x.is_contiguous())
+
+
+def _gemm_conv(m: nn.Module, x: Tensor, to_channels_last: bool = False) -> Optional[tuple[Tensor, Tensor, bool]]:
+    """(weight as (out, in), bias as (out,), whether a SiLU follows) when m(x) can run as one addmm plus an in-place
+    SiLU, else None: a fused ultralytics 1x1 Conv (no bn; activation SiLU or none) without hooks in eager inference
+    (_eager_inference) on a device in GEMM_CONV: on the CPU a batch-1 input, NCHW-contiguous or with its channels
+    adjacent (channels_last, _token_rows); on a GPU a channels_last input (_token_rows) of any batch.
+    CPU, NCHW: oneDNN's convolution gains nothing from a second thread at batch 1: at 2 threads conv + SiLU measured
+    1.6-1.7x the addmm + SiLU at the ABlock MLP shapes of yolo12n (64->76 over 40x40, 128->153 over 20x20) and
+    1.03-1.26x at A2C2f's cv1 / cv2; at 1 thread torch runs an sgemm anyway (equal times). CPU, channels_last (2
+    threads, this repo's Xeon, 2026-11-27): oneDNN's NHWC convolution is the faster one for channel counts in 16s over
+    more than 400 tokens (384->64 over 40x40: 298 against 349 us; 64->64 over 80x80: 325 against 360), the addmm for
+    the MLP's odd widths (64->76 over 40x40: 108 against 125; 128->153 over 20x20: 81 against 126) and at 20x20
+    (128->384: 174 against 214)."""
+    dev = x.device.type
+    # the device first (GPU forwards leave here at once by default), then the mode: under jit tracing x.shape[0] is a
+    # tensor
+    if dev not in GEMM_CONV or not _eager_inference() or x.dim() != 4 or x.numel() == 0:
+        return None
     conv = m._modules.get("conv")
-    # the device first (GPU forwards leave here at once), then the mode: under jit tracing x.shape[0] is a tensor
-    if (x.device.type != "cpu" or not _eager_inference() or x.dim() != 4 or x.shape[0] != 1 or x.numel() == 0
-            or type(conv) is not nn.Conv2d or "bn" in m._modules or torch.is_autocast_enabled("cpu")
-            or not (x.is_contiguous() or _token_rows(x) is not None)):
+    if type(conv) is not nn.Conv2d or "bn" in m._modules or torch.is_autocast_enabled(dev):
+        return None
+    if not _gemm_layout_ok(dev, x, to_channels_last):
         return None
     act = m._modules.get("act")
     silu = type(act) is nn.SiLU
@@ -395,7 +420,7 @@ def _gemm_conv(m: nn.Module, x: Tensor) -> Optional[tuple[Tensor, Tensor, bool]]
             and conv.bias is not None and conv.weight.dtype == x.dtype and conv.in_channels == x.shape[1]
             and all(_hookless(c) for c in (m, conv, act if act is not None else m))):
         return None
-    if (not x.is_contiguous() and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
+    if (dev == "cpu" and not x.is_contiguous() and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
             and x.shape[2] * x.shape[3] > 400):
         return None  # channels_last, channels in 16s, many tokens: oneDNN's NHWC convolution is as fast or faster
     return conv.weight.view(conv.out_channels, conv.in_channels), conv.bias, silu
@@ -409,7 +434,7 @@ def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None, channels_las
     channels_last). The addmm gets that from BLAS's transposed operand, without a copy; on the conv path x is
     converted instead, so that the convolution runs in the model's layout and the result has it."""
     channels_last = channels_last or _channels_last(x)
-    g = _gemm_conv(m, x)
+    g = _gemm_conv(m, x, channels_last and out is None)
     if g is None or (out is not None and out.dtype != x.dtype):
         if channels_last and not _channels_last(x) and x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1:
             x = x.contiguous(memory_format=torch.channels_last)  # one copy; the conv then runs channels_last
@@ -421,24 +446,28 @@ def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None, channels_las
         _conv_into(m, x, out)
         return out
     w, b, silu = g
-    O, (C, H, W) = w.shape[0], x.shape[1:]
+    O, (B, C, H, W) = w.shape[0], x.shape
     if out is not None:
-        rows = None if out.is_contiguous() else _token_rows(out)
-        if rows is None and not out.is_contiguous():  # neither layout BLAS can write: the conv path
+        rows = None if out.is_contiguous() and B == 1 else _token_rows(out)
+        if rows is None and not (out.is_contiguous() and B == 1):  # neither layout BLAS can write: the conv path
             _conv_into(m, x, out)
             return out
         channels_last = rows is not None
-    if channels_last:  # tokens x channels: y(HW, O) = x(HW, C) @ w.T + b
+    if channels_last or B > 1:  # tokens x channels: y(BHW, O) = x(BHW, C) @ w.T + b (the bias as GEMM epilogue)
         xt = _token_rows(x)
-        if xt is None:  # NCHW x: its (C, HW) matrix, transposed (BLAS reads it in place)
+        if xt is None and B == 1:  # a batch-1 NCHW x: its (C, HW) matrix, transposed (BLAS reads it in place)
             xt = x.view(C, H * W).t()
         if out is None:  # a channels_last tensor with canonical strides (what torch's layout checks recognise)
-            res = torch.empty((1, O, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-            rows = res.view(1, O, H * W)[0].t()
-        y = torch.addmm(b.view(1, O), xt, w.t(), out=rows)
-        if out is not None:
-            res = out
-    else:  # channels x tokens: y(O, HW) = w @ x(C, HW) + b
+            res = torch.empty((B, O, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+            rows = _token_rows(res)
+            if xt is not None:
+                y = torch.addmm(b, xt, w.t(), out=rows)
+            else:  # an NCHW batch: per image (HW, C) = its (C, HW) matrix transposed, one batched GEMM
+                y = torch.baddbmm(b.expand(B, H * W, O), x.view(B, C, H * W).transpose(1, 2), w.t().expand(B, C, O),
+                                  out=rows.view(B, H * W, O))
+        else:
+            y, res = torch.addmm(b.view(1, O), xt, w.t(), out=rows), out
+    else:  # batch 1, channels x tokens: y(O, HW) = w @ x(C, HW) + b
         xm = x.view(C, H * W) if x.is_contiguous() else _token_rows(x).t()
         y = torch.addmm(b.view(O, 1), w, xm, out=None if out is None else out.view(O, H * W))
         res = y.view(1, O, H, W) if out is None else out

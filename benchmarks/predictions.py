@@ -77,12 +77,12 @@ PREDICTIONS = [
                 "yolo12n 640 b1 replayed from CUDA graphs, channels_last over NCHW (kernel-bound: 1.41 -> ~1.25 ms): "
                 "1.05-1.2x",
                 r"^yolo12n 640 b1$", "patched-cl+graphs", 1.05, 1.20, over="patched+graphs", suite="model"),
-    # GEMM_CONV "cuda" (a later commit of this session; rows from then on): the patched blocks' fused 1x1 convs
+    # GEMM_CONV "cuda" (a5ca6a1): the patched blocks' fused 1x1 convs
     # (cv1, cv2, qkv, proj, the MLP's) of a channels_last model as cuBLAS GEMMs with the bias in the epilogue. They
     # write 31 % of yolo12n's biased conv outputs (forward hooks on a yolo12n at 640: 6.8 of 21.6 M elements per
     # image), and the -27c profile spent 2.2 ms of a 7.8 ms batch-32 forward on broadcast bias adds: about 0.7 ms
     # of adds at stake, less what cuBLAS loses or gains against cuDNN's NHWC kernels.
-    _prediction("model-cl-gemm-b32", "GEMMCONV",
+    _prediction("model-cl-gemm-b32", "a5ca6a1",
                 "yolo12n 640 b32 channels_last, the patched blocks' 1x1 convs as GEMMs over cuDNN: 1.02-1.12x",
                 r"^yolo12n 640 b32$", "patched-cl-gemm", 1.02, 1.12, over="patched-cl", suite="model"),
 ]

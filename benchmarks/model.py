@@ -14,7 +14,9 @@ reference's n x n matrices for the large scales). Variants:
   yolo12n profile of 2026-11-27c: 93 transposes per batch-1 forward, 1.14 ms of a 7.8 ms batch-32 forward). A
   user can do this with ultralytics alone, so `eager-cl` is a baseline too. `patched-cl-gemm` runs the patched
   blocks' fused 1x1 convs as cuBLAS GEMMs (yolov12_fast.nn.modules.GEMM_CONV with "cuda", off by default until
-  measured: the bias in the GEMM's epilogue instead of cuDNN's conv and a broadcast add).
+  measured: the bias in the GEMM's epilogue instead of cuDNN's conv and a broadcast add). `patched-bias-act`: the
+  NCHW patched model with yolov12_fast.nn.modules.BIAS_ACT's "cuda" (off by default until measured): the blocks'
+  1x1 convs run without their bias and csrc/cuda/bias_act.cu adds it and applies the SiLU in one pass.
 `rel_err` = max |variant - oracle| / max |oracle| on the detection output, the oracle being the same model one
 precision up (GPU: float32 with TF32 off; CPU: float64); `check` holds each variant to the tolerance table's
 principle against the eager model's own error (`rel_err_naive`), see _model_check.
@@ -212,19 +214,21 @@ def _eager_call(model, x):
     return call
 
 
-def _gemm_conv_on(call):
-    """`call` with yolov12_fast.nn.modules.GEMM_CONV holding "cuda" while it runs (the patched blocks' fused 1x1
-    convs of a channels_last model as cuBLAS GEMMs with the bias in the epilogue; off by default until measured)."""
+def _cuda_in(setting: str, call):
+    """`call` with the set yolov12_fast.nn.modules.<setting> holding "cuda" while it runs: GEMM_CONV (the patched
+    blocks' fused 1x1 convs of a channels_last model as cuBLAS GEMMs, the bias in the epilogue) or BIAS_ACT (their
+    conv's bias and SiLU in one pass after cuDNN's bias-free conv); both off by default until measured."""
     from yolov12_fast.nn import modules as M
 
     def run():
-        had = "cuda" in M.GEMM_CONV
-        M.GEMM_CONV.add("cuda")
+        s = getattr(M, setting)
+        had = "cuda" in s
+        s.add("cuda")
         try:
             return call()
         finally:
             if not had:
-                M.GEMM_CONV.discard("cuda")
+                s.discard("cuda")
 
     return run
 
@@ -267,7 +271,9 @@ def _run_gpu(ctx: Context) -> list:
                 variants["patched-cl"] = lambda: _eager_call(patched_cl, x)
                 variants["patched-cl+graphs"] = lambda: _eager_call(yolov12_fast.cuda_graphs(patched_cl), x)
                 # the same with GEMM_CONV's "cuda" (off by default): the patched blocks' 1x1 convs as cuBLAS GEMMs
-                variants["patched-cl-gemm"] = lambda: _gemm_conv_on(_eager_call(patched_cl, x))
+                variants["patched-cl-gemm"] = lambda: _cuda_in("GEMM_CONV", _eager_call(patched_cl, x))
+                # BIAS_ACT's "cuda" (off by default): the blocks' conv bias + SiLU in one pass (NCHW model)
+                variants["patched-bias-act"] = lambda: _cuda_in("BIAS_ACT", _eager_call(patched, x))
             variants["compile"] = None
             rows, oracle, naive_err = [], _oracle(eager, x), None
             for name, make in variants.items():

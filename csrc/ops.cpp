@@ -22,6 +22,9 @@ TORCH_LIBRARY_FRAGMENT(yolov12_fast, m) {
   // pe_add's weight and bias gradients: (dw (heads*head_dim, 1, k, k), db (heads*head_dim,)) in v's dtype, for dout and
   // v (B, heads, head_dim, N=H*W) of any strides (CPU; the input gradient is pe_add_cxx on dout, kernel flipped)
   m.def("pe_add_wgrad_cxx(Tensor dout, Tensor v, int k, int H, int W) -> (Tensor, Tensor)");
+  // a conv's epilogue: out = silu(y + bias[c]) (or y + bias[c]) for (B, C, H, W) y and out of one shape and dtype,
+  // bias (C,). The patched blocks call it in eager inference only, also with out = y (in place).
+  m.def("bias_act_cxx(Tensor y, Tensor bias, bool silu, Tensor(a!) out) -> ()");
 }
 
 #define YF_STR2(x) #x

@@ -81,4 +81,10 @@ def samples(op_name: str, backend: str, device="cpu", dtype=torch.float32):
         q, k, v = _qkv(dtype=dtype, device=device)
         out.append((torch.randn(v.shape, dtype=dtype, device=device), v, 7, 4, 6))
         out.append((torch.randn(v.shape, dtype=dtype, device=device).transpose(2, 3).contiguous().transpose(2, 3), v, 3, 4, 6))
+    elif op_name == "bias_act_cxx":
+        y = torch.randn(2, 6, 3, 5, dtype=dtype, device=device)
+        b = torch.randn(6, dtype=dtype, device=device)
+        out.append((y, b, True, torch.empty_like(y)))
+        ycl = y.contiguous(memory_format=torch.channels_last)
+        out.append((ycl, b, False, torch.empty_like(ycl)))
     return out

@@ -1202,3 +1202,99 @@ def test_kernels_under_thread_sanitizer_at_640(race_check):
     tokens in four chunks): a few minutes more."""
     out = _race_check_clean(race_check, "all", "full")
     assert "20x20 area1 residual sm75 streamed" in out and "21x22 area1 sm75 streamed" in out, out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the conv epilogue: out = act(y + bias[c]) (csrc/cuda/bias_act.cu)
+
+
+@pytest.fixture(scope="module")
+def bias_act_emu(tmp_path_factory):
+    so = _build(tmp_path_factory, "bias_act_emu")
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    so.yf_emu_bias_act.restype = ctypes.c_int
+    so.yf_emu_bias_act.argtypes = [vp, vp, vp, i64, i64, i64, ctypes.POINTER(i64), ctypes.POINTER(i64), i64,
+                                   ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return so
+
+
+def _bias_act_strides(t: torch.Tensor, layout: int):
+    """(b, c, t) element strides of a (B, C, H, W) tensor in BiasActLayout `layout` (0 planes, 1 tokens)."""
+    B, C, H, W = t.shape
+    if layout == 0:
+        return (ctypes.c_int64 * 3)(t.stride(0), t.stride(1), 1)
+    step = t.stride(3) if W > 1 else t.stride(2)
+    return (ctypes.c_int64 * 3)(t.stride(0), t.stride(1), step)
+
+
+def run_bias_act(so, y, bias, out, layout, silu):
+    B, C, H, W = y.shape
+    return so.yf_emu_bias_act(y.data_ptr(), out.data_ptr(), bias.data_ptr(), B, C, H * W, _bias_act_strides(y, layout),
+                              _bias_act_strides(out, layout), bias.stride(0), layout, int(silu), DTYPE_CODE[y.dtype])
+
+
+BIAS_ACT_CASES = [  # (name, shape, layout 0 planes / 1 tokens, how y and out are laid out)
+    ("nchw", (2, 24, 5, 8), 0, "contiguous"),                # HW 40: 16-byte vectors for every dtype
+    ("nchw-odd", (3, 7, 5, 3), 0, "contiguous"),             # HW 15: one element at a time
+    ("nchw-slice", (2, 16, 4, 8), 0, "channel-slice"),       # a channel slice of an NCHW buffer (A2C2f's)
+    ("nchw-offset", (2, 16, 4, 8), 0, "offset"),             # aligned strides, a base 1 element off 16 bytes
+    ("cl", (2, 24, 5, 8), 1, "channels_last"),
+    ("cl-odd", (3, 7, 5, 3), 1, "channels_last"),            # C 7: one element at a time
+    ("cl-slice", (2, 16, 4, 8), 1, "cl-channel-slice"),      # a channel slice of a channels_last buffer
+    ("cl-every-other-image", (2, 16, 4, 8), 1, "cl-batch-step"),
+]
+
+
+def _bias_act_tensor(shape, how, dtype, fill=None):
+    B, C, H, W = shape
+    make = (lambda *s: torch.full(s, fill, dtype=dtype)) if fill is not None else (lambda *s: torch.randn(*s).to(dtype))
+    if how == "contiguous":
+        return make(B, C, H, W)
+    if how == "channel-slice":
+        return make(B, C + 16, H, W)[:, 8:8 + C]
+    if how == "offset":
+        return make(B * C * H * W + 1)[1:].view(B, C, H, W)
+    if how == "channels_last":
+        return make(B, C, H, W).contiguous(memory_format=torch.channels_last)
+    if how == "cl-channel-slice":
+        return make(B, C + 16, H, W).contiguous(memory_format=torch.channels_last)[:, 8:8 + C]
+    if how == "cl-batch-step":
+        return make(2 * B, C, H, W).contiguous(memory_format=torch.channels_last)[::2]
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("silu", [True, False], ids=["silu", "bias-only"])
+@pytest.mark.parametrize("name,shape,layout,how", BIAS_ACT_CASES, ids=[c[0] for c in BIAS_ACT_CASES])
+def test_emulated_bias_act(bias_act_emu, name, shape, layout, how, silu, dtype):
+    """The conv epilogue kernel out = act(y + bias[c]) against the float64 oracle (the same-dtype PyTorch math, which
+    rounds y + bias before the SiLU, as the yardstick), in both layouts, vectorised and element-wise, into a separate
+    tensor (whose storage around it must stay untouched) and in place (out = y)."""
+    y = _bias_act_tensor(shape, how, dtype)
+    bias = torch.randn(shape[1]).to(dtype)
+    want = y.double() + bias.double().view(1, -1, 1, 1)
+    want = F.silu(want) if silu else want
+    naive = y + bias.view(1, -1, 1, 1)
+    naive = F.silu(naive.float()).to(dtype) if silu else naive
+    out = _bias_act_tensor(shape, how, dtype, fill=SENTINEL)
+    storage = torch.empty(0, dtype=dtype).set_(out.untyped_storage())  # every element of out's storage, flat
+    before = storage.clone()
+    assert run_bias_act(bias_act_emu, y, bias, out, layout, silu) == 0
+    assert_close_to_oracle(out, naive, want, f"bias_act {name}")
+    inside = torch.zeros(storage.shape, dtype=torch.bool)
+    inside.as_strided(out.shape, out.stride(), out.storage_offset()).fill_(True)
+    assert torch.equal(storage[~inside], before[~inside]), "a write outside out"
+    y_in_place = y.clone() if how in ("contiguous", "offset") else _bias_act_tensor(shape, how, dtype)
+    y_in_place.copy_(y)
+    assert run_bias_act(bias_act_emu, y_in_place, bias, y_in_place, layout, silu) == 0
+    torch.testing.assert_close(y_in_place, out, rtol=0, atol=0)
+
+
+def test_emulated_bias_act_refuses_bad_arguments(bias_act_emu):
+    """Negative sizes or an unknown layout: cudaErrorInvalidValue (1), nothing launched; empty tensors: success."""
+    y = torch.randn(1, 4, 2, 2)
+    bias = torch.randn(4)
+    s = _bias_act_strides(y, 0)
+    assert bias_act_emu.yf_emu_bias_act(y.data_ptr(), y.data_ptr(), bias.data_ptr(), 1, -4, 4, s, s, 1, 0, 1, 2) == 1
+    assert bias_act_emu.yf_emu_bias_act(y.data_ptr(), y.data_ptr(), bias.data_ptr(), 1, 4, 4, s, s, 1, 7, 1, 2) == 1
+    assert bias_act_emu.yf_emu_bias_act(y.data_ptr(), y.data_ptr(), bias.data_ptr(), 0, 4, 4, s, s, 1, 0, 1, 2) == 0

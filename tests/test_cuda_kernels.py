@@ -483,3 +483,52 @@ def test_bad_inputs_pe_add():
         op(v, w7, None, v[..., :200], 20, 20)
     with pytest.raises(RuntimeError, match="float16, bfloat16 or float32"):
         op(v.double(), w7.double(), None, None, 20, 20)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the conv epilogue: out = act(y + bias[c]) (csrc/cuda/bias_act.cu; the emulator tests its index math on the CPU)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("layout", ["nchw", "nchw-odd", "cl", "cl-slice", "nchw-slice"])
+def test_bias_act_kernel(layout, dtype):
+    """bias_act_cxx on a GPU against the float64 oracle (the same-dtype PyTorch math as the yardstick), vectorised and
+    element-wise, both layouts, in place and into a slice of a buffer (nothing outside it written)."""
+    shape = (3, 7, 5, 3) if layout == "nchw-odd" else (2, 24, 10, 12)
+    B, C, H, W = shape
+    y = torch.randn(shape, device="cuda").to(dtype)
+    if layout == "cl":
+        y = y.contiguous(memory_format=torch.channels_last)
+    bias = torch.randn(C, device="cuda").to(dtype)
+    for silu in (True, False):
+        want = y.double() + bias.double().view(1, -1, 1, 1)
+        want = F.silu(want) if silu else want
+        naive = y + bias.view(1, -1, 1, 1)
+        naive = F.silu(naive) if silu else naive
+        buf = torch.full((B, C + 16, H, W), 12345.0, device="cuda", dtype=dtype)
+        if layout.startswith("cl"):
+            buf = buf.contiguous(memory_format=torch.channels_last)
+            y = y.contiguous(memory_format=torch.channels_last)
+        out = buf[:, 8:8 + C] if layout.endswith("slice") else torch.empty_like(y)
+        torch.ops.yolov12_fast.bias_act_cxx(y, bias, silu, out)
+        assert_close_to_oracle(out, naive, want, f"bias_act {layout} silu={silu}")
+        if layout.endswith("slice"):
+            assert (buf[:, :8] == 12345.0).all() and (buf[:, 8 + C:] == 12345.0).all(), "a write outside out"
+        inplace = y.clone()
+        torch.ops.yolov12_fast.bias_act_cxx(inplace, bias, silu, inplace)
+        torch.testing.assert_close(inplace, out, rtol=0, atol=0)
+
+
+def test_bias_act_refuses_what_it_cannot_run():
+    """float64, mismatched shapes or devices, layouts it cannot pair: clear errors, nothing launched."""
+    y = torch.randn(2, 4, 3, 3, device="cuda")
+    b = torch.randn(4, device="cuda")
+    op = torch.ops.yolov12_fast.bias_act_cxx
+    with pytest.raises(RuntimeError, match="float16, bfloat16 or float32"):
+        op(y.double(), b.double(), True, y.double())
+    with pytest.raises(RuntimeError, match="bias must be"):
+        op(y, torch.randn(5, device="cuda"), True, y)
+    with pytest.raises(RuntimeError, match="one CUDA device"):
+        op(y, b.cpu(), True, y)
+    with pytest.raises(RuntimeError, match="both NCHW-like"):
+        op(y, b, True, torch.empty_like(y, memory_format=torch.channels_last))

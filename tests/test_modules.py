@@ -785,6 +785,40 @@ def test_channels_last_gemm_conv_rule_of_the_gpu_on_cpu_tensors(monkeypatch):
         assert_close_to_oracle(got, plain_cl(x), copy.deepcopy(plain).double()(x.double()), "batched gemm conv")
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bias_act_path_through_the_modules(layout, monkeypatch):
+    """BIAS_ACT (off until measured; CUDA's compiled kernel, csrc/cuda/bias_act.cu, tested in the emulator): the
+    patched blocks' fused 1x1 convs run without their bias and yolov12_fast::bias_act_cxx adds it and applies the
+    SiLU, into A2C2f's buffer slices too. Run here through the op's CPU implementation: every 1x1 conv of an A2C2f
+    at batch 2 takes it (cv1, cv2; per ABlock qkv, proj and the MLP's two), in both layouts, and the block matches
+    ultralytics (fp64 oracle)."""
+    from torch.profiler import ProfilerActivity, profile
+    from ultralytics.nn.modules.block import A2C2f
+
+    from yolov12_fast import _backends
+    from yolov12_fast.nn import modules as M
+
+    if not _backends.can_use_cpp()[0]:
+        pytest.skip("the compiled extension is not built here")
+    monkeypatch.setattr(M, "BIAS_ACT", {"cpu"})
+    monkeypatch.setattr(M, "_BIAS_ACT_READY", {torch.device("cpu"): True})
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    plain = _fuse_like_ultralytics(_randomize(A2C2f(128, 128, 1, True, 4, True, 1.2))).eval()
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND).to(memory_format=fmt)
+    x = torch.randn(2, 128, 8, 10).contiguous(memory_format=fmt)  # batch 2: the CPU's batch-1 GEMM stays out
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = fast(x)
+    calls = sum(e.name == "yolov12_fast::bias_act_cxx" for e in prof.events())
+    assert calls == 2 + 2 * 4, calls
+    assert _cl(got) == (layout == "channels_last"), got.stride()
+    with torch.no_grad():
+        assert_close_to_oracle(got, plain(x), copy.deepcopy(plain).double()(x.double()), f"bias_act {layout}")
+    monkeypatch.setattr(M, "BIAS_ACT", set())  # off: not one call
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fast(x)
+    assert not any(e.name == "yolov12_fast::bias_act_cxx" for e in prof.events())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 def test_channels_last_gemm_conv_on_cuda(dtype, monkeypatch):

@@ -624,7 +624,7 @@ def run(args) -> int:
     try:
         report = verify(args.model, args.images, args.imgsz, variant=args.variant, dtype=args.dtype,
                         backend=args.backend, device=args.device, fuse=args.fuse, conf=args.conf, iou=args.iou,
-                        seed=args.seed, channels_last=args.channels_last)
+                        seed=args.seed, channels_last=getattr(args, "channels_last", False))
     except (ValueError, FileNotFoundError) as e:  # what the arguments name is wrong or missing; anything else is a
         print(f"yolov12-fast verify: error: {e}", file=sys.stderr)  # failure with its traceback (exit 1)
         return 2

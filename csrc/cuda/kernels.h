@@ -145,5 +145,28 @@ struct PeWgradArgs : PePlane {
 int64_t pe_wgrad_tiles(int64_t H, int64_t W, int ksize);
 cudaError_t pe_wgrad(const PeWgradArgs& args, cudaStream_t stream);
 
+// ---------------------------------------------------------------------------------------------------------
+// A convolution's epilogue: out = act(y + bias[c]), act SiLU (silu) or none (csrc/cuda/bias_act.cu)
+
+// How y and out, (B, C, H, W) with HW = H * W, lie in memory: kPlanes, each (image, channel) HW consecutive
+// elements at b * sb + c * sc (NCHW and its slices); kTokens, each (image, token) C consecutive channels at
+// b * sb + t * st (channels_last and its slices).
+enum class BiasActLayout : int { kPlanes = 0, kTokens = 1 };
+
+struct BiasActArgs {
+  const void* y;
+  void* out;           // may be y
+  const void* bias;    // (C,), element stride bias_c
+  int64_t B, C, HW;
+  int64_t y_sb, y_sc, y_st;  // element strides of y (kPlanes: y_st unused; kTokens: y_sc unused)
+  int64_t o_sb, o_sc, o_st;  // and of out
+  int64_t bias_c;
+  BiasActLayout layout;
+  bool silu;
+  DType dtype;
+};
+
+cudaError_t bias_act(const BiasActArgs& args, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace yolov12_fast

@@ -343,7 +343,62 @@ std::tuple<at::Tensor, at::Tensor> pe_add_wgrad_cuda(const at::Tensor& dout, con
 
 }  // namespace
 
+// How a (B, C, H, W) tensor lies for bias_act: planes (each (image, channel)'s H*W elements consecutive), tokens (each
+// (image, token)'s C channels consecutive, tokens `step` apart), or neither. (b, c, t) element strides into `s`.
+int bias_act_layout(const at::Tensor& t, int64_t s[3]) {
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  s[0] = t.stride(0);
+  s[1] = t.stride(1);
+  s[2] = 1;
+  if ((W == 1 || t.stride(3) == 1) && (H == 1 || t.stride(2) == (W == 1 ? 1 : W))) return 0;
+  if (C == 1 || t.stride(1) == 1) {
+    const int64_t step = W > 1 ? t.stride(3) : (H > 1 ? t.stride(2) : C);
+    if ((H == 1 || W == 1 || t.stride(2) == W * step) && (H * W == 1 || step >= C)) {
+      s[1] = 1;
+      s[2] = step;
+      return 1;
+    }
+  }
+  return -1;
+}
+
+void bias_act_cuda(const at::Tensor& y, const at::Tensor& bias, bool silu, const at::Tensor& out) {
+  constexpr const char* op = "bias_act_cxx (CUDA)";
+  TORCH_CHECK(y.dim() == 4, op, ": y must be 4-D (B, C, H, W), got ", y.sizes());
+  TORCH_CHECK(y.is_cuda() && out.device() == y.device() && bias.device() == y.device(), op,
+              ": y, bias and out must be on one CUDA device, got ", y.device(), ", ", bias.device(), ", ", out.device());
+  TORCH_CHECK(out.sizes() == y.sizes() && out.scalar_type() == y.scalar_type(), op,
+              ": out must have y's shape and dtype (", y.sizes(), ", ", y.scalar_type(), "), got ", out.sizes(), ", ",
+              out.scalar_type());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == y.size(1) && bias.scalar_type() == y.scalar_type(), op,
+              ": bias must be (", y.size(1), ",) with y's dtype, got ", bias.sizes(), " ", bias.scalar_type());
+  TORCH_CHECK(y.scalar_type() == at::kHalf || y.scalar_type() == at::kBFloat16 || y.scalar_type() == at::kFloat, op,
+              ": y has dtype ", y.scalar_type(), "; use float16, bfloat16 or float32");
+  const auto dtype = kernel_dtype(y.scalar_type());
+  int64_t ys[3], os[3];
+  const int ly = bias_act_layout(y, ys), lo = bias_act_layout(out, os);
+  TORCH_CHECK(ly >= 0 && ly == lo, op, ": y and out must both be NCHW-like (each channel's H*W map contiguous) or "
+              "both channels_last-like (each pixel's channels contiguous), got strides ", y.strides(), " and ",
+              out.strides(), " (make them .contiguous() in one memory format)");
+  c10::cuda::CUDAGuard guard(y.device());
+  kc::BiasActArgs a{};
+  a.y = y.data_ptr();
+  a.out = out.data_ptr();
+  a.bias = bias.data_ptr();
+  a.B = y.size(0);
+  a.C = y.size(1);
+  a.HW = y.size(2) * y.size(3);
+  a.y_sb = ys[0], a.y_sc = ys[1], a.y_st = ys[2];
+  a.o_sb = os[0], a.o_sc = os[1], a.o_st = os[2];
+  a.bias_c = bias.stride(0);
+  a.layout = ly == 0 ? kc::BiasActLayout::kPlanes : kc::BiasActLayout::kTokens;
+  a.silu = silu;
+  a.dtype = dtype;
+  C10_CUDA_CHECK(kc::bias_act(a, at::cuda::getCurrentCUDAStream()));
+}
+
 TORCH_LIBRARY_IMPL(yolov12_fast, CUDA, m) {
+  m.impl("bias_act_cxx", &bias_act_cuda);
   m.impl("area_attention_fwd_cxx", &area_attention_fwd_cuda);
   m.impl("area_attention_bwd_cxx", &area_attention_bwd_cuda);
   m.impl("pe_add_cxx", &pe_add_cuda);

@@ -17,6 +17,7 @@
 // measured 135 us there, about half of its instructions index arithmetic of the staging). fp32 accumulation; bias and x are added in fp32 and the result rounded once.
 #include <cstdint>
 
+#include "convert.cuh"
 #include "device.h"
 #include "kernels.h"
 
@@ -41,14 +42,6 @@ __device__ __forceinline__ float load_f32<__nv_bfloat16>(const __nv_bfloat16* p)
   return __bfloat162float(__ushort_as_bfloat16(__ldg(reinterpret_cast<const unsigned short*>(p))));
 }
 
-template <typename T>
-__device__ __forceinline__ T from_f32(float f);
-template <>
-__device__ __forceinline__ float from_f32<float>(float f) { return f; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float f) { return __float2half_rn(f); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
 
 // How a launch tiles the planes; a pure function of (H, W, k). Host code.
 struct PePlan {

@@ -381,6 +381,54 @@ def _token_rows(t: Tensor) -> Optional[Tensor]:
 GEMM_CONV = {"cpu"} | ({"cuda"} if os.environ.get("YOLOV12_FAST_GEMM_CONV", "").strip().lower() == "cuda" else set())
 
 
+# Device types where the patched blocks add a fused conv's bias and apply its SiLU in one pass after the convolution
+# (yolov12_fast::bias_act_cxx, csrc/cuda/bias_act.cu) in eager inference, instead of PyTorch's broadcast bias add and
+# separate SiLU (cudnn_convolution takes no bias): one read and write of the conv output instead of two of each. Off
+# until a GPU run measures it: YOLOV12_FAST_BIAS_ACT=cuda turns it on (the model suite's `patched-bias-act` rows
+# do, through this set). Where GEMM_CONV's GEMM takes a conv, the bias is in the GEMM's epilogue already.
+BIAS_ACT = {"cuda"} if os.environ.get("YOLOV12_FAST_BIAS_ACT", "").strip().lower() == "cuda" else set()
+_BIAS_ACT_READY: dict = {}  # device -> whether the compiled op runs there (asked once per device)
+
+
+def _planes_layout(t: Tensor) -> bool:
+    """Each (image, channel) plane of a (B, C, H, W) tensor is H*W consecutive elements (NCHW and its slices)."""
+    H, W = t.shape[2], t.shape[3]
+    return (W == 1 or t.stride(3) == 1) and (H == 1 or t.stride(2) == (1 if W == 1 else W))
+
+
+def _conv_bias_act(m: nn.Module, x: Tensor, out: Optional[Tensor] = None) -> Optional[Tensor]:
+    """m(x) for a fused ultralytics Conv (no BatchNorm; activation SiLU or none; no hooks) as the convolution without
+    its bias, then yolov12_fast::bias_act_cxx adding the bias and applying the SiLU in one pass, into `out` when
+    given; None where BIAS_ACT does not hold x's device or the conv does not qualify (the caller runs m(x))."""
+    dev = x.device.type
+    if dev not in BIAS_ACT or not _eager_inference() or x.dim() != 4 or x.dtype not in DTYPES:
+        return None
+    conv = m._modules.get("conv")
+    if (type(conv) is not nn.Conv2d or "bn" in m._modules or conv.bias is None or conv.padding_mode != "zeros"
+            or conv.weight.dtype != x.dtype or conv.bias.dtype != x.dtype or torch.is_autocast_enabled(dev)):
+        return None
+    act = m._modules.get("act")
+    silu = type(act) is nn.SiLU
+    if not (silu or act is None or type(act) is nn.Identity) \
+            or not all(_hookless(c) for c in (m, conv, act if act is not None else m)):
+        return None
+    ready = _BIAS_ACT_READY.get(x.device)
+    if ready is None:
+        ready = _BIAS_ACT_READY[x.device] = bool(_attention_ops._usable("cuda", x.device)[0]) \
+            and hasattr(torch.ops.yolov12_fast, "bias_act_cxx")
+    if not ready:
+        return None
+    y = F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if out is not None and not ((_planes_layout(y) and _planes_layout(out))
+                                or (_token_rows(y) is not None and _token_rows(out) is not None)):
+        torch.ops.yolov12_fast.bias_act_cxx(y, conv.bias, silu, y)  # layouts the kernel cannot pair: in place, copy
+        out.copy_(y)
+        return out
+    dst = y if out is None else out
+    torch.ops.yolov12_fast.bias_act_cxx(y, conv.bias, silu, dst)
+    return dst
+
+
 def _gemm_layout_ok(dev: str, x: Tensor, to_channels_last: bool = False) -> bool:
     """The inputs _gemm_conv takes per device type: the CPU's a batch-1 NCHW or channels-adjacent x, a GPU's a
     channels_last x of any batch, or an NCHW one whose result is to be channels_last (AAttn's proj: a batched GEMM
@@ -439,11 +487,13 @@ def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None, channels_las
         if channels_last and not _channels_last(x) and x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1:
             x = x.contiguous(memory_format=torch.channels_last)  # one copy; the conv then runs channels_last
         if out is None:
-            y = m(x)
+            y = _conv_bias_act(m, x)
+            y = m(x) if y is None else y
             if channels_last and not _channels_last(y) and y.dim() == 4 and y.shape[1] > 1 and y.shape[2] * y.shape[3] > 1:
                 y = y.contiguous(memory_format=torch.channels_last)  # x had one channel: both layouts at once
             return y
-        _conv_into(m, x, out)
+        if _conv_bias_act(m, x, out) is None:
+            _conv_into(m, x, out)
         return out
     w, b, silu = g
     O, (B, C, H, W) = w.shape[0], x.shape
@@ -477,8 +527,9 @@ def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None, channels_las
 
 
 def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
-    """mlp(x) for ABlock's MLP (nn.Sequential of two ultralytics Convs), its convs as addmm where _gemm_conv allows."""
-    if type(mlp) is nn.Sequential and len(mlp) == 2 and _hookless(mlp) and _gemm_conv(mlp[0], x) is not None:
+    """mlp(x) for ABlock's MLP (nn.Sequential of two ultralytics Convs), each conv through _conv1x1 (an addmm where
+    _gemm_conv allows, the bias-and-SiLU pass where _conv_bias_act does, else the Conv module itself)."""
+    if type(mlp) is nn.Sequential and len(mlp) == 2 and _hookless(mlp):
         return _conv1x1(mlp[1], _conv1x1(mlp[0], x))
     return mlp(x)
 
@@ -840,7 +891,7 @@ class A2C2f(FastModule):
         return self._forward_buffer(x)
 
     def _forward_cat(self, x: Tensor) -> Tensor:
-        y = [self.cv1(x)]
+        y = [_conv1x1(self.cv1, x)]
         y.extend(m(y[-1]) for m in self.m)
         return self._out(x, torch.cat(y, 1))
 

@@ -68,13 +68,21 @@ def _pe_wgrad_fake(dout: Tensor, v: Tensor, k: int, H: int, W: int):
     return v.new_empty(nh * D, 1, k, k), v.new_empty(nh * D)
 
 
+def _bias_act_fake(y: Tensor, bias: Tensor, silu: bool, out: Tensor) -> None:
+    _check(y.dim() == 4, lambda: f"bias_act_cxx: y must be 4-D (B, C, H, W), got {tuple(y.shape)}")
+    _check(out.shape == y.shape and out.dtype == y.dtype,
+           lambda: f"bias_act_cxx: out must have y's shape and dtype, got {tuple(out.shape)} {out.dtype}")
+    _check(bias.dim() == 1 and bias.shape[0] == y.shape[1] and bias.dtype == y.dtype,
+           lambda: f"bias_act_cxx: bias must be ({y.shape[1]},) with y's dtype, got {tuple(bias.shape)} {bias.dtype}")
+
+
 def register_fakes() -> None:
     """Register the fake kernels of the `_cxx` ops (idempotent; needs the extension loaded)."""
     global _registered
     if _registered:
         return
     fakes = {"area_attention_fwd_cxx": _fwd_fake, "area_attention_bwd_cxx": _bwd_fake, "pe_add_cxx": _pe_add_fake,
-             "pe_add_wgrad_cxx": _pe_wgrad_fake}
+             "pe_add_wgrad_cxx": _pe_wgrad_fake, "bias_act_cxx": _bias_act_fake}
     for name, fake in fakes.items():
         if hasattr(torch.ops.yolov12_fast, name):  # a build older than its schema lacks it: nothing to fake
             torch.library.register_fake(f"yolov12_fast::{name}")(fake)

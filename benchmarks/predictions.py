@@ -85,10 +85,10 @@ PREDICTIONS = [
     _prediction("model-cl-gemm-b32", "a5ca6a1",
                 "yolo12n 640 b32 channels_last, the patched blocks' 1x1 convs as GEMMs over cuDNN: 1.02-1.12x",
                 r"^yolo12n 640 b32$", "patched-cl-gemm", 1.02, 1.12, over="patched-cl", suite="model"),
-    # BIAS_ACT "cuda" (the commit after a5ca6a1's GEMM; see that commit's message): the same convs of the NCHW model
+    # BIAS_ACT "cuda" (71698cb): the same convs of the NCHW model
     # through cuDNN without bias, then one vectorised pass adding the bias and applying the SiLU: the SiLU convs
     # (cv1, cv2, the MLP's first) lose their broadcast-add pass, the others get a vectorised add for the generic one.
-    _prediction("model-bias-act-b32", "BIASACT",
+    _prediction("model-bias-act-b32", "71698cb",
                 "yolo12n 640 b32 NCHW, the patched blocks' conv bias + SiLU in one pass: 1.02-1.10x the patched model",
                 r"^yolo12n 640 b32$", "patched-bias-act", 1.02, 1.10, over="patched", suite="model"),
 ]

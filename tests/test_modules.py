@@ -820,6 +820,32 @@ def test_bias_act_path_through_the_modules(layout, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_bias_act_on_cuda(layout, monkeypatch):
+    """BIAS_ACT with "cuda" (off until measured; the model suite's patched-bias-act rows turn it on): an fp16 A2C2f at
+    batch 3 on a GPU runs every fused 1x1 conv as cuDNN's bias-free conv plus the bias_act kernel (10 calls: cv1,
+    cv2; per ABlock qkv, proj and the MLP's two), keeps its layout and matches ultralytics (fp64 oracle on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+    from ultralytics.nn.modules.block import A2C2f
+
+    from yolov12_fast.nn import modules as M
+
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    plain = _fuse_like_ultralytics(_randomize(A2C2f(128, 128, 1, True, 4, True, 1.2))).eval()
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND).to("cuda", torch.float16).to(memory_format=fmt)
+    plain_g = copy.deepcopy(plain).to("cuda", torch.float16).to(memory_format=fmt)
+    x = torch.randn(3, 128, 16, 20).contiguous(memory_format=fmt)
+    xg = x.to("cuda", torch.float16)
+    monkeypatch.setattr(M, "BIAS_ACT", {"cuda"})
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        got = fast(xg)
+    assert sum(e.name == "yolov12_fast::bias_act_cxx" for e in prof.events()) == 2 + 2 * 4
+    assert _cl(got) == (layout == "channels_last"), got.stride()
+    with torch.inference_mode():
+        assert_close_to_oracle(got.cpu(), plain_g(xg).cpu(), copy.deepcopy(plain).double()(x.double()), "bias_act")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 def test_channels_last_gemm_conv_on_cuda(dtype, monkeypatch):
     """GEMM_CONV with "cuda" (off until measured; the model suite's patched-cl-gemm rows turn it on): a channels_last

@@ -401,7 +401,8 @@ def _conv_bias_act(m: nn.Module, x: Tensor, out: Optional[Tensor] = None) -> Opt
     its bias, then yolov12_fast::bias_act_cxx adding the bias and applying the SiLU in one pass, into `out` when
     given; None where BIAS_ACT does not hold x's device or the conv does not qualify (the caller runs m(x))."""
     dev = x.device.type
-    if dev not in BIAS_ACT or not _eager_inference() or x.dim() != 4 or x.dtype not in DTYPES:
+    if (dev not in BIAS_ACT or not _eager_inference() or x.dim() != 4 or x.dtype not in DTYPES
+            or (out is not None and out.dtype != x.dtype)):
         return None
     conv = m._modules.get("conv")
     if (type(conv) is not nn.Conv2d or "bn" in m._modules or conv.bias is None or conv.padding_mode != "zeros"

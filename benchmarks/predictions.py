@@ -28,6 +28,12 @@ def _prediction(id: str, made: str, what: str, case: str, provider: str, lo: flo
     return p
 
 
+def _model(id: str, made: str, what: str, case: str, provider: str, over: str, lo: float, hi: float) -> dict:
+    """A model-suite entry: `provider`'s speed-up over `over` on the rows of the case named `case` exactly (model
+    case names hold no regex metacharacters)."""
+    return _prediction(id, made, what, f"^{case}$", provider, lo, hi, over=over, suite="model")
+
+
 PREDICTIONS = [
     _prediction("pe-triton-layout", "e6c9215",
                 "Triton PE kernel after the tap-token fix (Triton 3.6's layout): 0.15-0.3 ms (was 2.39)",
@@ -55,42 +61,42 @@ PREDICTIONS = [
                 "inference (28 -> 15 us of host per PE + attention call here, same run): kernel-bound, 0.045-0.060 ms "
                 "(was 0.0725 for 0.049 ms of kernels)",
                 r"^fwd P5 640x640 h4 b32 ", "cuda", 0.045, 0.060),
-    _prediction("train-auto-none-640", "6b948e2",
-                "yolo12n AMP training step at 640, batch 16, with recompute=\"auto\" now \"none\" (the -27c run: 1.04x "
-                "as \"none\", 0.87x as the old \"mlp\" default): 0.95-1.15x ultralytics",
-                r"^train yolo12n 640 b16$", "train-patched", 0.95, 1.15, over="train-eager", suite="model"),
-    _prediction("train-auto-none-1280", "6b948e2",
-                "the same step at 1280 (the -27c run: 1.60x as \"none\", 1.54x as \"mlp\"): 1.5-1.7x ultralytics",
-                r"^train yolo12n 1280 b16$", "train-patched", 1.5, 1.7, over="train-eager", suite="model"),
+    _model("train-auto-none-640", "6b948e2",
+           "yolo12n AMP training step at 640, batch 16, with recompute=\"auto\" now \"none\" (the -27c run: 1.04x "
+           "as \"none\", 0.87x as the old \"mlp\" default): 0.95-1.15x ultralytics",
+           "train yolo12n 640 b16", "train-patched", "train-eager", 0.95, 1.15),
+    _model("train-auto-none-1280", "6b948e2",
+           "the same step at 1280 (the -27c run: 1.60x as \"none\", 1.54x as \"mlp\"): 1.5-1.7x ultralytics",
+           "train yolo12n 1280 b16", "train-patched", "train-eager", 1.5, 1.7),
     # channels_last models (e6b249c, rows 14fa269). The -27c profile of yolo12n at 640 (fp16, NCHW): cuDNN wraps most
     # convolutions in nchwToNhwc / nhwcToNchw transposes, 1.14 ms of the patched model's 7.82 ms of kernels at batch
     # 32 and 0.19 of 1.33 ms at batch 1, which a channels_last model does not run; it adds one copy per AAttn (proj's
     # input, ~0.1 ms at batch 32) and reads q/k/v and V through the kernels' d-fastest staging (guess: attention + PE
     # up to 1.3x slower, +0.17 ms).
-    _prediction("model-cl-b32", "14fa269",
-                "yolo12n 640 b32, patched channels_last over patched NCHW: 1.03-1.22x (8.19 -> ~7.3 ms)",
-                r"^yolo12n 640 b32$", "patched-cl", 1.03, 1.22, over="patched", suite="model"),
-    _prediction("model-cl-eager-b32", "14fa269",
-                "the same for ultralytics' own model (its transposes too, its attention's copies stay): 1.03-1.2x",
-                r"^yolo12n 640 b32$", "eager-cl", 1.03, 1.20, over="eager", suite="model"),
-    _prediction("model-cl-b1-graphs", "14fa269",
-                "yolo12n 640 b1 replayed from CUDA graphs, channels_last over NCHW (kernel-bound: 1.41 -> ~1.25 ms): "
-                "1.05-1.2x",
-                r"^yolo12n 640 b1$", "patched-cl+graphs", 1.05, 1.20, over="patched+graphs", suite="model"),
+    _model("model-cl-b32", "14fa269",
+           "yolo12n 640 b32, patched channels_last over patched NCHW: 1.03-1.22x (8.19 -> ~7.3 ms)",
+           "yolo12n 640 b32", "patched-cl", "patched", 1.03, 1.22),
+    _model("model-cl-eager-b32", "14fa269",
+           "the same for ultralytics' own model (its transposes too, its attention's copies stay): 1.03-1.2x",
+           "yolo12n 640 b32", "eager-cl", "eager", 1.03, 1.20),
+    _model("model-cl-b1-graphs", "14fa269",
+           "yolo12n 640 b1 replayed from CUDA graphs, channels_last over NCHW (kernel-bound: 1.41 -> ~1.25 ms): "
+           "1.05-1.2x",
+           "yolo12n 640 b1", "patched-cl+graphs", "patched+graphs", 1.05, 1.20),
     # GEMM_CONV "cuda" (a5ca6a1): the patched blocks' fused 1x1 convs
     # (cv1, cv2, qkv, proj, the MLP's) of a channels_last model as cuBLAS GEMMs with the bias in the epilogue. They
     # write 31 % of yolo12n's biased conv outputs (forward hooks on a yolo12n at 640: 6.8 of 21.6 M elements per
     # image), and the -27c profile spent 2.2 ms of a 7.8 ms batch-32 forward on broadcast bias adds: about 0.7 ms
     # of adds at stake, less what cuBLAS loses or gains against cuDNN's NHWC kernels.
-    _prediction("model-cl-gemm-b32", "a5ca6a1",
-                "yolo12n 640 b32 channels_last, the patched blocks' 1x1 convs as GEMMs over cuDNN: 1.02-1.12x",
-                r"^yolo12n 640 b32$", "patched-cl-gemm", 1.02, 1.12, over="patched-cl", suite="model"),
+    _model("model-cl-gemm-b32", "a5ca6a1",
+           "yolo12n 640 b32 channels_last, the patched blocks' 1x1 convs as GEMMs over cuDNN: 1.02-1.12x",
+           "yolo12n 640 b32", "patched-cl-gemm", "patched-cl", 1.02, 1.12),
     # BIAS_ACT "cuda" (71698cb): the same convs of the NCHW model
     # through cuDNN without bias, then one vectorised pass adding the bias and applying the SiLU: the SiLU convs
     # (cv1, cv2, the MLP's first) lose their broadcast-add pass, the others get a vectorised add for the generic one.
-    _prediction("model-bias-act-b32", "71698cb",
-                "yolo12n 640 b32 NCHW, the patched blocks' conv bias + SiLU in one pass: 1.02-1.10x the patched model",
-                r"^yolo12n 640 b32$", "patched-bias-act", 1.02, 1.10, over="patched", suite="model"),
+    _model("model-bias-act-b32", "71698cb",
+           "yolo12n 640 b32 NCHW, the patched blocks' conv bias + SiLU in one pass: 1.02-1.10x the patched model",
+           "yolo12n 640 b32", "patched-bias-act", "patched", 1.02, 1.10),
 ]
 
 def _descends(made: str, commit) -> bool | None:

@@ -9,23 +9,29 @@ namespace yolov12_fast {
 namespace cuda {
 namespace detail {
 
+// Both directions for one element type, in one place per type.
 template <typename T>
-__device__ __forceinline__ float to_f32(T v);
+struct F32Convert;
 template <>
-__device__ __forceinline__ float to_f32<float>(float v) { return v; }
+struct F32Convert<float> {
+  static __device__ __forceinline__ float to(float v) { return v; }
+  static __device__ __forceinline__ float from(float f) { return f; }
+};
 template <>
-__device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+struct F32Convert<__half> {
+  static __device__ __forceinline__ float to(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from(float f) { return __float2half_rn(f); }
+};
 template <>
-__device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+struct F32Convert<__nv_bfloat16> {
+  static __device__ __forceinline__ float to(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from(float f) { return __float2bfloat16_rn(f); }
+};
 
 template <typename T>
-__device__ __forceinline__ T from_f32(float f);
-template <>
-__device__ __forceinline__ float from_f32<float>(float f) { return f; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float f) { return __float2half_rn(f); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
+__device__ __forceinline__ float to_f32(T v) { return F32Convert<T>::to(v); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float f) { return F32Convert<T>::from(f); }
 
 }  // namespace detail
 }  // namespace cuda

@@ -10,23 +10,9 @@ extern "C" {
 int yf_emu_bias_act(const void* y, void* out, const void* bias, int64_t B, int64_t C, int64_t HW, const int64_t* ys,
                     const int64_t* os, int64_t bias_c, int layout, int silu, int dtype) {
   namespace kc = yolov12_fast::cuda;
-  kc::BiasActArgs a{};
-  a.y = y;
-  a.out = out;
-  a.bias = bias;
-  a.B = B;
-  a.C = C;
-  a.HW = HW;
-  a.y_sb = ys[0];
-  a.y_sc = ys[1];
-  a.y_st = ys[2];
-  a.o_sb = os[0];
-  a.o_sc = os[1];
-  a.o_st = os[2];
-  a.bias_c = bias_c;
-  a.layout = static_cast<kc::BiasActLayout>(layout);
-  a.silu = silu != 0;
-  a.dtype = static_cast<kc::DType>(dtype);
+  // the fields in BiasActArgs' order: pointers, sizes, y's strides, out's strides, bias stride, layout, act, dtype
+  const kc::BiasActArgs a{y, out, bias, B, C, HW, ys[0], ys[1], ys[2], os[0], os[1], os[2], bias_c,
+                          static_cast<kc::BiasActLayout>(layout), silu != 0, static_cast<kc::DType>(dtype)};
   return static_cast<int>(kc::bias_act(a, nullptr));
 }
 

@@ -450,7 +450,7 @@ def test_strided_weights_biases_and_gamma(backend, op):
 def test_patched_blocks_1x1_conv_property(data):
     """The patched blocks' 1x1 conv (nn.modules._conv1x1: the batch-1 CPU addmm where _gemm_conv allows, else the
     module) on random shapes (1-40 channels in and out, 1x1 to 25x25 maps), activation, batch (1-3; beyond 1 the conv
-    path, or with the GPU's rule one GEMM over every image's tokens), input layout (NCHW, channels_last, channel slices of either, transposed H/W views, storage offsets), a
+    path, or with the GPU's rule one GEMM over every image's tokens), the CPU vendor's rule, input layout (NCHW, channels_last, channel slices of either, transposed H/W views, storage offsets), a
     channels_last request and an `out` slice of an NCHW or channels_last buffer: the module's values (fp64 oracle);
     a fresh result channels_last exactly when the input is or it was asked for (standard layouts); nothing written
     outside `out`."""
@@ -466,6 +466,7 @@ def test_patched_blocks_1x1_conv_property(data):
     # the GPU's rule (nn.modules.GEMM_CONV with "cuda": channels_last inputs of any batch as one GEMM over all
     # images' tokens) exercised here on CPU tensors: the same code a GPU runs once a measurement turns it on
     gpu_rule = data.draw(st.booleans(), "gpu_rule")
+    vendor = data.draw(st.sampled_from(("intel", "amd")), "cpu vendor")  # both CPU rules (cpu_channels_last_conv)
     layout = data.draw(st.sampled_from(("nchw", "cl", "nchw_slice", "cl_slice", "cl_every_other_image", "transposed",
                                         "offset")), "layout")
     conv = Conv(cin, cout, 1, act=data.draw(st.booleans(), "silu"))
@@ -489,10 +490,11 @@ def test_patched_blocks_1x1_conv_property(data):
 
     real = M._gemm_layout_ok
     rule = (lambda dev, t, to_cl=False: real("cuda", t, to_cl)) if gpu_rule else real
-    with torch.inference_mode(), mock.patch.object(M, "_gemm_layout_ok", rule):
+    with torch.inference_mode(), mock.patch.object(M, "_gemm_layout_ok", rule), \
+            mock.patch.object(M._backends, "cpu_vendor", lambda: vendor):
         naive, oracle = conv(x.contiguous()), copy.deepcopy(conv).double()(x.double())
         if gpu_rule and layout in ("cl", "cl_slice") and cin > 1 and H * W > 1 \
-                and not (cin % 16 == 0 and cout % 16 == 0 and H * W > 400):  # (the CPU's own conv preference)
+                and not M.cpu_channels_last_conv(cin, cout, H * W):  # (the CPU's own conv preference)
             assert M._gemm_conv(conv, x) is not None, "the GPU rule takes every channels_last batch"
         if into is None:
             got = M._conv1x1(conv, x, channels_last=want_cl)

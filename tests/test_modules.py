@@ -770,6 +770,9 @@ def test_channels_last_gemm_conv_rule_of_the_gpu_on_cpu_tensors(monkeypatch):
 
     real = M._gemm_layout_ok
     monkeypatch.setattr(M, "_gemm_layout_ok", lambda dev, t, to_cl=False: real("cuda", t, to_cl))
+    # CPU tensors still meet the CPU's channels_last conv preference (cpu_channels_last_conv): the Intel rule's,
+    # which leaves these 80-token maps to the GEMM (the AMD rule would send them all to oneDNN's convolution)
+    monkeypatch.setattr(M._backends, "cpu_vendor", lambda: "intel")
     plain = _fuse_like_ultralytics(_randomize(A2C2f(128, 128, 1, True, 4, True, 1.2))).eval()
     fast = yf.patch(copy.deepcopy(plain), backend=BACKEND).to(memory_format=torch.channels_last)
     plain_cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)
@@ -1216,14 +1219,18 @@ def _cl(t: torch.Tensor) -> bool:
 @pytest.mark.parametrize("cin,cout,hw", [(48, 76, (5, 7)), (38, 64, (5, 7)), (48, 64, (24, 24)), (38, 44, (24, 24))],
                          ids=["16s-few-tokens", "odd-in", "16s-many-tokens", "odd-many-tokens"])
 @pytest.mark.parametrize("act", [True, False], ids=["silu", "no-act"])
-def test_batch1_gemm_conv_in_every_layout(cin, cout, hw, act):
+@pytest.mark.parametrize("vendor", ["intel", "amd"])
+def test_batch1_gemm_conv_in_every_layout(cin, cout, hw, act, vendor, monkeypatch):
     """The batch-1 CPU 1x1 conv (M._conv1x1: an addmm where M._gemm_conv allows, else the conv) for NCHW,
     channels_last and channel-slice inputs, into a new tensor of either layout or into channel slices of an NCHW or
-    a channels_last buffer: the module's values (fp64 oracle), in the layout asked for. channels_last inputs with
-    channel counts in 16s over more than 400 tokens take oneDNN's conv (measured faster), the rest the addmm."""
+    a channels_last buffer: the module's values (fp64 oracle), in the layout asked for. channels_last inputs take
+    oneDNN's conv where it measured faster (M.cpu_channels_last_conv: on Intel CPUs channel counts in 16s over more
+    than 400 tokens, on AMD CPUs every shape), the rest the addmm; both vendors' rules run on any CPU."""
     from ultralytics.nn.modules.conv import Conv
 
     from yolov12_fast.nn import modules as M
+
+    monkeypatch.setattr(M._backends, "cpu_vendor", lambda: vendor)
 
     conv = _fuse_like_ultralytics(_randomize(Conv(cin, cout, 1, act=act)))
     H, W = hw
@@ -1237,7 +1244,8 @@ def test_batch1_gemm_conv_in_every_layout(cin, cout, hw, act):
             naive, want = conv(x.contiguous()), oracle(x.double())
             g = M._gemm_conv(conv, x)
             layout_cl = M._channels_last(x)
-            gemm_expected = not (layout_cl and cin % 16 == 0 and cout % 16 == 0 and H * W > 400)
+            conv_rule = cin % 16 == 0 and cout % 16 == 0 and H * W > 400 if vendor == "intel" else True
+            gemm_expected = not (layout_cl and conv_rule)
             assert (g is not None) == gemm_expected, (name, g)
             for cl_arg in (False, True):  # channels_last=True: a channels_last result even for an NCHW x
                 got = M._conv1x1(conv, x, channels_last=cl_arg)
@@ -1251,7 +1259,7 @@ def test_batch1_gemm_conv_in_every_layout(cin, cout, hw, act):
                 assert buf[:, :8].isnan().all() and buf[:, 8 + cout:].isnan().all(), "wrote outside its slice"
 
 
-def test_patched_model_runs_channels_last_end_to_end():
+def test_patched_model_runs_channels_last_end_to_end(monkeypatch):
     """A model moved with .to(memory_format=torch.channels_last) (AAttn blocks with and without PE-friendly shapes,
     A2C2f with ABlocks and with C3k): every patched block returns channels_last, as ultralytics' do, and in eager
     inference no layout conversion runs (no copy outside an addmm's bias broadcast, no clone) where ultralytics'
@@ -1260,6 +1268,10 @@ def test_patched_model_runs_channels_last_end_to_end():
     from ultralytics.nn.modules.block import A2C2f
     from ultralytics.nn.modules.conv import Conv
 
+    # The Intel rule of cpu_channels_last_conv: these 400-token maps take the addmm, which reads A2C2f's buffer slices
+    # in place. Where oneDNN's convolution takes them (AMD CPUs: every shape; Intel: 16s over more than 400 tokens)
+    # aten's convolution copies a slice it reads (cheaper there than the addmm it replaces: see the rule).
+    monkeypatch.setattr(yf.nn.modules._backends, "cpu_vendor", lambda: "intel")
     plain = _fuse_like_ultralytics(_randomize(nn.Sequential(Conv(3, 64, 3, 2), A2C2f(64, 64, 1, True, 4, True, 2.0),
                                                  Conv(64, 64, 3, 2), A2C2f(64, 64, 1, False, 1)).eval()))
     fast_cl = yf.patch(copy.deepcopy(plain), backend=BACKEND).to(memory_format=torch.channels_last)

@@ -448,3 +448,22 @@ def test_info_prints_once_or_returns_the_text(capsys):
     printed = capsys.readouterr().out
     text = yolov12_fast.info(as_text=True)
     assert capsys.readouterr().out == "" and printed == text + "\n" and "backends:" in text
+
+
+def test_cpu_vendor_reads_this_machine():
+    """_backends.cpu_vendor() names the vendor /proc/cpuinfo (or platform.processor()) reports: the CPU paths that
+    differ by vendor (nn.modules.cpu_channels_last_conv) pick by it."""
+    import platform
+
+    from yolov12_fast import _backends
+
+    vendor = _backends.cpu_vendor()
+    assert vendor in ("intel", "amd", "other")
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        text = platform.processor()
+    expected = "intel" if "GenuineIntel" in text else "amd" if ("AuthenticAMD" in text or "HygonGenuine" in text) \
+        else "other"
+    assert vendor == expected

@@ -274,3 +274,24 @@ def check_image_extent(op: str, tensors, hint: str) -> None:
         a, b = t.shape[-2], t.shape[-1]
         extent = max((a - 1) * abs(t.stride(-2)) + (b - 1) * abs(t.stride(-1)), a * b)
         check(extent < 2**31, lambda: f"{op}: one image's feature map spans more than 2**31 elements; {hint}")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_vendor() -> str:
+    """'intel', 'amd' or 'other': the CPU's vendor (/proc/cpuinfo's vendor_id on Linux, else platform.processor()),
+    for the CPU paths whose fastest library differs by vendor (nn.modules._gemm_conv: MKL's sgemm or oneDNN's
+    convolution)."""
+    text = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    text = line
+                    break
+    except OSError:
+        pass
+    if not text:
+        import platform
+
+        text = platform.processor()
+    return "intel" if "GenuineIntel" in text else "amd" if ("AuthenticAMD" in text or "HygonGenuine" in text) else "other"

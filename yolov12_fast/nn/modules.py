@@ -450,7 +450,8 @@ def _gemm_conv(m: nn.Module, x: Tensor, to_channels_last: bool = False) -> Optio
     threads, this repo's Xeon, 2026-11-27): oneDNN's NHWC convolution is the faster one for channel counts in 16s over
     more than 400 tokens (384->64 over 40x40: 298 against 349 us; 64->64 over 80x80: 325 against 360), the addmm for
     the MLP's odd widths (64->76 over 40x40: 108 against 125; 128->153 over 20x20: 81 against 126) and at 20x20
-    (128->384: 174 against 214)."""
+    (128->384: 174 against 214). On AMD CPUs channels_last takes the convolution at every shape
+    (cpu_channels_last_conv)."""
     dev = x.device.type
     # the device first (GPU forwards leave here at once by default), then the mode: under jit tracing x.shape[0] is a
     # tensor
@@ -469,10 +470,27 @@ def _gemm_conv(m: nn.Module, x: Tensor, to_channels_last: bool = False) -> Optio
             and conv.bias is not None and conv.weight.dtype == x.dtype and conv.in_channels == x.shape[1]
             and all(_hookless(c) for c in (m, conv, act if act is not None else m))):
         return None
-    if (dev == "cpu" and not x.is_contiguous() and conv.in_channels % 16 == 0 and conv.out_channels % 16 == 0
-            and x.shape[2] * x.shape[3] > 400):
-        return None  # channels_last, channels in 16s, many tokens: oneDNN's NHWC convolution is as fast or faster
+    if dev == "cpu" and not x.is_contiguous() and cpu_channels_last_conv(conv.in_channels, conv.out_channels,
+                                                                         x.shape[2] * x.shape[3]):
+        return None  # channels_last where oneDNN's NHWC convolution measured as fast or faster
     return conv.weight.view(conv.out_channels, conv.in_channels), conv.bias, silu
+
+
+def cpu_channels_last_conv(cin: int, cout: int, tokens: int, vendor: Optional[str] = None) -> bool:
+    """Whether a batch-1 channels_last 1x1 conv on the CPU runs as oneDNN's NHWC convolution rather than _gemm_conv's
+    addmm (torch's sgemm: MKL on x86), by the CPU's vendor (_backends.cpu_vendor() unless given), as measured at
+    2 threads (at 1 thread both run the same sgemm, equal times):
+    - Intel (a 2-core Xeon with AVX-512 and AMX, 2026-11-27): the convolution for channel counts in 16s over more than
+      400 tokens (384->64 over 40x40: 298 against 349 us), the addmm for odd widths (64->76 over 40x40: 108 against
+      125) and at 20x20 (128->384: 174 against 214).
+    - AMD (a 2-core EPYC Zen 5 with AVX-512, 2026-11-28, benchmarks/results/cpu-amd-epyc-2026-11-28): the convolution
+      at every yolo12n shape, 1.26-1.8x faster than the addmm, odd MLP widths included (64->76 over 40x40: 81 against
+      107 us; 128->153 over 20x20: 72 against 92; 64->128 over 40x40: 103 against 149; 384->256 over 20x20: 209
+      against 373): MKL's sgemm gains little from a second thread there, oneDNN's convolution nearly doubles.
+    - Other CPUs (not measured): the Intel rule."""
+    if (vendor or _backends.cpu_vendor()) == "amd":
+        return True
+    return cin % 16 == 0 and cout % 16 == 0 and tokens > 400
 
 
 def _conv1x1(m: nn.Module, x: Tensor, out: Optional[Tensor] = None, channels_last: bool = False) -> Tensor:

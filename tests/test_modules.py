@@ -1094,6 +1094,9 @@ def test_cpu_batch1_inference_runs_the_1x1_convs_as_gemms(monkeypatch):
         pytest.skip("checks the C++ CPU inference path")
     plain = _fuse_like_ultralytics(_randomize(_ultralytics_ctor("a2c2f")(128, 128, 1, True, 4, True, 1.2))).eval()
     fast = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    # the NCHW path itself: on AMD CPUs a batch-1 NCHW A2C2f runs channels_last inside (CPU_INSIDE_CHANNELS_LAST,
+    # tested in test_batch1_nchw_a2c2f_runs_channels_last_inside_on_the_cpus_that_measured_it)
+    monkeypatch.setattr(yf.nn.modules._backends, "cpu_vendor", lambda: "intel")
     calls = _spy_calls(monkeypatch)
     for batch in (1, 2):
         x = torch.randn(batch, 128, 5, 8)  # 40 tokens, area 4: areas of 10 cut rows
@@ -1319,3 +1322,35 @@ def test_fallback_warnings_point_at_the_callers_line(monkeypatch):
         fast(torch.randn(1, 96, 4, 4))
     (w,) = [w for w in caught if "head_dim 48" in str(w.message)]
     assert w.filename == __file__, w.filename
+
+
+@pytest.mark.parametrize("a2", [True, False], ids=["ablocks", "c3k"])
+def test_batch1_nchw_a2c2f_runs_channels_last_inside_on_the_cpus_that_measured_it(a2, monkeypatch):
+    """M.CPU_INSIDE_CHANNELS_LAST (AMD CPUs, measured): a batch-1 NCHW A2C2f in eager inference converts its input to
+    channels_last once, runs its convolutions and kernels there, and returns NCHW as ultralytics' module does, with
+    its values (fp64 oracle). Not on other vendors' CPUs, not over CPU_INSIDE_CHANNELS_LAST_TOKENS tokens, not at
+    batch 2, not with autograd; the vendor is set here, so both sides run on any CPU."""
+    from ultralytics.nn.modules.block import A2C2f
+
+    from yolov12_fast.nn import modules as M
+
+    plain = _fuse_like_ultralytics(_randomize(A2C2f(64, 64, 1, a2, 4, a2, 2.0))).eval()
+    fast = yf.patch(copy.deepcopy(plain), backend=BACKEND)
+    oracle = copy.deepcopy(plain).double()
+    seen = []
+    real = M.A2C2f._forward_buffer
+    monkeypatch.setattr(M.A2C2f, "_forward_buffer", lambda self, x: (seen.append(_cl(x)), real(self, x))[1])
+    for vendor, B, hw, grad, inside in [("amd", 1, (20, 20), False, True), ("amd", 1, (10, 30), False, True),
+                                        ("amd", 1, (41, 40), False, False), ("amd", 2, (20, 20), False, False),
+                                        ("intel", 1, (20, 20), False, False), ("other", 1, (20, 20), False, False),
+                                        ("amd", 1, (20, 20), True, False)]:
+        monkeypatch.setattr(M._backends, "cpu_vendor", lambda: vendor)
+        x = torch.randn(B, 64, *hw)
+        seen.clear()
+        with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
+            got, naive = fast(x), plain(x)
+        what = f"{vendor} batch {B} {hw} grad={grad}"
+        assert seen == ([] if grad else [inside]), (what, seen)
+        assert got.is_contiguous(), (what, got.stride())  # NCHW, as ultralytics' module returns it
+        with torch.no_grad():
+            assert_close_to_oracle(got.detach(), naive.detach(), oracle(x.double()), what)

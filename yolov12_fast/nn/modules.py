@@ -814,6 +814,24 @@ class ABlock(FastModule):
 # A2C2f
 
 
+# CPU vendors (_backends.cpu_vendor()) on which a batch-1 NCHW A2C2f in eager inference runs channels_last inside: its
+# input converted once, its output converted back to NCHW (the layout ultralytics' module returns), for maps of at most
+# CPU_INSIDE_CHANNELS_LAST_TOKENS tokens. Measured on a 2-core AMD EPYC (Zen 5, 2 threads, yolo12n 640, 2026-11-28):
+# oneDNN's channels_last convolutions (cpu_channels_last_conv) outrun the NCHW path's addmm and convolutions by more
+# than the two copies cost at P4 and P5 (layer 6: 6.62 -> 6.29 ms, 8: 4.73 -> 4.51, 11: 2.09 -> 1.72, 17: 1.73 ->
+# 1.44); at P3 (80x80, layer 14) the copies of its 256-channel input cost more than that (2.91 -> 4.00 ms). Intel
+# CPUs: not measured, off. A model run channels_last end to end (yolov12_fast.YOLO's channels_last="auto" on x86, and
+# ultralytics >= 8.4's own CPU inference on x86) needs none of this.
+CPU_INSIDE_CHANNELS_LAST = {"amd"}
+CPU_INSIDE_CHANNELS_LAST_TOKENS = 1600
+
+
+def _cpu_inside_channels_last(x: Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dim() == 4 and x.shape[0] == 1 and x.shape[1] > 1
+            and 1 < x.shape[2] * x.shape[3] <= CPU_INSIDE_CHANNELS_LAST_TOKENS and x.is_contiguous()
+            and x.dtype in DTYPES and _backends.cpu_vendor() in CPU_INSIDE_CHANNELS_LAST and _eager_inference())
+
+
 def _act_into(act: nn.Module, t: Tensor, out: Tensor) -> bool:
     """Write act(t) into out if act is one we can run with out=; returns False otherwise."""
     if type(act) is nn.SiLU:
@@ -907,6 +925,8 @@ class A2C2f(FastModule):
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() or _decomposing() or _compiling():
             return self._forward_cat(x)
+        if _cpu_inside_channels_last(x):  # one conversion each way, channels_last in between
+            return self._forward_buffer(x.contiguous(memory_format=torch.channels_last)).contiguous()
         return self._forward_buffer(x)
 
     def _forward_cat(self, x: Tensor) -> Tensor:

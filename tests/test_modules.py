@@ -1354,3 +1354,21 @@ def test_batch1_nchw_a2c2f_runs_channels_last_inside_on_the_cpus_that_measured_i
         assert got.is_contiguous(), (what, got.stride())  # NCHW, as ultralytics' module returns it
         with torch.no_grad():
             assert_close_to_oracle(got.detach(), naive.detach(), oracle(x.double()), what)
+
+
+def test_cpu_inside_channels_last_follows_its_environment_variable():
+    """YOLOV12_FAST_CPU_INSIDE_CHANNELS_LAST replaces the vendor set (to measure the rule on another CPU, or to turn it
+    off); unset, the measured default ({"amd"})."""
+    import subprocess
+    import sys
+
+    code = "import yolov12_fast.nn.modules as M; print(sorted(M.CPU_INSIDE_CHANNELS_LAST))"
+    got = {}
+    for value in (None, "amd, Intel", "none", ""):
+        env = {k: v for k, v in os.environ.items() if k != "YOLOV12_FAST_CPU_INSIDE_CHANNELS_LAST"}
+        if value is not None:
+            env["YOLOV12_FAST_CPU_INSIDE_CHANNELS_LAST"] = value
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        got[value] = p.stdout.strip().splitlines()[-1]
+    assert got == {None: "['amd']", "amd, Intel": "['amd', 'intel']", "none": "[]", "": "[]"}, got

@@ -821,8 +821,11 @@ class ABlock(FastModule):
 # than the two copies cost at P4 and P5 (layer 6: 6.62 -> 6.29 ms, 8: 4.73 -> 4.51, 11: 2.09 -> 1.72, 17: 1.73 ->
 # 1.44); at P3 (80x80, layer 14) the copies of its 256-channel input cost more than that (2.91 -> 4.00 ms). Intel
 # CPUs: not measured, off. A model run channels_last end to end (yolov12_fast.YOLO's channels_last="auto" on x86, and
-# ultralytics >= 8.4's own CPU inference on x86) needs none of this.
-CPU_INSIDE_CHANNELS_LAST = {"amd"}
+# ultralytics >= 8.4's own CPU inference on x86) needs none of this. YOLOV12_FAST_CPU_INSIDE_CHANNELS_LAST replaces the
+# set ("amd,intel" to measure it on an Intel CPU, "none" for no vendor).
+_INSIDE_ENV = os.environ.get("YOLOV12_FAST_CPU_INSIDE_CHANNELS_LAST")
+CPU_INSIDE_CHANNELS_LAST = {"amd"} if _INSIDE_ENV is None else \
+    {v.strip().lower() for v in _INSIDE_ENV.split(",") if v.strip() and v.strip().lower() != "none"}
 CPU_INSIDE_CHANNELS_LAST_TOKENS = 1600
 
 
